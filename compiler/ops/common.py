@@ -1,0 +1,99 @@
+"""Shape rules and small helpers shared by several op families."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..dims import Dim, simplify
+from ..dtypes import DType
+from ..ir import TensorType
+
+
+def broadcast_shapes(*shapes: Sequence[Dim]) -> tuple[Dim, ...]:
+    """Numpy broadcasting over possibly symbolic dims (a symbol only matches itself or 1)."""
+    rank = max(len(s) for s in shapes)
+    result = []
+    for axis in range(rank):
+        dims = [s[axis - rank + len(s)] for s in shapes if axis - rank + len(s) >= 0]
+        chosen: Dim = 1
+        for d in dims:
+            if d == 1 or d == chosen:
+                continue
+            if chosen != 1:
+                raise ValueError(f"shapes {', '.join(map(_shape_text, shapes))} do not broadcast")
+            chosen = d
+        result.append(chosen)
+    return tuple(result)
+
+
+def _shape_text(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"axis {axis} out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def require_rank(t: TensorType, rank: int, what: str) -> None:
+    if t.rank != rank:
+        raise ValueError(f"{what} must have rank {rank}, got {t}")
+
+
+def require_same_dtype(types: Sequence[TensorType | None], what: str) -> DType:
+    dtypes = {t.dtype for t in types if t is not None}
+    if len(dtypes) != 1:
+        names = ", ".join(str(t) for t in types if t is not None)
+        raise ValueError(f"{what} must share one dtype, got {names}")
+    return dtypes.pop()
+
+
+def require_float(t: TensorType, what: str) -> None:
+    if not t.dtype.is_float:
+        raise ValueError(f"{what} must be a float tensor, got {t}")
+
+
+def elements(t: TensorType) -> Dim:
+    return t.num_elements()
+
+
+def is_float_array(array: np.ndarray) -> bool:
+    """True for numpy floats and for bfloat16 (an extension dtype numpy reports as kind 'V')."""
+    return np.issubdtype(array.dtype, np.floating) or array.dtype == DType.bf16.numpy
+
+
+def in_float32(fn):
+    """Run a float reference in float32 (f16/bf16 inputs upcast) and cast back to the input dtype."""
+
+    def run(arrays, attrs):
+        dtype = next(a.dtype for a in arrays if a is not None)
+        upcast = [a.astype(np.float32) if a is not None and is_float_array(a) else a
+                  for a in arrays]
+        out = fn(upcast, attrs)
+        if isinstance(out, list):
+            return [o.astype(dtype, copy=False) for o in out]
+        return np.asarray(out).astype(dtype, copy=False)
+
+    return run
+
+
+def window_output_size(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                       dilation: int = 1, ceil_mode: bool = False) -> Dim:
+    """Output length of a sliding window (convolution or pooling), torch's rule for ceil_mode."""
+    span = dilation * (kernel - 1) + 1
+    if isinstance(size, int):
+        numerator = size + pad_begin + pad_end - span
+        if numerator < 0:
+            raise ValueError(f"window of {span} does not fit input of {size} with padding")
+        out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
+        if ceil_mode and (out - 1) * stride >= size + pad_begin:
+            out -= 1  # the last window must start inside the input or the left padding
+        return out
+    if ceil_mode:
+        raise ValueError("ceil_mode over a symbolic spatial size is not supported")
+    from ..dims import floordiv
+
+    return simplify(floordiv(size + pad_begin + pad_end - span, stride) + 1)

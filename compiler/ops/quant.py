@@ -1,0 +1,240 @@
+"""Quantization ops and the integer arithmetic every int8 kernel is held to.
+
+Conventions (docs/architecture.md, "Quantization"): real = scale * (q - zero_point). Weights are
+int8, symmetric, per output channel; activations uint8 with a zero point (int8 symmetric as an
+option); bias is int32 at scale s_in * s_w. An integer op accumulates exactly in int32:
+
+    acc = sum((x - zx) * (w - zw)) + bias
+    q   = clamp(rint_f32(f32(acc) * M) + z_out, lo, hi),   M = f32(s_in * s_w / s_out)
+
+``rint`` rounds half to even, computed in float32 (what cvtdq2ps/mulps/cvtps2dq do with the
+default rounding mode), so every kernel can reproduce it bit for bit. A fused ReLU or ReLU6 is
+only a tighter [lo, hi]. With an f32 result the op returns f32(acc) * f32(s_in * s_w) instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import DType
+from ..ir import QuantParams, TensorType
+from .common import elements, require_rank
+from .nn import CONV_ATTRS, conv2d_infer, conv2d_nchw, linear_infer, matmul_infer
+from .registry import Attr, define
+
+ACTIVATIONS = ("none", "relu", "relu6")
+QUANTIZED_DTYPES = (DType.u8, DType.i8)
+
+
+def requant_multiplier(input_scale: float, weight_scales, output_scale: float = 1.0) -> np.ndarray:
+    """M = s_in * s_w / s_out per output channel, computed in float64 and rounded once to f32."""
+    scales = np.asarray(weight_scales, dtype=np.float64)
+    return (float(input_scale) * scales / float(output_scale)).astype(np.float32)
+
+
+def activation_bounds(activation: str, dtype: DType, scale: float, zero_point: int) -> tuple[int, int]:
+    """Integer clamp bounds [lo, hi] of a quantized result with a fused activation."""
+    lo, hi = dtype.int_range
+    if activation in ("relu", "relu6"):
+        lo = max(lo, zero_point)
+    if activation == "relu6":
+        hi = min(hi, zero_point + int(np.rint(np.float32(6.0) / np.float32(scale))))
+    return lo, hi
+
+
+def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int,
+               dtype: DType, channel_axis: int) -> np.ndarray:
+    """int32 accumulators -> quantized values, per the conventions above."""
+    m = _along_axis(multiplier, acc.ndim, channel_axis)
+    scaled = np.rint(acc.astype(np.float32) * m)
+    return np.clip(scaled.astype(np.int64) + zero_point, lo, hi).astype(dtype.numpy)
+
+
+def quantize_array(x: np.ndarray, quant: QuantParams, dtype: DType) -> np.ndarray:
+    """q = clamp(rint_f32(x / scale) + zero_point) along the quantization axis."""
+    axis = quant.axis if quant.axis is not None else 0
+    scale = _along_axis(quant.scale_array(), x.ndim, axis)
+    zero_point = _along_axis(quant.zero_point_array(), x.ndim, axis)
+    lo, hi = dtype.int_range
+    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zero_point
+    return np.clip(q, lo, hi).astype(dtype.numpy)
+
+
+def dequantize_array(q: np.ndarray, quant: QuantParams) -> np.ndarray:
+    axis = quant.axis if quant.axis is not None else 0
+    scale = _along_axis(quant.scale_array(), q.ndim, axis)
+    zero_point = _along_axis(quant.zero_point_array(), q.ndim, axis)
+    return ((q.astype(np.int32) - zero_point).astype(np.float32) * scale).astype(np.float32)
+
+
+def _along_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+# ---- quantize / dequantize --------------------------------------------------------------------
+def _quantize_infer(types, a):
+    x = types[0]
+    if not x.dtype.is_float:
+        raise ValueError(f"input must be float, got {x}")
+    if a["dtype"] not in QUANTIZED_DTYPES:
+        raise ValueError(f"dtype must be u8 or i8, got {a['dtype']}")
+    quant = QuantParams(a["scale"], a["zero_point"] or (0,), a["axis"])
+    lo, hi = a["dtype"].int_range
+    if any(not lo <= z <= hi for z in quant.zero_point):
+        raise ValueError(f"zero point {quant.zero_point} outside {a['dtype']}")
+    return TensorType(a["dtype"], x.shape, quant)
+
+
+QUANT_ATTRS = {
+    "dtype": Attr("dtype", doc="u8 or i8"),
+    "scale": Attr("floats", doc="one scale, or one per index of `axis`"),
+    "zero_point": Attr("ints", (), "zero points (default 0)"),
+    "axis": Attr("int?", None, "per-axis quantization axis"),
+}
+
+
+def _quantize_reference(xs, a):
+    quant = QuantParams(a["scale"], a["zero_point"] or (0,), a["axis"])
+    return quantize_array(xs[0], quant, a["dtype"])
+
+
+define("quantize", "Float to u8/i8: clamp(rint(x / scale) + zero_point), half to even.",
+       operands=("input",), family="quant", attrs=QUANT_ATTRS, infer=_quantize_infer,
+       reference=_quantize_reference, flops=lambda types, results, a: 2 * elements(results[0]))
+
+
+def _dequantize_infer(types, a):
+    x = types[0]
+    if x.quant is None:
+        raise ValueError(f"input must carry quantization parameters, got {x}")
+    return TensorType(DType.f32, x.shape)
+
+
+define("dequantize", "u8/i8 to f32: (q - zero_point) * scale, using the input's type.",
+       operands=("input",), family="quant", infer=_dequantize_infer,
+       reference=lambda xs, a, types: dequantize_array(xs[0], types[0].quant),
+       reference_takes_types=True, flops=lambda types, results, a: 2 * elements(results[0]))
+
+
+# ---- integer compute ops -------------------------------------------------------------------------
+INTEGER_OUTPUT_ATTRS = {
+    "dtype": Attr("dtype", DType.u8, "u8 or i8 (requantized) or f32 (dequantized)"),
+    "scale": Attr("float?", None, "result scale (quantized results only)"),
+    "zero_point": Attr("int", 0, "result zero point"),
+    "activation": Attr("str", "none", "fused clamp: none, relu or relu6"),
+}
+
+
+def _integer_result(types, shape, a, weight_axis: int) -> TensorType:
+    x, w = types[0], types[1]
+    for name, t in (("input", x), ("weight", w)):
+        if t.dtype not in QUANTIZED_DTYPES or t.quant is None:
+            raise ValueError(f"{name} must be quantized u8/i8, got {t}")
+    if x.quant.per_axis:
+        raise ValueError(f"input must be quantized per tensor, got {x}")
+    if w.quant.per_axis and w.quant.axis != weight_axis:
+        raise ValueError(f"weight must be quantized per tensor or along axis {weight_axis}, got {w}")
+    if len(types) > 2 and types[2] is not None:
+        bias = types[2]
+        if bias.dtype != DType.i32 or tuple(bias.shape) != (shape[-1] if weight_axis else shape[1],):
+            raise ValueError(f"bias must be i32 with one value per output channel, got {bias}")
+    if a["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
+    if a["dtype"] == DType.f32:
+        if a["scale"] is not None or a["zero_point"]:
+            raise ValueError("an f32 result takes no scale or zero point")
+        return TensorType(DType.f32, shape)
+    if a["dtype"] not in QUANTIZED_DTYPES or a["scale"] is None:
+        raise ValueError("a quantized result needs dtype u8 or i8 and a scale")
+    return TensorType(a["dtype"], shape, QuantParams(a["scale"], a["zero_point"]))
+
+
+def finish_integer_op(acc: np.ndarray, input_quant: QuantParams, weight_quant: QuantParams,
+                      a: dict, channel_axis: int) -> np.ndarray:
+    """The shared epilogue: int32 accumulators to the op's result (requantized or f32)."""
+    weight_scales = np.asarray(weight_quant.scale)
+    if a["dtype"] == DType.f32:
+        m = _along_axis(requant_multiplier(input_quant.scale[0], weight_scales), acc.ndim,
+                        channel_axis)
+        out = acc.astype(np.float32) * m
+        if a["activation"] == "relu":
+            out = np.maximum(out, 0)
+        elif a["activation"] == "relu6":
+            out = np.clip(out, 0, 6)
+        return out.astype(np.float32)
+    multiplier = requant_multiplier(input_quant.scale[0], weight_scales, a["scale"])
+    lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
+    return requantize(acc, multiplier, a["zero_point"], lo, hi, a["dtype"], channel_axis)
+
+
+def _centered(q: np.ndarray, quant: QuantParams, axis: int) -> np.ndarray:
+    """q - zero_point in float64, where integer sums stay exact up to 2^53."""
+    zero_point = _along_axis(quant.zero_point_array(), q.ndim, axis)
+    return q.astype(np.float64) - zero_point
+
+
+def _to_int32(acc: np.ndarray) -> np.ndarray:
+    return acc.astype(np.int64).astype(np.int32)  # int32 accumulators wrap, like the kernels
+
+
+def _qconv2d_reference(xs, a, types):
+    (x, w, bias), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = conv2d_nchw(_centered(x, xq, 1), _centered(w, wq, 0), a["stride"],
+                      a["padding"], a["dilation"], a["groups"], accumulate=np.float64)
+    acc = _to_int32(acc)
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int32).reshape(1, -1, 1, 1)
+    return finish_integer_op(acc, xq, wq, a, channel_axis=1)
+
+
+def _qconv2d_infer(types, a):
+    return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0)
+
+
+define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel, i32 bias; "
+       "requantized or f32 result.", operands=("input", "weight", "bias?"), family="quant",
+       attrs={**CONV_ATTRS, **INTEGER_OUTPUT_ATTRS}, infer=_qconv2d_infer,
+       reference=_qconv2d_reference, reference_takes_types=True,
+       flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1]
+       * types[1].shape[2] * types[1].shape[3])
+
+
+def _qlinear_reference(xs, a, types):
+    (x, w, bias), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = _to_int32(np.matmul(_centered(x, xq, 0), _centered(w, wq, 0).T))
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int32)
+    return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
+
+
+def _qlinear_infer(types, a):
+    shape = linear_infer(types)
+    return _integer_result(types, shape, a, weight_axis=0)
+
+
+define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output channel, i32 bias.",
+       operands=("input", "weight", "bias?"), family="quant", attrs=INTEGER_OUTPUT_ATTRS,
+       infer=_qlinear_infer, reference=_qlinear_reference, reference_takes_types=True,
+       flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1])
+
+
+def _qmatmul_infer(types, a):
+    require_rank(types[1], types[1].rank, "b")
+    shape = matmul_infer(types)
+    return _integer_result(types, shape, a, weight_axis=types[1].rank - 1)
+
+
+def _qmatmul_reference(xs, a, types):
+    (x, w), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = _to_int32(np.matmul(_centered(x, xq, 0), _centered(w, wq, w.ndim - 1)))
+    return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
+
+
+define("qmatmul", "Integer batched a @ b: a per tensor, b per tensor or per last axis.",
+       operands=("a", "b"), family="quant", attrs=INTEGER_OUTPUT_ATTRS, infer=_qmatmul_infer,
+       reference=_qmatmul_reference, reference_takes_types=True,
+       flops=lambda types, results, a: 2 * elements(results[0]) * types[0].shape[-1])
