@@ -253,9 +253,10 @@ class Graph:
     def add_node(self, op: str, operands: Sequence[Value | None], attrs: Mapping[str, Any] | None = None,
                  loc: Location = UNKNOWN_LOCATION, *, before: Node | None = None) -> Node:
         """Append (or insert before ``before``) a node; attributes get defaults, results get types."""
-        from .ops import infer_node  # the op table depends on this module
+        from .ops import get_op, infer_node  # the op table depends on this module
 
         attrs, result_types = infer_node(op, operands, attrs or {})
+        operands = get_op(op).padded(operands)
         node = Node(op, operands, attrs, result_types, loc)
         if before is None:
             self.nodes.append(node)

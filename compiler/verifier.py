@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .ir import Graph, Node, Value
-from .ops import OpError, infer_node
+from .ops import OpError, get_op, infer_node
 
 
 class VerificationError(ValueError):
@@ -35,6 +35,8 @@ def verify(graph: Graph) -> None:
                 raise VerificationError(f"operand {position} of node #{index} is used before it is "
                                         f"defined (or belongs to another graph)", node)
         try:
+            if len(get_op(node.op).padded(node.operands)) != len(node.operands):
+                raise VerificationError("absent optional operands must be stored as None", node)
             attrs, types = infer_node(node.op, node.operands, node.attrs)
         except OpError as err:
             raise VerificationError(str(err), node) from None

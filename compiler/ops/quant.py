@@ -27,9 +27,14 @@ QUANTIZED_DTYPES = (DType.u8, DType.i8)
 
 
 def requant_multiplier(input_scale: float, weight_scales, output_scale: float = 1.0) -> np.ndarray:
-    """M = s_in * s_w / s_out per output channel, computed in float64 and rounded once to f32."""
-    scales = np.asarray(weight_scales, dtype=np.float64)
-    return (float(input_scale) * scales / float(output_scale)).astype(np.float32)
+    """M = s_in * s_w / s_out per output channel.
+
+    Scales are float32 values (as stored in types); the product is formed in float64 and
+    rounded once to float32, so every caller gets the same multiplier bits.
+    """
+    weight = np.asarray(weight_scales, dtype=np.float32).astype(np.float64)
+    product = np.float64(np.float32(input_scale)) * weight / np.float64(np.float32(output_scale))
+    return product.astype(np.float32)
 
 
 def activation_bounds(activation: str, dtype: DType, scale: float, zero_point: int) -> tuple[int, int]:

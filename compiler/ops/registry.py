@@ -141,6 +141,13 @@ class OpDef:
             raise OpError(self.name, f"takes {expected} operands ({', '.join(self.operands)}), "
                                      f"got {count}")
 
+    def padded(self, operands: Sequence) -> list:
+        """Operands with absent trailing optional ones filled in as None (nodes store all)."""
+        operands = list(operands)
+        if not self.variadic:
+            operands += [None] * (len(self.operands) - len(operands))
+        return operands
+
     def normalize_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(attrs) - set(self.attrs))
         if unknown:
@@ -190,9 +197,13 @@ def get_op(name: str) -> OpDef:
 
 
 def infer_node(op_name: str, operands: Sequence[Value | None], attrs: Mapping[str, Any]):
-    """Normalized attributes and result types for a node, or an OpError saying what is wrong."""
+    """Normalized attributes and result types for a node, or an OpError saying what is wrong.
+
+    ``operands`` may leave out trailing optional operands.
+    """
     op = get_op(op_name)
     op.check_operand_count(len(operands))
+    operands = op.padded(operands)
     for i, (spec, value) in enumerate(zip(_expanded_specs(op, len(operands)), operands)):
         if value is None and not spec.endswith("?"):
             raise OpError(op.name, f"operand {i} ({spec.rstrip('*')}) is required")

@@ -1,0 +1,137 @@
+"""The ``nimbus`` command line. Each command imports the compiler only when it runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    help="nimbus: compile PyTorch models into small, fast, verified artifacts for cloud inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _load_factory(spec: str):
+    """Import ``path/to/file.py:factory`` and return the factory callable."""
+    path_text, _, factory_name = spec.rpartition(":")
+    if not path_text or not factory_name:
+        _fail(f"expected FILE.py:FACTORY, got '{spec}'")
+    path = Path(path_text)
+    if not path.is_file():
+        _fail(f"no such file: {path}")
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(path.parent.resolve()))  # let the model file import its neighbours
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        _fail(f"{path} has no callable '{factory_name}'")
+    return factory
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        _fail(f"--input-shape takes comma-separated integers, got '{text}'")
+    if any(d < 1 for d in shape):
+        _fail(f"--input-shape dims must be positive, got '{text}'")
+    return shape
+
+
+@app.command("import")
+def import_model(
+    spec: str = typer.Argument(..., help="Model factory as FILE.py:FUNCTION returning an nn.Module."),
+    input_shape: List[str] = typer.Option(..., "--input-shape", "-s",
+                                          help="Shape of one input, e.g. 1,3,32,32 (repeat per input)."),
+    input_dtype: List[str] = typer.Option([], "--input-dtype",
+                                          help="dtype per input (f32, i64, ...); default f32."),
+    static_batch: bool = typer.Option(False, "--static-batch",
+                                      help="Keep the batch size fixed instead of symbolic N."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the IR (.nir)."),
+):
+    """Import a PyTorch model through torch.export and write its IR text (and weights)."""
+    import torch
+
+    from nimbus.compiler.dtypes import DType
+    from nimbus.compiler.frontend import from_torch
+    from nimbus.compiler.text import save_ir
+
+    shapes = [_parse_shape(s) for s in input_shape]
+    if input_dtype and len(input_dtype) != len(shapes):
+        _fail(f"{len(input_dtype)} --input-dtype values for {len(shapes)} inputs")
+    dtypes = [DType.parse(d).numpy for d in input_dtype] if input_dtype else ["float32"] * len(shapes)
+    examples = []
+    for shape, dtype in zip(shapes, dtypes):
+        array = torch.from_numpy(_example_array(shape, dtype))
+        examples.append(array)
+    module = _load_factory(spec)()
+    graph = from_torch(module, tuple(examples), dynamic_batch=not static_batch)
+    save_ir(graph, output)
+    typer.echo(f"wrote {output} ({len(graph.nodes)} nodes, {len(graph.constants)} constants)")
+
+
+def _example_array(shape, dtype):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 2, size=shape).astype(dtype)
+
+
+@app.command()
+def show(
+    path: Path = typer.Argument(..., help="IR file written by `nimbus import`."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Value of the batch dim N for the table."),
+    ir: bool = typer.Option(True, "--ir/--no-ir", help="Print the IR text before the table."),
+    locations: bool = typer.Option(False, "--locations/--no-locations",
+                                   help="Include source locations in the IR text."),
+):
+    """Print a model's IR, then a table of every node: output shape, parameters, FLOPs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nimbus.compiler.summary import node_costs, symbol_names
+    from nimbus.compiler.text import load_ir, print_ir
+
+    if not path.is_file():
+        _fail(f"no such file: {path}")
+    graph = load_ir(path)
+    console = Console()
+    if ir:
+        console.print(print_ir(graph, locations=locations), markup=False, highlight=False)
+    bindings = {name: batch for name in symbol_names(graph)}
+    rows = node_costs(graph, bindings)
+    bound = ", ".join(f"{k}={v}" for k, v in bindings.items())
+    table = Table(title=f"{graph.name}" + (f" ({bound})" if bound else ""))
+    for column in ("#", "op", "output shape", "params", "MFLOPs", "source"):
+        table.add_column(column, justify="right" if column in ("#", "params", "MFLOPs") else "left")
+    for row in rows:
+        table.add_row(str(row.index), row.op, row.shapes, f"{row.parameters:,}",
+                      f"{row.flops / 1e6:,.3f}", row.source)
+    table.add_row("", "total", "", f"{sum(r.parameters for r in rows):,}",
+                  f"{sum(r.flops for r in rows) / 1e6:,.3f}", "", style="bold")
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
