@@ -61,7 +61,7 @@ _unary("rsqrt", "1 / sqrt(x).", lambda x: 1.0 / np.sqrt(x), 2)
 _unary("reciprocal", "1 / x.", lambda x: 1.0 / x, 1)
 _unary("erf", "Gauss error function.", lambda x: special.erf(x.astype(np.float64)), 4)
 _unary("neg", "-x.", np.negative, 1, floats_only=False)
-_unary("abs", "|x|.", np.abs, 1, floats_only=False)
+_unary("abs", "Absolute value.", np.abs, 1, floats_only=False)
 _unary("clamp", "Clamp to [min, max]; either bound may be absent.", _clamp, 2,
        attrs={"min": Attr("float?", None, "lower bound"), "max": Attr("float?", None, "upper bound")},
        floats_only=False)

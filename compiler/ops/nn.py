@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dims import Dim, simplify
+from ..dims import Dim
 from ..ir import TensorType
 from .common import (broadcast_shapes, elements, in_float32, normalize_axis, require_float,
                      require_rank, require_same_dtype, window_output_size)

@@ -8,7 +8,7 @@ The printer, parser, verifier, interpreter and cost model all read that one entr
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np

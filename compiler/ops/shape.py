@@ -7,7 +7,7 @@ import numpy as np
 from ..dims import Dim, floordiv, product, simplify
 from ..dtypes import DType
 from ..ir import TensorType
-from .common import elements, normalize_axis, require_same_dtype
+from .common import normalize_axis, require_same_dtype
 from .registry import Attr, define
 
 # Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
