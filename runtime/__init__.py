@@ -1,0 +1,10 @@
+"""The nimbus runtime: what a cloud inference container installs.
+
+It runs compiled artifacts with numpy and the native kernels of ``nimbus.runtime._kernels``
+alone. Nothing here imports the compiler, torch, onnx, lark, sympy or triton at import time,
+so ``pip install nimbus`` without extras is enough to serve a model.
+"""
+
+from ._kernels import gemm_s8s8s32, gemm_u8s8s32
+
+__all__ = ["gemm_s8s8s32", "gemm_u8s8s32"]

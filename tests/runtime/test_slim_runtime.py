@@ -1,0 +1,94 @@
+"""The runtime installs and runs with numpy alone, as in a serving container.
+
+A wheel of the project goes into a fresh virtual environment next to numpy and nothing else;
+a child interpreter there imports nimbus and runs a kernel, and none of the compiler's heavy
+dependencies may have been imported on the way.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Local state that must not leak into the build: environments, build folders, caches.
+NOT_SOURCE = (
+    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
+)
+COMPILER_ONLY_MODULES = {"torch", "onnx", "onnxruntime", "lark", "sympy", "triton"}
+
+CHILD_SCRIPT = """
+import json
+import sys
+
+import numpy as np
+
+import nimbus
+import nimbus.runtime
+
+a = np.array([[1, 2, 255]], dtype=np.uint8)
+b = np.array([[1, -1], [2, 0], [-128, 127]], dtype=np.int8)
+print(json.dumps({
+    "runtime_file": nimbus.runtime.__file__,
+    "product": nimbus.runtime.gemm_u8s8s32(a, b).tolist(),
+    "loaded_modules": sorted(name.partition(".")[0] for name in sys.modules),
+}))
+"""
+
+
+def run(command: list, cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} exited with {result.returncode}\n"
+        f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    # A copy of the sources, so this build shares no build folder with the editable install.
+    source = tmp_path_factory.mktemp("source") / "nimbus"
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+    run([*pip_wheel, "--no-build-isolation", "--wheel-dir", str(wheelhouse), str(source)], source)
+    (wheel_path,) = wheelhouse.glob("nimbus-*.whl")
+    return wheel_path
+
+
+def test_wheel_holds_the_nimbus_package_and_nothing_else(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    grammars = {
+        f"nimbus/compiler/{path.relative_to(REPO_ROOT / 'compiler').as_posix()}"
+        for path in (REPO_ROOT / "compiler").rglob("*.lark")
+    }
+    assert grammars <= names, f"grammar files missing from the wheel: {sorted(grammars - names)}"
+    assert {"nimbus/runtime/__init__.py", "nimbus/runtime/_kernels.pyi"} <= names
+    extension = [name for name in names if name.startswith("nimbus/runtime/_kernels.cpython")]
+    assert extension, "the native extension nimbus/runtime/_kernels is missing from the wheel"
+    stray = sorted(name for name in names if not name.startswith(("nimbus/", "nimbus-0.1.0.dist")))
+    assert not stray, f"files outside the nimbus package: {stray}"
+
+
+def test_runtime_runs_with_numpy_alone(wheel, tmp_path):
+    environment = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(environment)], tmp_path)
+    python = environment / "bin" / "python"
+    pip_install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
+    run([*pip_install, f"numpy=={np.__version__}", str(wheel)], tmp_path)
+
+    # -I keeps the checkout and PYTHON* variables off sys.path: only the installed wheel counts.
+    report = json.loads(run([str(python), "-I", "-c", CHILD_SCRIPT], tmp_path))
+
+    assert Path(report["runtime_file"]).is_relative_to(environment)
+    assert report["product"] == [[1 + 4 - 32640, -1 + 0 + 32385]]
+    heavy = COMPILER_ONLY_MODULES & set(report["loaded_modules"])
+    assert not heavy, f"importing nimbus.runtime loaded {sorted(heavy)}"
