@@ -129,6 +129,58 @@ def show(
     console.print(table)
 
 
+@app.command()
+def passes():
+    """List every registered pass with its options and description."""
+    from nimbus.passes import all_passes
+
+    for info in all_passes():
+        typer.secho(info.name, bold=True)
+        typer.echo(f"  {info.description}")
+        for option in info.options.values():
+            default = option.format(option.default)
+            typer.echo(f"  {option.name}: {option.type.__name__} = {default}"
+                       + (f"  ({option.doc})" if option.doc else ""))
+        typer.echo("")
+
+
+@app.command()
+def opt(
+    path: Path = typer.Argument(..., help="Input IR file (.nir)."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p",
+                                 help='Pass pipeline, e.g. "fold-batchnorm,fuse{activations=true}".'),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Where to write the result; stdout if omitted."),
+    print_ir_after: List[str] = typer.Option([], "--print-ir-after",
+                                             help="Print the IR after this pass (or 'all')."),
+    print_ir_before: List[str] = typer.Option([], "--print-ir-before",
+                                              help="Print the IR before this pass (or 'all')."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify after every pass."),
+    statistics: bool = typer.Option(True, "--stats/--no-stats",
+                                    help="Print per-pass timing and statistics to stderr."),
+):
+    """Run a pass pipeline over an IR file."""
+    from nimbus.compiler.text import load_ir, print_ir, save_ir
+    from nimbus.passes import PassError, PassManager, PipelineError
+
+    if not path.is_file():
+        _fail(f"no such file: {path}")
+    graph = load_ir(path)
+    try:
+        manager = PassManager(pipeline, verify=verify, print_ir_after=print_ir_after,
+                              print_ir_before=print_ir_before)
+        manager.run(graph)
+    except (PipelineError, PassError) as err:
+        _fail(str(err))
+    if statistics:
+        typer.echo(manager.report.table(), err=True)
+    if output is None:
+        typer.echo(print_ir(graph))
+    else:
+        save_ir(graph, output)
+        typer.echo(f"wrote {output} ({len(graph.nodes)} nodes)", err=True)
+
+
 def main() -> None:
     app()
 

@@ -14,6 +14,7 @@ FAMILY_TITLES = {
     "shape": "Data movement",
     "reduce": "Reductions",
     "quant": "Quantization and integer ops",
+    "fused": "Fused ops (produced by the fuse pass)",
 }
 
 

@@ -133,6 +133,26 @@ FLOAT_CASES = {
             ([randn(2, 3)], {}, lambda x: x.sum())],
     "reduce_max": [([randn(2, 3, 4)], {"axes": [1]}, lambda x: x.amax(dim=1))],
     "reduce_min": [([randn(2, 3, 4)], {"axes": [1, 2]}, lambda x: x.amin(dim=(1, 2)))],
+    "fused_conv2d": [([randn(2, 4, 7, 9), randn(6, 2, 3, 3), randn(6), randn(2, 6, 4, 9)],
+                      {"stride": [2, 1], "padding": [1, 1, 1, 1], "groups": 2, "activation": "relu"},
+                      lambda x, w, b, r: F.relu(F.conv2d(x, w, b, stride=(2, 1), padding=1,
+                                                         groups=2) + r))],
+    "fused_linear": [([randn(3, 5, 7), randn(4, 7), randn(4), randn(5, 4)],
+                      {"activation": "gelu_tanh"},
+                      lambda x, w, b, r: F.gelu(F.linear(x, w, b) + r, approximate="tanh")),
+                     ([randn(3, 7), randn(4, 7), None, None], {"activation": "hardswish"},
+                      lambda x, w: F.hardswish(F.linear(x, w)))],
+    "fused_matmul": [([randn(2, 3, 5), randn(5, 4), randn(2, 3, 4)], {"activation": "silu"},
+                      lambda a, b, r: F.silu(a @ b + r))],
+    "fused_elementwise": [([randn(3, 4), randn(4)], {"expr": "mul($0,sigmoid(add($1,$0)))"},
+                           lambda a, b: a * torch.sigmoid(b + a)),
+                          ([randn(5)], {"expr": "clamp[min=0.0,max=6.0](mul($0,$0))"},
+                           lambda a: torch.clamp(a * a, 0, 6))],
+    "attention": [([randn(2, 3, 5, 8), randn(2, 3, 7, 8), randn(2, 3, 7, 4), randn(2, 1, 1, 7)],
+                   {}, lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)),
+                  ([randn(2, 5, 8), randn(2, 7, 8), randn(2, 7, 4), randn(5, 7) > -0.5],
+                   {"scale": 0.3},
+                   lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3))],
 }
 
 
@@ -316,3 +336,18 @@ def test_attribute_errors_name_the_attribute_and_suggest():
         graph.add_node("relux", [x], {})
     with pytest.raises(OpError, match="attribute 'groups' \\(int\\): expected an integer"):
         graph.add_node("conv2d", [x, x], {"groups": 1.5})
+
+
+@pytest.mark.parametrize("expr, error", [
+    ("mul($0,conv2d($1,$1))", "not elementwise"),
+    ("mul($0,$0)", "uses inputs \\[0\\], has 2"),
+    ("mul( $0,$1 )", "not canonical"),
+    ("clamp[mni=0.0]($0,$1)", "unknown attribute 'mni'"),
+    ("relu($0", "expected ',' or '\\)'"),
+])
+def test_fused_expressions_are_validated(expr, error):
+    graph = Graph("bad")
+    a = graph.add_input("a", TensorType(DType.f32, (3,)))
+    b = graph.add_input("b", TensorType(DType.f32, (3,)))
+    with pytest.raises(OpError, match=error):
+        graph.add_node("fused_elementwise", [a, b], {"expr": expr})

@@ -1,0 +1,14 @@
+"""nimbus.passes: the pass manager, pipeline text, pattern rewriting and every pass.
+
+Each pass lives in its own module, imported here so that it registers itself.
+"""
+
+from . import (canonicalize, eliminate_common_subexpressions, eliminate_dead_code,  # noqa: F401
+               fold_batchnorm, fold_constants, fuse)
+from .manager import PassContext, PassError, PassFailure, PassManager, PassReport, run_passes
+from .pipeline import Pipeline, PipelineError, parse_pipeline
+from .registry import PassInfo, PassRegistryError, all_passes, get_pass, register_pass
+
+__all__ = ["PassContext", "PassError", "PassFailure", "PassInfo", "PassManager", "PassRegistryError",
+           "PassReport", "Pipeline", "PipelineError", "all_passes", "get_pass", "parse_pipeline",
+           "register_pass", "run_passes"]
