@@ -107,7 +107,8 @@ def _use_counts(graph: Graph) -> dict[Value, int]:
             if operand is not None and operand.producer is not None:
                 counts[operand] = counts.get(operand, 0) + 1
     for value in graph.outputs:
-        counts[value] = counts.get(value, 0) + 1
+        if value.producer is not None:
+            counts[value] = counts.get(value, 0) + 1
     return counts
 
 

@@ -237,7 +237,7 @@ class Graph:
     def add_constant(self, name: str, data: np.ndarray, quant: QuantParams | None = None) -> Value:
         if name in self.constants:
             raise ValueError(f"duplicate constant name '{name}'")
-        data = np.ascontiguousarray(data)
+        data = np.asarray(data, order="C")  # ascontiguousarray would make 0-d arrays 1-d
         value = Value(TensorType.of_array(data, quant), name=name, data=data)
         self.constants[name] = value
         return value

@@ -68,6 +68,11 @@ EPILOGUES = [
 
 
 # ---- normalizations written out by hand ---------------------------------------------------------
+def _shortest_float(scalar: Value) -> float:
+    """The scalar's value as the shortest decimal that rounds to it in its own precision."""
+    return float(str(scalar.data.reshape(())))
+
+
 def _trailing_axes(node: Node) -> bool:
     rank = node.operands[0].type.rank
     axes = sorted(normalize_axis(a, rank) for a in node.attrs["axes"])
@@ -87,7 +92,7 @@ def _layer_norm(m: Match, rw: Rewriter):
         return None
     rank = m["x"].type.rank
     axis = min(normalize_axis(a, rank) for a in mean_node.attrs["axes"])
-    return rw.op("layer_norm", m["x"], axis=axis, eps=float(m["eps"].data.reshape(())))
+    return rw.op("layer_norm", m["x"], axis=axis, eps=_shortest_float(m["eps"]))
 
 
 _CENTERED = Pat("sub", Var("x"), Pat("mean", Var("x"), name="mu", where=_trailing_axes), name="centered")
@@ -178,7 +183,7 @@ def _attention(scale_op: str | None):
     def rewrite(m: Match, rw: Rewriter):
         scale = 1.0
         if scale_op is not None:
-            factor = float(m["s"].data.reshape(()))
+            factor = _shortest_float(m["s"])
             scale = factor if scale_op == "mul" else 1.0 / factor
         mask = m.values.get("mask")
         q = m["q"]

@@ -196,7 +196,9 @@ def _sweep(graph: Graph, rules: Sequence[Rule], pass_name: str, stats) -> bool:
             found = match(rule.pattern, node.results[0], uses)
             if found is None:
                 continue
-            matched = [found.root, *found.nodes.values()]
+            # The replacement is located where the first matched node (in program order) was.
+            order = {n: i for i, n in enumerate(graph.nodes)}
+            matched = sorted({found.root, *found.nodes.values()}, key=order.__getitem__)
             loc = Location.merge(n.loc for n in matched).touched_by(pass_name)
             rewriter = Rewriter(graph, found.root, loc)
             replacement = rule.rewrite(found, rewriter)
