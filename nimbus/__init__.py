@@ -20,6 +20,7 @@ _LAZY_API = {
     "load_ir": ("nimbus.compiler.text", "load_ir"),
     "interpret": ("nimbus.compiler.interpreter", "interpret"),
     "verify": ("nimbus.compiler.verifier", "verify"),
+    "run_passes": ("nimbus.passes", "run_passes"),
     "Graph": ("nimbus.compiler.ir", "Graph"),
     "TensorType": ("nimbus.compiler.ir", "TensorType"),
     "DType": ("nimbus.compiler.dtypes", "DType"),

@@ -114,7 +114,7 @@ def show(
     graph = load_ir(path)
     console = Console()
     if ir:
-        console.print(print_ir(graph, locations=locations), markup=False, highlight=False)
+        typer.echo(print_ir(graph, locations=locations))
     bindings = {name: batch for name in symbol_names(graph)}
     rows = node_costs(graph, bindings)
     bound = ", ".join(f"{k}={v}" for k, v in bindings.items())
@@ -147,8 +147,10 @@ def passes():
 @app.command()
 def opt(
     path: Path = typer.Argument(..., help="Input IR file (.nir)."),
-    pipeline: str = typer.Option(..., "--pipeline", "-p",
-                                 help='Pass pipeline, e.g. "fold-batchnorm,fuse{activations=true}".'),
+    pipeline: Optional[str] = typer.Option(
+        None, "--pipeline", "-p",
+        help='Pass pipeline, e.g. "fold-batchnorm,fuse{activations=true}"; default: the standard '
+             'optimization pipeline.'),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Where to write the result; stdout if omitted."),
     print_ir_after: List[str] = typer.Option([], "--print-ir-after",
@@ -161,13 +163,13 @@ def opt(
 ):
     """Run a pass pipeline over an IR file."""
     from nimbus.compiler.text import load_ir, print_ir, save_ir
-    from nimbus.passes import PassError, PassManager, PipelineError
+    from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, PipelineError
 
     if not path.is_file():
         _fail(f"no such file: {path}")
     graph = load_ir(path)
     try:
-        manager = PassManager(pipeline, verify=verify, print_ir_after=print_ir_after,
+        manager = PassManager(pipeline or DEFAULT_OPTIMIZATION, verify=verify, print_ir_after=print_ir_after,
                               print_ir_before=print_ir_before)
         manager.run(graph)
     except (PipelineError, PassError) as err:

@@ -7,8 +7,9 @@ from . import (canonicalize, eliminate_common_subexpressions, eliminate_dead_cod
                fold_batchnorm, fold_constants, fuse)
 from .manager import PassContext, PassError, PassFailure, PassManager, PassReport, run_passes
 from .pipeline import Pipeline, PipelineError, parse_pipeline
+from .pipelines import DEFAULT_OPTIMIZATION
 from .registry import PassInfo, PassRegistryError, all_passes, get_pass, register_pass
 
-__all__ = ["PassContext", "PassError", "PassFailure", "PassInfo", "PassManager", "PassRegistryError",
+__all__ = ["DEFAULT_OPTIMIZATION", "PassContext", "PassError", "PassFailure", "PassInfo", "PassManager", "PassRegistryError",
            "PassReport", "Pipeline", "PipelineError", "all_passes", "get_pass", "parse_pipeline",
            "register_pass", "run_passes"]

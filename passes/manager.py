@@ -71,7 +71,7 @@ class PassReport:
         header = f"{'pass':<32} {'changed':>7} {'ms':>9} {'nodes':>13}  statistics"
         lines = [header, "-" * len(header)]
         for r in self.records:
-            stats = ", ".join(f"{k}={_number(v)}" for k, v in sorted(r.stats.items()))
+            stats = ", ".join(f"{k}={_number(v)}" for k, v in sorted(r.stats.items()) if v)
             lines.append(f"{r.name:<32} {('yes' if r.changed else 'no'):>7} {r.seconds * 1e3:>9.2f} "
                          f"{r.nodes_before:>5} -> {r.nodes_after:<5}  {stats}")
         return "\n".join(lines)

@@ -1,20 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: installs nimbus editable with its compiler and test extras into
-# .venv (created if missing), then runs pytest with any arguments given, e.g.
+# The project's test command: installs nimbus (scripts/setup.sh), then runs pytest with any
+# arguments given, e.g.
 #   bash scripts/test.sh tests/kernels -m "not slow"
-# Re-running it is cheap: installed packages are kept and the native build is incremental.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-if [[ ! -x .venv/bin/python ]]; then
-    python3 -m venv .venv
-fi
-python=.venv/bin/python
-
-"$python" -m pip install --quiet --upgrade pip
-# The build requirements live in .venv, so the editable build runs without isolation.
-"$python" scripts/install_build_requirements.py
-"$python" -m pip install --quiet --constraint constraints.txt --no-build-isolation \
-    --editable ".[compiler,test]"
-
-exec "$python" -m pytest -q "$@"
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
