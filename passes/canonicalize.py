@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nimbus.compiler.dims import product, simplify
 from nimbus.compiler.ir import Graph, Node
 
 from .manager import PassContext
@@ -44,6 +45,35 @@ def _fold_bias(m, rw):
     return rw.op("linear", m["x"], m["w"], m["b"])
 
 
+def _merges_leading_axes(source, flat, kept: int) -> bool:
+    """``flat`` is ``source`` with every axis but the last ``kept`` merged into one."""
+    head = source.type.shape[:-kept]
+    return (len(flat.type.shape) == kept + 1 and simplify(flat.type.shape[0] - product(head)) == 0
+            and tuple(flat.type.shape[1:]) == tuple(source.type.shape[-kept:]))
+
+
+def _unflattened_linear(m, rw):
+    flat, outer = m.node("flat").results[0], m.node("outer").results[0]
+    leading = outer.type.shape[:-1]
+    if flat.type.rank != 2 or simplify(product(leading) - flat.type.shape[0]) != 0:
+        return None
+    unflattened = rw.op("reshape", m["x"], shape=[*leading, flat.type.shape[1]])
+    return rw.op("linear", unflattened, m["w"], m["b"])
+
+
+def _unflattened_matmul(m, rw):
+    a, b = m["a"], m["b"]
+    leading = m.node("outer").results[0].type.shape[:-2]
+    if a.type.rank != 3 or b.type.rank != 3 or a.type.shape[0] != b.type.shape[0]:
+        return None
+    if simplify(product(leading) - a.type.shape[0]) != 0:
+        return None
+    if tuple(m.node("outer").results[0].type.shape[-2:]) != (a.type.shape[1], b.type.shape[2]):
+        return None
+    unflattened = [rw.op("reshape", v, shape=[*leading, *v.type.shape[1:]]) for v in (a, b)]
+    return rw.op("matmul", *unflattened)
+
+
 IDENTITIES = [
     # reshape(x) to x's own shape -> x; likewise cast, expand, and the identity permutation
     Rule("reshape(x) -> x", Pat("reshape", Var("x"), where=_same_type_as_input), lambda m, rw: m["x"]),
@@ -71,6 +101,47 @@ CHAINS = [
          _compose_permutations),
 ]
 
+UNFLATTEN = [
+    # reshape(linear(reshape(x){[P, K]})){[..., O]} -> linear(reshape(x){[..., K]}): linear
+    # applies to the last axis, so the leading axes need not be flattened
+    Rule("reshape(linear(flatten(x))) -> linear(reshape(x))",
+         Pat("reshape", Pat("linear", Pat("reshape", Var("x"), name="flat"), Const("w"),
+                            Var("b", optional=True), single_use=True), name="outer"),
+         _unflattened_linear),
+    # reshape(matmul(a, b) over [B1*B2, M, K]){[B1, B2, M, N]} -> matmul over [B1, B2, ...]:
+    # matmul batches any leading axes, so the reshapes move to the operands (and usually cancel)
+    Rule("reshape(batched matmul) -> matmul of reshaped operands",
+         Pat("reshape", Pat("matmul", Var("a"), Var("b"), single_use=True), name="outer"),
+         _unflattened_matmul),
+]
+
+def _drop_expand(position: int):
+    """matmul broadcasts its leading axes itself, so an expand feeding it can go."""
+
+    def rewrite(m, rw):
+        operands = list(m.root.operands)
+        operands[position] = m["x"]
+        result = rw.op("matmul", *operands)
+        return result if result.type == m.root.results[0].type else None
+
+    return rewrite
+
+
+def _keeps_matrix_axes(node: Node) -> bool:
+    source, result = node.operands[0].type, node.results[0].type
+    return source.rank >= 2 and tuple(source.shape[-2:]) == tuple(result.shape[-2:])
+
+
+BROADCASTS = [
+    # matmul(expand(x), y) -> matmul(x, y), and likewise on the right
+    Rule("matmul(expand(x), y) -> matmul(x, y)",
+         Pat("matmul", Pat("expand", Var("x"), single_use=True, where=_keeps_matrix_axes),
+             Var("y")), _drop_expand(0)),
+    Rule("matmul(y, expand(x)) -> matmul(y, x)",
+         Pat("matmul", Var("y"), Pat("expand", Var("x"), single_use=True,
+                                     where=_keeps_matrix_axes)), _drop_expand(1)),
+]
+
 LINEAR = [
     # matmul(x, permute(w){perm=[1,0]}) -> linear(x, w): export's addmm/mm of a Linear layer
     Rule("matmul(x, permute(w)) -> linear(x, w)",
@@ -90,7 +161,11 @@ LINEAR = [
 @register_pass("canonicalize")
 def canonicalize(graph: Graph, ctx: PassContext) -> bool:
     """Rewrite to canonical forms until nothing changes: matmul by a (transposed) constant and a
-    following bias add become one linear; chains of reshapes or permutes collapse into one;
+    following bias add become one linear; a linear or matmul wrapped in reshapes that flatten and
+    restore leading axes applies to the unflattened tensors; expands feeding a matmul (which
+    broadcasts by itself) disappear; chains of reshapes or permutes
+    collapse into one;
     no-op reshapes, casts, expands, slices, permutes and additions of 0 or products with 1
     disappear."""
-    return apply_rules(graph, IDENTITIES + CHAINS + LINEAR, ctx.pass_name, ctx.stats)
+    rules = IDENTITIES + CHAINS + BROADCASTS + LINEAR + UNFLATTEN
+    return apply_rules(graph, rules, ctx.pass_name, ctx.stats)

@@ -13,11 +13,11 @@ from .rewrite import remove_dead_nodes
 
 
 @register_pass("fold-constants")
-def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1 << 16) -> bool:
+def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1024) -> bool:
     """Replace every node whose operands are all constants by constants computed with the
     reference interpreter's op implementations. Results with symbolic shapes stay, and so do
-    results larger than their operands and than `max-elements` (folding an expand would only
-    grow the artifact).
+    results larger than both their operands and `max-elements` (folding an expand of a weight
+    would only grow the artifact).
 
     Options:
     max-elements: largest result, in elements, folded when it is bigger than its operands

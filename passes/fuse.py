@@ -169,46 +169,81 @@ NORMALIZATIONS = [
 
 
 # ---- attention -------------------------------------------------------------------------------------
-def _swaps_last_axes(node: Node) -> bool:
-    perm = list(node.attrs["perm"])
-    rank = len(perm)
-    return rank >= 2 and perm == list(range(rank - 2)) + [rank - 1, rank - 2]
+def _key_permutation(perm) -> list[int] | None:
+    """For k^T = permute(x, perm), the permutation that gives k itself (last two axes back)."""
+    perm = list(perm)
+    return perm[:-2] + [perm[-1], perm[-2]] if len(perm) >= 2 else None
 
 
 def _last_axis_softmax(node: Node) -> bool:
     return normalize_axis(node.attrs["axis"], node.operands[0].type.rank) == node.operands[0].type.rank - 1
 
 
-def _attention(scale_op: str | None):
+def _attention_scale(m: Match, scaling: str) -> float:
+    if scaling == "none":
+        return 1.0
+    if scaling == "mul":
+        return _shortest_float(m["s"])
+    if scaling == "div":
+        return 1.0 / _shortest_float(m["s"])
+    return _shortest_float(m["s_q"]) * _shortest_float(m["s_k"])
+
+
+def _attention(scaling: str):
     def rewrite(m: Match, rw: Rewriter):
-        scale = 1.0
-        if scale_op is not None:
-            factor = _shortest_float(m["s"])
-            scale = factor if scale_op == "mul" else 1.0 / factor
-        mask = m.values.get("mask")
-        q = m["q"]
+        mask, q = m.values.get("mask"), m["q"]
         if mask is not None and mask.type.dtype != q.type.dtype:
             return None
-        return rw.op("attention", q, m["k"], m["v"], mask, scale=scale)
+        key_perm = _key_permutation(m.node("kt").attrs["perm"])
+        k = m["k"]
+        if key_perm != list(range(len(key_perm))):
+            k = rw.op("permute", k, perm=key_perm)
+        return rw.op("attention", q, k, m["v"], mask, scale=_attention_scale(m, scaling))
 
     return rewrite
 
 
+def _is_zero(value: Value) -> bool:
+    node = value.producer
+    if value.is_constant:
+        return not value.data.any()
+    return node is not None and node.op == "full" and node.attrs["value"] == 0.0
+
+
+def _scores(scaling: str, masked: bool) -> Pat:
+    """q @ k^T, scaled one of four ways, plus an optional additive mask (named 'scores')."""
+    key_t = Pat("permute", Var("k"), name="kt")
+    if scaling == "split":  # sqrt(scale) applied to q and to k^T, as PyTorch's math SDPA does
+        scores = Pat("matmul", Pat("mul", Var("q"), Const("s_q", _scalar()), single_use=True),
+                     Pat("mul", key_t, Const("s_k", _scalar()), single_use=True), single_use=True)
+    else:
+        scores = Pat("matmul", Var("q"), key_t, single_use=True)
+        if scaling != "none":
+            scores = Pat(scaling, scores, Const("s", _scalar()), single_use=True)
+    if masked:
+        return Pat("add", scores, Var("mask"), commutative=True, name="scores")
+    # The scores feed the softmax and, in the guarded form, the all-masked test as well.
+    scores.name, scores.single_use = "scores", False
+    return scores
+
+
 def _attention_rules() -> list[Rule]:
     rules = []
-    for scale_op in ("mul", "div", None):
+    for scaling in ("split", "mul", "div", "none"):
         for masked in (True, False):
-            scores = Pat("matmul", Var("q"), Pat("permute", Var("k"), where=_swaps_last_axes),
-                         single_use=True)
-            if scale_op is not None:
-                scores = Pat(scale_op, scores, Const("s", _scalar()), single_use=True)
-            if masked:
-                scores = Pat("add", scores, Var("mask"), single_use=True, commutative=True)
-            pattern = Pat("matmul", Pat("softmax", scores, where=_last_axis_softmax, single_use=True),
-                          Var("v"))
-            text = f"softmax({'q @ k^T' + (f' {scale_op} s' if scale_op else '')}"
-            text += " + mask" if masked else ""
-            rules.append(Rule(f"{text}) @ v -> attention", pattern, _attention(scale_op)))
+            for guarded in (True, False):
+                scores = _scores(scaling, masked)
+                probabilities = Pat("softmax", scores, where=_last_axis_softmax, single_use=True)
+                if guarded:
+                    # PyTorch's SDPA zeroes rows whose scores are all -inf; attention does too.
+                    all_masked = Pat("logical_not", Pat("reduce_max", Pat("logical_not", Pat(
+                        "eq", scores, Const("neg_inf", _scalar(float("-inf")))))))
+                    probabilities = Pat("where", all_masked, Var("zero", where=_is_zero),
+                                        probabilities)
+                pattern = Pat("matmul", probabilities, Var("v"))
+                text = (f"softmax(q @ k^T, scale {scaling}{', mask' if masked else ''}"
+                        f"{', guarded' if guarded else ''}) @ v -> attention")
+                rules.append(Rule(text, pattern, _attention(scaling)))
     return rules
 
 

@@ -5,7 +5,8 @@ so the interpreter runs a fused graph and kernels are tested against it.
 - fused_elementwise: a region of elementwise ops as a small expression over its inputs,
   e.g. ``mul($0,sigmoid($1))`` or ``clamp[min=0.0,max=6.0](add($0,$1))``; only elementwise ops
   from this table may appear, so a kernel template can render any region.
-- attention: softmax(q @ k^T * scale + mask) @ v.
+- attention: softmax(q @ k^T * scale + mask) @ v, with rows whose scores are all masked giving
+  zeros (PyTorch's scaled_dot_product_attention does the same).
 """
 
 from __future__ import annotations
@@ -271,13 +272,16 @@ def _attention_reference(xs, a):
     scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * scale
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    weights = np.exp(scores)
-    weights = (weights / weights.sum(axis=-1, keepdims=True)).astype(np.float32)
-    return np.matmul(weights, v)
+    peak = scores.max(axis=-1, keepdims=True)
+    fully_masked = np.isneginf(peak)
+    weights = np.exp(scores - np.where(fully_masked, 0.0, peak))
+    total = weights.sum(axis=-1, keepdims=True)
+    weights = np.where(fully_masked, 0.0, weights / np.where(fully_masked, 1.0, total))
+    return np.matmul(weights.astype(np.float32), v)
 
 
-define("attention", "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps where true.",
+define("attention", "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps where true; rows "
+       "masked entirely give zeros.",
        operands=("q", "k", "v", "mask?"), family="fused",
        attrs={"scale": Attr("float?", None, "score scale; default 1/sqrt(head dim)")},
        infer=_attention_infer, reference=in_float32(_attention_reference),
