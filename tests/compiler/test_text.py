@@ -18,7 +18,7 @@ from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.ir import Builder, Graph, Location, TensorType
 from nimbus.compiler.ops import OP_TABLE
 from nimbus.compiler.text import IRParseError, load_ir, parse_ir, print_ir, save_ir
-from text_graphs import graphs, random_inputs
+from random_graphs import graphs, random_inputs
 
 N, M = symbol("N"), symbol("M")
 rng = np.random.default_rng(7)

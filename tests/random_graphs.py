@@ -1,4 +1,4 @@
-"""A hypothesis strategy for random valid graphs, for property tests of the text form.
+"""A hypothesis strategy for random valid graphs, for property tests of the text form and passes.
 
 Graphs mix elementwise, shape, nn and quantization ops over static and symbolic shapes
 (``N`` for the batch, ``H`` for an image height), with constants small (printed inline) and
