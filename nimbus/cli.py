@@ -169,7 +169,8 @@ def opt(
         _fail(f"no such file: {path}")
     graph = load_ir(path)
     try:
-        manager = PassManager(pipeline or DEFAULT_OPTIMIZATION, verify=verify, print_ir_after=print_ir_after,
+        manager = PassManager(pipeline or DEFAULT_OPTIMIZATION, verify=verify,
+                              print_ir_after=print_ir_after,
                               print_ir_before=print_ir_before)
         manager.run(graph)
     except (PipelineError, PassError) as err:

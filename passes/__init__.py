@@ -10,6 +10,6 @@ from .pipeline import Pipeline, PipelineError, parse_pipeline
 from .pipelines import DEFAULT_OPTIMIZATION
 from .registry import PassInfo, PassRegistryError, all_passes, get_pass, register_pass
 
-__all__ = ["DEFAULT_OPTIMIZATION", "PassContext", "PassError", "PassFailure", "PassInfo", "PassManager", "PassRegistryError",
-           "PassReport", "Pipeline", "PipelineError", "all_passes", "get_pass", "parse_pipeline",
-           "register_pass", "run_passes"]
+__all__ = ["DEFAULT_OPTIMIZATION", "PassContext", "PassError", "PassFailure", "PassInfo",
+           "PassManager", "PassRegistryError", "PassReport", "Pipeline", "PipelineError",
+           "all_passes", "get_pass", "parse_pipeline", "register_pass", "run_passes"]

@@ -28,7 +28,8 @@ def _fold(m: Match, rw: Rewriter, layer: str, weight_shape):
     weight = m["w"].data
     scale, bias = _scale_and_shift(m, weight.shape[0])
     dtype = weight.dtype
-    folded_weight = rw.constant(f"{m['w'].name}.bn", (weight * scale.reshape(weight_shape)).astype(dtype))
+    scaled = (weight * scale.reshape(weight_shape)).astype(dtype)
+    folded_weight = rw.constant(f"{m['w'].name}.bn", scaled)
     folded_bias = rw.constant(f"{m['w'].name}.bn_bias", bias.astype(dtype))
     return rw.op(layer, m["x"], folded_weight, folded_bias, **m.node("layer").attrs)
 

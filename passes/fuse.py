@@ -109,22 +109,20 @@ def _checked_layer_norm(m: Match, rw: Rewriter):
     return _layer_norm(m, rw) if _squares(m) else None
 
 
-def _affine_weight(m: Match, rw: Rewriter):
-    ln = m.node("ln")
-    x, weight, bias = ln.operands
-    shape = tuple(x.type.shape[ln.attrs["axis"]:])
-    if tuple(m["g"].type.shape) != shape or m["g"].type.dtype != x.type.dtype:
-        return None
-    return rw.op("layer_norm", x, m["g"], bias, **ln.attrs)
+def _affine(slot: int, captured: str):
+    """Put the captured constant into layer_norm's weight (slot 1) or bias (slot 2) operand."""
 
+    def rewrite(m: Match, rw: Rewriter):
+        ln, value = m.node("ln"), m[captured]
+        x = ln.operands[0]
+        if tuple(value.type.shape) != tuple(x.type.shape[ln.attrs["axis"]:]) \
+                or value.type.dtype != x.type.dtype:
+            return None
+        operands = list(ln.operands)
+        operands[slot] = value
+        return rw.op("layer_norm", *operands, **ln.attrs)
 
-def _affine_bias(m: Match, rw: Rewriter):
-    ln = m.node("ln")
-    x, weight, _ = ln.operands
-    shape = tuple(x.type.shape[ln.attrs["axis"]:])
-    if tuple(m["b"].type.shape) != shape or m["b"].type.dtype != x.type.dtype:
-        return None
-    return rw.op("layer_norm", x, weight, m["b"], **ln.attrs)
+    return rewrite
 
 
 def _softmax(m: Match, rw: Rewriter):
@@ -153,12 +151,12 @@ NORMALIZATIONS = [
     # layer_norm(x) * g -> layer_norm(x, g)
     Rule("layer_norm * weight -> layer_norm",
          Pat("mul", Pat("layer_norm", Var("x"), Absent(), Absent(), name="ln", single_use=True),
-             Const("g"), commutative=True), _affine_weight),
+             Const("g"), commutative=True), _affine(1, "g")),
     # layer_norm(x, g) + b -> layer_norm(x, g, b)
     Rule("layer_norm + bias -> layer_norm",
          Pat("add", Pat("layer_norm", Var("x"), Var("_w", optional=True), Absent(), name="ln",
                         single_use=True),
-             Const("b"), commutative=True), _affine_bias),
+             Const("b"), commutative=True), _affine(2, "b")),
     # exp(x - max(x)) / sum(exp(x - max(x))) -> softmax(x)
     Rule("decomposed softmax -> softmax",
          Pat("div", _EXP_SHIFTED, Pat("sum", _EXP_SHIFTED, name="total", where=_single_axis)),
@@ -176,7 +174,8 @@ def _key_permutation(perm) -> list[int] | None:
 
 
 def _last_axis_softmax(node: Node) -> bool:
-    return normalize_axis(node.attrs["axis"], node.operands[0].type.rank) == node.operands[0].type.rank - 1
+    rank = node.operands[0].type.rank
+    return normalize_axis(node.attrs["axis"], rank) == rank - 1
 
 
 def _attention_scale(m: Match, scaling: str) -> float:

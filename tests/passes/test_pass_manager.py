@@ -7,7 +7,6 @@ import io
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from nimbus.compiler.dtypes import DType
@@ -20,7 +19,8 @@ from nimbus.passes import registry
 def test_pipeline_round_trips_to_canonical_text():
     pipeline = parse_pipeline(' fold-constants{max-elements=8}, fuse{activations=false, '
                               'elementwise=true} ,canonicalize')
-    assert str(pipeline) == "fold-constants{max-elements=8},fuse{activations=false elementwise=true},canonicalize"
+    assert str(pipeline) == ("fold-constants{max-elements=8},"
+                             "fuse{activations=false elementwise=true},canonicalize")
     assert str(parse_pipeline(str(pipeline))) == str(pipeline)
     assert pipeline.names() == ["fold-constants", "fuse", "canonicalize"]
     assert str(parse_pipeline("")) == ""
@@ -154,7 +154,8 @@ def test_plugin_pass_found_through_entry_point(tmp_path, monkeypatch, scratch_pa
     '''))
     dist_info = tmp_path / "nimbus_plugin_demo-1.0.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: nimbus-plugin-demo\nVersion: 1.0\n")
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: nimbus-plugin-demo\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text("[nimbus.passes]\ndemo = nimbus_plugin_demo\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
