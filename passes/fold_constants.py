@@ -16,8 +16,9 @@ from .rewrite import remove_dead_nodes
 def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1024) -> bool:
     """Replace every node whose operands are all constants by constants computed with the
     reference interpreter's op implementations. Results with symbolic shapes stay, and so do
-    results larger than both their operands and `max-elements` (folding an expand of a weight
-    would only grow the artifact).
+    results of more than `max-elements` elements that take more bytes than their operands:
+    folding an expand, a codebook lookup or a dequantize of a weight would only grow the
+    artifact.
 
     Options:
     max-elements: largest result, in elements, folded when it is bigger than its operands
@@ -30,7 +31,8 @@ def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1024) 
         if not all(r.type.is_static for r in node.results):
             continue
         size = sum(int(np.prod(r.type.shape)) for r in node.results)
-        if size > max(max_elements, sum(o.data.size for o in operands)):
+        stored = sum(int(np.prod(r.type.shape)) * r.type.dtype.itemsize for r in node.results)
+        if size > max_elements and stored > sum(o.data.nbytes for o in operands):
             continue
         op = get_op(node.op)
         arrays = [o.data if o is not None else None for o in node.operands]

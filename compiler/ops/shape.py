@@ -159,8 +159,8 @@ define("concat", "Join inputs along `axis`.", operands=("inputs*",), family="sha
 
 def _gather_infer(types, a):
     data, indices = types
-    if indices.dtype not in (DType.i32, DType.i64):
-        raise ValueError(f"indices must be i32 or i64, got {indices}")
+    if indices.dtype not in (DType.u8, DType.i32, DType.i64):
+        raise ValueError(f"indices must be u8, i32 or i64, got {indices}")
     axis = normalize_axis(a["axis"], data.rank)
     return TensorType(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))
 
@@ -173,7 +173,8 @@ def _gather_reference(xs, a):
     return np.take(data, indices, axis=a["axis"])
 
 
-define("gather", "Pick slices along `axis` by index (embedding lookup, index_select).",
+define("gather", "Pick slices along `axis` by index (embedding lookup, index_select, codebook "
+       "decoding of shared weights).",
        operands=("data", "indices"), family="shape", attrs={"axis": Attr("int", 0, "indexed axis")},
        infer=_gather_infer, reference=_gather_reference, flops=lambda types, results, a: 0)
 
