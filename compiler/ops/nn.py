@@ -260,6 +260,19 @@ def _pool_infer(types, a):
     return TensorType(x.dtype, (x.shape[0], x.shape[1], *out_hw))
 
 
+def _max_pool_infer(types, a):
+    # A max of quantized values is the quantized max (scales are positive): parameters carry over.
+    x = types[0]
+    if x.quant is not None and x.quant.per_axis:
+        raise ValueError(f"input must be float or quantized per tensor, got {x}")
+    return _pool_infer(types, a).with_dtype(x.dtype, x.quant)
+
+
+def _avg_pool_infer(types, a):
+    require_float(types[0], "input")
+    return _pool_infer(types, a)
+
+
 def _max_pool_reference(xs, a):
     x = xs[0]
     out_hw = spatial_output(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"],
@@ -270,10 +283,11 @@ def _max_pool_reference(xs, a):
     return windows.max(axis=(2, 3))
 
 
-define("max_pool2d", "Max over sliding windows of NCHW input (padding never wins).",
+define("max_pool2d", "Max over sliding windows of NCHW input (padding never wins); quantized "
+       "input keeps its parameters.",
        operands=("input",), family="nn",
        attrs={**POOL_ATTRS, "dilation": Attr("ints", PAIR_ONES, "spacing of window taps")},
-       infer=_pool_infer, reference=_max_pool_reference,
+       infer=_max_pool_infer, reference=_max_pool_reference,
        flops=lambda types, results, a: elements(results[0]) * a["kernel"][0] * a["kernel"][1])
 
 
@@ -297,7 +311,7 @@ define("avg_pool2d", "Mean over sliding windows of NCHW input.", operands=("inpu
        family="nn",
        attrs={**POOL_ATTRS,
               "count_include_pad": Attr("bool", True, "padding taps count in the divisor")},
-       infer=_pool_infer, reference=in_float32(_avg_pool_reference),
+       infer=_avg_pool_infer, reference=in_float32(_avg_pool_reference),
        flops=lambda types, results, a: elements(results[0]) * a["kernel"][0] * a["kernel"][1])
 
 

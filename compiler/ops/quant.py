@@ -134,7 +134,7 @@ INTEGER_OUTPUT_ATTRS = {
 }
 
 
-def _integer_result(types, shape, a, weight_axis: int) -> TensorType:
+def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> TensorType:
     x, w = types[0], types[1]
     for name, t in (("input", x), ("weight", w)):
         if t.dtype not in QUANTIZED_DTYPES or t.quant is None:
@@ -145,7 +145,7 @@ def _integer_result(types, shape, a, weight_axis: int) -> TensorType:
         raise ValueError(f"weight must be quantized per tensor or along axis {weight_axis}, got {w}")
     if len(types) > 2 and types[2] is not None:
         bias = types[2]
-        if bias.dtype != DType.i32 or tuple(bias.shape) != (shape[-1] if weight_axis else shape[1],):
+        if bias.dtype != DType.i32 or tuple(bias.shape) != (shape[channel_axis],):
             raise ValueError(f"bias must be i32 with one value per output channel, got {bias}")
     if a["activation"] not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
@@ -197,7 +197,7 @@ def _qconv2d_reference(xs, a, types):
 
 
 def _qconv2d_infer(types, a):
-    return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0)
+    return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0, channel_axis=1)
 
 
 define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel, i32 bias; "
@@ -218,7 +218,7 @@ def _qlinear_reference(xs, a, types):
 
 def _qlinear_infer(types, a):
     shape = linear_infer(types)
-    return _integer_result(types, shape, a, weight_axis=0)
+    return _integer_result(types, shape, a, weight_axis=0, channel_axis=-1)
 
 
 define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output channel, i32 bias.",
@@ -230,7 +230,7 @@ define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output c
 def _qmatmul_infer(types, a):
     require_rank(types[1], types[1].rank, "b")
     shape = matmul_infer(types)
-    return _integer_result(types, shape, a, weight_axis=types[1].rank - 1)
+    return _integer_result(types, shape, a, weight_axis=types[1].rank - 1, channel_axis=-1)
 
 
 def _qmatmul_reference(xs, a, types):

@@ -1,0 +1,227 @@
+"""quantize: static post-training int8 quantization with calibration."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+from nimbus.compiler.dtypes import DType
+from nimbus.compiler.ir import Graph, Node, QuantParams, Value
+from nimbus.compiler.ops.fused import ACTIVATIONS
+from nimbus.compiler.ops.quant import quantize_array
+
+from .calibration import OBSERVERS, CalibrationError, calibration_batches, observe, random_batches
+from .fuse import EPILOGUES
+from .manager import PassContext, PassFailure
+from .registry import register_pass
+from .rewrite import apply_rules, remove_dead_nodes
+
+# float layer -> integer op; the layer's weight is operand 1 with output channels on axis 0
+INTEGER_OPS = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d",
+               "linear": "qlinear", "fused_linear": "qlinear"}
+# ops that move quantized values unchanged, so int8 data can flow through them
+PASS_THROUGH = {"max_pool2d", "reshape"}
+INTEGER_ACTIVATIONS = ("none", "relu", "relu6")
+WEIGHT_LEVELS = 127  # symmetric int8 weights use [-127, 127], so negation never overflows
+
+
+def _float_reason(node: Node, exclude: list[str]) -> str | None:
+    """Why a conv/linear stays in float, or None if it can become an integer op."""
+    weight = node.operands[1]
+    if not weight.is_constant:
+        return "weight is not a constant"
+    if node.operands[0].type.dtype != DType.f32:
+        return f"input is {node.operands[0].type.dtype}"
+    names = [weight.name, node.loc.scope]
+    if any(fnmatch.fnmatch(name, pattern) for pattern in exclude for name in names if name):
+        return "excluded by name"
+    return None
+
+
+def _integer_epilogue(node: Node) -> bool:
+    """The layer's whole epilogue fits an integer op: no residual, a clamp-like activation."""
+    if not node.op.startswith("fused_"):
+        return True
+    return node.operands[3] is None and node.attrs["activation"] in INTEGER_ACTIVATIONS
+
+
+def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:
+    """(scale, zero point) for a real range: u8 asymmetric, or i8 symmetric. Scales are float32
+    values, as every type stores them."""
+    if dtype == DType.u8:
+        scale = float(np.float32((high - low) / 255.0)) or 1.0
+        return scale, int(np.clip(np.rint(-low / scale), 0, 255))
+    return float(np.float32(max(-low, high) / 127.0)) or 1.0, 0
+
+
+def weight_params(weight: np.ndarray) -> QuantParams:
+    """Symmetric per-output-channel scales (axis 0)."""
+    peaks = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
+    scales = np.where(peaks > 0, peaks / WEIGHT_LEVELS, 1.0)
+    return QuantParams(scales, [0], axis=0)
+
+
+class _Quantizer:
+    """Rewrites the chosen layers, tracking the quantized twin of each float value."""
+
+    def __init__(self, graph: Graph, ctx: PassContext, ranges: dict, dtype: DType):
+        self.graph, self.ctx, self.ranges, self.dtype = graph, ctx, ranges, dtype
+        self.twins: dict[Value, Value] = {}
+
+    def quantized(self, value: Value, before: Node) -> Value:
+        """The int8 form of a float value: an earlier integer result, a pass-through op on one,
+        or a new quantize node."""
+        if value in self.twins:
+            return self.twins[value]
+        producer = value.producer
+        if self._reaches_integer_result(value):
+            source = self.quantized(producer.operands[0], before)
+            node = self.graph.add_node(producer.op, [source], producer.attrs, producer.loc,
+                                       before=before)
+            twin = node.result
+        else:
+            scale, zero_point = activation_params(*self.ranges[value], self.dtype)
+            node = self.graph.add_node("quantize", [value], {
+                "dtype": self.dtype, "scale": [scale], "zero_point": [zero_point]},
+                self._loc(value, before), before=before)
+            twin = node.result
+        self.ctx.touched(node)
+        self.twins[value] = twin
+        return twin
+
+    def _reaches_integer_result(self, value: Value) -> bool:
+        """``value`` is an integer result seen through pass-through ops."""
+        while value not in self.twins:
+            producer = value.producer
+            if producer is None or producer.op not in PASS_THROUGH:
+                return False
+            value = producer.operands[0]
+        return True
+
+    def _loc(self, value: Value, before: Node):
+        return value.producer.loc if value.producer is not None else before.loc
+
+    def rewrite(self, node: Node, quantized_output: bool) -> None:
+        x, weight, bias = node.operands[:3]
+        weight_quant = weight_params(weight.data)
+        q_input = self.quantized(x, node)
+        q_weight = self.graph.add_constant(self.graph.unique_constant_name(f"{weight.name}.q"),
+                                           quantize_array(weight.data, weight_quant, DType.i8),
+                                           weight_quant)
+        q_bias = None
+        if bias is not None:
+            q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
+        attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
+        activation = node.attrs.get("activation", "none")
+        integer_epilogue = _integer_epilogue(node)
+        attrs["activation"] = activation if integer_epilogue else "none"
+        if quantized_output:
+            scale, zero_point = activation_params(*self.ranges[node.result], self.dtype)
+            attrs.update(dtype=self.dtype, scale=scale, zero_point=zero_point)
+        else:
+            attrs.update(dtype=DType.f32)
+        replacement = self.graph.add_node(INTEGER_OPS[node.op], [q_input, q_weight, q_bias],
+                                          attrs, node.loc, before=node)
+        self.ctx.touched(replacement)
+        result = replacement.result
+        if not integer_epilogue:
+            result = self._float_epilogue(node, result, activation)
+        if quantized_output:
+            self.twins[node.result] = result
+        else:
+            self.graph.replace_all_uses(node.result, result)
+            if node.result in self.ranges:  # later layers quantize the new value instead
+                self.ranges[result] = self.ranges[node.result]
+
+    def _float_epilogue(self, node: Node, result: Value, activation: str) -> Value:
+        """What the integer op cannot fuse, in float after it: residual add, then activation."""
+        residual = node.operands[3]
+        if residual is not None:
+            result = self.graph.add_node("add", [result, residual], {}, node.loc, before=node).result
+        if activation != "none":
+            op, attrs = ACTIVATIONS[activation]
+            result = self.graph.add_node(op, [result], attrs, node.loc, before=node).result
+        return result
+
+    def _bias(self, bias: Value, input_scale: float, weight_quant: QuantParams) -> Value:
+        scales = np.float64(np.float32(input_scale)) * weight_quant.scale_array().astype(np.float64)
+        values = np.rint(bias.data.astype(np.float64) / scales)
+        limit = np.iinfo(np.int32)
+        data = np.clip(values, limit.min, limit.max).astype(np.int32)
+        return self.graph.add_constant(self.graph.unique_constant_name(f"{bias.name}.q"), data)
+
+
+def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node]) -> bool:
+    """Every path from ``value`` (through pass-through ops) ends at a layer being quantized."""
+    for user in uses.get(value, ()):
+        if user is None:
+            return False
+        if user.op in PASS_THROUGH and user.operands[0] is value:
+            if not _feeds_only_integer_layers(user.result, uses, chosen):
+                return False
+        elif user not in chosen or user.operands[0] is not value:
+            return False
+    return True
+
+
+@register_pass("quantize")
+def quantize(graph: Graph, ctx: PassContext, *, calibration: str = "percentile",
+             percentile: float = 99.99, activations: str = "u8", exclude: str = "",
+             random_data: bool = False) -> bool:
+    """Static post-training int8 quantization. Calibration data (given to run_passes or compile
+    as ``calibration=``) runs through the float graph with observers; every conv2d and linear
+    with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
+    int32 bias and a fused ReLU/ReLU6, taking u8 (or i8) activations; a residual add or another
+    activation follows in float on the dequantized result. Integer results feed integer
+    consumers directly (through max pooling and reshapes); quantize and dequantize appear only at
+    the float boundaries. Layers that stay in float are counted with the reason.
+
+    Options:
+    calibration: observer for activation ranges: minmax, percentile, entropy or mse
+    percentile: the percentile the percentile observer keeps
+    activations: u8 (asymmetric, default) or i8 (symmetric)
+    exclude: comma-separated name patterns (weights or module paths) kept in float
+    random-data: calibrate on random inputs when no data is given (with a warning)
+    """
+    if calibration not in OBSERVERS:
+        raise PassFailure(f"unknown observer '{calibration}' (known: {', '.join(OBSERVERS)})")
+    if activations not in ("u8", "i8"):
+        raise PassFailure(f"activations must be u8 or i8, got '{activations}'")
+    data = ctx.data.get("calibration")
+    if data is None and not random_data:
+        raise PassFailure("quantize needs calibration data: pass calibration=... to run_passes "
+                          "or compile, or set random-data=true to calibrate on noise")
+    apply_rules(graph, [EPILOGUES[1]], ctx.pass_name, ctx.stats)  # activations into layers
+    patterns = [p.strip() for p in exclude.split(",") if p.strip()]
+    chosen = []
+    for node in graph.nodes:
+        if node.op not in INTEGER_OPS:
+            continue
+        reason = _float_reason(node, patterns)
+        if reason is None:
+            chosen.append(node)
+        else:
+            ctx.count(f"kept-float: {reason}")
+    if not chosen:
+        return False
+    uses = graph.uses()
+    chosen_set = set(chosen)
+    quantized_outputs = {n: _integer_epilogue(n) and _feeds_only_integer_layers(n.result, uses,
+                                                                                chosen_set)
+                         for n in chosen}
+    observed = {n.operands[0] for n in chosen} | {n.result for n in chosen if quantized_outputs[n]}
+    batches = calibration_batches(data, graph) if data is not None else random_batches(graph)
+    try:
+        observers = observe(graph, observed, batches)
+    except CalibrationError as err:
+        raise PassFailure(str(err)) from err
+    ranges = {value: observer.range(calibration, percentile) for value, observer in observers.items()}
+    quantizer = _Quantizer(graph, ctx, ranges, DType.parse(activations))
+    for node in chosen:
+        quantizer.rewrite(node, quantized_outputs[node])
+    remove_dead_nodes(graph)
+    graph.remove_unused_constants()
+    ctx.count("layers-quantized", len(chosen))
+    ctx.count("quantize-nodes", sum(n.op == "quantize" for n in graph.nodes))
+    return True
