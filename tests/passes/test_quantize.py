@@ -1,0 +1,159 @@
+"""Static int8 quantization: where integer ops and boundaries go, every observer, every form of
+calibration data, flat memory, and accuracy on a real data set and the test models."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+from digits import digit_images, top1, trained_lenet
+from models.cases import CASES, converted
+from nimbus.compiler.dtypes import DType
+from nimbus.compiler.frontend import from_torch
+from nimbus.compiler.interpreter import interpret
+from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, run_passes
+from nimbus.passes.calibration import Observer, calibration_batches, observe
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def digits_graph():
+    train_x, _, _, _ = digit_images()
+    model = trained_lenet()
+    graph = from_torch(model, (torch.from_numpy(train_x[:2]),))
+    return run_passes(graph, DEFAULT_OPTIMIZATION)
+
+
+def calibration_set(count: int = 8, batch: int = 64):
+    train_x, _, _, _ = digit_images()
+    return [train_x[i * batch:(i + 1) * batch] for i in range(count)]
+
+
+def test_cnn_becomes_one_integer_chain(digits_graph):
+    manager = PassManager("quantize", data={"calibration": calibration_set()})
+    graph = manager.run(digits_graph.copy())
+    ops = [node.op for node in graph.nodes]
+    assert ops == ["quantize", "qconv2d", "max_pool2d", "qconv2d", "max_pool2d", "reshape",
+                   "qlinear", "qlinear", "qlinear"]
+    assert [n.result.type.dtype for n in graph.nodes[:-1]] == [DType.u8] * 8
+    assert graph.nodes[-1].attrs["dtype"] == DType.f32  # dequantized only at the graph output
+    weights = [n.operands[1] for n in graph.nodes if n.op in ("qconv2d", "qlinear")]
+    assert all(w.type.dtype == DType.i8 and w.type.quant.axis == 0 for w in weights)
+    assert all(np.abs(w.data).max() <= 127 for w in weights)
+    assert all(n.operands[2].type.dtype == DType.i32 for n in graph.nodes if n.op == "qconv2d")
+    assert manager.report.records[0].stats["layers-quantized"] == 5
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "entropy", "mse"])
+def test_int8_digits_accuracy_within_one_point_of_float(digits_graph, observer):
+    _, _, test_x, test_y = digit_images()
+    float_top1 = top1(interpret(digits_graph, {"x": test_x})["output"], test_y)
+    quantized = run_passes(digits_graph, f"quantize{{calibration={observer}}}",
+                           calibration=calibration_set())
+    int8_top1 = top1(interpret(quantized, {"x": test_x})["output"], test_y)
+    print(f"\ndigits top-1 with {observer}: float {float_top1:.2f}%, int8 {int8_top1:.2f}%")
+    assert float_top1 > 95.0
+    assert int8_top1 >= float_top1 - 1.0
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_test_models_quantize_with_high_cosine(name):
+    model, graph = converted(name)
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    names = [value.name for value in graph.inputs]
+    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
+        torch.Generator().manual_seed(seed), 4)))) for seed in range(6)]
+    quantized = run_passes(optimized, "quantize", calibration=batches)
+    assert any(node.op in ("qconv2d", "qlinear") for node in quantized.nodes)
+    expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
+    for output_name in graph.output_names:
+        if expected[output_name].dtype.kind == "f":
+            similarity = cosine(actual[output_name], expected[output_name])
+            assert similarity >= 0.99, f"{name} {output_name}: cosine {similarity:.5f}"
+
+
+def test_i8_activations_and_exclusions(digits_graph):
+    manager = PassManager('quantize{activations=i8 exclude="fc3.*"}',
+                          data={"calibration": calibration_set(2)})
+    graph = manager.run(digits_graph.copy())
+    quantize_nodes = [n for n in graph.nodes if n.op == "quantize"]
+    assert quantize_nodes[0].result.type.dtype == DType.i8
+    assert all(z == 0 for n in quantize_nodes for z in n.result.type.quant.zero_point)
+    assert graph.nodes[-1].op == "linear"  # fc3 stays in float, as asked
+    assert manager.report.records[0].stats["kept-float: excluded by name"] == 1
+
+
+def test_calibration_data_forms(tmp_path, digits_graph):
+    images = calibration_set(2, 8)
+    labels = [np.zeros(8, np.int64)] * 2
+    np.save(tmp_path / "x.npy", np.concatenate(images))
+    np.savez(tmp_path / "batches.npz", *images)
+    np.savez(tmp_path / "named.npz", x=images[0])
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(np.concatenate(images)),
+                                       torch.zeros(16, dtype=torch.int64)), batch_size=8)
+    forms = {
+        "arrays": images,
+        "dicts": [{"x": image} for image in images],
+        "tensors": [torch.from_numpy(image) for image in images],
+        "pairs": list(zip(images, labels)),
+        "dataloader": loader,
+        "npy": tmp_path / "x.npy",
+        "npz": str(tmp_path / "batches.npz"),
+        "named npz": tmp_path / "named.npz",
+    }
+    for form, data in forms.items():
+        feeds = list(calibration_batches(data, digits_graph))
+        assert feeds and all(set(feed) == {"x"} for feed in feeds), form
+        assert all(feed["x"].dtype == np.float32 and feed["x"].shape[1:] == (3, 32, 32)
+                   for feed in feeds), form
+
+
+def test_missing_calibration_is_an_error_and_random_data_warns(digits_graph):
+    with pytest.raises(PassError, match="quantize needs calibration data"):
+        run_passes(digits_graph, "quantize")
+    with pytest.warns(UserWarning, match="calibrating on random data"):
+        quantized = run_passes(digits_graph, "quantize{random-data=true}")
+    assert any(node.op == "qconv2d" for node in quantized.nodes)
+
+
+def test_observers_on_known_distributions():
+    rng = np.random.default_rng(0)
+    observer = Observer()
+    samples = np.concatenate([rng.standard_normal(200_000), [40.0, -35.0]])  # two outliers
+    for chunk in np.array_split(samples, 7):  # the histogram widens as batches arrive
+        observer.update(chunk)
+    assert observer.counts.sum() == samples.size
+    assert observer.range("minmax") == (-35.0, 40.0)
+    low, high = observer.range("percentile", 99.9)
+    assert -4.0 < low < -2.5 and 2.5 < high < 4.0
+    for method in ("entropy", "mse"):
+        low, high = observer.range(method)
+        assert -35.0 < low < 0.0 < high < 40.0, method  # outliers clipped, the mode kept
+    relu_like = Observer()
+    relu_like.update(np.maximum(rng.standard_normal(10_000), 0))
+    assert relu_like.range("percentile")[0] == 0.0
+
+
+def test_calibration_memory_stays_flat(digits_graph):
+    """Peak memory with 40 batches is no more than with 4: observers keep statistics only."""
+    def peak(batches: int) -> int:
+        data = (np.full((16, 3, 32, 32), i / batches, np.float32) for i in range(batches))
+        values = [n.result for n in digits_graph.nodes]
+        tracemalloc.start()
+        observe(digits_graph, values, calibration_batches(data, digits_graph), progress=False)
+        _, highest = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return highest
+
+    few, many = peak(4), peak(40)
+    assert many < few * 1.25, f"peak {many} bytes for 40 batches vs {few} for 4"
