@@ -65,8 +65,9 @@ def weight_params(weight: np.ndarray) -> QuantParams:
 class _Quantizer:
     """Rewrites the chosen layers, tracking the quantized twin of each float value."""
 
-    def __init__(self, graph: Graph, ctx: PassContext, ranges: dict, dtype: DType):
-        self.graph, self.ctx, self.ranges, self.dtype = graph, ctx, ranges, dtype
+    def __init__(self, graph: Graph, ctx: PassContext, ranges: dict | None = None,
+                 dtype: DType = DType.u8):
+        self.graph, self.ctx, self.ranges, self.dtype = graph, ctx, ranges or {}, dtype
         self.twins: dict[Value, Value] = {}
 
     def quantized(self, value: Value, before: Node) -> Value:
@@ -104,11 +105,9 @@ class _Quantizer:
 
     def rewrite(self, node: Node, quantized_output: bool) -> None:
         x, weight, bias = node.operands[:3]
-        weight_quant = weight_params(weight.data)
         q_input = self.quantized(x, node)
-        q_weight = self.graph.add_constant(self.graph.unique_constant_name(f"{weight.name}.q"),
-                                           quantize_array(weight.data, weight_quant, DType.i8),
-                                           weight_quant)
+        q_weight = self.quantized_weight(weight)
+        weight_quant = q_weight.type.quant
         q_bias = None
         if bias is not None:
             q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
@@ -134,9 +133,32 @@ class _Quantizer:
             if node.result in self.ranges:  # later layers quantize the new value instead
                 self.ranges[result] = self.ranges[node.result]
 
+    def quantized_weight(self, weight: Value) -> Value:
+        quant = weight_params(weight.data)
+        return self.graph.add_constant(self.graph.unique_constant_name(f"{weight.name}.q"),
+                                       quantize_array(weight.data, quant, DType.i8), quant)
+
+    def rewrite_dynamic(self, node: Node) -> None:
+        """linear -> dynamic_qlinear: input ranges come from each batch at run time."""
+        x, weight, bias = node.operands[:3]
+        replacement = self.graph.add_node("dynamic_qlinear", [x, self.quantized_weight(weight), bias],
+                                          {}, node.loc, before=node)
+        self.ctx.touched(replacement)
+        result = self._float_epilogue(node, replacement.result, node.attrs.get("activation", "none"))
+        self.graph.replace_all_uses(node.result, result)
+
+    def rewrite_weight_only(self, node: Node) -> None:
+        """The weight is stored as int8 and dequantized when the layer runs."""
+        weight = node.operands[1]
+        dequantized = self.graph.add_node("dequantize", [self.quantized_weight(weight)], {},
+                                          node.loc, before=node)
+        self.ctx.touched(dequantized)
+        node.operands[1] = dequantized.result
+        self.ctx.touched(node)
+
     def _float_epilogue(self, node: Node, result: Value, activation: str) -> Value:
         """What the integer op cannot fuse, in float after it: residual add, then activation."""
-        residual = node.operands[3]
+        residual = node.operands[3] if len(node.operands) > 3 else None
         if residual is not None:
             result = self.graph.add_node("add", [result, residual], {}, node.loc, before=node).result
         if activation != "none":
@@ -166,9 +188,9 @@ def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node]) -> b
 
 
 @register_pass("quantize")
-def quantize(graph: Graph, ctx: PassContext, *, calibration: str = "percentile",
-             percentile: float = 99.99, activations: str = "u8", exclude: str = "",
-             random_data: bool = False) -> bool:
+def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
+             calibration: str = "percentile", percentile: float = 99.99, activations: str = "u8",
+             exclude: str = "", random_data: bool = False) -> bool:
     """Static post-training int8 quantization. Calibration data (given to run_passes or compile
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
@@ -176,20 +198,26 @@ def quantize(graph: Graph, ctx: PassContext, *, calibration: str = "percentile",
     activation follows in float on the dequantized result. Integer results feed integer
     consumers directly (through max pooling and reshapes); quantize and dequantize appear only at
     the float boundaries. Layers that stay in float are counted with the reason.
+    ``mode=dynamic`` needs no calibration: linear layers become dynamic_qlinear, which quantizes
+    each batch's input from its own range at run time (for transformer linears);
+    ``mode=weight-only`` stores conv and linear weights in int8 and dequantizes them when run.
 
     Options:
+    mode: static, dynamic or weight-only
     calibration: observer for activation ranges: minmax, percentile, entropy or mse
     percentile: the percentile the percentile observer keeps
     activations: u8 (asymmetric, default) or i8 (symmetric)
     exclude: comma-separated name patterns (weights or module paths) kept in float
     random-data: calibrate on random inputs when no data is given (with a warning)
     """
+    if mode not in ("static", "dynamic", "weight-only"):
+        raise PassFailure(f"mode must be static, dynamic or weight-only, got '{mode}'")
     if calibration not in OBSERVERS:
         raise PassFailure(f"unknown observer '{calibration}' (known: {', '.join(OBSERVERS)})")
     if activations not in ("u8", "i8"):
         raise PassFailure(f"activations must be u8 or i8, got '{activations}'")
     data = ctx.data.get("calibration")
-    if data is None and not random_data:
+    if mode == "static" and data is None and not random_data:
         raise PassFailure("quantize needs calibration data: pass calibration=... to run_passes "
                           "or compile, or set random-data=true to calibrate on noise")
     apply_rules(graph, [EPILOGUES[1]], ctx.pass_name, ctx.stats)  # activations into layers
@@ -199,12 +227,22 @@ def quantize(graph: Graph, ctx: PassContext, *, calibration: str = "percentile",
         if node.op not in INTEGER_OPS:
             continue
         reason = _float_reason(node, patterns)
+        if reason is None and mode == "dynamic" and INTEGER_OPS[node.op] != "qlinear":
+            reason = "dynamic mode quantizes linear layers only"
         if reason is None:
             chosen.append(node)
         else:
             ctx.count(f"kept-float: {reason}")
     if not chosen:
         return False
+    if mode != "static":
+        quantizer = _Quantizer(graph, ctx)
+        for node in chosen:
+            if mode == "dynamic":
+                quantizer.rewrite_dynamic(node)
+            else:
+                quantizer.rewrite_weight_only(node)
+        return _finish(graph, ctx, chosen)
     uses = graph.uses()
     chosen_set = set(chosen)
     quantized_outputs = {n: _integer_epilogue(n) and _feeds_only_integer_layers(n.result, uses,
@@ -220,6 +258,10 @@ def quantize(graph: Graph, ctx: PassContext, *, calibration: str = "percentile",
     quantizer = _Quantizer(graph, ctx, ranges, DType.parse(activations))
     for node in chosen:
         quantizer.rewrite(node, quantized_outputs[node])
+    return _finish(graph, ctx, chosen)
+
+
+def _finish(graph: Graph, ctx: PassContext, chosen: list[Node]) -> bool:
     remove_dead_nodes(graph)
     graph.remove_unused_constants()
     ctx.count("layers-quantized", len(chosen))

@@ -243,3 +243,41 @@ define("qmatmul", "Integer batched a @ b: a per tensor, b per tensor or per last
        operands=("a", "b"), family="quant", attrs=INTEGER_OUTPUT_ATTRS, infer=_qmatmul_infer,
        reference=_qmatmul_reference, reference_takes_types=True,
        flops=lambda types, results, a: 2 * elements(results[0]) * types[0].shape[-1])
+
+
+# ---- dynamic quantization -----------------------------------------------------------------------
+def dynamic_input_params(x: np.ndarray) -> QuantParams:
+    """u8 parameters of one batch: its range widened to hold 0, scale = range / 255."""
+    low = min(float(x.min(initial=0.0)), 0.0)
+    high = max(float(x.max(initial=0.0)), 0.0)
+    scale = float(np.float32((high - low) / 255.0)) or 1.0
+    return QuantParams([scale], [int(np.clip(np.rint(-low / scale), 0, 255))])
+
+
+def _dynamic_qlinear_infer(types, a):
+    x, w, bias = types
+    if not x.dtype.is_float or w.dtype != DType.i8 or w.quant is None:
+        raise ValueError(f"takes a float input and a quantized i8 weight, got {x} and {w}")
+    if w.quant.per_axis and w.quant.axis != 0:
+        raise ValueError(f"weight must be quantized per tensor or along axis 0, got {w}")
+    if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (w.shape[0],)):
+        raise ValueError(f"bias must be {x.dtype}[{w.shape[0]}], got {bias}")
+    return TensorType(x.dtype, linear_infer(types))
+
+
+def _dynamic_qlinear_reference(xs, a, types):
+    x, w, bias = xs
+    input_quant = dynamic_input_params(x)
+    q = quantize_array(x, input_quant, DType.u8)
+    acc = _to_int32(np.matmul(_centered(q, input_quant, 0), _centered(w, types[1].quant, 0).T))
+    out = finish_integer_op(acc, input_quant, types[1].quant, {"dtype": DType.f32,
+                                                               "activation": "none"},
+                            channel_axis=acc.ndim - 1)
+    return out if bias is None else out + bias
+
+
+define("dynamic_qlinear", "Linear with dynamic quantization: the input is quantized to u8 per "
+       "batch from its own range, multiplied with the i8 weight in int32, dequantized, + bias.",
+       operands=("input", "weight", "bias?"), family="quant", infer=_dynamic_qlinear_infer,
+       reference=_dynamic_qlinear_reference, reference_takes_types=True,
+       flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1])

@@ -295,6 +295,23 @@ def test_qmatmul_with_asymmetric_operands():
     assert_matches(actual, expected, "qmatmul", rtol=0)
 
 
+def test_dynamic_qlinear_quantizes_each_batch_from_its_range():
+    x = (randn(4, 9) * 3).astype(np.float32)
+    w = rng.integers(-127, 128, size=(5, 9)).astype(np.int8)
+    wq = QuantParams(rng.uniform(0.001, 0.01, 5), [0], axis=0)
+    bias = randn(5)
+    (actual,) = run_op("dynamic_qlinear", [x, (w, wq), bias], constants=(1,))
+    low, high = min(x.min(), 0.0), max(x.max(), 0.0)
+    scale = np.float32((high - low) / 255.0)
+    zero_point = int(np.rint(-low / scale))
+    q = np.clip(np.rint(x / scale) + zero_point, 0, 255).astype(np.int64)
+    acc = (q - zero_point) @ w.astype(np.int64).T
+    expected = acc.astype(np.float32) * requant_multiplier(scale, wq.scale) + bias
+    assert_matches(actual, expected.astype(np.float32), "dynamic_qlinear", rtol=1e-6)
+    assert_matches(actual, x @ (w * np.float32(wq.scale)[:, None]).T + bias, "vs float",
+                   rtol=2e-2)
+
+
 def test_quantized_op_rejects_float_input():
     graph = Graph("bad")
     x = graph.add_input("x", TensorType(DType.f32, (2, 3)))
@@ -304,7 +321,7 @@ def test_quantized_op_rejects_float_input():
 
 
 # ---- coverage and schema ----------------------------------------------------------------------
-QUANT_OPS = {"quantize", "dequantize", "qlinear", "qconv2d", "qmatmul"}
+QUANT_OPS = {"quantize", "dequantize", "qlinear", "qconv2d", "qmatmul", "dynamic_qlinear"}
 
 
 def test_every_op_in_the_table_has_a_reference_test():

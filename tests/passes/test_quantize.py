@@ -81,6 +81,27 @@ def test_test_models_quantize_with_high_cosine(name):
             assert similarity >= 0.99, f"{name} {output_name}: cosine {similarity:.5f}"
 
 
+@pytest.mark.parametrize("name", ["bert_encoder", "transformer_post_norm", "transformer_pre_norm"])
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only"])
+def test_dynamic_and_weight_only_modes_need_no_calibration(name, mode):
+    model, graph = converted(name)
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    quantized = run_passes(optimized, f"quantize{{mode={mode}}}")
+    linears = sum(n.op in ("linear", "fused_linear") for n in optimized.nodes)
+    if mode == "dynamic":
+        assert sum(n.op == "dynamic_qlinear" for n in quantized.nodes) == linears
+    else:
+        dequantized = [n for n in quantized.nodes if n.op == "dequantize"]
+        assert len(dequantized) == linears
+        assert all(n.operands[0].is_constant and n.operands[0].type.dtype == DType.i8
+                   for n in dequantized)
+    names = [value.name for value in graph.inputs]
+    feed = dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
+        torch.Generator().manual_seed(3), 4))))
+    similarity = cosine(interpret(quantized, feed)["output"], interpret(optimized, feed)["output"])
+    assert similarity >= 0.99, f"{name} {mode}: cosine {similarity:.5f}"
+
+
 def test_i8_activations_and_exclusions(digits_graph):
     manager = PassManager('quantize{activations=i8 exclude="fc3.*"}',
                           data={"calibration": calibration_set(2)})
