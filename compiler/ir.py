@@ -225,6 +225,9 @@ class Graph:
         self.nodes: list[Node] = []
         self.outputs: list[Value] = []
         self.output_names: list[str] = []
+        # value -> the earlier value it stands for, kept as passes replace values; analyses
+        # that compare a rewritten graph with the original (the accuracy ledger) follow it.
+        self.origins: dict[Value, Value] = {}
 
     # ---- building -------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:
@@ -325,6 +328,15 @@ class Graph:
         for node in self.nodes:
             node.operands = [new if o is old else o for o in node.operands]
         self.outputs = [new if o is old else o for o in self.outputs]
+        self.record_origin(new, old)
+
+    def record_origin(self, new: Value, old: Value) -> None:
+        """``new`` computes what ``old`` did (perhaps approximately, perhaps quantized)."""
+        if new is not old and new not in self.origins:
+            self.origins[new] = self.origin(old)
+
+    def origin(self, value: Value) -> Value:
+        return self.origins.get(value, value)
 
     def remove_node(self, node: Node) -> None:
         self.nodes.remove(node)
@@ -352,6 +364,8 @@ class Graph:
             mapping.update(zip(node.results, new.results))
             clone.nodes.append(new)
         clone.set_outputs([mapping[v] for v in self.outputs], self.output_names)
+        clone.origins = {mapping[new]: mapping.get(old, old) for new, old in self.origins.items()
+                         if new in mapping}
         return clone
 
     def verify(self) -> None:

@@ -160,28 +160,57 @@ def opt(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Verify after every pass."),
     statistics: bool = typer.Option(True, "--stats/--no-stats",
                                     help="Print per-pass timing and statistics to stderr."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Calibration data (.npz or .npy) for passes that need it."),
+    ledger: Optional[Path] = typer.Option(
+        None, "--ledger", help="Also measure every pass against the float graph on the "
+                               "calibration data and write the accuracy ledger (JSON) here."),
 ):
     """Run a pass pipeline over an IR file."""
     from nimbus.compiler.text import load_ir, print_ir, save_ir
     from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, PipelineError
+    from nimbus.passes.calibration import CalibrationError
+    from nimbus.passes.ledger import build_ledger
 
     if not path.is_file():
         _fail(f"no such file: {path}")
+    if ledger is not None and calibration is None:
+        _fail("--ledger needs --calibration data to measure on")
     graph = load_ir(path)
+    data = {"calibration": calibration} if calibration is not None else {}
     try:
-        manager = PassManager(pipeline or DEFAULT_OPTIMIZATION, verify=verify,
-                              print_ir_after=print_ir_after,
-                              print_ir_before=print_ir_before)
-        manager.run(graph)
-    except (PipelineError, PassError) as err:
+        if ledger is not None:
+            graph, accounts = build_ledger(graph, pipeline or DEFAULT_OPTIMIZATION, calibration)
+            accounts.save(ledger)
+            typer.echo(accounts.table(), err=True)
+        else:
+            manager = PassManager(pipeline or DEFAULT_OPTIMIZATION, verify=verify,
+                                  print_ir_after=print_ir_after,
+                                  print_ir_before=print_ir_before, data=data)
+            manager.run(graph)
+            if statistics:
+                typer.echo(manager.report.table(), err=True)
+    except (PipelineError, PassError, CalibrationError) as err:
         _fail(str(err))
-    if statistics:
-        typer.echo(manager.report.table(), err=True)
     if output is None:
         typer.echo(print_ir(graph))
     else:
         save_ir(graph, output)
         typer.echo(f"wrote {output} ({len(graph.nodes)} nodes)", err=True)
+
+
+@app.command()
+def report(path: Path = typer.Argument(..., help="Accuracy ledger written by `nimbus opt --ledger`.")):
+    """Print an accuracy ledger: per pass, output drift, metric, size, sparsity and FLOPs; then
+    the nodes each pass changed, worst first, and the layers kept in float."""
+    from nimbus.passes.ledger import Ledger
+
+    if not path.is_file():
+        _fail(f"no such file: {path}")
+    try:
+        typer.echo(Ledger.load(path).table())
+    except (ValueError, KeyError, TypeError) as err:
+        _fail(f"{path} is not an accuracy ledger: {err}")
 
 
 def main() -> None:

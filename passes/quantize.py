@@ -128,6 +128,7 @@ class _Quantizer:
             result = self._float_epilogue(node, result, activation)
         if quantized_output:
             self.twins[node.result] = result
+            self.graph.record_origin(result, node.result)
         else:
             self.graph.replace_all_uses(node.result, result)
             if node.result in self.ranges:  # later layers quantize the new value instead
