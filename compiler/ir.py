@@ -368,6 +368,10 @@ class Graph:
                          if new in mapping}
         return clone
 
+    def assign(self, other: "Graph") -> None:
+        """Make this graph the same as ``other`` (whose parts it takes over)."""
+        self.__dict__.update(other.__dict__)
+
     def verify(self) -> None:
         from .verifier import verify
 

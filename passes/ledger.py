@@ -150,6 +150,7 @@ def build_ledger(graph: Graph, pipeline: str, evaluation: Iterable, *, metric: M
     concatenated outputs on the evaluation batches to a number (e.g. accuracy).
     """
     work = graph.copy()
+    work.origins = {}  # trace values back to this float graph only
     batches = []
     for feed in calibration_batches(evaluation, work):
         batches.append(feed)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
 from nimbus.compiler.dtypes import DType
 from nimbus.compiler.ir import Graph, Node, QuantParams, Value
 from nimbus.compiler.ops.fused import ACTIVATIONS
-from nimbus.compiler.ops.quant import quantize_array
+from nimbus.compiler.interpreter import interpret
+from nimbus.compiler.ops.quant import dequantize_array, quantize_array
 
 from .calibration import OBSERVERS, CalibrationError, calibration_batches, observe, random_batches
 from .fuse import EPILOGUES
@@ -188,10 +191,21 @@ def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node]) -> b
     return True
 
 
+@dataclass(frozen=True)
+class _Settings:
+    mode: str
+    observer: str
+    percentile: float
+    dtype: DType
+    exclude: tuple[str, ...]
+    random_data: bool
+
+
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
              calibration: str = "percentile", percentile: float = 99.99, activations: str = "u8",
-             exclude: str = "", random_data: bool = False) -> bool:
+             exclude: str = "", random_data: bool = False, min_sqnr: float = 0.0,
+             max_drop: float = -1.0) -> bool:
     """Static post-training int8 quantization. Calibration data (given to run_passes or compile
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
@@ -202,6 +216,10 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     ``mode=dynamic`` needs no calibration: linear layers become dynamic_qlinear, which quantizes
     each batch's input from its own range at run time (for transformer linears);
     ``mode=weight-only`` stores conv and linear weights in int8 and dequantizes them when run.
+    With an accuracy budget, the most sensitive layers fall back to float until it holds:
+    ``min-sqnr`` is a floor on each layer's output SQNR against float, and ``max-drop`` bounds
+    the drop of the user's metric (``metric=`` and optionally ``evaluation=`` data given to
+    run_passes); layers go back in order of lowest SQNR.
 
     Options:
     mode: static, dynamic or weight-only
@@ -210,6 +228,8 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     activations: u8 (asymmetric, default) or i8 (symmetric)
     exclude: comma-separated name patterns (weights or module paths) kept in float
     random-data: calibrate on random inputs when no data is given (with a warning)
+    min-sqnr: layers whose output SQNR (dB) against float falls below this stay in float
+    max-drop: largest allowed drop of the user's metric; negative means no metric budget
     """
     if mode not in ("static", "dynamic", "weight-only"):
         raise PassFailure(f"mode must be static, dynamic or weight-only, got '{mode}'")
@@ -217,18 +237,31 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
         raise PassFailure(f"unknown observer '{calibration}' (known: {', '.join(OBSERVERS)})")
     if activations not in ("u8", "i8"):
         raise PassFailure(f"activations must be u8 or i8, got '{activations}'")
-    data = ctx.data.get("calibration")
-    if mode == "static" and data is None and not random_data:
+    if mode == "static" and ctx.data.get("calibration") is None and not random_data:
         raise PassFailure("quantize needs calibration data: pass calibration=... to run_passes "
                           "or compile, or set random-data=true to calibrate on noise")
+    if max_drop >= 0 and ctx.data.get("metric") is None:
+        raise PassFailure("max-drop needs a metric: pass metric=fn(outputs) to run_passes")
+    patterns = tuple(p.strip() for p in exclude.split(",") if p.strip())
+    settings = _Settings(mode, calibration, percentile, DType.parse(activations), patterns,
+                         random_data)
+    if min_sqnr <= 0 and max_drop < 0:
+        return _quantize_layers(graph, ctx, settings, frozenset())
+    return _quantize_within_budget(graph, ctx, settings, min_sqnr, max_drop)
+
+
+def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
+                     fallback: frozenset[str]) -> bool:
+    """Quantize every eligible layer except those whose weight is named in ``fallback``."""
     apply_rules(graph, [EPILOGUES[1]], ctx.pass_name, ctx.stats)  # activations into layers
-    patterns = [p.strip() for p in exclude.split(",") if p.strip()]
     chosen = []
     for node in graph.nodes:
         if node.op not in INTEGER_OPS:
             continue
-        reason = _float_reason(node, patterns)
-        if reason is None and mode == "dynamic" and INTEGER_OPS[node.op] != "qlinear":
+        reason = _float_reason(node, list(settings.exclude))
+        if reason is None and node.operands[1].name in fallback:
+            reason = "over the accuracy budget"
+        if reason is None and settings.mode == "dynamic" and INTEGER_OPS[node.op] != "qlinear":
             reason = "dynamic mode quantizes linear layers only"
         if reason is None:
             chosen.append(node)
@@ -236,10 +269,10 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
             ctx.count(f"kept-float: {reason}")
     if not chosen:
         return False
-    if mode != "static":
+    if settings.mode != "static":
         quantizer = _Quantizer(graph, ctx)
         for node in chosen:
-            if mode == "dynamic":
+            if settings.mode == "dynamic":
                 quantizer.rewrite_dynamic(node)
             else:
                 quantizer.rewrite_weight_only(node)
@@ -250,13 +283,15 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
                                                                                 chosen_set)
                          for n in chosen}
     observed = {n.operands[0] for n in chosen} | {n.result for n in chosen if quantized_outputs[n]}
+    data = ctx.data.get("calibration")
     batches = calibration_batches(data, graph) if data is not None else random_batches(graph)
     try:
         observers = observe(graph, observed, batches)
     except CalibrationError as err:
         raise PassFailure(str(err)) from err
-    ranges = {value: observer.range(calibration, percentile) for value, observer in observers.items()}
-    quantizer = _Quantizer(graph, ctx, ranges, DType.parse(activations))
+    ranges = {value: observer.range(settings.observer, settings.percentile)
+              for value, observer in observers.items()}
+    quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
     for node in chosen:
         quantizer.rewrite(node, quantized_outputs[node])
     return _finish(graph, ctx, chosen)
@@ -268,3 +303,63 @@ def _finish(graph: Graph, ctx: PassContext, chosen: list[Node]) -> bool:
     ctx.count("layers-quantized", len(chosen))
     ctx.count("quantize-nodes", sum(n.op == "quantize" for n in graph.nodes))
     return True
+
+
+BUDGET_BATCHES = 4  # evaluation batches used to measure layers against the budget
+
+
+def _quantize_within_budget(graph: Graph, ctx: PassContext, settings: _Settings,
+                            min_sqnr: float, max_drop: float) -> bool:
+    """Quantize, measure, and hand the most sensitive layers back to float until the budget
+    holds; each round quantizes a fresh copy of the float graph."""
+    data = ctx.data.get("evaluation", ctx.data.get("calibration"))
+    if data is None:
+        raise PassFailure("an accuracy budget needs evaluation or calibration data")
+    feeds = list(itertools.islice(calibration_batches(data, graph), BUDGET_BATCHES))
+    metric = ctx.data.get("metric")
+    baseline = _metric(graph, feeds, metric) if max_drop >= 0 else None
+    fallback: frozenset[str] = frozenset()
+    while True:
+        trial = graph.copy()
+        trial.origins = {}  # trace values back to this float graph only
+        trial_ctx = PassContext(ctx.pass_name, ctx.data)
+        reference = [interpret(trial, feed, keep_intermediates=True)["values"] for feed in feeds]
+        changed = _quantize_layers(trial, trial_ctx, settings, fallback)
+        sensitivity = _layer_sqnr(trial, feeds, reference)
+        offenders = {name for name, sqnr in sensitivity.items() if sqnr < min_sqnr}
+        if not offenders and baseline is not None and sensitivity:
+            drop = baseline - _metric(trial, feeds, metric)
+            if drop > max_drop:
+                offenders = {min(sensitivity, key=sensitivity.get)}
+        if not offenders:
+            break
+        fallback = fallback | offenders
+    graph.assign(trial)
+    ctx.stats.update(trial_ctx.stats)
+    ctx.count("layers-over-budget", len(fallback))
+    return changed
+
+
+def _metric(graph: Graph, feeds: list[dict], metric) -> float:
+    outputs = [interpret(graph, feed) for feed in feeds]
+    return float(metric({name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}))
+
+
+def _layer_sqnr(graph: Graph, feeds: list[dict], reference: list[dict]) -> dict[str, float]:
+    """Output SQNR (dB) of every integer layer against its float original, by weight name."""
+    layers = {n: n.operands[1].name.removesuffix(".q") for n in graph.nodes
+              if n.op in ("qconv2d", "qlinear", "dynamic_qlinear")}
+    signal = dict.fromkeys(layers, 0.0)
+    noise = dict.fromkeys(layers, 0.0)
+    for feed, ref in zip(feeds, reference):
+        values = interpret(graph, feed, keep_intermediates=True)["values"]
+        for node in layers:
+            result = node.results[0]
+            actual = values[result]
+            if result.type.quant is not None:
+                actual = dequantize_array(actual, result.type.quant)
+            expected = ref[graph.origin(result)].astype(np.float64)
+            signal[node] += float(np.sum(expected ** 2))
+            noise[node] += float(np.sum((actual - expected) ** 2))
+    return {name: (np.inf if noise[n] == 0 else 10 * np.log10(max(signal[n], 1e-30) / noise[n]))
+            for n, name in layers.items()}

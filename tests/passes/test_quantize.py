@@ -178,3 +178,31 @@ def test_calibration_memory_stays_flat(digits_graph):
 
     few, many = peak(4), peak(40)
     assert many < few * 1.25, f"peak {many} bytes for 40 batches vs {few} for 4"
+
+
+def test_sqnr_floor_sends_sensitive_layers_back_to_float(digits_graph):
+    manager = PassManager("quantize{min-sqnr=45}", data={"calibration": calibration_set(2)})
+    graph = manager.run(digits_graph.copy())
+    stats = manager.report.records[0].stats
+    assert stats["layers-over-budget"] >= 1
+    assert stats["layers-quantized"] + stats["kept-float: over the accuracy budget"] == 5
+    assert any(node.op in ("fused_conv2d", "fused_linear", "linear") for node in graph.nodes)
+
+
+def test_metric_budget_holds_after_fallback(digits_graph):
+    _, _, test_x, _ = digit_images()
+    evaluation = [test_x[:120]]
+    reference = interpret(digits_graph, {"x": test_x[:120]})["output"]
+
+    def agreement(outputs):  # a strict metric: 100 * cosine with the float logits
+        return 100.0 * cosine(outputs["output"], reference)
+
+    manager = PassManager("quantize{max-drop=0.0005}",
+                          data={"calibration": calibration_set(2), "evaluation": evaluation,
+                                "metric": agreement})
+    graph = manager.run(digits_graph.copy())
+    stats = manager.report.records[0].stats
+    assert stats["layers-over-budget"] >= 1
+    assert 100.0 - agreement(interpret(graph, {"x": test_x[:120]})) <= 0.0005
+    with pytest.raises(PassError, match="max-drop needs a metric"):
+        run_passes(digits_graph, "quantize{max-drop=1.0}", calibration=calibration_set(1))
