@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -30,11 +31,32 @@ class CalibrationError(ValueError):
     """Calibration data is missing or does not fit the graph."""
 
 
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of images (PNG, JPEG, ...) for a model with one NCHW image input: each image is
+    converted to RGB, resized to the input's height and width, scaled to [0, 1], then
+    normalized with ``mean`` and ``std`` per channel. A plain folder path means the defaults."""
+
+    path: Path
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    batch: int = 16
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
 def calibration_batches(data, graph: Graph) -> Iterator[dict[str, np.ndarray]]:
     """Input dicts from what users hand over: an iterable of dicts or arrays (a DataLoader
-    works), or a path to a ``.npz`` (keys are input names, or one array per batch for one input)
-    or ``.npy`` file (one array, split along axis 0 into batches of the first dim)."""
+    works), a path to a ``.npz`` (keys are input names, or one array per batch for one input)
+    or ``.npy`` file (one array, split along axis 0 into batches), or a folder of images (a
+    path or an ``ImageFolder``)."""
     names = [v.name for v in graph.inputs]
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        data = ImageFolder(Path(data))
+    if isinstance(data, ImageFolder):
+        yield from _image_batches(data, graph)
+        return
     if isinstance(data, (str, Path)):
         yield from _file_batches(Path(data), names)
         return
@@ -62,6 +84,30 @@ def _file_batches(path: Path, names: list[str]) -> Iterator[dict[str, np.ndarray
                 yield {names[0]: archive[key]}
         else:
             raise CalibrationError(f"{path} holds {archive.files}; expected the inputs {names}")
+
+
+def _image_batches(folder: ImageFolder, graph: Graph) -> Iterator[dict[str, np.ndarray]]:
+    from PIL import Image  # only this data form needs an image decoder
+
+    if len(graph.inputs) != 1 or graph.inputs[0].type.rank != 4:
+        raise CalibrationError("a folder of images feeds a graph with one NCHW image input")
+    value = graph.inputs[0]
+    channels, height, width = value.type.shape[1:]
+    if not all(isinstance(d, int) for d in (channels, height, width)) or channels != 3:
+        raise CalibrationError(f"image calibration needs a static [N,3,H,W] input, got {value.type}")
+    files = sorted(p for p in Path(folder.path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationError(f"no images in {folder.path}")
+    mean = np.asarray(folder.mean, np.float32).reshape(3, 1, 1)
+    std = np.asarray(folder.std, np.float32).reshape(3, 1, 1)
+    for start in range(0, len(files), folder.batch):
+        images = []
+        for path in files[start:start + folder.batch]:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB").resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(rgb, np.float32).transpose(2, 0, 1) / 255.0
+            images.append((pixels - mean) / std)
+        yield {value.name: np.stack(images).astype(value.type.dtype.numpy)}
 
 
 def _as_feed(batch, graph: Graph) -> dict[str, np.ndarray]:

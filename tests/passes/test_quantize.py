@@ -15,7 +15,7 @@ from nimbus.compiler.dtypes import DType
 from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.interpreter import interpret
 from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, run_passes
-from nimbus.passes.calibration import Observer, calibration_batches, observe
+from nimbus.passes.calibration import ImageFolder, Observer, calibration_batches, observe
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
@@ -137,6 +137,22 @@ def test_calibration_data_forms(tmp_path, digits_graph):
         assert feeds and all(set(feed) == {"x"} for feed in feeds), form
         assert all(feed["x"].dtype == np.float32 and feed["x"].shape[1:] == (3, 32, 32)
                    for feed in feeds), form
+
+
+def test_calibration_from_a_folder_of_images(tmp_path, digits_graph):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        pixels = rng.integers(0, 256, size=(20 + i, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"image{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = ImageFolder(tmp_path, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), batch=2)
+    feeds = list(calibration_batches(folder, digits_graph))
+    assert [feed["x"].shape for feed in feeds] == [(2, 3, 32, 32), (2, 3, 32, 32), (1, 3, 32, 32)]
+    assert all(-1.0 <= feed["x"].min() and feed["x"].max() <= 1.0 for feed in feeds)
+    quantized = run_passes(digits_graph, "quantize", calibration=tmp_path)  # a plain folder path
+    assert quantized.nodes[0].op == "quantize"
 
 
 def test_missing_calibration_is_an_error_and_random_data_warns(digits_graph):
