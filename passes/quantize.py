@@ -36,6 +36,8 @@ def _float_reason(node: Node, exclude: list[str]) -> str | None:
         return "weight is not a constant"
     if node.operands[0].type.dtype != DType.f32:
         return f"input is {node.operands[0].type.dtype}"
+    if not np.isfinite(weight.data).all():
+        return "weights are not finite"
     names = [weight.name, node.loc.scope]
     if any(fnmatch.fnmatch(name, pattern) for pattern in exclude for name in names if name):
         return "excluded by name"
@@ -52,10 +54,15 @@ def _integer_epilogue(node: Node) -> bool:
 def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:
     """(scale, zero point) for a real range: u8 asymmetric, or i8 symmetric. Scales are float32
     values, as every type stores them."""
-    if dtype == DType.u8:
-        scale = float(np.float32((high - low) / 255.0)) or 1.0
-        return scale, int(np.clip(np.rint(-low / scale), 0, 255))
-    return float(np.float32(max(-low, high) / 127.0)) or 1.0, 0
+    with np.errstate(over="ignore"):
+        if dtype == DType.u8:
+            scale = float(np.float32((high - low) / 255.0)) or 1.0
+            zero_point = int(np.clip(np.rint(-low / scale), 0, 255)) if np.isfinite(scale) else 0
+        else:
+            scale, zero_point = float(np.float32(max(-low, high) / 127.0)) or 1.0, 0
+    if not np.isfinite(scale):
+        raise PassFailure(f"an activation range [{low:g}, {high:g}] is too wide for int8")
+    return scale, zero_point
 
 
 def weight_params(weight: np.ndarray) -> QuantParams:
@@ -277,20 +284,25 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
             else:
                 quantizer.rewrite_weight_only(node)
         return _finish(graph, ctx, chosen)
-    uses = graph.uses()
-    chosen_set = set(chosen)
-    quantized_outputs = {n: _integer_epilogue(n) and _feeds_only_integer_layers(n.result, uses,
-                                                                                chosen_set)
-                         for n in chosen}
-    observed = {n.operands[0] for n in chosen} | {n.result for n in chosen if quantized_outputs[n]}
     data = ctx.data.get("calibration")
     batches = calibration_batches(data, graph) if data is not None else random_batches(graph)
     try:
-        observers = observe(graph, observed, batches)
+        observers = observe(graph, {v for n in chosen for v in (n.operands[0], n.result)}, batches)
     except CalibrationError as err:
         raise PassFailure(str(err)) from err
+    blind = [n for n in chosen if not observers[n.operands[0]].seen]
+    for node in blind:
+        ctx.count("kept-float: calibration saw no finite input values")
+    chosen = [n for n in chosen if n not in blind]
+    if not chosen:
+        return bool(ctx.stats.get("act(layer) -> fused layer"))
+    uses = graph.uses()
+    chosen_set = set(chosen)
+    quantized_outputs = {n: _integer_epilogue(n) and observers[n.result].seen
+                         and _feeds_only_integer_layers(n.result, uses, chosen_set)
+                         for n in chosen}
     ranges = {value: observer.range(settings.observer, settings.percentile)
-              for value, observer in observers.items()}
+              for value, observer in observers.items() if observer.seen}
     quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
     for node in chosen:
         quantizer.rewrite(node, quantized_outputs[node])

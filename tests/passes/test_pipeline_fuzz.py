@@ -42,3 +42,18 @@ def test_default_pipeline_on_random_graphs(graph, seed):
     assert len(optimized.nodes) <= len(graph.nodes)
     for name, array in expected.items():
         assert_close_with_specials(actual[name], array, name)
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(graph=graphs(), seed=st.integers(0, 2**32 - 2))
+def test_quantize_handles_random_graphs(graph, seed):
+    """Whatever the graph (non-finite weights and activations included), quantize either
+    quantizes a layer or keeps it in float with a reason; the result verifies and runs."""
+    feeds = [random_inputs(graph, seed), random_inputs(graph, seed + 1)]
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pipeline = DEFAULT_OPTIMIZATION + ",quantize"
+        quantized = PassManager(pipeline, data={"calibration": feeds}).run(graph.copy())
+        outputs = interpret(quantized, feeds[0])
+    assert set(outputs) == set(graph.output_names)
