@@ -5,6 +5,26 @@ alone. Nothing here imports the compiler, torch, onnx, lark, sympy or triton at 
 so ``pip install nimbus`` without extras is enough to serve a model.
 """
 
-from ._kernels import gemm_s8s8s32, gemm_u8s8s32
+from ._kernels import (
+    PackedWeights,
+    available_isas,
+    gemm_s8s8s32,
+    gemm_u8s8s32,
+    pack_weights,
+    qgemm,
+    qgemm_f32,
+    qgemm_s32,
+    selected_isa,
+)
 
-__all__ = ["gemm_s8s8s32", "gemm_u8s8s32"]
+__all__ = [
+    "PackedWeights",
+    "available_isas",
+    "gemm_s8s8s32",
+    "gemm_u8s8s32",
+    "pack_weights",
+    "qgemm",
+    "qgemm_f32",
+    "qgemm_s32",
+    "selected_isa",
+]

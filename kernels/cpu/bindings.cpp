@@ -3,19 +3,29 @@
 // exception that names the argument instead of crashing the process.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "gemm.h"
+#include "isa.h"
+#include "qgemm.h"
 
 namespace py = pybind11;
 
 namespace {
 
+using nimbus::kernels::Epilogue;
+using nimbus::kernels::Isa;
+using nimbus::kernels::isa_name;
 using nimbus::kernels::kMaxDepthS8S8;
 using nimbus::kernels::kMaxDepthU8S8;
+using nimbus::kernels::OutputType;
+using nimbus::kernels::PackedWeights;
 
 // The Python repr of an array attribute, e.g. "(3, 4)" for "shape".
 std::string attribute_text(const py::array& array, const char* attribute) {
@@ -51,6 +61,14 @@ py::array checked_matrix(const py::object& object, const std::string& name,
     return array;
 }
 
+void require_depth_fits(py::ssize_t k, std::size_t max_depth) {
+    if (static_cast<std::size_t>(k) > max_depth) {
+        throw py::value_error("K = " + std::to_string(k) + " is larger than " +
+                              std::to_string(max_depth) +
+                              ", the most that an int32 accumulator holds without overflow");
+    }
+}
+
 template <typename AElement>
 using GemmKernel = void (*)(const AElement*, const std::int8_t*, std::int32_t*, std::size_t,
                             std::size_t, std::size_t);
@@ -68,11 +86,7 @@ py::array_t<std::int32_t> run_gemm(const py::object& a_object, const py::object&
         throw py::value_error("b must have shape [K, N] with K = " + std::to_string(k) +
                               " (the columns of a), got shape " + attribute_text(b, "shape"));
     }
-    if (static_cast<std::size_t>(k) > max_depth) {
-        throw py::value_error("K = " + std::to_string(k) + " is larger than " +
-                              std::to_string(max_depth) +
-                              ", the most that an int32 accumulator holds without overflow");
-    }
+    require_depth_fits(k, max_depth);
     const auto max_elements = static_cast<py::ssize_t>(PY_SSIZE_T_MAX / sizeof(std::int32_t));
     if (n != 0 && m > max_elements / n) {
         throw py::value_error("the result [M, N] = [" + std::to_string(m) + ", " +
@@ -99,7 +113,212 @@ py::array_t<std::int32_t> gemm_s8s8s32(const py::object& a, const py::object& b)
     return run_gemm<std::int8_t>(a, b, nimbus::kernels::gemm_s8s8s32, kMaxDepthS8S8);
 }
 
+// Returns `object` as a C-contiguous 1-D array of `Element` and `length` elements, no copy.
+template <typename Element>
+py::array checked_vector(const py::object& object, const std::string& name, py::ssize_t length) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    const auto array = py::reinterpret_borrow<py::array>(object);
+    const py::dtype expected = py::dtype::of<Element>();
+    if (!array.dtype().equal(expected)) {
+        throw py::type_error(name + " must have dtype " + std::string(py::str(expected)) +
+                             ", got " + std::string(py::str(array.dtype())));
+    }
+    if (array.ndim() != 1 || array.shape(0) != length) {
+        throw py::value_error(name + " must have shape (" + std::to_string(length) +
+                              ",), one value per output channel, got shape " +
+                              attribute_text(array, "shape"));
+    }
+    if (!(array.flags() & py::array::c_style)) {
+        throw py::value_error(name + " must be C-contiguous, got strides " +
+                              attribute_text(array, "strides") + "; pass numpy.ascontiguousarray(" +
+                              name + ")");
+    }
+    return array;
+}
+
+std::size_t checked_threads(long long threads) {
+    if (threads < 1) {
+        throw py::value_error("threads must be at least 1, got " + std::to_string(threads));
+    }
+    return static_cast<std::size_t>(threads);
+}
+
+void require_in_range(const std::string& name, long long value, long long lo, long long hi,
+                      const std::string& range_name) {
+    if (value < lo || value > hi) {
+        throw py::value_error(name + " must lie in " + range_name + " [" + std::to_string(lo) +
+                              ", " + std::to_string(hi) + "], got " + std::to_string(value));
+    }
+}
+
+PackedWeights pack_weights(const py::object& w_object, const std::optional<std::string>& isa) {
+    const py::array w = checked_matrix<std::int8_t>(w_object, "w", "[N, K]");
+    require_depth_fits(w.shape(1), kMaxDepthU8S8);
+    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
+    const auto* data = static_cast<const std::int8_t*>(w.data());
+    const auto n = static_cast<std::size_t>(w.shape(0));
+    const auto k = static_cast<std::size_t>(w.shape(1));
+    py::gil_scoped_release release;
+    return nimbus::kernels::pack_weights(data, n, k, path);
+}
+
+// A new [m, n] array of `OutElement`, or `out_object` once checked to be one that is writable
+// and shares no memory with `a`, which the kernel reads while it writes the result.
+template <typename OutElement>
+py::array result_array(const py::object& out_object, py::ssize_t m, py::ssize_t n,
+                       const py::array& a) {
+    if (out_object.is_none()) {
+        return py::array_t<OutElement>(std::vector<py::ssize_t>{m, n});
+    }
+    const py::array out = checked_matrix<OutElement>(out_object, "out", "[M, N]");
+    if (out.shape(0) != m || out.shape(1) != n) {
+        throw py::value_error("out must have shape (" + std::to_string(m) + ", " +
+                              std::to_string(n) + "), got shape " + attribute_text(out, "shape"));
+    }
+    if (!out.writeable()) {
+        throw py::value_error("out must be writable");
+    }
+    const auto* out_begin = static_cast<const char*>(out.data());
+    const auto* a_begin = static_cast<const char*>(a.data());
+    if (out_begin < a_begin + a.nbytes() && a_begin < out_begin + out.nbytes()) {
+        throw py::value_error("out must not share memory with a");
+    }
+    return out;
+}
+
+// Checks a [M, K] against the packed weights, then runs the GEMM without the GIL into `out` or
+// a new [M, N] array of `OutElement`.
+template <typename OutElement>
+py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
+                    long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
+                    long long threads, const py::object& out_object) {
+    if (!py::isinstance<py::array>(a_object)) {
+        throw py::type_error("a must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(a_object.ptr())->tp_name));
+    }
+    const auto a_dtype = py::reinterpret_borrow<py::array>(a_object).dtype();
+    const bool a_signed = a_dtype.equal(py::dtype::of<std::int8_t>());
+    if (!a_signed && !a_dtype.equal(py::dtype::of<std::uint8_t>())) {
+        throw py::type_error("a must have dtype uint8 or int8, got " +
+                             std::string(py::str(a_dtype)));
+    }
+    const py::array a = a_signed ? checked_matrix<std::int8_t>(a_object, "a", "[M, K]")
+                                 : checked_matrix<std::uint8_t>(a_object, "a", "[M, K]");
+    if (static_cast<std::size_t>(a.shape(1)) != packed.k) {
+        throw py::value_error("a must have shape [M, K] with K = " + std::to_string(packed.k) +
+                              " (the depth of the packed weights), got shape " +
+                              attribute_text(a, "shape"));
+    }
+    if (a_signed) {
+        require_in_range("a_zero_point", a_zero_point, -128, 127, "the int8 range");
+    } else {
+        require_in_range("a_zero_point", a_zero_point, 0, 255, "the uint8 range");
+    }
+    const auto n = static_cast<py::ssize_t>(packed.n);
+    py::array bias;
+    if (!bias_object.is_none()) {
+        bias = checked_vector<std::int32_t>(bias_object, "bias", n);
+        epilogue.bias = static_cast<const std::int32_t*>(bias.data());
+    }
+    const std::size_t thread_count = checked_threads(threads);
+    const py::ssize_t m = a.shape(0);
+    const auto max_elements = static_cast<py::ssize_t>(PY_SSIZE_T_MAX / sizeof(OutElement));
+    if (n != 0 && m > max_elements / n) {
+        throw py::value_error("the result [M, N] = [" + std::to_string(m) + ", " +
+                              std::to_string(n) + "] has more elements than fit in memory");
+    }
+
+    py::array out = result_array<OutElement>(out_object, m, n, a);
+    const void* a_data = a.data();
+    void* out_data = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::qgemm(a_data, a_signed, static_cast<std::size_t>(m),
+                               static_cast<std::int32_t>(a_zero_point), packed, epilogue,
+                               out_data, thread_count);
+    }
+    return out;
+}
+
+// Returns the float32 [N] vector `name` after checking that every value is finite.
+py::array checked_scales(const py::object& object, const std::string& name, std::size_t n) {
+    py::array scales = checked_vector<float>(object, name, static_cast<py::ssize_t>(n));
+    const auto* values = static_cast<const float*>(scales.data());
+    for (std::size_t col = 0; col < n; ++col) {
+        if (!std::isfinite(values[col])) {
+            throw py::value_error(name + " must be finite, got " + std::to_string(values[col]) +
+                                  " at index " + std::to_string(col));
+        }
+    }
+    return scales;
+}
+
+py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
+                const py::object& bias, const py::object& multiplier_object,
+                long long out_zero_point, long long lo, long long hi,
+                const std::string& out_dtype, long long threads, const py::object& out) {
+    Epilogue epilogue;
+    long long type_lo = 0;
+    long long type_hi = 255;
+    if (out_dtype == "u8") {
+        epilogue.type = OutputType::u8;
+    } else if (out_dtype == "s8") {
+        epilogue.type = OutputType::s8;
+        type_lo = -128;
+        type_hi = 127;
+    } else {
+        throw py::value_error("out_dtype must be 'u8' or 's8', got '" + out_dtype + "'");
+    }
+    const std::string range_name = "the " + out_dtype + " range";
+    require_in_range("out_zero_point", out_zero_point, type_lo, type_hi, range_name);
+    require_in_range("lo", lo, type_lo, type_hi, range_name);
+    require_in_range("hi", hi, type_lo, type_hi, range_name);
+    if (hi < lo) {
+        throw py::value_error("hi must not be less than lo = " + std::to_string(lo) + ", got " +
+                              std::to_string(hi));
+    }
+    const py::array multiplier = checked_scales(multiplier_object, "multiplier", packed.n);
+    epilogue.scale = static_cast<const float*>(multiplier.data());
+    epilogue.zero_point = static_cast<std::int32_t>(out_zero_point);
+    epilogue.lo = static_cast<std::int32_t>(lo);
+    epilogue.hi = static_cast<std::int32_t>(hi);
+    if (epilogue.type == OutputType::u8) {
+        return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out);
+    }
+    return run_qgemm<std::int8_t>(a, packed, a_zero_point, bias, epilogue, threads, out);
+}
+
+py::array qgemm_f32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
+                    const py::object& bias, const py::object& scale_object, long long threads,
+                    const py::object& out) {
+    Epilogue epilogue;
+    epilogue.type = OutputType::f32;
+    const py::array scale = checked_scales(scale_object, "scale", packed.n);
+    epilogue.scale = static_cast<const float*>(scale.data());
+    return run_qgemm<float>(a, packed, a_zero_point, bias, epilogue, threads, out);
+}
+
+py::array qgemm_s32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
+                    const py::object& bias, long long threads, const py::object& out) {
+    return run_qgemm<std::int32_t>(a, packed, a_zero_point, bias, Epilogue{}, threads, out);
+}
+
+std::vector<std::string> available_isa_names() {
+    std::vector<std::string> names;
+    for (const Isa isa : nimbus::kernels::available_isas()) {
+        names.emplace_back(nimbus::kernels::isa_name(isa));
+    }
+    return names;
+}
+
 }  // namespace
+
+// The keyword arguments that every packed GEMM shares, for their docstrings.
+#define NIMBUS_THREADS_AND_OUT_DOC \
+    "threads: at most this many threads; out: a C-contiguous [M, N] array to write and return."
 
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
@@ -109,6 +328,39 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("gemm_s8s8s32", &gemm_s8s8s32, py::arg("a"), py::arg("b"),
                "Return a @ b as int32 [M, N] for int8 a [M, K] and int8 b [K, N].\n\n"
                "Both inputs must be C-contiguous numpy arrays; they are read in place.");
+    module.def("available_isas", &available_isa_names,
+               "Return the ISA paths of the packed GEMM that this machine runs, fastest first.");
+    module.def("selected_isa",
+               [] { return std::string(isa_name(nimbus::kernels::selected_isa())); },
+               "Return the process-wide ISA path: NIMBUS_ISA when set, else the fastest.");
+    py::class_<PackedWeights>(module, "PackedWeights",
+                              "int8 weights [N, K] laid out once for one ISA path.")
+        .def_property_readonly("n", [](const PackedWeights& w) { return w.n; })
+        .def_property_readonly("k", [](const PackedWeights& w) { return w.k; })
+        .def_property_readonly("isa", [](const PackedWeights& w) { return isa_name(w.isa); })
+        .def("__repr__", [](const PackedWeights& w) {
+            return "PackedWeights(n=" + std::to_string(w.n) + ", k=" + std::to_string(w.k) +
+                   ", isa='" + isa_name(w.isa) + "')";
+        });
+    module.def("pack_weights", &pack_weights, py::arg("w"), py::arg("isa") = py::none(),
+               "Pack int8 weights w [N, K] for the ISA path `isa` (default: selected_isa()).");
+    module.def("qgemm", &qgemm, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
+               py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
+               py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("out") = py::none(),
+               "Return clamp(rint(f32(acc) * multiplier) + out_zero_point, lo, hi) as u8 or s8 "
+               "[M, N],\nwith acc = (a - a_zero_point) @ w.T + bias in int32."
+               "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
+    module.def("qgemm_f32", &qgemm_f32, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
+               py::arg("bias"), py::arg("scale"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("out") = py::none(),
+               "Return f32(acc) * scale as float32 [M, N], acc = (a - a_zero_point) @ w.T + bias."
+               "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
+    module.def("qgemm_s32", &qgemm_s32, py::arg("a"), py::arg("packed"),
+               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
+               py::arg("threads") = 1, py::arg("out") = py::none(),
+               "Return acc = (a - a_zero_point) @ w.T + bias as int32 [M, N]."
+               "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },
                "Return the nimbus version that the kernels were built from.");
 }

@@ -1,0 +1,147 @@
+// The int8 GEMM driver: packs weights for a path, prepares activations, folds the activation
+// zero point into per-column offsets and splits the work over threads.
+#include "qgemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+
+#include "qgemm_paths.h"
+#include "worker_pool.h"
+
+namespace nimbus::kernels {
+namespace {
+
+using PathKernel = void (*)(const GemmTask&, std::size_t, std::size_t, std::size_t, std::size_t);
+
+struct Path {
+    PathLayout layout;
+    PathKernel kernel;
+};
+
+Path path_of(Isa isa) {
+    switch (isa) {
+#ifdef NIMBUS_X86_KERNELS
+        case Isa::avx512_vnni:
+            return {kAvx512VnniLayout, run_avx512_vnni};
+        case Isa::avx2:
+            return {kAvx2Layout, run_avx2};
+#endif
+        default:
+            return {kPortableLayout, run_portable};
+    }
+}
+
+std::size_t round_up(std::size_t value, std::size_t multiple) {
+    return (value + multiple - 1) / multiple * multiple;
+}
+
+// Activations as the path reads them: unsigned (s8 values shifted by +128, which the caller
+// compensates in the zero point), rows padded with zeros to padded_k, of activation_bytes each.
+// Returns `a` itself when it already has that form.
+template <typename Element>
+const void* prepare_activations(const void* a, bool a_signed, std::size_t m, std::size_t k,
+                                std::size_t padded_k, std::vector<Element>& storage) {
+    if (sizeof(Element) == 1 && !a_signed && k == padded_k) {
+        return a;
+    }
+    const auto* source = static_cast<const std::uint8_t*>(a);
+    const std::uint8_t flip = a_signed ? 0x80 : 0x00;
+    storage.assign(m * padded_k, 0);
+    for (std::size_t row = 0; row < m; ++row) {
+        Element* target = storage.data() + row * padded_k;
+        for (std::size_t depth = 0; depth < k; ++depth) {
+            target[depth] = static_cast<Element>(source[row * k + depth] ^ flip);
+        }
+    }
+    return storage.data();
+}
+
+// Rows per work tile: a multiple of every path's row block, and few enough that a tile of 64
+// columns is a small share of a large GEMM.
+constexpr std::size_t kTileRows = 48;
+
+// Runs kernel over tiles of kTileRows rows x 1 panel on up to `threads` threads (fewer when the
+// pool has fewer or is busy). Threads take
+// the next tile from a shared counter, so a thread that the OS preempts or wakes late delays no
+// fixed share; consecutive tiles share a panel of weights, which stays in cache.
+void run_parallel(PathKernel kernel, const GemmTask& task, std::size_t m, std::size_t panels,
+                  std::size_t threads) {
+    const std::size_t row_tiles = (m + kTileRows - 1) / kTileRows;
+    const std::size_t tiles = row_tiles * panels;
+    const std::size_t count = std::min(threads, tiles);
+    std::atomic<std::size_t> next_tile{0};
+    const std::function<void()> run_tiles = [&] {
+        for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
+            const std::size_t panel = tile / row_tiles;
+            const std::size_t row_begin = tile % row_tiles * kTileRows;
+            const std::size_t row_end = std::min(m, row_begin + kTileRows);
+            kernel(task, row_begin, row_end, panel, panel + 1);
+        }
+    };
+    run_on_pool(count - 1, run_tiles);
+}
+
+}  // namespace
+
+PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, Isa isa) {
+    const PathLayout layout = path_of(isa).layout;
+    PackedWeights packed;
+    packed.isa = isa;
+    packed.n = n;
+    packed.k = k;
+    packed.padded_n = round_up(n, layout.panel_width);
+    packed.padded_k = round_up(k, layout.k_group);
+    packed.data.assign(packed.padded_n * packed.padded_k, 0);
+    packed.column_sums.assign(packed.padded_n, 0);
+    const std::size_t panel_size = packed.padded_k * layout.panel_width;
+    const std::size_t group_size = layout.k_group * layout.panel_width;
+    for (std::size_t col = 0; col < n; ++col) {
+        std::int8_t* panel = packed.data.data() + col / layout.panel_width * panel_size;
+        const std::size_t lane = col % layout.panel_width;
+        std::int32_t sum = 0;
+        for (std::size_t depth = 0; depth < k; ++depth) {
+            const std::int8_t value = w[col * k + depth];
+            const std::size_t group = depth / layout.k_group;
+            panel[group * group_size + lane * layout.k_group + depth % layout.k_group] = value;
+            sum += value;
+        }
+        packed.column_sums[col] = sum;
+    }
+    return packed;
+}
+
+void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_point,
+           const PackedWeights& weights, const Epilogue& epilogue, void* out,
+           std::size_t threads) {
+    if (m == 0 || weights.n == 0) {
+        return;
+    }
+    const Path path = path_of(weights.isa);
+    std::vector<std::uint8_t> bytes;
+    std::vector<std::uint16_t> words;
+    const void* prepared =
+        path.layout.activation_bytes == 1
+            ? prepare_activations(a, a_signed, m, weights.k, weights.padded_k, bytes)
+            : prepare_activations(a, a_signed, m, weights.k, weights.padded_k, words);
+
+    // acc = sum(a' * w) - a_zp' * column_sum + bias, with a' = a + 128 for s8 activations.
+    // Unsigned arithmetic wraps like the int32 accumulators of the reference.
+    const auto zero_point = static_cast<std::uint32_t>(a_zero_point + (a_signed ? 128 : 0));
+    std::vector<std::int32_t> column_offset(weights.padded_n, 0);
+    std::vector<float> scale(weights.padded_n, 0.0f);
+    for (std::size_t col = 0; col < weights.n; ++col) {
+        const auto bias = static_cast<std::uint32_t>(epilogue.bias ? epilogue.bias[col] : 0);
+        const auto sum = static_cast<std::uint32_t>(weights.column_sums[col]);
+        column_offset[col] = static_cast<std::int32_t>(bias - zero_point * sum);
+        scale[col] = epilogue.scale ? epilogue.scale[col] : 0.0f;
+    }
+
+    const GemmTask task{prepared, weights.data.data(), weights.padded_k, weights.n,
+                        column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
+                        epilogue.lo, epilogue.hi, out};
+    const std::size_t panels = weights.padded_n / path.layout.panel_width;
+    run_parallel(path.kernel, task, m, panels, std::max<std::size_t>(threads, 1));
+}
+
+}  // namespace nimbus::kernels

@@ -1,0 +1,54 @@
+// Quantized int8 GEMM: weights packed once per ISA path, activations u8 or s8, and a fused
+// epilogue (bias, per-channel requantization to u8/s8, or dequantization to f32).
+//
+// With activations a[M, K], their zero point a_zp, weights w[N, K] and bias[N]:
+//     acc[m, n] = sum_k (a[m, k] - a_zp) * w[n, k] + bias[n]     (int32, wrapping)
+// and the result is one of
+//     s32: acc
+//     u8/s8: clamp(rint_f32(f32(acc) * scale[n]) + zero_point, lo, hi)   (half to even)
+//     f32: f32(acc) * scale[n]
+// which is the arithmetic of nimbus.compiler.ops.quant, bit for bit, on every path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "isa.h"
+
+namespace nimbus::kernels {
+
+// Weights laid out for one ISA path. Column panels of `panel_width` outputs follow each other;
+// inside a panel, groups of `k_group` consecutive depths of one output are adjacent (the
+// operand shape of vpdpbusd for groups of 4, of vpmaddwd for groups of 2).
+struct PackedWeights {
+    Isa isa = Isa::portable;
+    std::size_t n = 0;
+    std::size_t k = 0;
+    std::size_t padded_n = 0;  // n rounded up to the panel width; padding is zero
+    std::size_t padded_k = 0;  // k rounded up to the depth group; padding is zero
+    std::vector<std::int8_t> data;
+    std::vector<std::int32_t> column_sums;  // sum_k w[n, k], which folds in a_zp at run time
+};
+
+// w is row-major [n, k]; k must not exceed kMaxDepthU8S8 (checked by the caller).
+PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, Isa isa);
+
+enum class OutputType { s32, u8, s8, f32 };
+
+struct Epilogue {
+    OutputType type = OutputType::s32;
+    const std::int32_t* bias = nullptr;  // [n], or null for none
+    const float* scale = nullptr;        // [n] multiplier (u8/s8) or scale (f32); unused for s32
+    std::int32_t zero_point = 0;         // u8/s8: added after rounding, within the output type
+    std::int32_t lo = 0;                 // u8/s8: clamp bounds, within the output type
+    std::int32_t hi = 0;
+};
+
+// out[M, n] (row-major, of the epilogue's type) from a[M, k] (u8, or s8 when a_signed).
+// Splits the work over at most `threads` threads.
+void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_point,
+           const PackedWeights& weights, const Epilogue& epilogue, void* out,
+           std::size_t threads);
+
+}  // namespace nimbus::kernels

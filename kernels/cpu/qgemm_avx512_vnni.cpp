@@ -1,0 +1,150 @@
+// The AVX512-VNNI path of the int8 GEMM: vpdpbusd multiplies 4 u8 activations by 4 s8 weights
+// and adds the sum to an int32 lane, exactly. A block of up to kRowBlock rows x 64 columns
+// stays in 24 zmm accumulators over the whole depth, then the epilogue runs on the registers.
+//
+// Only functions marked NIMBUS_AVX512_VNNI use AVX-512, so the rest of the library, and every
+// inline function that this file instantiates, stays at the baseline ISA.
+#include "qgemm_paths.h"
+
+#ifdef NIMBUS_X86_KERNELS
+
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstring>
+
+#define NIMBUS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+namespace nimbus::kernels {
+namespace {
+
+constexpr std::size_t kLanes = 16;
+constexpr std::size_t kVectors = kAvx512VnniLayout.panel_width / kLanes;
+constexpr std::size_t kGroup = kAvx512VnniLayout.k_group;
+constexpr std::size_t kRowBlock = 6;
+
+// Finishes the 16 accumulators of row `row` that start at column `col` and stores those that
+// fall inside the n columns of the result.
+NIMBUS_AVX512_VNNI void store_vector(const GemmTask& task, std::size_t row, std::size_t col,
+                                     __m512i raw) {
+    if (col >= task.n) {
+        return;
+    }
+    const std::size_t count = task.n - col < kLanes ? task.n - col : kLanes;
+    const auto mask = static_cast<__mmask16>((1u << count) - 1);
+    const __m512i acc = _mm512_add_epi32(raw, _mm512_loadu_si512(task.column_offset + col));
+    const std::size_t index = row * task.n + col;
+    if (task.type == OutputType::s32) {
+        _mm512_mask_storeu_epi32(static_cast<std::int32_t*>(task.out) + index, mask, acc);
+        return;
+    }
+    // cvtdq2ps and cvtps2dq round half to even under the default MXCSR, like the reference.
+    const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(task.scale + col));
+    if (task.type == OutputType::f32) {
+        _mm512_mask_storeu_ps(static_cast<float*>(task.out) + index, mask, scaled);
+        return;
+    }
+    // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
+    // the value inside int32 for the conversion.
+    const __m512 lo = _mm512_set1_ps(static_cast<float>(task.lo - task.zero_point));
+    const __m512 hi = _mm512_set1_ps(static_cast<float>(task.hi - task.zero_point));
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo), hi);
+    const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(clamped),
+                                       _mm512_set1_epi32(task.zero_point));
+    _mm512_mask_cvtepi32_storeu_epi8(static_cast<std::uint8_t*>(task.out) + index, mask, q);
+}
+
+// Adds the products of depth group `group` to one chain of accumulators.
+template <std::size_t Rows>
+NIMBUS_AVX512_VNNI inline void accumulate_group(__m512i (&acc)[Rows][kVectors],
+                                                const std::uint8_t* a, std::size_t padded_k,
+                                                const std::int8_t* b, std::size_t group) {
+    const std::int8_t* weights = b + group * kGroup * kVectors * kLanes;
+    __m512i w[kVectors];
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < kVectors; ++v) {
+        w[v] = _mm512_loadu_si512(weights + v * kGroup * kLanes);
+    }
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < Rows; ++r) {
+        std::int32_t four_activations;
+        std::memcpy(&four_activations, a + r * padded_k + group * kGroup, kGroup);
+        const __m512i x = _mm512_set1_epi32(four_activations);
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], x, w[v]);
+        }
+    }
+}
+
+// Few rows leave too few independent accumulators to hide the latency of vpdpbusd, so they
+// alternate depth groups between two chains of accumulators.
+template <std::size_t Rows>
+NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const std::uint8_t* a,
+                                      const std::int8_t* b, std::size_t row, std::size_t col) {
+    constexpr std::size_t kChains = Rows <= 2 ? 2 : 1;
+    __m512i acc[kChains][Rows][kVectors];
+#pragma GCC unroll 2
+    for (std::size_t chain = 0; chain < kChains; ++chain) {
+#pragma GCC unroll 8
+        for (std::size_t r = 0; r < Rows; ++r) {
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < kVectors; ++v) {
+                acc[chain][r][v] = _mm512_setzero_si512();
+            }
+        }
+    }
+    const std::size_t groups = task.padded_k / kGroup;
+    std::size_t group = 0;
+    for (; group + kChains <= groups; group += kChains) {
+#pragma GCC unroll 2
+        for (std::size_t chain = 0; chain < kChains; ++chain) {
+            accumulate_group<Rows>(acc[chain], a, task.padded_k, b, group + chain);
+        }
+    }
+    for (; group < groups; ++group) {
+        accumulate_group<Rows>(acc[0], a, task.padded_k, b, group);
+    }
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < Rows; ++r) {
+#pragma GCC unroll 4
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            __m512i sum = acc[0][r][v];
+#pragma GCC unroll 2
+            for (std::size_t chain = 1; chain < kChains; ++chain) {
+                sum = _mm512_add_epi32(sum, acc[chain][r][v]);
+            }
+            store_vector(task, row + r, col + v * kLanes, sum);
+        }
+    }
+}
+
+using BlockKernel = void (*)(const GemmTask&, const std::uint8_t*, const std::int8_t*,
+                             std::size_t, std::size_t);
+
+// compute_block for 1 to kRowBlock rows, indexed by rows - 1.
+constexpr BlockKernel kBlockKernels[kRowBlock] = {compute_block<1>, compute_block<2>,
+                                                  compute_block<3>, compute_block<4>,
+                                                  compute_block<5>, compute_block<6>};
+
+}  // namespace
+
+void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                     std::size_t panel_begin, std::size_t panel_end) {
+    const auto* a = static_cast<const std::uint8_t*>(task.a);
+    const std::size_t panel_width = kAvx512VnniLayout.panel_width;
+    for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
+        const std::int8_t* b = task.b + panel * task.padded_k * panel_width;
+        for (std::size_t row = row_begin; row < row_end; row += kRowBlock) {
+            const std::size_t rows = row_end - row < kRowBlock ? row_end - row : kRowBlock;
+            kBlockKernels[rows - 1](task, a + row * task.padded_k, b, row, panel * panel_width);
+        }
+    }
+}
+
+}  // namespace nimbus::kernels
+
+#endif  // NIMBUS_X86_KERNELS

@@ -1,0 +1,49 @@
+// What the driver (qgemm.cpp) hands to the kernel of each ISA path. Declarations and constants
+// only: an inline function here would be compiled into the files built for wider ISAs too.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "qgemm.h"
+
+namespace nimbus::kernels {
+
+// How a path wants its operands: the weight layout of PackedWeights and the activation rows it
+// reads (u8, or u16 for the AVX2 path, which multiplies 16-bit pairs), padded to padded_k.
+struct PathLayout {
+    std::size_t panel_width;
+    std::size_t k_group;
+    std::size_t activation_bytes;
+};
+
+inline constexpr PathLayout kPortableLayout{32, 1, 1};
+inline constexpr PathLayout kAvx2Layout{16, 2, 2};
+inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1};
+
+// One call, shared read-only by every thread. The per-column arrays cover padded_n columns.
+struct GemmTask {
+    const void* a;                       // prepared activations, rows of padded_k elements
+    const std::int8_t* b;                // PackedWeights::data
+    std::size_t padded_k;
+    std::size_t n;
+    const std::int32_t* column_offset;   // bias - a_zp * column_sums, wrapping
+    const float* scale;                  // zero past n
+    OutputType type;
+    std::int32_t zero_point;
+    std::int32_t lo;
+    std::int32_t hi;
+    void* out;                           // [M, n], row-major
+};
+
+// Each computes rows [row_begin, row_end) of the columns in panels [panel_begin, panel_end).
+void run_portable(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                  std::size_t panel_begin, std::size_t panel_end);
+#ifdef NIMBUS_X86_KERNELS
+void run_avx2(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+              std::size_t panel_begin, std::size_t panel_end);
+void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                     std::size_t panel_begin, std::size_t panel_end);
+#endif
+
+}  // namespace nimbus::kernels

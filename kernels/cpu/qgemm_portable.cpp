@@ -1,0 +1,67 @@
+// The portable path of the int8 GEMM: plain C++ that the compiler vectorizes for the baseline
+// ISA of the build. It is the reference that the SIMD paths are compared with on any host.
+#include <algorithm>
+#include <cmath>
+
+#include "qgemm_paths.h"
+
+namespace nimbus::kernels {
+namespace {
+
+constexpr std::size_t kPanelWidth = kPortableLayout.panel_width;
+
+// Writes one finished value of row `row`, column `col`.
+void store_value(const GemmTask& task, std::size_t row, std::size_t col, std::int32_t raw) {
+    const auto wrapped = static_cast<std::uint32_t>(raw) +
+                         static_cast<std::uint32_t>(task.column_offset[col]);
+    const auto acc = static_cast<std::int32_t>(wrapped);
+    const std::size_t index = row * task.n + col;
+    if (task.type == OutputType::s32) {
+        static_cast<std::int32_t*>(task.out)[index] = acc;
+        return;
+    }
+    const float scaled = static_cast<float>(acc) * task.scale[col];
+    if (task.type == OutputType::f32) {
+        static_cast<float*>(task.out)[index] = scaled;
+        return;
+    }
+    // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
+    // the value inside int32 for the conversion.
+    const auto lo = static_cast<float>(task.lo - task.zero_point);
+    const auto hi = static_cast<float>(task.hi - task.zero_point);
+    const float rounded = std::nearbyint(std::min(std::max(scaled, lo), hi));
+    const std::int32_t q = static_cast<std::int32_t>(rounded) + task.zero_point;
+    if (task.type == OutputType::u8) {
+        static_cast<std::uint8_t*>(task.out)[index] = static_cast<std::uint8_t>(q);
+    } else {
+        static_cast<std::int8_t*>(task.out)[index] = static_cast<std::int8_t>(q);
+    }
+}
+
+}  // namespace
+
+void run_portable(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                  std::size_t panel_begin, std::size_t panel_end) {
+    const auto* a = static_cast<const std::uint8_t*>(task.a);
+    for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
+        const std::int8_t* b = task.b + panel * task.padded_k * kPanelWidth;
+        const std::size_t col_begin = panel * kPanelWidth;
+        const std::size_t width = std::min(kPanelWidth, task.n - col_begin);
+        for (std::size_t row = row_begin; row < row_end; ++row) {
+            const std::uint8_t* a_row = a + row * task.padded_k;
+            std::int32_t acc[kPanelWidth] = {};
+            for (std::size_t depth = 0; depth < task.padded_k; ++depth) {
+                const std::int32_t a_value = a_row[depth];
+                const std::int8_t* b_row = b + depth * kPanelWidth;
+                for (std::size_t lane = 0; lane < kPanelWidth; ++lane) {
+                    acc[lane] += a_value * b_row[lane];
+                }
+            }
+            for (std::size_t lane = 0; lane < width; ++lane) {
+                store_value(task, row, col_begin + lane, acc[lane]);
+            }
+        }
+    }
+}
+
+}  // namespace nimbus::kernels

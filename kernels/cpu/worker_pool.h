@@ -1,0 +1,18 @@
+// Threads that persist between kernel calls: starting a thread costs tens of microseconds,
+// as much as a whole small GEMM.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+
+namespace nimbus::kernels {
+
+// Calls `task` on the calling thread and on up to `helpers` pooled threads at once, and returns
+// when every call has returned. `task` must share its work out itself (e.g. from an atomic
+// counter) and tolerate being called by fewer threads, or late, when its work is done.
+//
+// One parallel region runs at a time in the process: a call that finds the pool busy (another
+// session's GEMM) runs `task` on the calling thread alone, so threads never oversubscribe.
+void run_on_pool(std::size_t helpers, const std::function<void()>& task);
+
+}  // namespace nimbus::kernels
