@@ -40,6 +40,12 @@ def external_constants(source: str, rng) -> dict[str, np.ndarray]:
     return constants
 
 
+def test_every_pass_has_filecheck_cases():
+    covered = {case.name.split("[")[0].replace("_", "-") for case in CASES}
+    assert {"canonicalize", "fold-constants", "fold-batchnorm", "fuse", "eliminate-dead-code",
+            "eliminate-common-subexpressions"} <= covered
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_pass_case(case):
     rng = np.random.default_rng(0)
