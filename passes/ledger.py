@@ -64,6 +64,7 @@ class NodeRow:
     sqnr_db: float
     cosine: float
     max_error: float
+    layer: str = ""  # the weight the node applies, named as in the float graph
 
 
 @dataclass
@@ -84,10 +85,11 @@ class Ledger:
     pipeline: str
     steps: list[Step] = field(default_factory=list)
     rows: list[NodeRow] = field(default_factory=list)
+    backoffs: list[str] = field(default_factory=list)  # what a budget changed, in order
 
     def to_json(self) -> dict:
         return {"pipeline": self.pipeline, "steps": [asdict(s) for s in self.steps],
-                "rows": [asdict(r) for r in self.rows]}
+                "rows": [asdict(r) for r in self.rows], "backoffs": self.backoffs}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1, allow_nan=True))
@@ -96,7 +98,7 @@ class Ledger:
     def load(path: str | Path) -> "Ledger":
         data = json.loads(Path(path).read_text())
         return Ledger(data["pipeline"], [Step(**s) for s in data["steps"]],
-                      [NodeRow(**r) for r in data["rows"]])
+                      [NodeRow(**r) for r in data["rows"]], data.get("backoffs", []))
 
     def table(self) -> str:
         lines = [f"accuracy ledger for {self.pipeline}", "",
@@ -117,6 +119,8 @@ class Ledger:
         kept = {k: v for s in self.steps for k, v in s.statistics.items() if k.startswith("kept-float")}
         if kept:
             lines += ["", "kept in float:"] + [f"  {k.split(': ', 1)[1]}: {int(v)}" for k, v in kept.items()]
+        if self.backoffs:
+            lines += ["", "changed to meet the accuracy budget:"] + [f"  {b}" for b in self.backoffs]
         return "\n".join(lines)
 
 
@@ -208,5 +212,20 @@ def _changed_rows(step: str, pass_name: str, graph: Graph, reference, batches) -
         values = interpret(graph, feed, keep_intermediates=True)["values"]
         for node, origin in tracked.items():
             drifts[node].add(_real(node.results[0], values[node.results[0]]), ref[origin])
-    return [NodeRow(step, node.op, node.loc.describe(), **drifts[node].summary())
-            for node in tracked]
+    originals = set(reference[0])
+    return [NodeRow(step, node.op, node.loc.describe(), **drifts[node].summary(),
+                    layer=_layer_of(node, originals)) for node in tracked]
+
+
+def _layer_of(node, originals: set) -> str:
+    """The float graph's name of the weight a layer applies (through renames like ``.q``)."""
+    weight = node.operands[1] if len(node.operands) > 1 else None
+    if weight is not None and not weight.is_constant and weight.producer is not None:
+        # a weight decoded at run time (codebook lookup, dequantize): name it by its data
+        stored = [o for o in weight.producer.operands if o is not None and o.is_constant]
+        weight = stored[-1] if stored else None
+    if weight is None or not weight.is_constant:
+        return ""
+    names = sorted((v.name for v in originals if v.is_constant), key=len, reverse=True)
+    return next((n for n in names if weight.name == n or weight.name.startswith(n + ".")),
+                weight.name)
