@@ -7,7 +7,14 @@ both with constant, pre-packed weights and the same thread count. Times are medi
 repeats. A small GEMM that fits in L2 gives each path's "peak", and every row reports the share
 of it that the shape reaches.
 
-    python benchmarks/kernels.py [--threads 2] [--quick] [--json FILE]
+Convolutions (op "conv": the distinct layers of ResNet-18 and the depthwise 3x3 layers of
+MobileNetV2, at batch 1 and 8) compare qconv2d (u8 -> u8, requantized per channel) on NHWC
+activations with ORT's QLinearConv on NCHW ones, a one-node model. Each library gets the layout
+it wants: ORT's time includes whatever layout work it does itself (its graph optimizer may
+rewrite the node to an NHWC kernel between transposes), and nimbus's excludes any transpose,
+which a model compiled to NHWC does not need.
+
+    python benchmarks/kernels.py [--threads 2] [--quick] [--ops gemm,conv] [--json FILE]
 """
 
 from __future__ import annotations
@@ -91,6 +98,30 @@ def qlinear_matmul_session(w: np.ndarray, a_zero_point: int, a_scale: float,
     return ort_session([node], [a_info], [y_info], initializers, threads)
 
 
+# (C, H, W, K, R (= S), stride, pad, groups); pad is the same on every side.
+RESNET18_CONVS = [
+    (3, 224, 224, 64, 7, 2, 3, 1),
+    (64, 56, 56, 64, 3, 1, 1, 1),
+    (64, 56, 56, 128, 3, 2, 1, 1),
+    (64, 56, 56, 128, 1, 2, 0, 1),
+    (128, 28, 28, 128, 3, 1, 1, 1),
+    (128, 28, 28, 256, 3, 2, 1, 1),
+    (256, 14, 14, 256, 3, 1, 1, 1),
+    (256, 14, 14, 512, 3, 2, 1, 1),
+    (512, 7, 7, 512, 3, 1, 1, 1),
+]
+MOBILENET_V2_DEPTHWISE = [
+    (32, 112, 112, 32, 3, 1, 1, 32),
+    (96, 112, 112, 96, 3, 2, 1, 96),
+    (144, 56, 56, 144, 3, 1, 1, 144),
+    (192, 28, 28, 192, 3, 1, 1, 192),
+    (384, 14, 14, 384, 3, 1, 1, 384),
+    (576, 14, 14, 576, 3, 1, 1, 576),
+    (960, 7, 7, 960, 3, 1, 1, 960),
+]
+CONV_BATCHES = (1, 8)
+
+
 def gops(shape, ms: float) -> float:
     m, n, k = shape
     return 2 * m * n * k / (ms * 1e6)
@@ -148,6 +179,64 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
     return rows
 
 
+def qlinear_conv_session(w: np.ndarray, a_zero_point: int, a_scale: float,
+                         w_scales: np.ndarray, out_scale: float, out_zero_point: int,
+                         stride: int, pad: int, groups: int, threads: int):
+    """x [N, C, H, W] u8 -> QLinearConv u8 [N, K, OH, OW] with per-channel weight scales."""
+    arrays = {
+        "x_scale": np.array(a_scale, dtype=np.float32),
+        "x_zp": np.array(a_zero_point, dtype=np.uint8),
+        "w": w,
+        "w_scale": w_scales.astype(np.float32),
+        "w_zp": np.zeros(w.shape[0], dtype=np.int8),
+        "y_scale": np.array(out_scale, dtype=np.float32),
+        "y_zp": np.array(out_zero_point, dtype=np.uint8),
+    }
+    initializers = [numpy_helper.from_array(value, name) for name, value in arrays.items()]
+    node = helper.make_node("QLinearConv", ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp",
+                                            "y_scale", "y_zp"], ["y"],
+                            kernel_shape=list(w.shape[2:]), strides=[stride, stride],
+                            pads=[pad] * 4, group=groups)
+    x_info = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", "C", "H", "W"])
+    y_info = helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", "K", "OH", "OW"])
+    return ort_session([node], [x_info], [y_info], initializers, threads)
+
+
+def benchmark_conv(batch: int, layer, isas, threads: int, repeats: int, min_seconds: float):
+    c, h, w_size, k, r, stride, pad, groups = layer
+    rng = np.random.default_rng([batch, *layer])
+    x_nchw = rng.integers(0, 256, size=(batch, c, h, w_size), dtype=np.uint8)
+    x_nhwc = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+    w = rng.integers(-128, 128, size=(k, c // groups, r, r), dtype=np.int8)
+    a_zero_point, a_scale, out_scale, out_zero_point = 128, 0.02, 0.5, 128
+    w_scales = rng.uniform(0.001, 0.01, size=k).astype(np.float32)
+    multiplier = (np.float64(a_scale) * w_scales / out_scale).astype(np.float32)
+    session = qlinear_conv_session(w, a_zero_point, a_scale, w_scales, out_scale,
+                                   out_zero_point, stride, pad, groups, threads)
+    out_h = (h + 2 * pad - r) // stride + 1
+    out_w = (w_size + 2 * pad - r) // stride + 1
+    out = np.empty((batch, out_h, out_w, k), dtype=np.uint8)
+    calls = {"ort": lambda: session.run(None, {"x": x_nchw})}
+    for isa in isas:
+        packed = kernels.pack_conv_weights(w, groups, isa)
+        calls[isa] = lambda packed=packed: kernels.qconv2d(
+            x_nhwc, packed, a_zero_point, None, multiplier, out_zero_point, 0, 255, "u8",
+            stride=(stride, stride), padding=(pad,) * 4, threads=threads, out=out)
+    ms = {name: median_ms(call, repeats, min_seconds) for name, call in calls.items()}
+    operations = 2 * batch * out_h * out_w * k * (c // groups) * r * r
+    return [{
+        "op": "conv", "shape": [batch, c, h, w_size, k, r, r, stride, pad, groups], "isa": isa,
+        "threads": threads, "nimbus_ms": ms[isa], "ort_ms": ms["ort"],
+        "speedup": ms["ort"] / ms[isa], "gops": operations / (ms[isa] * 1e6),
+    } for isa in isas]
+
+
+def print_conv_row(row) -> None:
+    shape = ",".join(str(size) for size in row["shape"])
+    print(f"{row['op']:<5} {shape:>30} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
+          f"{row['ort_ms']:>10.3f} {row['speedup']:>8.2f} {row['gops']:>8.1f}", flush=True)
+
+
 def print_row(row) -> None:
     shape = "x".join(str(size) for size in row["shape"])
     print(f"{row['op']:<9} {shape:>16} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
@@ -155,28 +244,56 @@ def print_row(row) -> None:
           f"{row['percent_of_peak']:>7.0f}%", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    options = parser.parse_args()
-    repeats, min_seconds = (5, 0.05) if options.quick else (20, 0.5)
+def benchmark_convs(isas, threads: int, repeats: int, min_seconds: float):
+    print(f"threads={threads}; conv shape: N,C,H,W,K,R,S,stride,pad,groups; nimbus NHWC, "
+          f"ORT QLinearConv NCHW")
+    print(f"{'op':<5} {'shape':>30} {'isa':>12} {'nimbus ms':>10} {'ort ms':>10} "
+          f"{'speedup':>8} {'GOPS':>8}")
+    rows = []
+    for batch in CONV_BATCHES:
+        for layer in RESNET18_CONVS + MOBILENET_V2_DEPTHWISE:
+            for row in benchmark_conv(batch, layer, isas, threads, repeats, min_seconds):
+                print_conv_row(row)
+                rows.append(row)
+    return rows
 
-    isas = kernels.available_isas()
-    peaks = {isa: peak_gops(isa, options.threads, repeats, min_seconds) for isa in isas}
-    print(f"threads={options.threads}; peak GOPS (M,N,K={PEAK_SHAPE}): " +
+
+def benchmark_gemms(isas, threads: int, repeats: int, min_seconds: float):
+    peaks = {isa: peak_gops(isa, threads, repeats, min_seconds) for isa in isas}
+    print(f"threads={threads}; peak GOPS (M,N,K={PEAK_SHAPE}): " +
           ", ".join(f"{isa} {value:.0f}" for isa, value in peaks.items()))
     print(f"{'op':<9} {'M x N x K':>16} {'isa':>12} {'nimbus ms':>10} {'ort ms':>10} "
           f"{'speedup':>8} {'GOPS':>8} {'of peak':>8}")
     rows = []
     for shape in SHAPES:
-        for row in benchmark_shape(shape, isas, peaks, options.threads, repeats, min_seconds):
+        for row in benchmark_shape(shape, isas, peaks, threads, repeats, min_seconds):
             print_row(row)
             rows.append(row)
+    return peaks, rows
+
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
+    parser.add_argument("--ops", default="gemm,conv", help="comma-separated: gemm, conv")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    options = parser.parse_args()
+    repeats, min_seconds = (5, 0.05) if options.quick else (20, 0.5)
+    ops = options.ops.split(",")
+
+    isas = kernels.available_isas()
+    rows = []
+    if "gemm" in ops:
+        peaks, gemm_rows = benchmark_gemms(isas, options.threads, repeats, min_seconds)
+        rows += gemm_rows
+    if "conv" in ops:
+        rows += benchmark_convs(isas, options.threads, repeats, min_seconds)
     if options.json:
         with open(options.json, "w") as file:
-            json.dump({"peak_gops": peaks, "rows": rows}, file, indent=1)
+            json.dump({"peak_gops": peaks if "gemm" in ops else None, "rows": rows}, file,
+                      indent=1)
 
 
 if __name__ == "__main__":

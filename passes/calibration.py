@@ -167,8 +167,10 @@ class Observer:
         self.counts += np.histogram(array, bins=self.bins, range=(self.low, self.high))[0]
 
     def _widen(self, low: float, high: float) -> None:
-        if high <= low:
-            high = low + 1e-12
+        # numpy needs bins of representable width: give tiny ranges a floor relative to the values
+        minimum_width = max(abs(low), abs(high)) * 1e-5 + 1e-12
+        if high - low < minimum_width:
+            high = low + minimum_width
         fresh = np.zeros(self.bins, dtype=np.float64)
         if self.counts is not None:
             # Move each old bin's count to the new bin holding its center.

@@ -1,5 +1,7 @@
 """Type stubs of the native CPU kernels (built from kernels/cpu)."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -86,3 +88,89 @@ def qgemm_s32(
     out: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.int32]:
     """Return acc as int32 [M, N]."""
+
+# ---- int8 convolution ---------------------------------------------------------------------------
+# acc[n, oh, ow, o] = sum (x - a_zero_point) * w + bias[o] over the taps of each window inside
+# the image, exact in int32 (wrapping), for NHWC activations x [N, H, W, C] (uint8 or int8) and
+# int8 OIHW weights packed once: nimbus.compiler.ops.quant.qconv2d in NHWC, bit for bit, on every
+# ISA path. Padding behaves as if filled with a_zero_point, so it adds nothing. Depthwise
+# weights (groups == C == O) run a direct kernel; the rest run the packed GEMM over the
+# activations (1x1, stride 1, no padding) or over windows gathered into per-thread scratch rows.
+# stride is (h, w), padding [top, left, bottom, right], dilation (h, w); `threads` and `out`
+# ([N, OH, OW, O], sharing no memory with x) work as for the GEMMs above. The result dtypes and
+# epilogue arguments are those of qgemm, qgemm_f32 and qgemm_s32.
+
+class PackedConvWeights:
+    """int8 convolution weights [O, I / groups, KH, KW] laid out once for one ISA path."""
+
+    @property
+    def out_channels(self) -> int: ...
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def kernel(self) -> tuple[int, int]: ...
+    @property
+    def groups(self) -> int: ...
+    @property
+    def depthwise(self) -> bool: ...
+    @property
+    def isa(self) -> str: ...
+
+def pack_conv_weights(
+    w: npt.NDArray[np.int8], groups: int = 1, isa: str | None = None
+) -> PackedConvWeights:
+    """Pack C-contiguous int8 OIHW w [O, I / groups, KH, KW] for `isa` (default: selected_isa()).
+
+    Raises ValueError when groups does not divide O, for an empty kernel, for a window depth
+    KH * KW * I / groups past the int32 accumulator bound, or an unknown path, and RuntimeError
+    for a path that this machine cannot run."""
+
+def qconv2d(
+    x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    packed: PackedConvWeights,
+    a_zero_point: int,
+    bias: npt.NDArray[np.int32] | None,
+    multiplier: npt.NDArray[np.float32],
+    out_zero_point: int,
+    lo: int,
+    hi: int,
+    out_dtype: str,
+    *,
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    threads: int = 1,
+    out: npt.NDArray[np.uint8] | npt.NDArray[np.int8] | None = None,
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
+    """Return clamp(rint_f32(f32(acc) * multiplier[o]) + out_zero_point, lo, hi) [N, OH, OW, O].
+
+    out_dtype is "u8" or "s8"; ReLU and ReLU6 are tighter lo and hi, as for qgemm."""
+
+def qconv2d_f32(
+    x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    packed: PackedConvWeights,
+    a_zero_point: int,
+    bias: npt.NDArray[np.int32] | None,
+    scale: npt.NDArray[np.float32],
+    *,
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    threads: int = 1,
+    out: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Return f32(acc) * scale[o] as float32 [N, OH, OW, O]."""
+
+def qconv2d_s32(
+    x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    packed: PackedConvWeights,
+    a_zero_point: int = 0,
+    bias: npt.NDArray[np.int32] | None = None,
+    *,
+    stride: Sequence[int] = (1, 1),
+    padding: Sequence[int] = (0, 0, 0, 0),
+    dilation: Sequence[int] = (1, 1),
+    threads: int = 1,
+    out: npt.NDArray[np.int32] | None = None,
+) -> npt.NDArray[np.int32]:
+    """Return acc as int32 [N, OH, OW, O]."""

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -13,18 +14,21 @@
 
 #include "gemm.h"
 #include "isa.h"
+#include "qconv.h"
 #include "qgemm.h"
 
 namespace py = pybind11;
 
 namespace {
 
+using nimbus::kernels::ConvGeometry;
 using nimbus::kernels::Epilogue;
 using nimbus::kernels::Isa;
 using nimbus::kernels::isa_name;
 using nimbus::kernels::kMaxDepthS8S8;
 using nimbus::kernels::kMaxDepthU8S8;
 using nimbus::kernels::OutputType;
+using nimbus::kernels::PackedConvWeights;
 using nimbus::kernels::PackedWeights;
 
 // The Python repr of an array attribute, e.g. "(3, 4)" for "shape".
@@ -32,11 +36,11 @@ std::string attribute_text(const py::array& array, const char* attribute) {
     return std::string(py::repr(array.attr(attribute)));
 }
 
-// Returns `object` as a 2-D C-contiguous array of `Element` without copying it, or raises
-// TypeError (not an array, wrong dtype) or ValueError (wrong ndim, not contiguous).
+// Returns `object` as a C-contiguous array of `Element` and `ndim` dimensions without copying
+// it, or raises TypeError (not an array, wrong dtype) or ValueError (wrong ndim, not contiguous).
 template <typename Element>
-py::array checked_matrix(const py::object& object, const std::string& name,
-                         const std::string& dims) {
+py::array checked_array(const py::object& object, const std::string& name, py::ssize_t ndim,
+                        const std::string& dims) {
     if (!py::isinstance<py::array>(object)) {
         throw py::type_error(name + " must be a numpy.ndarray, got " +
                              std::string(Py_TYPE(object.ptr())->tp_name));
@@ -47,8 +51,8 @@ py::array checked_matrix(const py::object& object, const std::string& name,
         throw py::type_error(name + " must have dtype " + std::string(py::str(expected)) +
                              ", got " + std::string(py::str(array.dtype())));
     }
-    if (array.ndim() != 2) {
-        throw py::value_error(name + " must be 2-D " + dims + ", got " +
+    if (array.ndim() != ndim) {
+        throw py::value_error(name + " must be " + std::to_string(ndim) + "-D " + dims + ", got " +
                               std::to_string(array.ndim()) + "-D shape " +
                               attribute_text(array, "shape"));
     }
@@ -59,6 +63,12 @@ py::array checked_matrix(const py::object& object, const std::string& name,
                               "; pass numpy.ascontiguousarray(" + name + ")");
     }
     return array;
+}
+
+template <typename Element>
+py::array checked_matrix(const py::object& object, const std::string& name,
+                         const std::string& dims) {
+    return checked_array<Element>(object, name, 2, dims);
 }
 
 void require_depth_fits(py::ssize_t k, std::size_t max_depth) {
@@ -165,18 +175,29 @@ PackedWeights pack_weights(const py::object& w_object, const std::optional<std::
     return nimbus::kernels::pack_weights(data, n, k, path);
 }
 
-// A new [m, n] array of `OutElement`, or `out_object` once checked to be one that is writable
-// and shares no memory with `a`, which the kernel reads while it writes the result.
-template <typename OutElement>
-py::array result_array(const py::object& out_object, py::ssize_t m, py::ssize_t n,
-                       const py::array& a) {
-    if (out_object.is_none()) {
-        return py::array_t<OutElement>(std::vector<py::ssize_t>{m, n});
+// "(2, 3)" for {2, 3}, like Python prints a shape.
+std::string shape_text(const std::vector<py::ssize_t>& shape) {
+    std::string text = "(";
+    for (std::size_t axis = 0; axis < shape.size(); ++axis) {
+        text += (axis ? ", " : "") + std::to_string(shape[axis]);
     }
-    const py::array out = checked_matrix<OutElement>(out_object, "out", "[M, N]");
-    if (out.shape(0) != m || out.shape(1) != n) {
-        throw py::value_error("out must have shape (" + std::to_string(m) + ", " +
-                              std::to_string(n) + "), got shape " + attribute_text(out, "shape"));
+    return text + (shape.size() == 1 ? ",)" : ")");
+}
+
+// A new array of `OutElement` and `shape` (described by `dims`), or `out_object` once checked
+// to be one that is writable and shares no memory with the input `a` (named `a_name`), which
+// the kernel reads while it writes the result.
+template <typename OutElement>
+py::array result_array(const py::object& out_object, const std::vector<py::ssize_t>& shape,
+                       const std::string& dims, const py::array& a, const std::string& a_name) {
+    if (out_object.is_none()) {
+        return py::array_t<OutElement>(shape);
+    }
+    const auto ndim = static_cast<py::ssize_t>(shape.size());
+    const py::array out = checked_array<OutElement>(out_object, "out", ndim, dims);
+    if (!std::equal(shape.begin(), shape.end(), out.shape())) {
+        throw py::value_error("out must have shape " + shape_text(shape) + ", got shape " +
+                              attribute_text(out, "shape"));
     }
     if (!out.writeable()) {
         throw py::value_error("out must be writable");
@@ -184,9 +205,34 @@ py::array result_array(const py::object& out_object, py::ssize_t m, py::ssize_t 
     const auto* out_begin = static_cast<const char*>(out.data());
     const auto* a_begin = static_cast<const char*>(a.data());
     if (out_begin < a_begin + a.nbytes() && a_begin < out_begin + out.nbytes()) {
-        throw py::value_error("out must not share memory with a");
+        throw py::value_error("out must not share memory with " + a_name);
     }
     return out;
+}
+
+// Returns `object` as a C-contiguous uint8 or int8 array of `ndim` dimensions, and whether it
+// is int8; its zero point must lie in the range of that type.
+py::array checked_activations(const py::object& object, const std::string& name,
+                              py::ssize_t ndim, const std::string& dims, long long zero_point,
+                              bool& is_signed) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    const auto dtype = py::reinterpret_borrow<py::array>(object).dtype();
+    is_signed = dtype.equal(py::dtype::of<std::int8_t>());
+    if (!is_signed && !dtype.equal(py::dtype::of<std::uint8_t>())) {
+        throw py::type_error(name + " must have dtype uint8 or int8, got " +
+                             std::string(py::str(dtype)));
+    }
+    const py::array array = is_signed ? checked_array<std::int8_t>(object, name, ndim, dims)
+                                      : checked_array<std::uint8_t>(object, name, ndim, dims);
+    if (is_signed) {
+        require_in_range("a_zero_point", zero_point, -128, 127, "the int8 range");
+    } else {
+        require_in_range("a_zero_point", zero_point, 0, 255, "the uint8 range");
+    }
+    return array;
 }
 
 // Checks a [M, K] against the packed weights, then runs the GEMM without the GIL into `out` or
@@ -195,27 +241,13 @@ template <typename OutElement>
 py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
                     long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
                     long long threads, const py::object& out_object) {
-    if (!py::isinstance<py::array>(a_object)) {
-        throw py::type_error("a must be a numpy.ndarray, got " +
-                             std::string(Py_TYPE(a_object.ptr())->tp_name));
-    }
-    const auto a_dtype = py::reinterpret_borrow<py::array>(a_object).dtype();
-    const bool a_signed = a_dtype.equal(py::dtype::of<std::int8_t>());
-    if (!a_signed && !a_dtype.equal(py::dtype::of<std::uint8_t>())) {
-        throw py::type_error("a must have dtype uint8 or int8, got " +
-                             std::string(py::str(a_dtype)));
-    }
-    const py::array a = a_signed ? checked_matrix<std::int8_t>(a_object, "a", "[M, K]")
-                                 : checked_matrix<std::uint8_t>(a_object, "a", "[M, K]");
+    bool a_signed = false;
+    const py::array a =
+        checked_activations(a_object, "a", 2, "[M, K]", a_zero_point, a_signed);
     if (static_cast<std::size_t>(a.shape(1)) != packed.k) {
         throw py::value_error("a must have shape [M, K] with K = " + std::to_string(packed.k) +
                               " (the depth of the packed weights), got shape " +
                               attribute_text(a, "shape"));
-    }
-    if (a_signed) {
-        require_in_range("a_zero_point", a_zero_point, -128, 127, "the int8 range");
-    } else {
-        require_in_range("a_zero_point", a_zero_point, 0, 255, "the uint8 range");
     }
     const auto n = static_cast<py::ssize_t>(packed.n);
     py::array bias;
@@ -231,7 +263,7 @@ py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
                               std::to_string(n) + "] has more elements than fit in memory");
     }
 
-    py::array out = result_array<OutElement>(out_object, m, n, a);
+    py::array out = result_array<OutElement>(out_object, {m, n}, "[M, N]", a, "a");
     const void* a_data = a.data();
     void* out_data = out.mutable_data();
     {
@@ -256,10 +288,11 @@ py::array checked_scales(const py::object& object, const std::string& name, std:
     return scales;
 }
 
-py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
-                const py::object& bias, const py::object& multiplier_object,
-                long long out_zero_point, long long lo, long long hi,
-                const std::string& out_dtype, long long threads, const py::object& out) {
+// The u8/s8 epilogue of `n` channels once its arguments are checked. It points into
+// `multiplier_object`, which the caller keeps alive.
+Epilogue requantizing_epilogue(const py::object& multiplier_object, std::size_t n,
+                               long long out_zero_point, long long lo, long long hi,
+                               const std::string& out_dtype) {
     Epilogue epilogue;
     long long type_lo = 0;
     long long type_hi = 255;
@@ -280,11 +313,20 @@ py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_ze
         throw py::value_error("hi must not be less than lo = " + std::to_string(lo) + ", got " +
                               std::to_string(hi));
     }
-    const py::array multiplier = checked_scales(multiplier_object, "multiplier", packed.n);
+    const py::array multiplier = checked_scales(multiplier_object, "multiplier", n);
     epilogue.scale = static_cast<const float*>(multiplier.data());
     epilogue.zero_point = static_cast<std::int32_t>(out_zero_point);
     epilogue.lo = static_cast<std::int32_t>(lo);
     epilogue.hi = static_cast<std::int32_t>(hi);
+    return epilogue;
+}
+
+py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
+                const py::object& bias, const py::object& multiplier_object,
+                long long out_zero_point, long long lo, long long hi,
+                const std::string& out_dtype, long long threads, const py::object& out) {
+    const Epilogue epilogue =
+        requantizing_epilogue(multiplier_object, packed.n, out_zero_point, lo, hi, out_dtype);
     if (epilogue.type == OutputType::u8) {
         return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out);
     }
@@ -306,6 +348,175 @@ py::array qgemm_s32(const py::object& a, const PackedWeights& packed, long long 
     return run_qgemm<std::int32_t>(a, packed, a_zero_point, bias, Epilogue{}, threads, out);
 }
 
+// ---- int8 convolution ------------------------------------------------------------------------
+
+// Geometry values past this bound could overflow the index arithmetic of the kernels.
+constexpr long long kMaxGeometryValue = 1 << 24;
+
+PackedConvWeights pack_conv_weights(const py::object& w_object, long long groups,
+                                    const std::optional<std::string>& isa) {
+    const py::array w = checked_array<std::int8_t>(w_object, "w", 4, "[O, I / groups, KH, KW]");
+    const auto out_channels = static_cast<long long>(w.shape(0));
+    if (groups < 1 || out_channels % groups != 0) {
+        throw py::value_error("groups must be a positive divisor of the " +
+                              std::to_string(out_channels) + " output channels, got " +
+                              std::to_string(groups));
+    }
+    if (w.shape(2) < 1 || w.shape(3) < 1) {
+        throw py::value_error("w must have a kernel of at least 1x1, got shape " +
+                              attribute_text(w, "shape"));
+    }
+    const auto group_channels = static_cast<std::size_t>(w.shape(1));
+    const auto kernel_h = static_cast<std::size_t>(w.shape(2));
+    const auto kernel_w = static_cast<std::size_t>(w.shape(3));
+    require_in_range("kernel height", w.shape(2), 1, kMaxGeometryValue, "the range");
+    require_in_range("kernel width", w.shape(3), 1, kMaxGeometryValue, "the range");
+    const std::size_t depth =
+        nimbus::kernels::conv_gemm_depth(kernel_h, kernel_w, group_channels);
+    require_depth_fits(static_cast<py::ssize_t>(depth), kMaxDepthU8S8);
+    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
+    const auto* data = static_cast<const std::int8_t*>(w.data());
+    py::gil_scoped_release release;
+    return nimbus::kernels::pack_conv_weights(data, static_cast<std::size_t>(out_channels),
+                                              group_channels, kernel_h, kernel_w,
+                                              static_cast<std::size_t>(groups), path);
+}
+
+// Checks that `values` holds `count` integers in [lo, kMaxGeometryValue].
+void require_geometry(const std::string& name, const std::vector<long long>& values,
+                      std::size_t count, long long lo) {
+    if (values.size() != count) {
+        throw py::value_error(name + " must hold " + std::to_string(count) + " integers, got " +
+                              std::to_string(values.size()));
+    }
+    for (const long long value : values) {
+        require_in_range(name + " values", value, lo, kMaxGeometryValue, "the range");
+    }
+}
+
+// The geometry of x [N, H, W, C] under the packed weights, stride (h, w), padding
+// [top, left, bottom, right] and dilation (h, w), or ValueError.
+ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packed,
+                              const std::vector<long long>& stride,
+                              const std::vector<long long>& padding,
+                              const std::vector<long long>& dilation) {
+    require_geometry("stride", stride, 2, 1);
+    require_geometry("padding", padding, 4, 0);
+    require_geometry("dilation", dilation, 2, 1);
+    const std::size_t channels = packed.group_channels * packed.groups;
+    if (static_cast<std::size_t>(x.shape(3)) != channels) {
+        throw py::value_error("x must have shape [N, H, W, C] with C = " +
+                              std::to_string(channels) +
+                              " (the input channels of the packed weights), got shape " +
+                              attribute_text(x, "shape"));
+    }
+    require_in_range("x height", x.shape(1), 0, kMaxGeometryValue, "the range");
+    require_in_range("x width", x.shape(2), 0, kMaxGeometryValue, "the range");
+    ConvGeometry g;
+    g.batch = static_cast<std::size_t>(x.shape(0));
+    g.height = static_cast<std::size_t>(x.shape(1));
+    g.width = static_cast<std::size_t>(x.shape(2));
+    g.channels = channels;
+    g.stride_h = static_cast<std::size_t>(stride[0]);
+    g.stride_w = static_cast<std::size_t>(stride[1]);
+    g.pad_top = static_cast<std::size_t>(padding[0]);
+    g.pad_left = static_cast<std::size_t>(padding[1]);
+    g.pad_bottom = static_cast<std::size_t>(padding[2]);
+    g.pad_right = static_cast<std::size_t>(padding[3]);
+    g.dilation_h = static_cast<std::size_t>(dilation[0]);
+    g.dilation_w = static_cast<std::size_t>(dilation[1]);
+    g.out_h = nimbus::kernels::conv_output_size(g.height, packed.kernel_h, g.stride_h, g.pad_top,
+                                                g.pad_bottom, g.dilation_h);
+    g.out_w = nimbus::kernels::conv_output_size(g.width, packed.kernel_w, g.stride_w, g.pad_left,
+                                                g.pad_right, g.dilation_w);
+    if (g.out_h == 0 || g.out_w == 0) {
+        throw py::value_error(
+            "the " + std::to_string(packed.kernel_h) + "x" + std::to_string(packed.kernel_w) +
+            " kernel with dilation (" + std::to_string(g.dilation_h) + ", " +
+            std::to_string(g.dilation_w) + ") does not fit the padded input of " +
+            std::to_string(g.height + g.pad_top + g.pad_bottom) + "x" +
+            std::to_string(g.width + g.pad_left + g.pad_right));
+    }
+    return g;
+}
+
+// Checks x [N, H, W, C] and the geometry against the packed weights, then runs the convolution
+// without the GIL into `out` or a new [N, OH, OW, O] array of `OutElement`.
+template <typename OutElement>
+py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packed,
+                      long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
+                      const std::vector<long long>& stride, const std::vector<long long>& padding,
+                      const std::vector<long long>& dilation, long long threads,
+                      const py::object& out_object) {
+    bool x_signed = false;
+    const py::array x =
+        checked_activations(x_object, "x", 4, "[N, H, W, C]", a_zero_point, x_signed);
+    const ConvGeometry geometry = checked_geometry(x, packed, stride, padding, dilation);
+    const auto channels = static_cast<py::ssize_t>(packed.out_channels);
+    py::array bias;
+    if (!bias_object.is_none()) {
+        bias = checked_vector<std::int32_t>(bias_object, "bias", channels);
+        epilogue.bias = static_cast<const std::int32_t*>(bias.data());
+    }
+    const std::size_t thread_count = checked_threads(threads);
+    const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
+                                         static_cast<py::ssize_t>(geometry.out_w), channels};
+    const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(OutElement));
+    if (static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] > max_elements) {
+        throw py::value_error("the result " + shape_text(shape) +
+                              " has more elements than fit in memory");
+    }
+
+    py::array out = result_array<OutElement>(out_object, shape, "[N, OH, OW, O]", x, "x");
+    const void* x_data = x.data();
+    void* out_data = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::qconv2d(x_data, x_signed, static_cast<std::int32_t>(a_zero_point),
+                                 geometry, packed, epilogue, out_data, thread_count);
+    }
+    return out;
+}
+
+py::array qconv2d(const py::object& x, const PackedConvWeights& packed, long long a_zero_point,
+                  const py::object& bias, const py::object& multiplier_object,
+                  long long out_zero_point, long long lo, long long hi,
+                  const std::string& out_dtype, const std::vector<long long>& stride,
+                  const std::vector<long long>& padding, const std::vector<long long>& dilation,
+                  long long threads, const py::object& out) {
+    const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
+                                                    out_zero_point, lo, hi, out_dtype);
+    if (epilogue.type == OutputType::u8) {
+        return run_qconv2d<std::uint8_t>(x, packed, a_zero_point, bias, epilogue, stride,
+                                         padding, dilation, threads, out);
+    }
+    return run_qconv2d<std::int8_t>(x, packed, a_zero_point, bias, epilogue, stride, padding,
+                                    dilation, threads, out);
+}
+
+py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
+                      long long a_zero_point, const py::object& bias,
+                      const py::object& scale_object, const std::vector<long long>& stride,
+                      const std::vector<long long>& padding,
+                      const std::vector<long long>& dilation, long long threads,
+                      const py::object& out) {
+    Epilogue epilogue;
+    epilogue.type = OutputType::f32;
+    const py::array scale = checked_scales(scale_object, "scale", packed.out_channels);
+    epilogue.scale = static_cast<const float*>(scale.data());
+    return run_qconv2d<float>(x, packed, a_zero_point, bias, epilogue, stride, padding,
+                              dilation, threads, out);
+}
+
+py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
+                      long long a_zero_point, const py::object& bias,
+                      const std::vector<long long>& stride, const std::vector<long long>& padding,
+                      const std::vector<long long>& dilation, long long threads,
+                      const py::object& out) {
+    return run_qconv2d<std::int32_t>(x, packed, a_zero_point, bias, Epilogue{}, stride,
+                                     padding, dilation, threads, out);
+}
+
 std::vector<std::string> available_isa_names() {
     std::vector<std::string> names;
     for (const Isa isa : nimbus::kernels::available_isas()) {
@@ -319,6 +530,12 @@ std::vector<std::string> available_isa_names() {
 // The keyword arguments that every packed GEMM shares, for their docstrings.
 #define NIMBUS_THREADS_AND_OUT_DOC \
     "threads: at most this many threads; out: a C-contiguous [M, N] array to write and return."
+
+// The keyword arguments that every convolution shares, for their docstrings.
+#define NIMBUS_CONV_KEYWORDS_DOC                                                                 \
+    "stride: (h, w); padding: [top, left, bottom, right], filled with a_zero_point; dilation: "  \
+    "(h, w);\nthreads: at most this many threads; out: a C-contiguous [N, OH, OW, O] array to "   \
+    "write and return."
 
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
@@ -361,6 +578,54 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("threads") = 1, py::arg("out") = py::none(),
                "Return acc = (a - a_zero_point) @ w.T + bias as int32 [M, N]."
                "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
+    py::class_<PackedConvWeights>(module, "PackedConvWeights",
+                                  "int8 OIHW convolution weights laid out once for one ISA path.")
+        .def_property_readonly("out_channels", [](const PackedConvWeights& w) {
+            return w.out_channels;
+        })
+        .def_property_readonly("in_channels", [](const PackedConvWeights& w) {
+            return w.group_channels * w.groups;
+        })
+        .def_property_readonly("kernel", [](const PackedConvWeights& w) {
+            return py::make_tuple(w.kernel_h, w.kernel_w);
+        })
+        .def_property_readonly("groups", [](const PackedConvWeights& w) { return w.groups; })
+        .def_property_readonly("depthwise", [](const PackedConvWeights& w) { return w.depthwise; })
+        .def_property_readonly("isa", [](const PackedConvWeights& w) { return isa_name(w.isa); })
+        .def("__repr__", [](const PackedConvWeights& w) {
+            return "PackedConvWeights(out_channels=" + std::to_string(w.out_channels) +
+                   ", in_channels=" + std::to_string(w.group_channels * w.groups) +
+                   ", kernel=(" + std::to_string(w.kernel_h) + ", " +
+                   std::to_string(w.kernel_w) + "), groups=" + std::to_string(w.groups) +
+                   ", isa='" + isa_name(w.isa) + "')";
+        });
+    module.def("pack_conv_weights", &pack_conv_weights, py::arg("w"), py::arg("groups") = 1,
+               py::arg("isa") = py::none(),
+               "Pack int8 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`.");
+    const std::vector<long long> unit_pair{1, 1};
+    const std::vector<long long> no_padding{0, 0, 0, 0};
+    module.def("qconv2d", &qconv2d, py::arg("x"), py::arg("packed"), py::arg("a_zero_point"),
+               py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
+               py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("stride") = unit_pair,
+               py::arg("padding") = no_padding, py::arg("dilation") = unit_pair,
+               py::arg("threads") = 1, py::arg("out") = py::none(),
+               "Return clamp(rint(f32(acc) * multiplier) + out_zero_point, lo, hi) as u8 or s8 "
+               "[N, OH, OW, O]\nfor NHWC x, acc = conv2d(x - a_zero_point, w) + bias in int32."
+               "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
+    module.def("qconv2d_f32", &qconv2d_f32, py::arg("x"), py::arg("packed"),
+               py::arg("a_zero_point"), py::arg("bias"), py::arg("scale"), py::kw_only(),
+               py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
+               py::arg("dilation") = unit_pair, py::arg("threads") = 1,
+               py::arg("out") = py::none(),
+               "Return f32(acc) * scale as float32 [N, OH, OW, O] for NHWC x."
+               "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
+    module.def("qconv2d_s32", &qconv2d_s32, py::arg("x"), py::arg("packed"),
+               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
+               py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
+               py::arg("dilation") = unit_pair, py::arg("threads") = 1,
+               py::arg("out") = py::none(),
+               "Return acc = conv2d(x - a_zero_point, w) + bias as int32 [N, OH, OW, O]."
+               "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },
                "Return the nimbus version that the kernels were built from.");
 }

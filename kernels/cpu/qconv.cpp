@@ -1,0 +1,271 @@
+// The int8 convolution driver: packs OIHW weights for the GEMM or depthwise path, gathers
+// windows of NHWC activations into per-thread scratch rows (im2col) and splits the work over
+// threads.
+#include "qconv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+
+#include "depthwise.h"
+#include "worker_pool.h"
+
+namespace nimbus::kernels {
+namespace {
+
+// vpdpbusd reads depth in groups of 4 bytes: gathered rows of that length need no repacking.
+constexpr std::size_t kDepthGroup = 4;
+// Gathered rows per thread at a time: their bytes stay in L2 while every weight panel passes.
+constexpr std::size_t kScratchBytes = 256 * 1024;
+// The fewest rows of a tile: a multiple of the row blocks of every GEMM path.
+constexpr std::size_t kRowQuantum = 48;
+
+std::size_t round_up(std::size_t value, std::size_t multiple) {
+    return (value + multiple - 1) / multiple * multiple;
+}
+
+std::size_t element_size(OutputType type) {
+    return type == OutputType::u8 || type == OutputType::s8 ? 1 : 4;
+}
+
+bool is_pointwise(const ConvGeometry& g, const PackedConvWeights& w) {
+    return w.kernel_h == 1 && w.kernel_w == 1 && w.groups == 1 && g.stride_h == 1 &&
+           g.stride_w == 1 && g.pad_top == 0 && g.pad_left == 0 && g.pad_bottom == 0 &&
+           g.pad_right == 0;
+}
+
+// Copies `count` activations, shifting s8 values to u8 when `flip` is 0x80.
+void copy_activations(std::uint8_t* target, const std::uint8_t* source, std::size_t count,
+                      std::uint8_t flip) {
+    if (flip == 0) {
+        std::memcpy(target, source, count);
+        return;
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+        target[i] = source[i] ^ flip;
+    }
+}
+
+// Writes the windows of output pixels [first, first + rows), restricted to the channels of
+// `group`, as rows of `depth` unsigned bytes (s8 values shifted by +128). Taps in the padding
+// get the activation zero point `fill`, so they add (fill - fill) * w = 0 to the GEMM, whose
+// zero-point correction counts every tap.
+void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
+                    const ConvGeometry& g, const PackedConvWeights& w, std::size_t group,
+                    std::size_t first, std::size_t rows, std::size_t depth,
+                    std::uint8_t* scratch) {
+    const std::size_t channels = w.group_channels;
+    const std::uint8_t flip = x_signed ? 0x80 : 0x00;
+    const std::size_t pixels = g.out_h * g.out_w;
+    // A kernel row inside the image is one run of bytes when it takes every channel.
+    const bool rows_are_contiguous = w.groups == 1 && g.dilation_w == 1;
+    const std::size_t row_bytes = w.kernel_w * channels;
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::size_t pixel = first + r;
+        const std::size_t image = pixel / pixels;
+        const std::size_t oh = pixel % pixels / g.out_w;
+        const std::size_t ow = pixel % g.out_w;
+        // Unsigned wrap-around makes a position before the image look like one past its end.
+        const std::size_t left = ow * g.stride_w - g.pad_left;
+        const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
+        std::uint8_t* target = scratch + r * depth;
+        for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
+            const std::size_t ih = oh * g.stride_h + ky * g.dilation_h - g.pad_top;
+            if (ih >= g.height) {
+                std::memset(target, fill, row_bytes);
+                target += row_bytes;
+                continue;
+            }
+            const std::uint8_t* line =
+                x + (image * g.height + ih) * g.width * g.channels + group * channels;
+            if (rows_are_contiguous && row_inside) {
+                copy_activations(target, line + left * g.channels, row_bytes, flip);
+            } else {
+                for (std::size_t kx = 0; kx < w.kernel_w; ++kx) {
+                    const std::size_t iw = left + kx * g.dilation_w;
+                    if (iw >= g.width) {
+                        std::memset(target + kx * channels, fill, channels);
+                    } else {
+                        copy_activations(target + kx * channels, line + iw * g.channels,
+                                         channels, flip);
+                    }
+                }
+            }
+            target += row_bytes;
+        }
+        std::memset(target, 0, depth - w.kernel_h * row_bytes);
+    }
+}
+
+// The epilogue of the output channels of one group.
+Epilogue group_epilogue(const Epilogue& epilogue, std::size_t group, std::size_t group_outputs) {
+    Epilogue shifted = epilogue;
+    if (shifted.bias) {
+        shifted.bias += group * group_outputs;
+    }
+    if (shifted.scale) {
+        shifted.scale += group * group_outputs;
+    }
+    return shifted;
+}
+
+void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero_point,
+                       const ConvGeometry& g, const PackedConvWeights& w,
+                       const Epilogue& epilogue, std::uint8_t* out, std::size_t threads) {
+    const std::size_t m = g.batch * g.out_h * g.out_w;
+    const std::size_t depth = w.group_weights[0].k;
+    const std::size_t group_outputs = w.out_channels / w.groups;
+    const std::size_t out_bytes = element_size(epilogue.type);
+    const auto fill = static_cast<std::uint8_t>(x_zero_point + (x_signed ? 128 : 0));
+
+    // Tiles of about kScratchBytes, as many as a multiple of the thread count so that the
+    // threads finish together, with rows rounded to the 6-row blocks of the VNNI kernel.
+    const std::size_t largest_tile =
+        std::max(kRowQuantum, kScratchBytes / std::max<std::size_t>(depth, 1));
+    const std::size_t wanted_tiles = round_up((m + largest_tile - 1) / largest_tile, threads);
+    const std::size_t tile_rows = round_up((m + wanted_tiles - 1) / wanted_tiles, 6);
+    const std::size_t tiles = (m + tile_rows - 1) / tile_rows;
+    const std::size_t count = std::min(threads, tiles);
+
+    // Allocated here, not on the pool threads, where a failed allocation could not be reported.
+    std::vector<std::uint8_t> scratch(count * tile_rows * depth);
+    // With groups, one group's results go through here into their columns of the output.
+    std::vector<std::uint8_t> group_out(w.groups > 1 ? count * tile_rows * group_outputs * out_bytes
+                                                     : 0);
+    std::atomic<std::size_t> next_slot{0};
+    std::atomic<std::size_t> next_tile{0};
+    const std::function<void()> run_tiles = [&] {
+        const std::size_t slot = next_slot++;
+        std::uint8_t* rows_of_windows = scratch.data() + slot * tile_rows * depth;
+        std::uint8_t* results = group_out.data() + slot * tile_rows * group_outputs * out_bytes;
+        for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
+            const std::size_t first = tile * tile_rows;
+            const std::size_t rows = std::min(tile_rows, m - first);
+            for (std::size_t group = 0; group < w.groups; ++group) {
+                gather_windows(x, x_signed, fill, g, w, group, first, rows, depth,
+                               rows_of_windows);
+                const Epilogue shifted = group_epilogue(epilogue, group, group_outputs);
+                if (w.groups == 1) {
+                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0], shifted,
+                          out + first * w.out_channels * out_bytes, 1);
+                    continue;
+                }
+                qgemm(rows_of_windows, false, rows, fill, w.group_weights[group], shifted,
+                      results, 1);
+                const std::size_t row_bytes = group_outputs * out_bytes;
+                for (std::size_t r = 0; r < rows; ++r) {
+                    std::memcpy(out + ((first + r) * w.out_channels + group * group_outputs) *
+                                          out_bytes,
+                                results + r * row_bytes, row_bytes);
+                }
+            }
+        }
+    };
+    run_on_pool(count - 1, run_tiles);
+}
+
+void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
+                   const ConvGeometry& g, const PackedConvWeights& w, const Epilogue& epilogue,
+                   void* out, std::size_t threads) {
+    std::vector<std::int32_t> bias(w.padded_channels, 0);
+    std::vector<float> scale(w.padded_channels, 0.0f);
+    for (std::size_t c = 0; c < w.out_channels; ++c) {
+        bias[c] = epilogue.bias ? epilogue.bias[c] : 0;
+        scale[c] = epilogue.scale ? epilogue.scale[c] : 0.0f;
+    }
+    const DepthwiseTask task{x, x_signed, x_zero_point, &g, w.kernel_h, w.kernel_w,
+                             w.depthwise_weights.data(), w.padded_channels, bias.data(),
+                             scale.data(), epilogue.type, epilogue.zero_point, epilogue.lo,
+                             epilogue.hi, out};
+    auto kernel = run_depthwise_portable;
+#ifdef NIMBUS_X86_KERNELS
+    if (w.isa == Isa::avx512_vnni) {
+        kernel = run_depthwise_avx512;
+    }
+#endif
+    const std::size_t rows = g.batch * g.out_h;
+    std::atomic<std::size_t> next_row{0};
+    const std::function<void()> run_rows = [&] {
+        for (std::size_t row = next_row++; row < rows; row = next_row++) {
+            kernel(task, row, row + 1);
+        }
+    };
+    run_on_pool(std::min(threads, rows) - 1, run_rows);
+}
+
+}  // namespace
+
+std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
+                            std::size_t group_channels) {
+    const std::size_t depth = kernel_h * kernel_w * group_channels;
+    return kernel_h * kernel_w == 1 ? depth : round_up(depth, kDepthGroup);
+}
+
+std::size_t conv_output_size(std::size_t size, std::size_t kernel, std::size_t stride,
+                             std::size_t pad_begin, std::size_t pad_end, std::size_t dilation) {
+    const std::size_t span = (kernel - 1) * dilation + 1;
+    const std::size_t padded = size + pad_begin + pad_end;
+    return padded < span ? 0 : (padded - span) / stride + 1;
+}
+
+PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channels,
+                                    std::size_t group_channels, std::size_t kernel_h,
+                                    std::size_t kernel_w, std::size_t groups, Isa isa) {
+    PackedConvWeights packed;
+    packed.isa = isa;
+    packed.out_channels = out_channels;
+    packed.group_channels = group_channels;
+    packed.kernel_h = kernel_h;
+    packed.kernel_w = kernel_w;
+    packed.groups = groups;
+    const std::size_t taps = kernel_h * kernel_w;
+    packed.depthwise = group_channels == 1 && groups == out_channels && groups > 1;
+    if (packed.depthwise) {
+        packed.padded_channels = round_up(out_channels, kDepthwiseChannelBlock);
+        packed.depthwise_weights.assign(taps * packed.padded_channels, 0);
+        for (std::size_t c = 0; c < out_channels; ++c) {
+            for (std::size_t tap = 0; tap < taps; ++tap) {
+                const auto low_half = static_cast<std::uint16_t>(w[c * taps + tap]);
+                packed.depthwise_weights[tap * packed.padded_channels + c] = low_half;
+            }
+        }
+        return packed;
+    }
+    const std::size_t group_outputs = out_channels / groups;
+    const std::size_t depth = conv_gemm_depth(kernel_h, kernel_w, group_channels);
+    std::vector<std::int8_t> matrix(group_outputs * depth);
+    for (std::size_t group = 0; group < groups; ++group) {
+        std::fill(matrix.begin(), matrix.end(), 0);
+        for (std::size_t o = 0; o < group_outputs; ++o) {
+            const std::int8_t* filter = w + (group * group_outputs + o) * group_channels * taps;
+            for (std::size_t c = 0; c < group_channels; ++c) {
+                for (std::size_t tap = 0; tap < taps; ++tap) {
+                    matrix[o * depth + tap * group_channels + c] = filter[c * taps + tap];
+                }
+            }
+        }
+        packed.group_weights.push_back(pack_weights(matrix.data(), group_outputs, depth, isa));
+    }
+    return packed;
+}
+
+void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
+             const ConvGeometry& geometry, const PackedConvWeights& weights,
+             const Epilogue& epilogue, void* out, std::size_t threads) {
+    if (geometry.batch * geometry.out_h * geometry.out_w == 0 || weights.out_channels == 0) {
+        return;
+    }
+    threads = std::max<std::size_t>(threads, 1);
+    if (weights.depthwise) {
+        run_depthwise(x, x_signed, x_zero_point, geometry, weights, epilogue, out, threads);
+    } else if (is_pointwise(geometry, weights)) {
+        const std::size_t m = geometry.batch * geometry.height * geometry.width;
+        qgemm(x, x_signed, m, x_zero_point, weights.group_weights[0], epilogue, out, threads);
+    } else {
+        run_gathered_gemm(static_cast<const std::uint8_t*>(x), x_signed, x_zero_point, geometry,
+                          weights, epilogue, static_cast<std::uint8_t*>(out), threads);
+    }
+}
+
+}  // namespace nimbus::kernels

@@ -1,0 +1,78 @@
+// Quantized int8 2-D convolution over NHWC activations, with the epilogue of qgemm.h.
+//
+// With activations x[N, H, W, C] (u8, or s8 when x_signed), their zero point x_zp, and weights
+// w[O, C / groups, KH, KW] packed once:
+//     acc[n, oh, ow, o] = sum (x[n, ih, iw, c] - x_zp) * w[o, c', ky, kx] + bias[o]   (int32)
+// over the taps of the window of (oh, ow) inside the image (padding contributes nothing), and
+// the result [N, OH, OW, O] follows the Epilogue, like nimbus.compiler.ops.quant.qconv2d.
+//
+// Depthwise convolutions (groups == C == O) run a direct kernel; the rest become GEMMs over
+// rows of gathered windows (im2col), or over the activations themselves for a 1x1, stride-1,
+// unpadded convolution.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "isa.h"
+#include "qgemm.h"
+
+namespace nimbus::kernels {
+
+struct PackedConvWeights {
+    Isa isa = Isa::portable;
+    std::size_t out_channels = 0;
+    std::size_t group_channels = 0;  // input channels per group
+    std::size_t kernel_h = 0;
+    std::size_t kernel_w = 0;
+    std::size_t groups = 1;
+    bool depthwise = false;
+    // GEMM path: per group, [O / groups, conv_gemm_depth] with depth ordered (ky, kx, c) like
+    // a gathered NHWC window.
+    std::vector<PackedWeights> group_weights;
+    // Depthwise path: [KH * KW, padded_channels], zero past out_channels; each int32 holds the
+    // weight in its low 16 bits and zeros above, the operand that vpmaddwd multiplies exactly.
+    std::vector<std::int32_t> depthwise_weights;
+    std::size_t padded_channels = 0;
+};
+
+struct ConvGeometry {
+    std::size_t batch = 0;
+    std::size_t height = 0;
+    std::size_t width = 0;
+    std::size_t channels = 0;
+    std::size_t stride_h = 1;
+    std::size_t stride_w = 1;
+    std::size_t pad_top = 0;
+    std::size_t pad_left = 0;
+    std::size_t pad_bottom = 0;
+    std::size_t pad_right = 0;
+    std::size_t dilation_h = 1;
+    std::size_t dilation_w = 1;
+    std::size_t out_h = 0;  // from conv_output_size
+    std::size_t out_w = 0;
+};
+
+// The depth of the GEMM of each group: the gathered window, padded with zero weights to the
+// 4-byte groups of vpdpbusd except for a 1x1 kernel, whose rows can be the activations.
+std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
+                            std::size_t group_channels);
+
+// Positions of a window of `kernel` taps spaced `dilation` apart, moved by `stride` over
+// `size` + padding; 0 when not even one window fits.
+std::size_t conv_output_size(std::size_t size, std::size_t kernel, std::size_t stride,
+                             std::size_t pad_begin, std::size_t pad_end, std::size_t dilation);
+
+// w is OIHW [out_channels, group_channels, kernel_h, kernel_w]; out_channels is a multiple of
+// groups, and conv_gemm_depth fits kMaxDepthU8S8 (checked by the caller).
+PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channels,
+                                    std::size_t group_channels, std::size_t kernel_h,
+                                    std::size_t kernel_w, std::size_t groups, Isa isa);
+
+// out[N, OH, OW, O] from x[N, H, W, C], C == group_channels * groups.
+void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
+             const ConvGeometry& geometry, const PackedConvWeights& weights,
+             const Epilogue& epilogue, void* out, std::size_t threads);
+
+}  // namespace nimbus::kernels

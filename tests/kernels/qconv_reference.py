@@ -1,0 +1,45 @@
+"""The exact results of the NHWC int8 convolutions, from the op table's qconv2d reference.
+
+Each call builds a one-node graph and runs it with the interpreter on NCHW arrays, so the
+kernels are held to nimbus.compiler.ops.quant itself rather than to a second implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from nimbus.compiler.interpreter import interpret
+from nimbus.compiler.ir import Builder, Graph, QuantParams, TensorType
+
+
+@dataclass(frozen=True)
+class ConvProblem:
+    """One convolution: NHWC activations, OIHW weights and the op's geometry attributes."""
+
+    x: np.ndarray  # [N, H, W, C], uint8 or int8
+    a_scale: float
+    a_zero_point: int
+    w: np.ndarray  # [O, C / groups, KH, KW] int8
+    w_scales: np.ndarray
+    bias: np.ndarray | None
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def reference(self, dtype: str, scale: float | None = None, zero_point: int = 0,
+                  activation: str = "none") -> np.ndarray:
+        """qconv2d with result `dtype` ("u8", "i8" or "f32"), as NHWC."""
+        graph = Graph("qconv2d")
+        x_nchw = np.ascontiguousarray(self.x.transpose(0, 3, 1, 2))
+        x_quant = QuantParams([self.a_scale], [self.a_zero_point])
+        x = graph.add_input("x", TensorType.of_array(x_nchw, x_quant))
+        w = graph.add_constant("w", self.w, QuantParams(self.w_scales, [0], axis=0))
+        bias = None if self.bias is None else graph.add_constant("bias", self.bias)
+        attrs = {"stride": list(self.stride), "padding": list(self.padding),
+                 "dilation": list(self.dilation), "groups": self.groups, "dtype": dtype,
+                 "scale": scale, "zero_point": zero_point, "activation": activation}
+        graph.set_outputs([Builder(graph).qconv2d(x, w, bias, **attrs)])
+        (result,) = interpret(graph, {"x": x_nchw}).values()
+        return np.ascontiguousarray(result.transpose(0, 2, 3, 1))

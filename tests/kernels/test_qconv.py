@@ -1,0 +1,181 @@
+"""The NHWC int8 convolutions on every ISA path of this machine, bit-exact against the op
+table's qconv2d (run through the interpreter on NCHW)."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from checks import assert_matches
+from nimbus.compiler.dtypes import DType
+from nimbus.compiler.ops.quant import activation_bounds, requant_multiplier
+from nimbus.runtime import (
+    available_isas,
+    pack_conv_weights,
+    qconv2d,
+    qconv2d_f32,
+    qconv2d_s32,
+)
+from qconv_reference import ConvProblem
+
+ISAS = available_isas()
+
+# name: (N, C, H, W, O, (KH, KW), stride, padding [top, left, bottom, right], dilation, groups).
+# Sizes are odd and no multiple of any block; depthwise rows have groups == C == O.
+GEOMETRIES = {
+    "1x1": (2, 17, 7, 3, 33, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 stride 2": (1, 33, 17, 7, 17, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 padded": (1, 3, 3, 7, 7, (1, 1), (1, 1), (1, 0, 0, 2), (1, 1), 1),
+    "3x3": (2, 17, 7, 17, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3 stride 2 asymmetric": (1, 7, 17, 33, 17, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1),
+    "3x1 stride (2, 1)": (1, 7, 17, 7, 3, (3, 1), (2, 1), (2, 0, 1, 0), (1, 1), 1),
+    "5x5 dilation 2": (1, 3, 17, 17, 7, (5, 5), (1, 1), (4, 3, 2, 1), (2, 2), 1),
+    "7x7 stride 2": (2, 3, 33, 17, 17, (7, 7), (2, 2), (3, 3, 2, 2), (1, 1), 1),
+    "window wider than image": (1, 7, 1, 3, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "single pixel": (1, 1, 1, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "groups 2": (1, 14, 7, 17, 34, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 2),
+    "groups 3 1x1": (2, 9, 7, 3, 21, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
+    "depthwise 3x3": (2, 17, 7, 17, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 17),
+    "depthwise 3x3 stride 2": (1, 33, 17, 33, 33, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 33),
+    "depthwise 5x5 dilation 2": (1, 7, 17, 17, 7, (5, 5), (1, 1), (4, 3, 2, 1), (2, 2), 7),
+    "depthwise 7x7 stride 2": (1, 3, 33, 7, 3, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 3),
+    "depthwise 48 channels": (1, 48, 3, 7, 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 48),
+    "depthwise 145 channels": (1, 145, 5, 3, 145, (3, 3), (2, 1), (1, 0, 1, 2), (1, 1), 145),
+    "depthwise window wider than image": (1, 17, 1, 3, 17, (3, 3), (1, 1), (1, 1, 1, 1),
+                                          (1, 1), 17),
+}
+
+A_RANGES = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
+
+# (op result dtype, kernel out_dtype, activation, out_zero_point) of the requantized results.
+REQUANTIZED = [
+    ("u8", "u8", "none", 128),
+    ("i8", "s8", "none", -5),
+    ("u8", "u8", "relu", 100),
+    ("u8", "u8", "relu6", 100),
+    ("i8", "s8", "relu", 3),
+    ("i8", "s8", "relu6", -128),
+]
+
+
+def make_problem(geometry, a_type: str, seed) -> ConvProblem:
+    n, c, h, w, o, (kh, kw), stride, padding, dilation, groups = geometry
+    rng = np.random.default_rng(seed)
+    dtype, low, high = A_RANGES[a_type]
+    return ConvProblem(
+        x=rng.integers(low, high, size=(n, h, w, c), dtype=dtype, endpoint=True),
+        a_scale=0.02,
+        a_zero_point=int(rng.integers(low, high, endpoint=True)),
+        w=rng.integers(-128, 127, size=(o, c // groups, kh, kw), dtype=np.int8, endpoint=True),
+        w_scales=rng.uniform(0.001, 0.01, size=o).astype(np.float32),
+        bias=rng.integers(-50_000, 50_000, size=o, dtype=np.int32),
+        stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def geometry_keywords(problem: ConvProblem) -> dict:
+    return {"stride": problem.stride, "padding": problem.padding, "dilation": problem.dilation}
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """float32 results compared by their bit patterns, so that they are held to exactness."""
+    return array.view(np.int32) if array.dtype == np.float32 else array
+
+
+@pytest.mark.parametrize("a_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_all_epilogues_match_the_reference(geometry, isa, a_type):
+    problem = make_problem(geometry, a_type, [len(GEOMETRIES), *geometry[:5]])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    assert packed.depthwise == (problem.groups > 1 and problem.groups == problem.w.shape[0]
+                                and problem.w.shape[1] == 1)
+    keywords = geometry_keywords(problem)
+    name = f"{isa} {a_type} a_zp={problem.a_zero_point}"
+
+    scale = requant_multiplier(problem.a_scale, problem.w_scales)
+    dequantized = problem.reference("f32")
+    actual = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale, **keywords)
+    assert_matches(bits(actual), bits(dequantized), name=f"{name} f32 bits")
+
+    # A result scale that spreads the values over about twice the output range before clamping.
+    out_scale = float(np.abs(dequantized).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    for dtype, out_dtype, activation, zero_point in REQUANTIZED:
+        expected = problem.reference(dtype, out_scale, zero_point, activation)
+        lo, hi = activation_bounds(activation, DType(dtype), out_scale, zero_point)
+        actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier,
+                         zero_point, lo, hi, out_dtype, **keywords)
+        assert_matches(actual, expected, name=f"{name} {out_dtype} {activation}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_int32_accumulators_without_bias(geometry, isa):
+    # With unit scales the f32 result of the reference is f32(acc) itself.
+    problem = make_problem(geometry, "u8", [7, *geometry[:5]])
+    problem = ConvProblem(**{**problem.__dict__, "a_scale": 1.0, "bias": None,
+                             "w_scales": np.ones(problem.w.shape[0], dtype=np.float32)})
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    actual = qconv2d_s32(problem.x, packed, problem.a_zero_point, **geometry_keywords(problem))
+    assert actual.dtype == np.int32
+    assert_matches(actual.astype(np.float32), problem.reference("f32"), name=f"{isa} s32",
+                   rtol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", ["3x3", "groups 2", "depthwise 3x3 stride 2", "1x1"])
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_threads_give_the_single_thread_result(isa, name, threads):
+    problem = make_problem(GEOMETRIES[name], "s8", [threads, 3])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    keywords = geometry_keywords(problem)
+    expected = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias, **keywords)
+    actual = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias,
+                         threads=threads, **keywords)
+    assert_matches(actual, expected, name=f"{isa} {name} threads={threads}")
+
+
+def test_extreme_values_stay_exact():
+    # 255 * -128 on every tap of a deep window: sums far past 2**24 in every path.
+    x = np.full((1, 5, 5, 64), 255, dtype=np.uint8)
+    for isa in ISAS:
+        for groups, channels_in in [(1, 64), (64, 1)]:
+            w = np.full((64, channels_in, 5, 5), -128, dtype=np.int8)
+            packed = pack_conv_weights(w, groups, isa)
+            actual = qconv2d_s32(x, packed, 0, padding=(2, 2, 2, 2))
+            expected = 255 * -128 * channels_in * 25
+            assert actual[0, 2, 2, 0] == expected, f"{isa} groups={groups}"
+
+
+def test_concurrent_calls_share_the_worker_pool_safely():
+    problem = make_problem(GEOMETRIES["3x3"], "u8", 5)
+    packed = pack_conv_weights(problem.w)
+    keywords = geometry_keywords(problem)
+    expected = qconv2d_s32(problem.x, packed, problem.a_zero_point, **keywords)
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        results = list(executor.map(
+            lambda _: qconv2d_s32(problem.x, packed, problem.a_zero_point, threads=2, **keywords),
+            range(32)))
+    for index, result in enumerate(results):
+        assert_matches(result, expected, name=f"concurrent call {index}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_results_go_into_a_given_out_array(isa):
+    problem = make_problem(GEOMETRIES["depthwise 3x3"], "u8", 9)
+    keywords = geometry_keywords(problem)
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    expected = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias, **keywords)
+    out = np.full(expected.shape, 7, dtype=np.int32)
+    assert qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias, out=out,
+                       **keywords) is out
+    assert_matches(out, expected, name=f"{isa} out=")
+
+
+def test_packed_weights_describe_themselves():
+    packed = pack_conv_weights(np.zeros((6, 2, 3, 5), dtype=np.int8), groups=3, isa="portable")
+    assert (packed.out_channels, packed.in_channels, packed.kernel, packed.groups) == \
+        (6, 6, (3, 5), 3)
+    assert not packed.depthwise
+    assert repr(packed) == ("PackedConvWeights(out_channels=6, in_channels=6, kernel=(3, 5), "
+                            "groups=3, isa='portable')")
+    assert pack_conv_weights(np.zeros((4, 1, 3, 3), dtype=np.int8), groups=4).depthwise
