@@ -9,33 +9,16 @@
 namespace nimbus::kernels {
 namespace {
 
-// Writes the finished value of channel `channel` at `index` of the output; the arithmetic of
-// the GEMM epilogue (qgemm.h).
+// Writes the finished value of channel `channel` at `index` of the output.
 void store_value(const DepthwiseTask& task, std::size_t index, std::size_t channel,
                  std::int32_t raw) {
     const auto wrapped = static_cast<std::uint32_t>(raw) +
                          static_cast<std::uint32_t>(task.bias[channel]);
-    const auto acc = static_cast<std::int32_t>(wrapped);
-    if (task.type == OutputType::s32) {
-        static_cast<std::int32_t*>(task.out)[index] = acc;
-        return;
-    }
-    const float scaled = static_cast<float>(acc) * task.scale[channel];
-    if (task.type == OutputType::f32) {
-        static_cast<float*>(task.out)[index] = scaled;
-        return;
-    }
-    // Clamping before rounding equals clamping after it and keeps the value inside int32.
-    const auto lo = static_cast<float>(task.lo - task.zero_point);
-    const auto hi = static_cast<float>(task.hi - task.zero_point);
-    const float rounded = std::nearbyint(std::min(std::max(scaled, lo), hi));
-    const std::int32_t q = static_cast<std::int32_t>(rounded) + task.zero_point;
-    if (task.type == OutputType::u8) {
-        static_cast<std::uint8_t*>(task.out)[index] = static_cast<std::uint8_t>(q);
-    } else {
-        static_cast<std::int8_t*>(task.out)[index] = static_cast<std::int8_t>(q);
-    }
+    store_epilogue(task.type, task.out, index, static_cast<std::int32_t>(wrapped),
+                   task.scale != nullptr ? task.scale[channel] : 0.0f, task.zero_point, task.lo,
+                   task.hi);
 }
+
 
 template <typename Element>
 void run_rows(const DepthwiseTask& task, std::size_t row_begin, std::size_t row_end) {

@@ -45,6 +45,12 @@ struct Epilogue {
     std::int32_t hi = 0;
 };
 
+// Writes one finished accumulator (bias and zero-point terms already added) as element `index`
+// of `out`, with the epilogue arithmetic above; `scale` is the value for its output channel.
+// The scalar form every portable kernel shares.
+void store_epilogue(OutputType type, void* out, std::size_t index, std::int32_t acc, float scale,
+                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi);
+
 // out[M, n] (row-major, of the epilogue's type) from a[M, k] (u8, or s8 when a_signed).
 // Splits the work over at most `threads` threads.
 void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_point,

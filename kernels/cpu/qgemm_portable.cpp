@@ -14,31 +14,37 @@ constexpr std::size_t kPanelWidth = kPortableLayout.panel_width;
 void store_value(const GemmTask& task, std::size_t row, std::size_t col, std::int32_t raw) {
     const auto wrapped = static_cast<std::uint32_t>(raw) +
                          static_cast<std::uint32_t>(task.column_offset[col]);
-    const auto acc = static_cast<std::int32_t>(wrapped);
-    const std::size_t index = row * task.n + col;
-    if (task.type == OutputType::s32) {
-        static_cast<std::int32_t*>(task.out)[index] = acc;
+    store_epilogue(task.type, task.out, row * task.n + col, static_cast<std::int32_t>(wrapped),
+                   task.scale != nullptr ? task.scale[col] : 0.0f, task.zero_point, task.lo,
+                   task.hi);
+}
+
+
+}  // namespace
+
+void store_epilogue(OutputType type, void* out, std::size_t index, std::int32_t acc, float scale,
+                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi) {
+    if (type == OutputType::s32) {
+        static_cast<std::int32_t*>(out)[index] = acc;
         return;
     }
-    const float scaled = static_cast<float>(acc) * task.scale[col];
-    if (task.type == OutputType::f32) {
-        static_cast<float*>(task.out)[index] = scaled;
+    const float scaled = static_cast<float>(acc) * scale;
+    if (type == OutputType::f32) {
+        static_cast<float*>(out)[index] = scaled;
         return;
     }
     // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
     // the value inside int32 for the conversion.
-    const auto lo = static_cast<float>(task.lo - task.zero_point);
-    const auto hi = static_cast<float>(task.hi - task.zero_point);
-    const float rounded = std::nearbyint(std::min(std::max(scaled, lo), hi));
-    const std::int32_t q = static_cast<std::int32_t>(rounded) + task.zero_point;
-    if (task.type == OutputType::u8) {
-        static_cast<std::uint8_t*>(task.out)[index] = static_cast<std::uint8_t>(q);
+    const auto low = static_cast<float>(lo - zero_point);
+    const auto high = static_cast<float>(hi - zero_point);
+    const float rounded = std::nearbyint(std::min(std::max(scaled, low), high));
+    const std::int32_t q = static_cast<std::int32_t>(rounded) + zero_point;
+    if (type == OutputType::u8) {
+        static_cast<std::uint8_t*>(out)[index] = static_cast<std::uint8_t>(q);
     } else {
-        static_cast<std::int8_t*>(task.out)[index] = static_cast<std::int8_t>(q);
+        static_cast<std::int8_t*>(out)[index] = static_cast<std::int8_t>(q);
     }
 }
-
-}  // namespace
 
 void run_portable(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
                   std::size_t panel_begin, std::size_t panel_end) {
