@@ -10,6 +10,12 @@ option); bias is int32 at scale s_in * s_w. An integer op accumulates exactly in
 ``rint`` rounds half to even, computed in float32 (what cvtdq2ps/mulps/cvtps2dq do with the
 default rounding mode), so every kernel can reproduce it bit for bit. A fused ReLU or ReLU6 is
 only a tighter [lo, hi]. With an f32 result the op returns f32(acc) * f32(s_in * s_w) instead.
+
+qconv2d and qlinear may add a quantized residual r (per tensor, scale s_r, zero point z_r,
+the result's shape) before rounding, each step rounded to float32 in this order:
+
+    q   = clamp(rint_f32(f32(acc) * M + f32(r - z_r) * R) + z_out, lo, hi),   R = f32(s_r / s_out)
+    f32 = f32(acc) * f32(s_in * s_w) + f32(r - z_r) * f32(s_r)   (then the activation)
 """
 
 from __future__ import annotations
@@ -48,11 +54,23 @@ def activation_bounds(activation: str, dtype: DType, scale: float, zero_point: i
 
 
 def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int,
-               dtype: DType, channel_axis: int) -> np.ndarray:
-    """int32 accumulators -> quantized values, per the conventions above."""
+               dtype: DType, channel_axis: int, residual: np.ndarray | None = None) -> np.ndarray:
+    """int32 accumulators -> quantized values, per the conventions above.
+
+    ``residual`` is the float32 term f32(r - z_r) * R of a fused residual, or None.
+    """
     m = _along_axis(multiplier, acc.ndim, channel_axis)
-    scaled = np.rint(acc.astype(np.float32) * m)
-    return np.clip(scaled.astype(np.int64) + zero_point, lo, hi).astype(dtype.numpy)
+    scaled = acc.astype(np.float32) * m
+    if residual is not None:
+        scaled = (scaled + residual).astype(np.float32)
+    return np.clip(np.rint(scaled).astype(np.int64) + zero_point, lo, hi).astype(dtype.numpy)
+
+
+def residual_term(residual: np.ndarray, quant: QuantParams, output_scale: float) -> np.ndarray:
+    """f32(r - z_r) * f32(s_r / s_out): a quantized residual in units of the result's scale."""
+    factor = np.float32(np.float64(np.float32(quant.scale[0])) / np.float64(np.float32(output_scale)))
+    centered = (residual.astype(np.int32) - quant.zero_point[0]).astype(np.float32)
+    return (centered * factor).astype(np.float32)
 
 
 def quantize_array(x: np.ndarray, quant: QuantParams, dtype: DType) -> np.ndarray:
@@ -147,6 +165,12 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> Ten
         bias = types[2]
         if bias.dtype != DType.i32 or tuple(bias.shape) != (shape[channel_axis],):
             raise ValueError(f"bias must be i32 with one value per output channel, got {bias}")
+    if len(types) > 3 and types[3] is not None:
+        residual = types[3]
+        if residual.dtype not in QUANTIZED_DTYPES or residual.quant is None or residual.quant.per_axis:
+            raise ValueError(f"residual must be u8/i8 quantized per tensor, got {residual}")
+        if tuple(residual.shape) != tuple(shape):
+            raise ValueError(f"residual must have the result's shape {list(shape)}, got {residual}")
     if a["activation"] not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
     if a["dtype"] == DType.f32:
@@ -159,13 +183,16 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> Ten
 
 
 def finish_integer_op(acc: np.ndarray, input_quant: QuantParams, weight_quant: QuantParams,
-                      a: dict, channel_axis: int) -> np.ndarray:
-    """The shared epilogue: int32 accumulators to the op's result (requantized or f32)."""
+                      a: dict, channel_axis: int, residual: np.ndarray | None = None,
+                      residual_quant: QuantParams | None = None) -> np.ndarray:
+    """The shared epilogue: int32 accumulators (+ a quantized residual) to the op's result."""
     weight_scales = np.asarray(weight_quant.scale)
     if a["dtype"] == DType.f32:
         m = _along_axis(requant_multiplier(input_quant.scale[0], weight_scales), acc.ndim,
                         channel_axis)
         out = acc.astype(np.float32) * m
+        if residual is not None:
+            out = (out + residual_term(residual, residual_quant, 1.0)).astype(np.float32)
         if a["activation"] == "relu":
             out = np.maximum(out, 0)
         elif a["activation"] == "relu6":
@@ -173,7 +200,8 @@ def finish_integer_op(acc: np.ndarray, input_quant: QuantParams, weight_quant: Q
         return out.astype(np.float32)
     multiplier = requant_multiplier(input_quant.scale[0], weight_scales, a["scale"])
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    return requantize(acc, multiplier, a["zero_point"], lo, hi, a["dtype"], channel_axis)
+    term = None if residual is None else residual_term(residual, residual_quant, a["scale"])
+    return requantize(acc, multiplier, a["zero_point"], lo, hi, a["dtype"], channel_axis, term)
 
 
 def _centered(q: np.ndarray, quant: QuantParams, axis: int) -> np.ndarray:
@@ -186,22 +214,27 @@ def _to_int32(acc: np.ndarray) -> np.ndarray:
     return acc.astype(np.int64).astype(np.int32)  # int32 accumulators wrap, like the kernels
 
 
+def _residual_quant(types) -> QuantParams | None:
+    return types[3].quant if len(types) > 3 and types[3] is not None else None
+
+
 def _qconv2d_reference(xs, a, types):
-    (x, w, bias), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
     acc = conv2d_nchw(_centered(x, xq, 1), _centered(w, wq, 0), a["stride"],
                       a["padding"], a["dilation"], a["groups"], accumulate=np.float64)
     acc = _to_int32(acc)
     if bias is not None:
         acc = acc + np.asarray(bias, dtype=np.int32).reshape(1, -1, 1, 1)
-    return finish_integer_op(acc, xq, wq, a, channel_axis=1)
+    return finish_integer_op(acc, xq, wq, a, 1, residual, _residual_quant(types))
 
 
 def _qconv2d_infer(types, a):
     return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0, channel_axis=1)
 
 
-define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel, i32 bias; "
-       "requantized or f32 result.", operands=("input", "weight", "bias?"), family="quant",
+define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel, i32 bias, "
+       "quantized residual; requantized or f32 result.",
+       operands=("input", "weight", "bias?", "residual?"), family="quant",
        attrs={**CONV_ATTRS, **INTEGER_OUTPUT_ATTRS}, infer=_qconv2d_infer,
        reference=_qconv2d_reference, reference_takes_types=True,
        flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1]
@@ -209,11 +242,11 @@ define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel,
 
 
 def _qlinear_reference(xs, a, types):
-    (x, w, bias), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
     acc = _to_int32(np.matmul(_centered(x, xq, 0), _centered(w, wq, 0).T))
     if bias is not None:
         acc = acc + np.asarray(bias, dtype=np.int32)
-    return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
+    return finish_integer_op(acc, xq, wq, a, acc.ndim - 1, residual, _residual_quant(types))
 
 
 def _qlinear_infer(types, a):
@@ -221,8 +254,9 @@ def _qlinear_infer(types, a):
     return _integer_result(types, shape, a, weight_axis=0, channel_axis=-1)
 
 
-define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output channel, i32 bias.",
-       operands=("input", "weight", "bias?"), family="quant", attrs=INTEGER_OUTPUT_ATTRS,
+define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output channel, i32 bias, "
+       "quantized residual.", operands=("input", "weight", "bias?", "residual?"), family="quant",
+       attrs=INTEGER_OUTPUT_ATTRS,
        infer=_qlinear_infer, reference=_qlinear_reference, reference_takes_types=True,
        flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1])
 

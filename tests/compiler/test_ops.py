@@ -260,6 +260,37 @@ def test_qlinear_matches_the_documented_arithmetic(activation):
     assert_matches(actual, expected, f"qlinear {activation}")
 
 
+@pytest.mark.parametrize("dtype", ["u8", "f32"])
+def test_qlinear_adds_a_quantized_residual_before_rounding(dtype):
+    x, xq, w, wq = quantized_operands(6, 19, 5)
+    residual = rng.integers(0, 256, size=(6, 5)).astype(np.uint8)
+    rq = QuantParams([0.07], [90])
+    attrs = {"dtype": dtype, "activation": "relu"}
+    if dtype == "u8":
+        attrs |= {"scale": 0.05, "zero_point": 100}
+    (actual,) = run_op("qlinear", [(x, xq), (w, wq), None, (residual, rq)], attrs, constants=(1,))
+    acc = ((x.astype(np.int64) - 7) @ w.astype(np.int64).T).astype(np.float32)
+    centered = (residual.astype(np.int64) - 90).astype(np.float32)
+    if dtype == "f32":
+        expected = acc * requant_multiplier(0.02, wq.scale) + centered * np.float32(0.07)
+        assert_matches(actual, np.maximum(expected, 0), "qlinear residual f32", rtol=0)
+        return
+    out = np.empty(acc.shape, np.int64)
+    factor = np.float32(np.float64(np.float32(0.07)) / np.float64(np.float32(0.05)))
+    for index in np.ndindex(acc.shape):
+        product = acc[index] * requant_multiplier(0.02, wq.scale, 0.05)[index[-1]]
+        out[index] = min(max(int(np.rint(product + centered[index] * factor)) + 100, 100), 255)
+    assert_matches(actual, out.astype(np.uint8), "qlinear residual u8")
+
+
+def test_integer_ops_refuse_a_residual_of_another_shape():
+    x, xq, w, wq = quantized_operands(3, 4, 2)
+    residual = np.zeros((3, 3), np.uint8)
+    with pytest.raises(Exception, match="residual must have the result's shape"):
+        run_op("qlinear", [(x, xq), (w, wq), None, (residual, QuantParams([0.1], [0]))],
+               {"dtype": "f32"}, constants=(1,))
+
+
 def test_qlinear_f32_output_is_the_dequantized_accumulator():
     x, xq, w, wq = quantized_operands(3, 10, 4)
     (actual,) = run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32"}, constants=(1,))
