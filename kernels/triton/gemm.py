@@ -46,18 +46,28 @@ from .bench import BenchCase, mismatches, relative_error
 QGEMM_SPACE = register_space("qgemm", [
     config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2),
     config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
     config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=5),
 ])
 GEMM_SPACE = register_space("gemm", [
     config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2),
     config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
     config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
 ])
 
 # Result types of the int8 product -> the code the kernel takes.
@@ -266,7 +276,10 @@ def qgemm(a: torch.Tensor, a_zero_point: int, weights: PackedWeights,
             OUTPUT=OUTPUT_CODES[epilogue.out_dtype], ACTIVATION=activation_code(epilogue.activation),
             **options, **INTEGER_LAUNCH)
 
-    launch(tuned("qgemm", shape_key(m, n, k), a2, launch))
+    # The epilogue changes the kernel's registers, so each variant is tuned on its own.
+    variant = (f"{epilogue.out_dtype}{'+bias' if bias is not None else ''}"
+               f"{'+residual' if residual is not None else ''}+{epilogue.activation}")
+    launch(tuned("qgemm", shape_key(m, n, k, variant), a2, launch))
     return out.reshape(*lead, n)
 
 
@@ -356,7 +369,9 @@ def gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
             residual.stride(0) if residual is not None else 0,
             HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=code, **options)
 
-    launch(tuned("gemm", shape_key(m, n, k, str(a.dtype).removeprefix("torch.")), a2, launch))
+    variant = (f"{str(a.dtype).removeprefix('torch.')}{'+bias' if bias is not None else ''}"
+               f"{'+residual' if residual is not None else ''}+{activation}")
+    launch(tuned("gemm", shape_key(m, n, k, variant), a2, launch))
     return out.reshape(*lead, n)
 
 
