@@ -13,15 +13,17 @@ from .rewrite import remove_dead_nodes
 
 
 @register_pass("fold-constants")
-def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1024) -> bool:
+def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 16) -> bool:
     """Replace every node whose operands are all constants by constants computed with the
-    reference interpreter's op implementations. Results with symbolic shapes stay, and so do
-    results of more than `max-elements` elements that take more bytes than their operands:
-    folding an expand, a codebook lookup or a dequantize of a weight would only grow the
-    artifact.
+    reference interpreter's op implementations. Results with symbolic shapes stay, and so does
+    every result that takes more bytes than its operands, unless it has at most `max-elements`
+    elements (scalars and shape-like values, which later rewrites may need as constants): such a
+    node decodes stored data (a codebook lookup of shared weights, a dequantize of int8 weights,
+    an expand or cast of a constant), and folding it would only grow the artifact and undo the
+    compression that created it, however small the layer.
 
     Options:
-    max-elements: largest result, in elements, folded when it is bigger than its operands
+    max-elements: largest result, in elements, folded when it takes more bytes than its operands
     """
     folded = 0
     for node in list(graph.nodes):
@@ -32,7 +34,8 @@ def fold_constants(graph: Graph, ctx: PassContext, *, max_elements: int = 1024) 
             continue
         size = sum(int(np.prod(r.type.shape)) for r in node.results)
         stored = sum(int(np.prod(r.type.shape)) * r.type.dtype.itemsize for r in node.results)
-        if size > max_elements and stored > sum(o.data.nbytes for o in operands):
+        operand_bytes = sum(o.data.nbytes for o in {id(o): o for o in operands}.values())
+        if size > max_elements and stored > operand_bytes:
             continue
         op = get_op(node.op)
         arrays = [o.data if o is not None else None for o in node.operands]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from .fuse import EPILOGUES
 from .manager import PassContext, PassFailure
 from .registry import register_pass
 from .rewrite import apply_rules, remove_dead_nodes
+from .share_weights import excluded_by_name
 
 # float layer -> integer op; the layer's weight is operand 1 with output channels on axis 0
 INTEGER_OPS = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d",
@@ -38,10 +38,21 @@ def _float_reason(node: Node, exclude: list[str]) -> str | None:
         return f"input is {node.operands[0].type.dtype}"
     if not np.isfinite(weight.data).all():
         return "weights are not finite"
-    names = [weight.name, node.loc.scope]
-    if any(fnmatch.fnmatch(name, pattern) for pattern in exclude for name in names if name):
+    if excluded_by_name(node, exclude):
         return "excluded by name"
     return None
+
+
+def _decode_shared_weight(graph: Graph, node: Node) -> None:
+    """share-weights stores a weight as gather(codebook, indices); the int8 weight is what ships
+    (at most 2^bits distinct values per channel), so the layer gets the decoded constant, named
+    as the original weight."""
+    lookup = node.operands[1].producer
+    if lookup is None or lookup.op != "gather" or not all(o.is_constant for o in lookup.operands):
+        return
+    codebook, indices = lookup.operands
+    name = graph.unique_constant_name(indices.name.removesuffix(".indices"))
+    node.operands[1] = graph.add_constant(name, np.take(codebook.data, indices.data, axis=0))
 
 
 def _integer_epilogue(node: Node) -> bool:
@@ -261,6 +272,13 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
                      fallback: frozenset[str]) -> bool:
     """Quantize every eligible layer except those whose weight is named in ``fallback``."""
     apply_rules(graph, [EPILOGUES[1]], ctx.pass_name, ctx.stats)  # activations into layers
+    for node in graph.nodes:  # shared weights are decoded, except where the layer stays float
+        if node.op in INTEGER_OPS:
+            lookup = node.operands[1]
+            _decode_shared_weight(graph, node)
+            if lookup is not node.operands[1] and _float_reason(node, list(settings.exclude)):
+                node.operands[1] = lookup
+    graph.remove_unused_constants()
     chosen = []
     for node in graph.nodes:
         if node.op not in INTEGER_OPS:

@@ -43,7 +43,7 @@ def test_passes_lists_every_pass_with_options():
     for name in ("canonicalize", "fold-batchnorm", "fold-constants", "fuse",
                  "eliminate-dead-code", "eliminate-common-subexpressions"):
         assert name in result.output
-    assert "max-elements: int = 1024" in result.output
+    assert "max-elements: int = 16" in result.output
 
 
 def test_errors_are_one_clear_line(tmp_path):
