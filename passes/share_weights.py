@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 
 import numpy as np
-
 from nimbus.compiler.dtypes import DType
 from nimbus.compiler.ir import Graph, Node, Value
 

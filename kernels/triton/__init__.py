@@ -6,3 +6,6 @@ tests/kernels/triton, against the op table's numpy references) and a benchmark h
 (`benchmark_cases`, run on a GPU by benchmarks/gpu_check.py). Without a GPU the kernels run on
 the CPU through Triton's interpreter (TRITON_INTERPRET=1).
 """
+
+# The kernel modules, each with its launchers and `benchmark_cases()`.
+KERNEL_MODULES = ("gemm", "conv", "elementwise", "softmax", "layernorm", "attention")

@@ -13,6 +13,7 @@ values that are not positive integers are refused, never passed to a compiler.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -75,6 +76,16 @@ def register_space(kernel: str, space: list[Config]) -> list[Config]:
     return space
 
 
+def _register_every_space() -> None:
+    """Import every kernel module, so tuning data for any of them can be validated."""
+    import importlib
+
+    from . import KERNEL_MODULES
+
+    for module in KERNEL_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+
+
 def shape_key(*dims) -> str:
     return "x".join(str(d) for d in dims)
 
@@ -132,6 +143,7 @@ class TuningCache:
         devices = data.get("devices")
         if not isinstance(devices, dict):
             raise ValueError("tuning data lacks its 'devices' map")  # noqa: TRY004
+        _register_every_space()
         parsed = {}
         for device, kernels in devices.items():
             if not isinstance(kernels, dict):
@@ -162,9 +174,14 @@ def cache() -> TuningCache:
 
 
 def device_name(tensor) -> str:
+    return _device_name(tensor.device.index)
+
+
+@functools.cache
+def _device_name(index: int | None) -> str:
     import torch
 
-    return torch.cuda.get_device_name(tensor.device)
+    return torch.cuda.get_device_name(index)  # a driver query: too slow for every launch
 
 
 def tuned(kernel: str, key: str, tensor, launch: Callable[[Config], object]) -> Config:

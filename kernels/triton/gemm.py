@@ -90,6 +90,22 @@ def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl
     return tile_m, tile_n
 
 
+@triton.jit
+def tile_start(a_ptr, M, N, stride_am, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile of the result and where its walk over K starts.
+
+    Returns (rows [BLOCK_M], cols [BLOCK_N], depths [BLOCK_K] = 0..BLOCK_K - 1, a_ptrs): a_ptrs
+    points at the first A tile [rows, depths] (K contiguous).
+    """
+    tile_m, tile_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    depths = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + depths[None, :]
+    return rows, cols, depths, a_ptrs
+
+
 # ---- int8 -----------------------------------------------------------------------------------------
 @triton.jit
 def qgemm_kernel(
@@ -115,11 +131,8 @@ def qgemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
 ):
-    tile_m, tile_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    depths = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None] * stride_am + depths[None, :]
+    rows, cols, depths, a_ptrs = tile_start(a_ptr, M, N, stride_am, BLOCK_M, BLOCK_N, BLOCK_K,
+                                            GROUP_M)
     w_ptrs = w_ptr + cols[None, :] * stride_wn + depths[:, None]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -299,11 +312,8 @@ def gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
 ):
-    tile_m, tile_n = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    depths = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None] * stride_am + depths[None, :]
+    rows, cols, depths, a_ptrs = tile_start(a_ptr, M, N, stride_am, BLOCK_M, BLOCK_N, BLOCK_K,
+                                            GROUP_M)
     w_ptrs = w_ptr + depths[:, None] * stride_wk + cols[None, :]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

@@ -3,10 +3,9 @@ heavy-tailed weight, statistics, exclusions and option errors, and LeNet accurac
 
 from __future__ import annotations
 
+import nimbus.passes.clip  # noqa: F401  (registers the pass)
 import numpy as np
 import pytest
-
-import nimbus.passes.clip  # noqa: F401  (registers the pass)
 from digits import digit_images, top1
 from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.text import parse_ir

@@ -4,10 +4,9 @@ quantized after sharing)."""
 
 from __future__ import annotations
 
+import nimbus.passes.share_weights  # noqa: F401  (registers the pass)
 import numpy as np
 import pytest
-
-import nimbus.passes.share_weights  # noqa: F401  (registers the pass)
 from digits import digit_images, top1
 from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.text import parse_ir

@@ -2,9 +2,12 @@
 not one of a kernel's own configs is refused."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from nimbus.kernels.triton import autotune, gemm
+from nimbus.kernels.triton import autotune, gemm, softmax  # noqa: F401 (registers its spaces)
 from nimbus.kernels.triton.autotune import TuningCache, config, config_from_json, shape_key
 
 
@@ -61,3 +64,18 @@ def test_config_from_json_accepts_exactly_the_space():
     for candidate in gemm.QGEMM_SPACE:
         assert config_from_json(candidate.to_json(), gemm.QGEMM_SPACE) == candidate
     assert str(config(num_warps=8, num_stages=3, BLOCK_M=64)) == "BLOCK_M=64 warps=8 stages=3"
+
+
+def test_a_cache_naming_kernels_of_modules_not_yet_imported_loads(tmp_path):
+    """Validation imports every kernel module, so a fresh process reads a full cache file."""
+    path = tmp_path / "tuning.json"
+    cache = TuningCache(path)
+    cache.put("gpu", "softmax_rows", "7", autotune.SPACES["softmax_rows"][0])
+    script = ("import warnings, pathlib; warnings.simplefilter('error');"
+              "from nimbus.kernels.triton.autotune import TuningCache;"
+              f"print(TuningCache(pathlib.Path({str(path)!r})).get('gpu', 'softmax_rows', '7'))")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "warps=" in result.stdout
