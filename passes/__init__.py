@@ -4,7 +4,8 @@ Each pass lives in its own module, imported here so that it registers itself.
 """
 
 from . import (canonicalize, clip, eliminate_common_subexpressions,  # noqa: F401
-               eliminate_dead_code, fold_batchnorm, fold_constants, fuse, quantize, share_weights)
+               eliminate_dead_code, fold_batchnorm, fold_constants, fuse, prune, quantize,
+               share_weights)
 from .manager import PassContext, PassError, PassFailure, PassManager, PassReport, run_passes
 from .pipeline import Pipeline, PipelineError, parse_pipeline
 from .pipelines import DEFAULT_OPTIMIZATION

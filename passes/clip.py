@@ -6,10 +6,10 @@ import numpy as np
 
 from nimbus.compiler.ir import Graph
 
+from .layers import WEIGHT_LAYERS, weight_layers
 from .manager import PassContext, PassFailure
 from .quantize import WEIGHT_LEVELS
 from .registry import register_pass
-from .share_weights import WEIGHT_LAYERS, weight_layers
 
 METHODS = ("percentile", "std", "mse")
 MSE_CANDIDATES = 100  # thresholds tried between half the largest |w| and the largest

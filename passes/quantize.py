@@ -15,10 +15,10 @@ from nimbus.compiler.ops.quant import dequantize_array, quantize_array
 
 from .calibration import OBSERVERS, CalibrationError, calibration_batches, observe, random_batches
 from .fuse import EPILOGUES
+from .layers import excluded_by_name
 from .manager import PassContext, PassFailure
 from .registry import register_pass
 from .rewrite import apply_rules, remove_dead_nodes
-from .share_weights import excluded_by_name
 
 # float layer -> integer op; the layer's weight is operand 1 with output channels on axis 0
 INTEGER_OPS = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d",

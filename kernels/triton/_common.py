@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 import triton
 import triton.language as tl
+
+# The floating-point dtypes that the float kernels take.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Launch options of every kernel that reproduces the reference's float32 rounding steps.
 INTEGER_LAUNCH = {"enable_fp_fusion": False}

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTEGER_LAUNCH, activate, activation_code, round_and_clamp
+from ._common import FLOAT_DTYPES, INTEGER_LAUNCH, activate, activation_code, round_and_clamp
 from .autotune import config, register_space, shape_key, tuned
 from .bench import BenchCase, mismatches, relative_error
 
@@ -73,7 +73,6 @@ GEMM_SPACE = register_space("gemm", [
 # Result types of the int8 product -> the code the kernel takes.
 OUTPUT_CODES = {"s32": 0, "u8": 1, "i8": 2, "f32": 3}
 _OUTPUT_TORCH = {"s32": torch.int32, "u8": torch.uint8, "i8": torch.int8, "f32": torch.float32}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit

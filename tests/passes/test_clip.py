@@ -3,7 +3,6 @@ heavy-tailed weight, statistics, exclusions and option errors, and LeNet accurac
 
 from __future__ import annotations
 
-import nimbus.passes.clip  # noqa: F401  (registers the pass)
 import numpy as np
 import pytest
 from digits import digit_images, top1

@@ -4,7 +4,6 @@ quantized after sharing)."""
 
 from __future__ import annotations
 
-import nimbus.passes.share_weights  # noqa: F401  (registers the pass)
 import numpy as np
 import pytest
 from digits import digit_images, top1

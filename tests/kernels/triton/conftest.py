@@ -5,9 +5,14 @@ decorates a function.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The tests here import their shared helpers (triton_checks.py) from this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
