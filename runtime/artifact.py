@@ -14,11 +14,17 @@ Layout (little endian)::
 Reading never executes or unpickles anything from the file. Every size, offset, dtype, shape
 and name is checked before use, and every tensor's CRC-32; a bad file raises ArtifactError
 naming what is wrong. Tensors are read-only numpy views of the (memory-mapped) file.
+
+A tensor may be stored compressed (its record's "encoding" is "zlib" or "lzma", from Python's
+standard library, so the runtime needs nothing more): pruned, shared and int8 weights hold few
+distinct values and compress several times. Its CRC covers the stored bytes; decoding stops at
+the size its dtype and shape declare, so a hostile stream cannot inflate past it.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import mmap
 import struct
 import zlib
@@ -40,6 +46,10 @@ MAX_ELEMENTS = 1 << 40
 
 DTYPES = {"f32": np.float32, "f16": np.float16, "i8": np.int8, "u8": np.uint8,
           "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+ENCODINGS = ("raw", "zlib", "lzma")
+# A compressed tensor is kept only if it saves at least this share of its raw bytes; otherwise
+# it stays raw, memory-mapped without a copy.
+MIN_SAVING = 0.1
 
 
 class ArtifactError(ValueError):
@@ -55,6 +65,7 @@ class TensorRecord:
     nbytes: int
     crc32: int
     meta: dict = field(default_factory=dict)  # e.g. quantization parameters
+    encoding: str = "raw"  # how the stored bytes encode the tensor (ENCODINGS)
 
 
 @dataclass
@@ -74,17 +85,24 @@ def _aligned(offset: int) -> int:
 
 def write_artifact(manifest: Mapping, plan: Any, tensors: Mapping[str, np.ndarray],
                    sections: Mapping[str, bytes] | None = None,
-                   tensor_meta: Mapping[str, dict] | None = None) -> bytes:
-    """The artifact's bytes. ``manifest`` and ``plan`` must be JSON data."""
+                   tensor_meta: Mapping[str, dict] | None = None,
+                   compression: str = "raw") -> bytes:
+    """The artifact's bytes. ``manifest`` and ``plan`` must be JSON data. With ``compression``
+    "zlib" or "lzma", each tensor that shrinks by at least MIN_SAVING is stored compressed."""
+    if compression not in ENCODINGS:
+        raise ArtifactError(f"unknown compression '{compression}'; expected one of {', '.join(ENCODINGS)}")
     sections = dict(sections or {})
     tensor_meta = dict(tensor_meta or {})
     dtype_names = {np.dtype(v): k for k, v in DTYPES.items()}
     blobs: list[tuple[str, str, bytes]] = []  # (kind, name, bytes)
+    encodings: dict[str, str] = {}
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
         if array.dtype not in dtype_names:
             raise ArtifactError(f"tensor '{name}' has dtype {array.dtype}, which artifacts cannot hold")
-        blobs.append(("tensor", name, array.tobytes()))
+        data = array.tobytes()
+        encodings[name], data = _encoded(data, compression)
+        blobs.append(("tensor", name, data))
     blobs.extend(("section", name, bytes(data)) for name, data in sections.items())
 
     def header_for(offsets: list[int]) -> bytes:
@@ -93,10 +111,12 @@ def write_artifact(manifest: Mapping, plan: Any, tensors: Mapping[str, np.ndarra
             crc = zlib.crc32(data)
             if kind == "tensor":
                 array = np.asarray(tensors[name])
-                records.append({"name": name, "dtype": dtype_names[array.dtype],
-                                "shape": list(array.shape), "offset": offset,
-                                "nbytes": len(data), "crc32": crc,
-                                "meta": tensor_meta.get(name, {})})
+                record = {"name": name, "dtype": dtype_names[array.dtype],
+                          "shape": list(array.shape), "offset": offset,
+                          "nbytes": len(data), "crc32": crc, "meta": tensor_meta.get(name, {})}
+                if encodings[name] != "raw":
+                    record["encoding"] = encodings[name]
+                records.append(record)
             else:
                 section_records[name] = {"offset": offset, "nbytes": len(data), "crc32": crc}
         body = {"manifest": dict(manifest, format_version=FORMAT_VERSION), "tensors": records,
@@ -121,6 +141,30 @@ def write_artifact(manifest: Mapping, plan: Any, tensors: Mapping[str, np.ndarra
         out += b"\x00" * (offset - len(out))
         out += data
     return bytes(out)
+
+
+def _encoded(data: bytes, compression: str) -> tuple[str, bytes]:
+    if compression == "raw" or not data:
+        return "raw", data
+    packed = zlib.compress(data, 9) if compression == "zlib" else lzma.compress(data, preset=9)
+    if len(packed) > (1 - MIN_SAVING) * len(data):
+        return "raw", data
+    return compression, packed
+
+
+def _decoded(data: memoryview, record: TensorRecord) -> bytes:
+    """The raw bytes of a compressed tensor: exactly the size its dtype and shape declare."""
+    size = int(np.prod(record.shape, dtype=np.int64)) * np.dtype(DTYPES[record.dtype]).itemsize
+    decoder = zlib.decompressobj() if record.encoding == "zlib" else lzma.LZMADecompressor()
+    try:
+        raw = decoder.decompress(bytes(data), size + 1)  # one byte more reveals an overlong stream
+    except (zlib.error, lzma.LZMAError) as err:
+        raise ArtifactError(f"tensor '{record.name}' has a corrupt {record.encoding} stream: "
+                            f"{err}") from None
+    if len(raw) != size or not decoder.eof:
+        raise ArtifactError(f"tensor '{record.name}' decompresses to a size other than the "
+                            f"{size} bytes of {record.dtype}{list(record.shape)}")
+    return raw
 
 
 def read_artifact(source: str | Path | bytes | bytearray | memoryview) -> Artifact:
@@ -168,6 +212,8 @@ def _parse(view: memoryview) -> Artifact:
         data = view[record.offset:record.offset + record.nbytes]
         if zlib.crc32(data) != record.crc32:
             raise ArtifactError(f"tensor '{name}' is corrupted (checksum mismatch)")
+        if record.encoding != "raw":
+            data = _decoded(data, record)
         array = np.frombuffer(data, dtype=DTYPES[record.dtype]).reshape(record.shape)
         tensors[name] = array
     section_bytes = {}
@@ -268,14 +314,18 @@ def _tensor_records(entries: list, size: int, data_start: int) -> dict[str, Tens
                 raise ArtifactError(f"{where} has too many elements")
         nbytes = entry.get("nbytes")
         _check_range(entry.get("offset"), nbytes, size, data_start, where)
-        if nbytes != count * np.dtype(DTYPES[dtype]).itemsize:
+        encoding = entry.get("encoding", "raw")
+        if encoding not in ENCODINGS:
+            raise ArtifactError(f"{where} has unknown encoding {str(encoding)[:20]!r}")
+        if encoding == "raw" and nbytes != count * np.dtype(DTYPES[dtype]).itemsize:
             raise ArtifactError(f"{where} holds {nbytes} bytes; {dtype}{shape} needs "
                                 f"{count * np.dtype(DTYPES[dtype]).itemsize}")
         crc = entry.get("crc32")
         meta = entry.get("meta", {})
         if not isinstance(crc, int) or not isinstance(meta, dict):
             raise ArtifactError(f"{where} lacks a valid crc32 or meta")
-        records[name] = TensorRecord(name, dtype, tuple(shape), entry["offset"], nbytes, crc, meta)
+        records[name] = TensorRecord(name, dtype, tuple(shape), entry["offset"], nbytes, crc, meta,
+                                     encoding)
     return records
 
 

@@ -16,6 +16,7 @@ from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.training import (clip_for_training, finalize, prune_for_training,
                                       weight_sparsity)
 from nimbus.passes import DEFAULT_OPTIMIZATION, run_passes
+from nimbus.runtime.artifact import write_artifact
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
@@ -71,3 +72,26 @@ def test_structured_and_global_pruning_and_bad_arguments():
         prune_for_training(model, 0.5, scope="model")
     with pytest.raises(ValueError, match="threshold must be positive"):
         clip_for_training(model, 0.0)
+
+
+def test_deep_compression_recipe_is_ten_times_smaller_within_two_points():
+    """Prune with masks kept during fine-tuning, share 4-bit codebooks, quantize to int8, and
+    store the weights compressed in the artifact: at least 10x smaller than float32."""
+    train_x, _, test_x, test_y = digit_images()
+    model = copy.deepcopy(trained_lenet())
+    float_bytes = sum(p.numel() * 4 for p in model.parameters())
+    with torch.no_grad():
+        float_top1 = top1(model(torch.from_numpy(test_x)).numpy(), test_y)
+    prune_for_training(model, 0.8, exclude=("conv1",))
+    finalize(fine_tune(model, epochs=3))
+    graph = run_passes(from_torch(model, (torch.from_numpy(train_x[:2]),)), DEFAULT_OPTIMIZATION)
+    compressed = run_passes(graph, "share-weights{bits=4},quantize",
+                            calibration=[train_x[i:i + 64] for i in range(0, 512, 64)])
+    int8_top1 = top1(interpret(compressed, {"x": test_x})["output"], test_y)
+    weights = {name: value.data for name, value in compressed.constants.items()}
+    stored = len(write_artifact({}, None, weights, compression="lzma"))
+    print(f"\ndigits: float {float_top1:.2f}%, 80% pruned + 4-bit shared + int8 {int8_top1:.2f}%; "
+          f"float32 parameters {float_bytes} bytes, compressed artifact {stored} bytes "
+          f"({float_bytes / stored:.1f}x smaller)")
+    assert int8_top1 >= float_top1 - 2.0
+    assert float_bytes / stored >= 10.0

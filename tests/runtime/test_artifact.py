@@ -180,3 +180,66 @@ def test_writer_refuses_unsupported_dtypes():
     with pytest.raises(ArtifactError, match="cannot hold"):
         write_artifact({}, None, {"x": np.zeros(2, np.complex64)})
     assert struct.calcsize("<8sIIQ") == PREAMBLE.size == 24
+
+
+def sparse_weights() -> np.ndarray:
+    """Pruned, shared int8 weights: mostly zeros and a handful of values, as compression leaves."""
+    rng = np.random.default_rng(1)
+    values = rng.choice(np.array([-90, -31, 0, 0, 0, 0, 17, 64], np.int8), size=(64, 32, 3, 3))
+    return values.astype(np.int8)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzma"])
+def test_compressed_tensors_round_trip_and_incompressible_ones_stay_raw(compression):
+    tensors = dict(sample_tensors(), weights=sparse_weights())
+    data = write_artifact(MANIFEST, PLAN, tensors, compression=compression)
+    artifact = read_artifact(data)
+    assert artifact.records["weights"].encoding == compression
+    assert artifact.records["weights"].nbytes < sparse_weights().nbytes / 3
+    assert artifact.records["table"].encoding == "raw"  # random floats do not shrink enough
+    for name, expected in tensors.items():
+        assert np.array_equal(artifact.tensors[name], expected) and artifact.tensors[name].dtype == expected.dtype
+        assert not artifact.tensors[name].flags.writeable
+    assert len(data) < len(write_artifact(MANIFEST, PLAN, tensors)) / 2
+
+
+def compressed_with(stream: bytes, shape: list[int], encoding: str = "zlib") -> bytes:
+    """An artifact whose one u8 tensor is `stream`, declared as `shape` with `encoding`."""
+    data = write_artifact(MANIFEST, PLAN, {"w": np.zeros(4096, np.uint8)}, compression="zlib")
+    header = header_of(data)
+    record = tensor(header, "w")
+    start = record["offset"]
+    record.update(shape=shape, nbytes=len(stream), crc32=zlib.crc32(stream), encoding=encoding)
+    body = bytearray(rebuilt(header, data))
+    body[start:start + len(stream)] = stream
+    return bytes(body[:start + len(stream)])
+
+
+@pytest.mark.parametrize("stream, shape, encoding, message", [
+    (zlib.compress(bytes(1 << 20)), [4096], "zlib", "decompresses to a size other than"),  # a bomb
+    (zlib.compress(bytes(100)), [4096], "zlib", "decompresses to a size other than"),
+    (b"\x78\x9c not zlib at all", [4096], "zlib", "corrupt zlib stream"),
+    (zlib.compress(bytes(4096)), [4096], "brotli", "unknown encoding"),
+])
+def test_hostile_compressed_tensors_get_a_typed_error(stream, shape, encoding, message):
+    with pytest.raises(ArtifactError, match=message):
+        read_artifact(compressed_with(stream, shape, encoding))
+
+
+def test_writer_refuses_an_unknown_compression():
+    with pytest.raises(ArtifactError, match="unknown compression 'gzip'"):
+        write_artifact(MANIFEST, PLAN, {}, compression="gzip")
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
+def test_mutated_compressed_artifacts_load_or_fail_cleanly(edits):
+    data = bytearray(write_artifact(MANIFEST, PLAN, {"weights": sparse_weights()}, compression="zlib"))
+    for position, value in edits:
+        data[position % len(data)] = value
+    try:
+        artifact = read_artifact(bytes(data))
+    except ArtifactError:
+        return
+    assert artifact.tensors["weights"].shape == sparse_weights().shape
