@@ -65,24 +65,28 @@ def import_model(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the IR (.nir)."),
 ):
     """Import a PyTorch model through torch.export and write its IR text (and weights)."""
+    from nimbus.compiler.text import save_ir
+
+    graph = _import_graph(spec, input_shape, input_dtype, static_batch)
+    save_ir(graph, output)
+    typer.echo(f"wrote {output} ({len(graph.nodes)} nodes, {len(graph.constants)} constants)")
+
+
+def _import_graph(spec: str, input_shape: List[str], input_dtype: List[str], static_batch: bool):
+    """The IR graph of the model a factory returns, traced with example inputs of these shapes."""
     import torch
 
     from nimbus.compiler.dtypes import DType
     from nimbus.compiler.frontend import from_torch
-    from nimbus.compiler.text import save_ir
 
     shapes = [_parse_shape(s) for s in input_shape]
     if input_dtype and len(input_dtype) != len(shapes):
         _fail(f"{len(input_dtype)} --input-dtype values for {len(shapes)} inputs")
     dtypes = [DType.parse(d).numpy for d in input_dtype] if input_dtype else ["float32"] * len(shapes)
-    examples = []
-    for shape, dtype in zip(shapes, dtypes):
-        array = torch.from_numpy(_example_array(shape, dtype))
-        examples.append(array)
+    examples = tuple(torch.from_numpy(_example_array(shape, dtype))
+                     for shape, dtype in zip(shapes, dtypes))
     module = _load_factory(spec)()
-    graph = from_torch(module, tuple(examples), dynamic_batch=not static_batch)
-    save_ir(graph, output)
-    typer.echo(f"wrote {output} ({len(graph.nodes)} nodes, {len(graph.constants)} constants)")
+    return from_torch(module, examples, dynamic_batch=not static_batch)
 
 
 def _example_array(shape, dtype):
@@ -211,6 +215,117 @@ def report(path: Path = typer.Argument(..., help="Accuracy ledger written by `ni
         typer.echo(Ledger.load(path).table())
     except (ValueError, KeyError, TypeError) as err:
         _fail(f"{path} is not an accuracy ledger: {err}")
+
+
+@app.command("compile")
+def compile_model(
+    spec: str = typer.Argument(..., help="Model factory FILE.py:FUNCTION, or an IR file (.nir)."),
+    input_shape: List[str] = typer.Option([], "--input-shape", "-s",
+                                          help="Shape of one input, e.g. 1,3,32,32 (repeat per input)."),
+    input_dtype: List[str] = typer.Option([], "--input-dtype", help="dtype per input; default f32."),
+    static_batch: bool = typer.Option(False, "--static-batch", help="Fix the batch size."),
+    pipeline: Optional[str] = typer.Option(
+        None, "--pipeline", "-p", help="Pass pipeline; default: fold and fuse, plus int8 "
+                                       "quantization when --calibration is given."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="Calibration data (.npz or .npy)."),
+    target: str = typer.Option("cpu", "--target", help="cpu or cuda."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the artifact (.nimbus)."),
+):
+    """Compile a model into a .nimbus artifact and print a summary."""
+    from nimbus.compiler.compile import compile as compile_graph
+    from nimbus.compiler.lowering import PreflightError
+    from nimbus.compiler.text import load_ir
+    from nimbus.passes import PassError, PipelineError
+    from nimbus.passes.calibration import CalibrationError
+
+    if spec.endswith(".nir"):
+        if not Path(spec).is_file():
+            _fail(f"no such file: {spec}")
+        graph = load_ir(Path(spec))
+    else:
+        if not input_shape:
+            _fail("compiling a model factory needs --input-shape")
+        graph = _import_graph(spec, input_shape, input_dtype, static_batch)
+    try:
+        compiled = compile_graph(graph, pipeline=pipeline, calibration=calibration, target=target)
+    except (PipelineError, PassError, CalibrationError, PreflightError) as err:
+        _fail(str(err))
+    compiled.save(output)
+    summary = compiled.summary()
+    typer.echo(f"wrote {output}: {summary['artifact_bytes']} bytes, pipeline {summary['pipeline']}")
+    typer.echo("ops: " + ", ".join(f"{op} x{count}" for op, count in summary["ops"].items()))
+    typer.echo(f"batch 1: {summary['mflops_batch_1']} MFLOPs, activation memory "
+               f"{summary['peak_activation_bytes_batch_1']} bytes "
+               f"({summary['unshared_activation_bytes_batch_1']} without buffer reuse)")
+
+
+@app.command()
+def run(
+    path: Path = typer.Argument(..., help="Artifact (.nimbus)."),
+    inputs: List[str] = typer.Option(..., "--input", "-i",
+                                     help="NAME=FILE.npy, or FILE.npy for a single-input model."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write the outputs here (.npz); else print them."),
+):
+    """Run an artifact on inputs from .npy files."""
+    import numpy as np
+
+    from nimbus.runtime.artifact import ArtifactError
+    from nimbus.runtime.session import Session, SessionError
+
+    try:
+        session = Session(path)
+    except ArtifactError as err:
+        _fail(str(err))
+    names = [spec.name for spec in session.inputs]
+    feeds = {}
+    for item in inputs:
+        name, _, file = item.rpartition("=")
+        if not name:
+            if len(names) != 1:
+                _fail(f"the model has inputs {names}: give NAME=FILE.npy")
+            name = names[0]
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            _fail(f"cannot read {file}: {err}")
+    try:
+        results = session.run(feeds)
+    except SessionError as err:
+        _fail(str(err))
+    if output is not None:
+        np.savez(output, **results)
+        typer.echo(f"wrote {output}")
+        return
+    for name, array in results.items():
+        typer.echo(f"{name}: {array.dtype}{list(array.shape)}\n{array}")
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="Artifact (.nimbus).")):
+    """Show an artifact's manifest, signature, weights and plan without running it."""
+    from nimbus.runtime.artifact import ArtifactError, read_artifact
+
+    try:
+        artifact = read_artifact(path)
+    except ArtifactError as err:
+        _fail(str(err))
+    manifest = artifact.manifest
+    typer.echo(f"{path}: format {manifest['format_version']}, {manifest.get('producer', '')}, "
+               f"target {manifest.get('target', '?')}")
+    typer.echo(f"pipeline: {manifest.get('pipeline', '')}")
+    for kind in ("inputs", "outputs"):
+        for spec in manifest.get(kind, []):
+            typer.echo(f"{kind[:-1]} {spec['name']}: {spec['dtype']}{spec['shape']}")
+    stored = sum(r.nbytes for r in artifact.records.values())
+    raw = sum(a.nbytes for a in artifact.tensors.values())
+    typer.echo(f"weights: {len(artifact.tensors)} tensors, {raw} bytes ({stored} stored)")
+    steps = (artifact.plan or {}).get("steps", [])
+    ops: dict[str, int] = {}
+    for step in steps:
+        ops[step["op"]] = ops.get(step["op"], 0) + 1
+    typer.echo(f"plan: {len(steps)} steps: " + ", ".join(f"{op} x{n}" for op, n in ops.items()))
 
 
 def main() -> None:

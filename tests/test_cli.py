@@ -55,3 +55,35 @@ def test_errors_are_one_clear_line(tmp_path):
     invoke("import", f"{EXAMPLE}:build", "--input-shape", "2,3,32,32", "-o", model)
     bad_pipeline = invoke("opt", model, "-p", "fuse,qantize")
     assert bad_pipeline.exit_code == 1 and "unknown pass 'qantize'" in bad_pipeline.output
+
+
+def test_compile_inspect_and_run(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    artifact = tmp_path / "cnn.nimbus"
+    compiled = invoke("compile", f"{EXAMPLE}:build", "--input-shape", "1,3,32,32",
+                      "--calibration", calibration, "-o", artifact)
+    assert compiled.exit_code == 0, compiled.output
+    assert "quantize" in compiled.output and "qconv2d x2" in compiled.output
+    assert "activation memory" in compiled.output
+
+    inspected = invoke("inspect", artifact)
+    assert inspected.exit_code == 0, inspected.output
+    assert "input x: f32['N', 3, 32, 32]" in inspected.output and "plan:" in inspected.output
+
+    batch = tmp_path / "x.npy"
+    np.save(batch, rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    outputs = tmp_path / "out.npz"
+    ran = invoke("run", artifact, "--input", batch, "-o", outputs)
+    assert ran.exit_code == 0, ran.output
+    assert np.load(outputs)["output"].shape == (2, 10)
+
+    np.save(batch, np.zeros((2, 3, 30, 32), np.float32))
+    wrong = invoke("run", artifact, "--input", f"x={batch}")
+    assert wrong.exit_code != 0 and "input 'x' axis 2" in wrong.output
+    broken = tmp_path / "broken.nimbus"
+    broken.write_bytes(artifact.read_bytes()[:100])
+    assert "header length" in invoke("inspect", broken).output

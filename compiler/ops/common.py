@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
+from nimbus.runtime.cpu_ops import common as _runtime_common
+from nimbus.runtime.cpu_ops.common import in_float32, is_float_array, normalize_axis  # noqa: F401
 
 from ..dims import Dim, simplify
 from ..dtypes import DType
@@ -32,12 +33,6 @@ def _shape_text(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def normalize_axis(axis: int, rank: int) -> int:
-    if not -rank <= axis < max(rank, 1):
-        raise ValueError(f"axis {axis} out of range for rank {rank}")
-    return axis % rank if rank else 0
-
-
 def require_rank(t: TensorType, rank: int, what: str) -> None:
     if t.rank != rank:
         raise ValueError(f"{what} must have rank {rank}, got {t}")
@@ -60,38 +55,13 @@ def elements(t: TensorType) -> Dim:
     return t.num_elements()
 
 
-def is_float_array(array: np.ndarray) -> bool:
-    """True for numpy floats and for bfloat16 (an extension dtype numpy reports as kind 'V')."""
-    return np.issubdtype(array.dtype, np.floating) or array.dtype == DType.bf16.numpy
-
-
-def in_float32(fn):
-    """Run a float reference in float32 (f16/bf16 inputs upcast) and cast back to the input dtype."""
-
-    def run(arrays, attrs):
-        dtype = next(a.dtype for a in arrays if a is not None)
-        upcast = [a.astype(np.float32) if a is not None and is_float_array(a) else a
-                  for a in arrays]
-        out = fn(upcast, attrs)
-        if isinstance(out, list):
-            return [o.astype(dtype, copy=False) for o in out]
-        return np.asarray(out).astype(dtype, copy=False)
-
-    return run
-
-
 def window_output_size(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int,
                        dilation: int = 1, ceil_mode: bool = False) -> Dim:
     """Output length of a sliding window (convolution or pooling), torch's rule for ceil_mode."""
-    span = dilation * (kernel - 1) + 1
     if isinstance(size, int):
-        numerator = size + pad_begin + pad_end - span
-        if numerator < 0:
-            raise ValueError(f"window of {span} does not fit input of {size} with padding")
-        out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
-        if ceil_mode and (out - 1) * stride >= size + pad_begin:
-            out -= 1  # the last window must start inside the input or the left padding
-        return out
+        return _runtime_common.window_output_size(size, kernel, stride, pad_begin, pad_end,
+                                                  dilation, ceil_mode)
+    span = dilation * (kernel - 1) + 1
     if ceil_mode:
         raise ValueError("ceil_mode over a symbolic spatial size is not supported")
     from ..dims import floordiv

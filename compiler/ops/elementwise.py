@@ -7,6 +7,9 @@ float references compute in float32 or wider and round once to the operand dtype
 from __future__ import annotations
 
 import numpy as np
+from nimbus.runtime.cpu_ops.elementwise import cast_reference as _cast_reference
+from nimbus.runtime.cpu_ops.elementwise import clamp as _clamp
+from nimbus.runtime.cpu_ops.elementwise import gelu as _gelu
 from scipy import special
 
 from ..dtypes import DType
@@ -25,24 +28,6 @@ def _unary(name: str, doc: str, fn, flops_per_element: int, attrs=None, floats_o
     define(name, doc, operands=("x",), attrs=attrs, family="elementwise", infer=infer,
            reference=in_float32(lambda xs, a: fn(xs[0], **a)),
            flops=lambda types, results, a: elements(results[0]) * flops_per_element)
-
-
-def _gelu(x, approximate):
-    x64 = x.astype(np.float64)
-    if approximate == "tanh":
-        inner = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)
-        return 0.5 * x64 * (1.0 + np.tanh(inner))
-    if approximate != "none":
-        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got '{approximate}'")
-    return 0.5 * x64 * (1.0 + special.erf(x64 / np.sqrt(2.0)))
-
-
-def _clamp(x, min, max):
-    if min is not None:
-        x = np.maximum(x, np.asarray(min, dtype=x.dtype))
-    if max is not None:
-        x = np.minimum(x, np.asarray(max, dtype=x.dtype))
-    return x
 
 
 _unary("relu", "max(x, 0).", lambda x: np.maximum(x, 0), 1)
@@ -132,14 +117,6 @@ define("where", "cond ? a : b, broadcasting all three.", operands=("cond", "a", 
        family="elementwise", infer=_where_infer,
        reference=lambda xs, a: np.where(xs[0], xs[1], xs[2]),
        flops=lambda types, results, a: elements(results[0]))
-
-
-def _cast_reference(xs, a):
-    x = xs[0]
-    target = a["dtype"].numpy
-    if a["dtype"] != DType.bool and x.dtype.kind == "f" and target.kind in "iu":
-        x = np.trunc(x)  # float -> integer truncates toward zero, as in C and torch
-    return x.astype(target)
 
 
 define("cast", "Convert to another dtype (float to integer truncates toward zero).",

@@ -11,30 +11,18 @@ so the interpreter runs a fused graph and kernels are tested against it.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
+from nimbus.runtime.cpu_ops.fused import ACTIVATIONS, layer_epilogue
+from nimbus.runtime.cpu_ops.fused import tokenize_expr
+from nimbus.runtime.cpu_ops.fused import attention_reference as _attention_reference
 
 from ..dtypes import DType
 from ..ir import TensorType
 from .common import broadcast_shapes, elements, in_float32, require_float, require_same_dtype
 from .nn import CONV_ATTRS, conv2d_infer, conv2d_nchw, linear_infer, matmul_infer
 from .registry import Attr, OpError, define, get_op
-
-# activation name -> (op, attributes) applied after the layer, bias and residual
-ACTIVATIONS = {
-    "none": None,
-    "relu": ("relu", {}),
-    "relu6": ("relu6", {}),
-    "gelu": ("gelu", {"approximate": "none"}),
-    "gelu_tanh": ("gelu", {"approximate": "tanh"}),
-    "silu": ("silu", {}),
-    "sigmoid": ("sigmoid", {}),
-    "tanh": ("tanh", {}),
-    "hardswish": ("hardswish", {}),
-}
 
 
 def activation_of(op: str, attrs: dict) -> str | None:
@@ -43,14 +31,6 @@ def activation_of(op: str, attrs: dict) -> str | None:
         if spec is not None and spec[0] == op and all(attrs.get(k) == v for k, v in spec[1].items()):
             return name
     return None
-
-
-def apply_activation(x: np.ndarray, activation: str) -> np.ndarray:
-    spec = ACTIVATIONS[activation]
-    if spec is None:
-        return x
-    op, attrs = spec
-    return get_op(op).run_reference([x], dict(attrs), [None])[0]
 
 
 def _epilogue_infer(layer_shape, types, a, first_fused_operand: int) -> TensorType:
@@ -64,14 +44,6 @@ def _epilogue_infer(layer_shape, types, a, first_fused_operand: int) -> TensorTy
     return TensorType(dtype, layer_shape)
 
 
-def _epilogue(out, bias, residual, activation, bias_shape):
-    if bias is not None:
-        out = out + bias.reshape(bias_shape)
-    if residual is not None:
-        out = out + residual
-    return apply_activation(out.astype(np.float32), activation)
-
-
 ACTIVATION_ATTR = {"activation": Attr("str", "none", f"one of {', '.join(ACTIVATIONS)}")}
 
 
@@ -79,7 +51,7 @@ define("fused_conv2d", "act(conv2d(input, weight) + bias + residual).",
        operands=("input", "weight", "bias?", "residual?"), family="fused",
        attrs={**CONV_ATTRS, **ACTIVATION_ATTR},
        infer=lambda types, a: _epilogue_infer(conv2d_infer(types[:3], a), types, a, 3),
-       reference=in_float32(lambda xs, a: _epilogue(
+       reference=in_float32(lambda xs, a: layer_epilogue(
            conv2d_nchw(xs[0], xs[1], a["stride"], a["padding"], a["dilation"], a["groups"]),
            xs[2], xs[3], a["activation"], (1, -1, 1, 1))),
        flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1]
@@ -88,14 +60,14 @@ define("fused_conv2d", "act(conv2d(input, weight) + bias + residual).",
 define("fused_linear", "act(input @ weight^T + bias + residual).",
        operands=("input", "weight", "bias?", "residual?"), family="fused", attrs=ACTIVATION_ATTR,
        infer=lambda types, a: _epilogue_infer(linear_infer(types[:3]), types, a, 3),
-       reference=in_float32(lambda xs, a: _epilogue(np.matmul(xs[0], xs[1].T), xs[2], xs[3],
+       reference=in_float32(lambda xs, a: layer_epilogue(np.matmul(xs[0], xs[1].T), xs[2], xs[3],
                                                     a["activation"], (-1,))),
        flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1])
 
 define("fused_matmul", "act(a @ b + residual), batched like matmul.",
        operands=("a", "b", "residual?"), family="fused", attrs=ACTIVATION_ATTR,
        infer=lambda types, a: _epilogue_infer(matmul_infer(types[:2]), types, a, 2),
-       reference=in_float32(lambda xs, a: _epilogue(np.matmul(xs[0], xs[1]), None, xs[2],
+       reference=in_float32(lambda xs, a: layer_epilogue(np.matmul(xs[0], xs[1]), None, xs[2],
                                                     a["activation"], None)),
        flops=lambda types, results, a: 2 * elements(results[0]) * types[0].shape[-1])
 
@@ -132,20 +104,9 @@ def _attr_text(value) -> str:
     return str(value)
 
 
-_EXPR_TOKEN = re.compile(r"\s*(\$\d+|[A-Za-z_][A-Za-z0-9_]*|-?\d+\.\d*(?:e[-+]?\d+)?|-?\d+(?:e[-+]?\d+)?"
-                         r"|-?inf|[()\[\],=])")
-
-
 def parse_expr(text: str, num_inputs: int) -> Expr:
     """Parse and validate a fused expression: only elementwise ops, inputs $0..$n-1 each used."""
-    tokens, position = [], 0
-    while position < len(text):
-        match = _EXPR_TOKEN.match(text, position)
-        if match is None:
-            raise ValueError(f"bad character in fused expression at {position}: {text!r}")
-        tokens.append(match.group(1))
-        position = match.end()
-    expr, rest = _parse_term(tokens, text)
+    expr, rest = _parse_term(tokenize_expr(text), text)
     if rest:
         raise ValueError(f"trailing text in fused expression {text!r}")
     used = _inputs_of(expr)
@@ -264,20 +225,6 @@ def _attention_infer(types, a):
         if broadcast_shapes(scores, mask.shape) != scores:
             raise ValueError(f"mask {mask} does not broadcast to the scores {list(scores)}")
     return TensorType(dtype, (*batch, q.shape[-2], v.shape[-1]))
-
-
-def _attention_reference(xs, a):
-    q, k, v, mask = xs
-    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * scale
-    if mask is not None:
-        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
-    peak = scores.max(axis=-1, keepdims=True)
-    fully_masked = np.isneginf(peak)
-    weights = np.exp(scores - np.where(fully_masked, 0.0, peak))
-    total = weights.sum(axis=-1, keepdims=True)
-    weights = np.where(fully_masked, 0.0, weights / np.where(fully_masked, 1.0, total))
-    return np.matmul(weights.astype(np.float32), v)
 
 
 define("attention", "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps where true; rows "

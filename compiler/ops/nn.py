@@ -8,14 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+# The numpy arithmetic lives in the runtime's CPU ops; conv2d_nchw and extract_windows are
+# re-exported for the other families and for tests.
+from nimbus.runtime.cpu_ops.nn import NO_PADDING, PAIR_ONES, conv2d_nchw, extract_windows  # noqa: F401
+from nimbus.runtime.cpu_ops.nn import adaptive_avg_pool_reference as _adaptive_reference
+from nimbus.runtime.cpu_ops.nn import avg_pool_reference as _avg_pool_reference
+from nimbus.runtime.cpu_ops.nn import batch_norm_reference as _batch_norm_reference
+from nimbus.runtime.cpu_ops.nn import conv2d_reference as _conv2d_reference
+from nimbus.runtime.cpu_ops.nn import layer_norm_reference as _layer_norm_reference
+from nimbus.runtime.cpu_ops.nn import linear_reference as _linear_reference
+from nimbus.runtime.cpu_ops.nn import max_pool_reference as _max_pool_reference
+from nimbus.runtime.cpu_ops.nn import softmax_reference as _softmax_reference
+
 from ..dims import Dim
 from ..ir import TensorType
-from .common import (broadcast_shapes, elements, in_float32, normalize_axis, require_float,
-                     require_rank, require_same_dtype, window_output_size)
+from .common import (
+    broadcast_shapes,
+    elements,
+    in_float32,
+    normalize_axis,
+    require_float,
+    require_rank,
+    require_same_dtype,
+    window_output_size,
+)
 from .registry import Attr, define
-
-PAIR_ONES = (1, 1)
-NO_PADDING = (0, 0, 0, 0)
 
 
 def _check_pair(name, values, length=2):
@@ -34,36 +51,6 @@ def spatial_output(shape, kernel, stride, padding, dilation, ceil_mode=False) ->
         raise ValueError("stride and dilation must be at least 1")
     return tuple(window_output_size(shape[2 + i], kernel[i], stride[i], padding[i],
                                     padding[i + 2], dilation[i], ceil_mode) for i in range(2))
-
-
-def extract_windows(x: np.ndarray, kernel, stride, padding, dilation, out_hw, pad_value=0.0):
-    """Patches of an NCHW array as [N, C, kh, kw, Ho, Wo] (the im2col of the reference)."""
-    n, c, h, w = x.shape
-    ho, wo = out_hw
-    # Pad the end further when ceil_mode lets the last window run past the padding.
-    extra = [max(0, (out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
-                 - (x.shape[2 + i] + padding[i] + padding[i + 2])) for i in range(2)]
-    padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[2] + extra[0]),
-                        (padding[1], padding[3] + extra[1])), constant_values=pad_value)
-    patches = np.empty((n, c, kernel[0], kernel[1], ho, wo), dtype=x.dtype)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            top, left = i * dilation[0], j * dilation[1]
-            patches[:, :, i, j] = padded[:, :, top:top + stride[0] * (ho - 1) + 1:stride[0],
-                                         left:left + stride[1] * (wo - 1) + 1:stride[1]]
-    return patches
-
-
-def conv2d_nchw(x, w, stride, padding, dilation, groups, accumulate=np.float32):
-    """Grouped 2-D convolution by im2col and one batched matmul, accumulating in ``accumulate``."""
-    n = x.shape[0]
-    out_channels, group_channels, kh, kw = w.shape
-    out_hw = spatial_output(x.shape, (kh, kw), stride, padding, dilation)
-    patches = extract_windows(x.astype(accumulate), (kh, kw), stride, padding, dilation, out_hw)
-    columns = patches.reshape(n, groups, group_channels * kh * kw, out_hw[0] * out_hw[1])
-    weights = w.astype(accumulate).reshape(1, groups, out_channels // groups, -1)
-    out = np.matmul(weights, columns)
-    return out.reshape(n, out_channels, out_hw[0], out_hw[1])
 
 
 def conv2d_infer(types, a, what="conv2d"):
@@ -95,12 +82,6 @@ CONV_ATTRS = {
 }
 
 
-def _conv2d_reference(xs, a):
-    x, w, b = xs
-    out = conv2d_nchw(x, w, a["stride"], a["padding"], a["dilation"], a["groups"])
-    return out if b is None else out + b.reshape(1, -1, 1, 1)
-
-
 def _conv2d_type(types, a):
     require_same_dtype(types, "conv2d operands")
     require_float(types[0], "input")
@@ -126,12 +107,6 @@ def _linear_type(types, a):
     require_same_dtype(types, "linear operands")
     require_float(types[0], "input")
     return TensorType(types[0].dtype, linear_infer(types))
-
-
-def _linear_reference(xs, a):
-    x, w, b = xs
-    out = np.matmul(x, w.T)
-    return out if b is None else out + b
 
 
 define("linear", "x @ weight^T + bias over the last axis; weight is [out, in].",
@@ -173,18 +148,6 @@ def _batch_norm_infer(types, a):
     return TensorType(x.dtype, x.shape)
 
 
-def _batch_norm_reference(xs, a):
-    x, mean, var, weight, bias = xs
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    scale = 1.0 / np.sqrt(var.astype(np.float64) + a["eps"])
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return x * scale.astype(np.float32).reshape(shape) + shift.astype(np.float32).reshape(shape)
-
-
 define("batch_norm", "Inference batch normalization over axis 1 with running mean and var.",
        operands=("input", "mean", "var", "weight?", "bias?"), family="nn",
        attrs={"eps": Attr("float", 1e-5, "added to the variance")},
@@ -202,20 +165,6 @@ def _layer_norm_infer(types, a):
     return TensorType(x.dtype, x.shape)
 
 
-def _layer_norm_reference(xs, a):
-    x, weight, bias = xs
-    axes = tuple(range(normalize_axis(a["axis"], x.ndim), x.ndim))
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=axes, keepdims=True)
-    var = ((x64 - mean) ** 2).mean(axis=axes, keepdims=True)
-    out = (x64 - mean) / np.sqrt(var + a["eps"])
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
 define("layer_norm", "Normalize over the axes from `axis` to the last, then scale and shift.",
        operands=("input", "weight?", "bias?"), family="nn",
        attrs={"axis": Attr("int", -1, "first normalized axis"),
@@ -228,12 +177,6 @@ def _softmax_infer(types, a):
     require_float(types[0], "input")
     normalize_axis(a["axis"], types[0].rank)
     return TensorType(types[0].dtype, types[0].shape)
-
-
-def _softmax_reference(xs, a):
-    x = xs[0].astype(np.float64)
-    shifted = np.exp(x - x.max(axis=a["axis"], keepdims=True))
-    return shifted / shifted.sum(axis=a["axis"], keepdims=True)
 
 
 define("softmax", "exp(x) / sum(exp(x)) along `axis`.", operands=("input",), family="nn",
@@ -273,38 +216,12 @@ def _avg_pool_infer(types, a):
     return _pool_infer(types, a)
 
 
-def _max_pool_reference(xs, a):
-    x = xs[0]
-    out_hw = spatial_output(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"],
-                            a["ceil_mode"])
-    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    windows = extract_windows(x, a["kernel"], a["stride"], a["padding"], a["dilation"], out_hw,
-                              pad_value=lowest)
-    return windows.max(axis=(2, 3))
-
-
 define("max_pool2d", "Max over sliding windows of NCHW input (padding never wins); quantized "
        "input keeps its parameters.",
        operands=("input",), family="nn",
        attrs={**POOL_ATTRS, "dilation": Attr("ints", PAIR_ONES, "spacing of window taps")},
        infer=_max_pool_infer, reference=_max_pool_reference,
        flops=lambda types, results, a: elements(results[0]) * a["kernel"][0] * a["kernel"][1])
-
-
-def _avg_pool_reference(xs, a):
-    x = xs[0]
-    kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
-    out_hw = spatial_output(x.shape, kernel, stride, padding, PAIR_ONES, a["ceil_mode"])
-    sums = extract_windows(x, kernel, stride, padding, PAIR_ONES, out_hw).sum(axis=(2, 3))
-    # The divisor counts the input taps, plus the padding taps when count_include_pad; taps
-    # that ceil_mode adds past the padding never count (torch's rule).
-    counted = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
-    if a["count_include_pad"]:
-        counted = np.pad(counted, ((0, 0), (0, 0), (padding[0], padding[2]),
-                                   (padding[1], padding[3])), constant_values=1.0)
-        padding = NO_PADDING
-    divisor = extract_windows(counted, kernel, stride, padding, PAIR_ONES, out_hw).sum(axis=(2, 3))
-    return sums / divisor
 
 
 define("avg_pool2d", "Mean over sliding windows of NCHW input.", operands=("input",),
@@ -322,18 +239,6 @@ def _adaptive_infer(types, a):
     if min(a["output_size"]) < 1:
         raise ValueError(f"output_size must be positive, got {list(a['output_size'])}")
     return TensorType(x.dtype, (x.shape[0], x.shape[1], *a["output_size"]))
-
-
-def _adaptive_reference(xs, a):
-    x = xs[0]
-    (h, w), (oh, ow) = x.shape[2:], a["output_size"]
-    out = np.empty(x.shape[:2] + (oh, ow), dtype=np.float32)
-    for i in range(oh):
-        top, bottom = (i * h) // oh, -(-((i + 1) * h) // oh)
-        for j in range(ow):
-            left, right = (j * w) // ow, -(-((j + 1) * w) // ow)
-            out[:, :, i, j] = x[:, :, top:bottom, left:right].mean(axis=(2, 3), dtype=np.float64)
-    return out
 
 
 define("adaptive_avg_pool2d", "Mean over the bins that split H and W into `output_size`.",

@@ -21,81 +21,33 @@ the result's shape) before rounding, each step rounded to float32 in this order:
 from __future__ import annotations
 
 import numpy as np
+from nimbus.runtime.cpu_ops import quant as _runtime_quant
+
+# The integer arithmetic is defined once, in the runtime's CPU ops; these names are this
+# module's public API as well (passes and kernel tests import them from here).
+from nimbus.runtime.cpu_ops.quant import (  # noqa: F401
+    activation_bounds,
+    dequantize_array,
+    finish_integer_op,
+    quantize_array,
+    requant_multiplier,
+    requantize,
+    residual_term,
+)
+from nimbus.runtime.cpu_ops.quant import dynamic_qlinear_reference as _dynamic_qlinear_reference
+from nimbus.runtime.cpu_ops.quant import qconv2d_reference as _qconv2d_reference
+from nimbus.runtime.cpu_ops.quant import qlinear_reference as _qlinear_reference
+from nimbus.runtime.cpu_ops.quant import qmatmul_reference as _qmatmul_reference
+from nimbus.runtime.cpu_ops.quant import quantize_reference as _quantize_reference
 
 from ..dtypes import DType
 from ..ir import QuantParams, TensorType
 from .common import elements, require_rank
-from .nn import CONV_ATTRS, conv2d_infer, conv2d_nchw, linear_infer, matmul_infer
+from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
 ACTIVATIONS = ("none", "relu", "relu6")
 QUANTIZED_DTYPES = (DType.u8, DType.i8)
-
-
-def requant_multiplier(input_scale: float, weight_scales, output_scale: float = 1.0) -> np.ndarray:
-    """M = s_in * s_w / s_out per output channel.
-
-    Scales are float32 values (as stored in types); the product is formed in float64 and
-    rounded once to float32, so every caller gets the same multiplier bits.
-    """
-    weight = np.asarray(weight_scales, dtype=np.float32).astype(np.float64)
-    product = np.float64(np.float32(input_scale)) * weight / np.float64(np.float32(output_scale))
-    return product.astype(np.float32)
-
-
-def activation_bounds(activation: str, dtype: DType, scale: float, zero_point: int) -> tuple[int, int]:
-    """Integer clamp bounds [lo, hi] of a quantized result with a fused activation."""
-    lo, hi = dtype.int_range
-    if activation in ("relu", "relu6"):
-        lo = max(lo, zero_point)
-    if activation == "relu6":
-        hi = min(hi, zero_point + int(np.rint(np.float32(6.0) / np.float32(scale))))
-    return lo, hi
-
-
-def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int,
-               dtype: DType, channel_axis: int, residual: np.ndarray | None = None) -> np.ndarray:
-    """int32 accumulators -> quantized values, per the conventions above.
-
-    ``residual`` is the float32 term f32(r - z_r) * R of a fused residual, or None.
-    """
-    m = _along_axis(multiplier, acc.ndim, channel_axis)
-    scaled = acc.astype(np.float32) * m
-    if residual is not None:
-        scaled = (scaled + residual).astype(np.float32)
-    return np.clip(np.rint(scaled).astype(np.int64) + zero_point, lo, hi).astype(dtype.numpy)
-
-
-def residual_term(residual: np.ndarray, quant: QuantParams, output_scale: float) -> np.ndarray:
-    """f32(r - z_r) * f32(s_r / s_out): a quantized residual in units of the result's scale."""
-    factor = np.float32(np.float64(np.float32(quant.scale[0])) / np.float64(np.float32(output_scale)))
-    centered = (residual.astype(np.int32) - quant.zero_point[0]).astype(np.float32)
-    return (centered * factor).astype(np.float32)
-
-
-def quantize_array(x: np.ndarray, quant: QuantParams, dtype: DType) -> np.ndarray:
-    """q = clamp(rint_f32(x / scale) + zero_point) along the quantization axis."""
-    axis = quant.axis if quant.axis is not None else 0
-    scale = _along_axis(quant.scale_array(), x.ndim, axis)
-    zero_point = _along_axis(quant.zero_point_array(), x.ndim, axis)
-    lo, hi = dtype.int_range
-    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zero_point
-    return np.clip(q, lo, hi).astype(dtype.numpy)
-
-
-def dequantize_array(q: np.ndarray, quant: QuantParams) -> np.ndarray:
-    axis = quant.axis if quant.axis is not None else 0
-    scale = _along_axis(quant.scale_array(), q.ndim, axis)
-    zero_point = _along_axis(quant.zero_point_array(), q.ndim, axis)
-    return ((q.astype(np.int32) - zero_point).astype(np.float32) * scale).astype(np.float32)
-
-
-def _along_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
-    if values.size == 1:
-        return values.reshape(())
-    shape = [1] * rank
-    shape[axis] = values.size
-    return values.reshape(shape)
 
 
 # ---- quantize / dequantize --------------------------------------------------------------------
@@ -118,11 +70,6 @@ QUANT_ATTRS = {
     "zero_point": Attr("ints", (), "zero points (default 0)"),
     "axis": Attr("int?", None, "per-axis quantization axis"),
 }
-
-
-def _quantize_reference(xs, a):
-    quant = QuantParams(a["scale"], a["zero_point"] or (0,), a["axis"])
-    return quantize_array(xs[0], quant, a["dtype"])
 
 
 define("quantize", "Float to u8/i8: clamp(rint(x / scale) + zero_point), half to even.",
@@ -182,52 +129,6 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> Ten
     return TensorType(a["dtype"], shape, QuantParams(a["scale"], a["zero_point"]))
 
 
-def finish_integer_op(acc: np.ndarray, input_quant: QuantParams, weight_quant: QuantParams,
-                      a: dict, channel_axis: int, residual: np.ndarray | None = None,
-                      residual_quant: QuantParams | None = None) -> np.ndarray:
-    """The shared epilogue: int32 accumulators (+ a quantized residual) to the op's result."""
-    weight_scales = np.asarray(weight_quant.scale)
-    if a["dtype"] == DType.f32:
-        m = _along_axis(requant_multiplier(input_quant.scale[0], weight_scales), acc.ndim,
-                        channel_axis)
-        out = acc.astype(np.float32) * m
-        if residual is not None:
-            out = (out + residual_term(residual, residual_quant, 1.0)).astype(np.float32)
-        if a["activation"] == "relu":
-            out = np.maximum(out, 0)
-        elif a["activation"] == "relu6":
-            out = np.clip(out, 0, 6)
-        return out.astype(np.float32)
-    multiplier = requant_multiplier(input_quant.scale[0], weight_scales, a["scale"])
-    lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    term = None if residual is None else residual_term(residual, residual_quant, a["scale"])
-    return requantize(acc, multiplier, a["zero_point"], lo, hi, a["dtype"], channel_axis, term)
-
-
-def _centered(q: np.ndarray, quant: QuantParams, axis: int) -> np.ndarray:
-    """q - zero_point in float64, where integer sums stay exact up to 2^53."""
-    zero_point = _along_axis(quant.zero_point_array(), q.ndim, axis)
-    return q.astype(np.float64) - zero_point
-
-
-def _to_int32(acc: np.ndarray) -> np.ndarray:
-    return acc.astype(np.int64).astype(np.int32)  # int32 accumulators wrap, like the kernels
-
-
-def _residual_quant(types) -> QuantParams | None:
-    return types[3].quant if len(types) > 3 and types[3] is not None else None
-
-
-def _qconv2d_reference(xs, a, types):
-    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
-    acc = conv2d_nchw(_centered(x, xq, 1), _centered(w, wq, 0), a["stride"],
-                      a["padding"], a["dilation"], a["groups"], accumulate=np.float64)
-    acc = _to_int32(acc)
-    if bias is not None:
-        acc = acc + np.asarray(bias, dtype=np.int32).reshape(1, -1, 1, 1)
-    return finish_integer_op(acc, xq, wq, a, 1, residual, _residual_quant(types))
-
-
 def _qconv2d_infer(types, a):
     return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0, channel_axis=1)
 
@@ -239,14 +140,6 @@ define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel,
        reference=_qconv2d_reference, reference_takes_types=True,
        flops=lambda types, results, a: 2 * elements(results[0]) * types[1].shape[1]
        * types[1].shape[2] * types[1].shape[3])
-
-
-def _qlinear_reference(xs, a, types):
-    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
-    acc = _to_int32(np.matmul(_centered(x, xq, 0), _centered(w, wq, 0).T))
-    if bias is not None:
-        acc = acc + np.asarray(bias, dtype=np.int32)
-    return finish_integer_op(acc, xq, wq, a, acc.ndim - 1, residual, _residual_quant(types))
 
 
 def _qlinear_infer(types, a):
@@ -267,12 +160,6 @@ def _qmatmul_infer(types, a):
     return _integer_result(types, shape, a, weight_axis=types[1].rank - 1, channel_axis=-1)
 
 
-def _qmatmul_reference(xs, a, types):
-    (x, w), (xq, wq) = xs, (types[0].quant, types[1].quant)
-    acc = _to_int32(np.matmul(_centered(x, xq, 0), _centered(w, wq, w.ndim - 1)))
-    return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
-
-
 define("qmatmul", "Integer batched a @ b: a per tensor, b per tensor or per last axis.",
        operands=("a", "b"), family="quant", attrs=INTEGER_OUTPUT_ATTRS, infer=_qmatmul_infer,
        reference=_qmatmul_reference, reference_takes_types=True,
@@ -282,10 +169,8 @@ define("qmatmul", "Integer batched a @ b: a per tensor, b per tensor or per last
 # ---- dynamic quantization -----------------------------------------------------------------------
 def dynamic_input_params(x: np.ndarray) -> QuantParams:
     """u8 parameters of one batch: its range widened to hold 0, scale = range / 255."""
-    low = min(float(x.min(initial=0.0)), 0.0)
-    high = max(float(x.max(initial=0.0)), 0.0)
-    scale = float(np.float32((high - low) / 255.0)) or 1.0
-    return QuantParams([scale], [int(np.clip(np.rint(-low / scale), 0, 255))])
+    scale, zero_point = _runtime_quant.dynamic_input_range(x)
+    return QuantParams([scale], [zero_point])
 
 
 def _dynamic_qlinear_infer(types, a):
@@ -297,17 +182,6 @@ def _dynamic_qlinear_infer(types, a):
     if bias is not None and (bias.dtype != x.dtype or tuple(bias.shape) != (w.shape[0],)):
         raise ValueError(f"bias must be {x.dtype}[{w.shape[0]}], got {bias}")
     return TensorType(x.dtype, linear_infer(types))
-
-
-def _dynamic_qlinear_reference(xs, a, types):
-    x, w, bias = xs
-    input_quant = dynamic_input_params(x)
-    q = quantize_array(x, input_quant, DType.u8)
-    acc = _to_int32(np.matmul(_centered(q, input_quant, 0), _centered(w, types[1].quant, 0).T))
-    out = finish_integer_op(acc, input_quant, types[1].quant, {"dtype": DType.f32,
-                                                               "activation": "none"},
-                            channel_axis=acc.ndim - 1)
-    return out if bias is None else out + bias
 
 
 define("dynamic_qlinear", "Linear with dynamic quantization: the input is quantized to u8 per "

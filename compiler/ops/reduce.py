@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from nimbus.runtime.cpu_ops.reduce import reduce_reference
+from nimbus.runtime.cpu_ops.reduce import reduced_axes as _reduced_axes
 
 from ..ir import TensorType
-from .common import elements, normalize_axis
+from .common import elements
 from .registry import Attr, define
 
 
@@ -20,25 +21,13 @@ def _reduce(name: str, doc: str, fn, flops_per_element: int):
         return TensorType(x.dtype, shape)
 
     def reference(xs, a):
-        x = xs[0]
-        axes = tuple(sorted(_reduced_axes(a["axes"], x.ndim)))
-        out = fn(x.astype(np.float64) if x.dtype.kind == "f" else x, axes, a["keepdim"])
-        return np.asarray(out).astype(x.dtype)
+        return reduce_reference(xs, a, fn)
 
     define(name, doc, operands=("input",), family="reduce",
            attrs={"axes": Attr("ints", (), "reduced axes; empty means all"),
                   "keepdim": Attr("bool", False, "keep reduced axes with size 1")},
            infer=infer, reference=reference,
            flops=lambda types, results, a: elements(types[0]) * flops_per_element)
-
-
-def _reduced_axes(axes, rank: int) -> set[int]:
-    if not axes:
-        return set(range(rank))
-    normalized = {normalize_axis(axis, rank) for axis in axes}
-    if len(normalized) != len(axes):
-        raise ValueError(f"axes {list(axes)} repeat an axis")
-    return normalized
 
 
 _reduce("mean", "Mean over `axes`.", lambda x, axes, keep: x.mean(axis=axes, keepdims=keep), 1)

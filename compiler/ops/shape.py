@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from nimbus.runtime.cpu_ops.shape import SLICE_TO_END
+from nimbus.runtime.cpu_ops.shape import expand_reference as _expand_reference
+from nimbus.runtime.cpu_ops.shape import full_reference as _full_reference
+from nimbus.runtime.cpu_ops.shape import gather_reference as _gather_reference
+from nimbus.runtime.cpu_ops.shape import pad_reference as _pad_reference
+from nimbus.runtime.cpu_ops.shape import slice_reference as _slice_reference
+from nimbus.runtime.cpu_ops.shape import split_reference as _split_reference
 
 from ..dims import Dim, floordiv, product, simplify
 from ..dtypes import DType
 from ..ir import TensorType
 from .common import normalize_axis, require_same_dtype
 from .registry import Attr, define
-
-# Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
-SLICE_TO_END = 2**62
 
 
 def _reshape_infer(types, a):
@@ -66,13 +70,6 @@ def _expand_infer(types, a):
     return TensorType(x.dtype, tuple(target), x.quant if x.quant and not x.quant.per_axis else None)
 
 
-def _expand_reference(xs, a):
-    x = xs[0]
-    offset = len(a["shape"]) - x.ndim
-    shape = [x.shape[i - offset] if d == -1 else d for i, d in enumerate(a["shape"])]
-    return np.broadcast_to(x, shape).copy()
-
-
 define("expand", "Broadcast to `shape` (-1 keeps an axis); leading axes may be added.",
        operands=("input",), family="shape", attrs={"shape": Attr("dims", doc="target shape")},
        infer=_expand_infer, reference=_expand_reference, flops=lambda types, results, a: 0)
@@ -97,12 +94,6 @@ def _slice_infer(types, a):
     return TensorType(x.dtype, tuple(shape), x.quant if x.quant and not x.quant.per_axis else None)
 
 
-def _slice_reference(xs, a):
-    index = [slice(None)] * xs[0].ndim
-    index[a["axis"]] = slice(a["start"], min(a["end"], SLICE_TO_END), a["step"])
-    return xs[0][tuple(index)].copy()
-
-
 define("slice", "x[start:end:step] along `axis`, with python's rules for negative and large bounds.",
        operands=("input",), family="shape",
        attrs={"axis": Attr("int", doc="sliced axis"), "start": Attr("int", 0, "first index"),
@@ -125,11 +116,6 @@ def _split_infer(types, a):
         shape[axis] = size
         results.append(TensorType(x.dtype, tuple(shape)))
     return results
-
-
-def _split_reference(xs, a):
-    boundaries = np.cumsum(a["sizes"])[:-1]
-    return [part.copy() for part in np.split(xs[0], boundaries, axis=a["axis"])]
 
 
 define("split", "Cut `axis` into consecutive pieces of the given sizes; one result per piece.",
@@ -165,14 +151,6 @@ def _gather_infer(types, a):
     return TensorType(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))
 
 
-def _gather_reference(xs, a):
-    data, indices = xs
-    size = data.shape[a["axis"]]
-    if indices.size and (indices.min() < -size or indices.max() >= size):
-        raise IndexError(f"gather index out of range [-{size}, {size})")
-    return np.take(data, indices, axis=a["axis"])
-
-
 define("gather", "Pick slices along `axis` by index (embedding lookup, index_select, codebook "
        "decoding of shared weights).",
        operands=("data", "indices"), family="shape", attrs={"axis": Attr("int", 0, "indexed axis")},
@@ -187,12 +165,6 @@ def _pad_infer(types, a):
     return TensorType(x.dtype, shape)
 
 
-def _pad_reference(xs, a):
-    x, pads = xs[0], a["pads"]
-    widths = [(pads[i], pads[i + x.ndim]) for i in range(x.ndim)]
-    return np.pad(x, widths, constant_values=np.asarray(a["value"]).astype(x.dtype))
-
-
 define("pad", "Constant padding; pads lists every axis's begin, then every axis's end.",
        operands=("input",), family="shape",
        attrs={"pads": Attr("ints", doc="[begin_0, ..., begin_r-1, end_0, ..., end_r-1]"),
@@ -205,5 +177,5 @@ define("full", "A tensor of `shape` filled with `value` (shapes may be symbolic)
        attrs={"shape": Attr("dims", doc="result shape"), "value": Attr("float", doc="fill value"),
               "dtype": Attr("dtype", doc="element type")},
        infer=lambda types, a: TensorType(a["dtype"], a["shape"]),
-       reference=lambda xs, a: np.full(a["shape"], a["value"], dtype=a["dtype"].numpy),
+       reference=_full_reference,
        flops=lambda types, results, a: 0)

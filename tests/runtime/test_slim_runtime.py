@@ -78,17 +78,66 @@ def test_wheel_holds_the_nimbus_package_and_nothing_else(wheel):
     assert not stray, f"files outside the nimbus package: {stray}"
 
 
-def test_runtime_runs_with_numpy_alone(wheel, tmp_path):
-    environment = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(environment)], tmp_path)
+@pytest.fixture(scope="module")
+def slim_python(wheel, tmp_path_factory) -> Path:
+    """The interpreter of a fresh virtual environment holding numpy and the wheel, nothing else."""
+    environment = tmp_path_factory.mktemp("slim") / "venv"
+    run([sys.executable, "-m", "venv", str(environment)], environment.parent)
     python = environment / "bin" / "python"
     pip_install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
-    run([*pip_install, f"numpy=={np.__version__}", str(wheel)], tmp_path)
+    run([*pip_install, f"numpy=={np.__version__}", str(wheel)], environment.parent)
+    return python
 
+
+def test_runtime_runs_with_numpy_alone(slim_python, tmp_path):
     # -I keeps the checkout and PYTHON* variables off sys.path: only the installed wheel counts.
-    report = json.loads(run([str(python), "-I", "-c", CHILD_SCRIPT], tmp_path))
+    report = json.loads(run([str(slim_python), "-I", "-c", CHILD_SCRIPT], tmp_path))
 
-    assert Path(report["runtime_file"]).is_relative_to(environment)
+    assert Path(report["runtime_file"]).is_relative_to(slim_python.parents[1])
     assert report["product"] == [[1 + 4 - 32640, -1 + 0 + 32385]]
     heavy = COMPILER_ONLY_MODULES & set(report["loaded_modules"])
     assert not heavy, f"importing nimbus.runtime loaded {sorted(heavy)}"
+
+
+SESSION_SCRIPT = """
+import json
+import sys
+
+import numpy as np
+
+import nimbus
+
+x = np.load("x.npy")
+report = {}
+for name in ("float", "int8"):
+    session = nimbus.load(f"{name}.nimbus")
+    report[name] = session.run({"x": x})["output"].tolist()
+report["loaded_modules"] = sorted(name.partition(".")[0] for name in sys.modules)
+print(json.dumps(report))
+"""
+
+
+def test_an_artifact_compiled_elsewhere_runs_with_numpy_alone(slim_python, tmp_path):
+    """The serving container's job: load artifacts compiled by the full install and run them."""
+    import nimbus
+    from models.cases import converted
+    from nimbus.compiler.interpreter import interpret
+
+    _, graph = converted("lenet")
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((8, 3, 32, 32)).astype(np.float32) for _ in range(4)]
+    x = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = {}
+    for name, data in (("float", None), ("int8", calibration)):
+        compiled = nimbus.compile(graph, calibration=data)
+        compiled.save(tmp_path / f"{name}.nimbus")
+        expected[name] = interpret(compiled.graph, {"x": x})["output"]
+
+    report = json.loads(run([str(slim_python), "-I", "-c", SESSION_SCRIPT], tmp_path))
+
+    np.testing.assert_array_equal(np.array(report["int8"], np.float32), expected["int8"])
+    np.testing.assert_allclose(np.array(report["float"], np.float32), expected["float"],
+                               rtol=1e-5, atol=1e-6)
+    heavy = COMPILER_ONLY_MODULES & set(report["loaded_modules"])
+    assert not heavy, f"running an artifact loaded {sorted(heavy)}"

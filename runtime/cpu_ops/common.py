@@ -1,0 +1,82 @@
+"""Helpers shared by the CPU op families: element types by name, float32 computation, axes and
+sliding-window sizes. The compiler's op table imports these, so both run one definition."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The IR's element types by name; bf16 is the one numpy lacks (see ``numpy_dtype``).
+DTYPE_NAMES = ("f32", "f16", "bf16", "i8", "u8", "i32", "i64", "bool")
+_NUMPY_DTYPES = {
+    "f32": np.dtype(np.float32),
+    "f16": np.dtype(np.float16),
+    "i8": np.dtype(np.int8),
+    "u8": np.dtype(np.uint8),
+    "i32": np.dtype(np.int32),
+    "i64": np.dtype(np.int64),
+    "bool": np.dtype(np.bool_),
+}
+
+
+def numpy_dtype(name) -> np.dtype:
+    """The numpy dtype of an IR element type, given by name (or by anything whose str is one).
+
+    bf16 comes from ml_dtypes, which the compiler installs and the runtime does not; asking
+    for it without ml_dtypes is a ValueError that says so.
+    """
+    name = str(name)
+    if name == "bf16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("bf16 needs the ml_dtypes package, which is not installed") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        return _NUMPY_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}' (known: {', '.join(DTYPE_NAMES)})") from None
+
+
+def int_range(name) -> tuple[int, int]:
+    """[min, max] of an integer element type given by name."""
+    info = np.iinfo(numpy_dtype(name))
+    return int(info.min), int(info.max)
+
+
+def is_float_array(array: np.ndarray) -> bool:
+    """True for numpy floats and for bfloat16 (an extension dtype numpy reports as kind 'V')."""
+    return np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
+
+
+def in_float32(fn):
+    """Run a float reference in float32 (f16/bf16 inputs upcast) and cast back to the input dtype."""
+
+    def run(arrays, attrs):
+        dtype = next(a.dtype for a in arrays if a is not None)
+        upcast = [a.astype(np.float32) if a is not None and is_float_array(a) else a
+                  for a in arrays]
+        out = fn(upcast, attrs)
+        if isinstance(out, list):
+            return [o.astype(dtype, copy=False) for o in out]
+        return np.asarray(out).astype(dtype, copy=False)
+
+    return run
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise ValueError(f"axis {axis} out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def window_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                       dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output length of a sliding window over a static size, torch's rule for ceil_mode."""
+    span = dilation * (kernel - 1) + 1
+    numerator = size + pad_begin + pad_end - span
+    if numerator < 0:
+        raise ValueError(f"window of {span} does not fit input of {size} with padding")
+    out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_begin:
+        out -= 1  # the last window must start inside the input or the left padding
+    return out

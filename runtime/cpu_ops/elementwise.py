@@ -1,0 +1,136 @@
+"""Elementwise ops: activations, math functions, arithmetic, comparisons, logic, select, cast.
+
+Float ops compute in float32 (f16/bf16 upcast) and round once to the operand dtype, as the
+compiler's references do; erf and gelu compute in float64. Without scipy, erf is a Maclaurin
+series near zero and a continued fraction for erfc in the tails (absolute error below 1e-13).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import in_float32, numpy_dtype
+from .registry import kernel, without_types
+
+# Attribute defaults of the elementwise ops that have attributes: fused expressions print only
+# attributes that differ from them (a test holds these to the op table).
+ATTR_DEFAULTS = {"clamp": {"min": None, "max": None}, "gelu": {"approximate": "none"}}
+# The elementwise ops; only these may appear in a fused_elementwise expression.
+ELEMENTWISE_OPS: set[str] = set()
+
+_SERIES_TERMS = 40  # 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1)), |x| < 2.5
+_SERIES_COEFFS = np.array([(-1) ** n / (np.prod(np.arange(1, n + 1, dtype=np.float64)) * (2 * n + 1))
+                           for n in range(_SERIES_TERMS)]) * (2.0 / np.sqrt(np.pi))
+_FRACTION_DEPTH = 60  # erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))
+_SERIES_LIMIT = 2.5
+_SATURATED = 6.0  # erfc(6) < 2.2e-17: erf is 1 in float64
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The Gauss error function in float64, numpy only."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    magnitude = np.abs(x)
+    near = magnitude < _SERIES_LIMIT
+    xs = x[near]
+    squared = xs * xs
+    total = np.full_like(xs, _SERIES_COEFFS[-1])
+    for coefficient in _SERIES_COEFFS[-2::-1]:
+        total = total * squared + coefficient
+    out[near] = total * xs
+    tail = ~near & (magnitude < _SATURATED)
+    t = magnitude[tail]
+    fraction = t.copy()
+    for k in range(_FRACTION_DEPTH, 0, -1):
+        fraction = t + (k / 2.0) / fraction
+    out[tail] = np.sign(x[tail]) * (1.0 - np.exp(-t * t) / np.sqrt(np.pi) / fraction)
+    far = ~near & ~tail
+    out[far] = np.sign(x[far])  # also carries NaN through
+    return out
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":
+        inner = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)
+        return 0.5 * x64 * (1.0 + np.tanh(inner))
+    if approximate != "none":
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got '{approximate}'")
+    return 0.5 * x64 * (1.0 + erf(x64 / np.sqrt(2.0)))
+
+
+def clamp(x, min, max):
+    if min is not None:
+        x = np.maximum(x, np.asarray(min, dtype=x.dtype))
+    if max is not None:
+        x = np.minimum(x, np.asarray(max, dtype=x.dtype))
+    return x
+
+
+def cast_reference(xs, a):
+    x = xs[0]
+    target = numpy_dtype(a["dtype"])
+    if target.kind != "b" and x.dtype.kind == "f" and target.kind in "iu":
+        x = np.trunc(x)  # float -> integer truncates toward zero, as in C and torch
+    return x.astype(target)
+
+
+def _unary(name: str, fn) -> None:
+    ELEMENTWISE_OPS.add(name)
+    kernel(name)(without_types(in_float32(lambda xs, a: fn(xs[0], a))))
+
+
+_unary("relu", lambda x, a: np.maximum(x, 0))
+_unary("relu6", lambda x, a: np.clip(x, 0, 6))
+_unary("hardswish", lambda x, a: x * np.clip(x + 3, 0, 6) / 6)
+_unary("hardsigmoid", lambda x, a: np.clip(x + 3, 0, 6) / 6)
+_unary("sigmoid", lambda x, a: sigmoid(x))
+_unary("tanh", lambda x, a: np.tanh(x))
+_unary("silu", lambda x, a: x * sigmoid(x))
+_unary("gelu", lambda x, a: gelu(x, a.get("approximate", "none")))
+_unary("exp", lambda x, a: np.exp(x))
+_unary("log", lambda x, a: np.log(x))
+_unary("sqrt", lambda x, a: np.sqrt(x))
+_unary("rsqrt", lambda x, a: 1.0 / np.sqrt(x))
+_unary("reciprocal", lambda x, a: 1.0 / x)
+_unary("erf", lambda x, a: erf(x))
+_unary("neg", lambda x, a: np.negative(x))
+_unary("abs", lambda x, a: np.abs(x))
+_unary("clamp", lambda x, a: clamp(x, a.get("min"), a.get("max")))
+
+
+def _binary(name: str, fn, to_bool: bool = False) -> None:
+    ELEMENTWISE_OPS.add(name)
+    if to_bool:
+        reference = lambda xs, a: np.asarray(fn(*xs), dtype=np.bool_)
+    else:
+        reference = in_float32(lambda xs, a: fn(*xs))
+    kernel(name)(without_types(reference))
+
+
+_binary("add", np.add)
+_binary("sub", np.subtract)
+_binary("mul", np.multiply)
+_binary("div", np.divide)
+_binary("pow", np.power)
+_binary("maximum", np.maximum)
+_binary("minimum", np.minimum)
+_binary("eq", np.equal, to_bool=True)
+_binary("ne", np.not_equal, to_bool=True)
+_binary("lt", np.less, to_bool=True)
+_binary("le", np.less_equal, to_bool=True)
+_binary("gt", np.greater, to_bool=True)
+_binary("ge", np.greater_equal, to_bool=True)
+_binary("logical_and", np.logical_and, to_bool=True)
+_binary("logical_or", np.logical_or, to_bool=True)
+
+ELEMENTWISE_OPS.update({"logical_not", "where", "cast"})
+kernel("logical_not")(lambda xs, a, types: np.logical_not(xs[0]))
+kernel("where")(lambda xs, a, types: np.where(xs[0], xs[1], xs[2]))
+kernel("cast")(without_types(cast_reference))

@@ -1,0 +1,171 @@
+"""Fused ops, as the `fuse` pass produces them.
+
+- fused_conv2d / fused_linear / fused_matmul: act(layer(x, w) + bias + residual).
+- fused_elementwise: a region of elementwise ops written as an expression over its inputs, e.g.
+  ``mul($0,sigmoid($1))``; the compiler validated it, and here each op runs this backend's own
+  elementwise kernel (parsed expressions are cached by text).
+- attention: softmax(q @ k^T * scale + mask) @ v; rows whose scores are all masked give zeros.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+
+import numpy as np
+
+from .common import in_float32
+from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
+from .nn import conv2d_nchw
+from .registry import KERNELS, kernel, without_types
+
+# activation name -> (op, attributes) applied after the layer, bias and residual
+ACTIVATIONS = {
+    "none": None,
+    "relu": ("relu", {}),
+    "relu6": ("relu6", {}),
+    "gelu": ("gelu", {"approximate": "none"}),
+    "gelu_tanh": ("gelu", {"approximate": "tanh"}),
+    "silu": ("silu", {}),
+    "sigmoid": ("sigmoid", {}),
+    "tanh": ("tanh", {}),
+    "hardswish": ("hardswish", {}),
+}
+
+# The tokens of a fused expression: inputs, names, numbers, punctuation.
+EXPR_TOKEN = re.compile(r"\s*(\$\d+|[A-Za-z_][A-Za-z0-9_]*|-?\d+\.\d*(?:e[-+]?\d+)?|-?\d+(?:e[-+]?\d+)?"
+                        r"|-?inf|[()\[\],=])")
+MAX_EXPR_LENGTH = 1 << 16
+
+
+def apply_activation(x: np.ndarray, activation: str) -> np.ndarray:
+    spec = ACTIVATIONS[activation]
+    if spec is None:
+        return x
+    op, attrs = spec
+    return KERNELS[op]([x], dict(attrs), [None])
+
+
+def layer_epilogue(out, bias, residual, activation, bias_shape):
+    """act(out + bias + residual) of a fused layer, in float32."""
+    if bias is not None:
+        out = out + bias.reshape(bias_shape)
+    if residual is not None:
+        out = out + residual
+    return apply_activation(out.astype(np.float32), activation)
+
+
+def attention_reference(xs, a):
+    q, k, v, mask = xs
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * scale
+    if mask is not None:
+        scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
+    peak = scores.max(axis=-1, keepdims=True)
+    fully_masked = np.isneginf(peak)
+    weights = np.exp(scores - np.where(fully_masked, 0.0, peak))
+    total = weights.sum(axis=-1, keepdims=True)
+    weights = np.where(fully_masked, 0.0, weights / np.where(fully_masked, 1.0, total))
+    return np.matmul(weights.astype(np.float32), v)
+
+
+kernel("fused_conv2d")(without_types(in_float32(lambda xs, a: layer_epilogue(
+    conv2d_nchw(xs[0], xs[1], a["stride"], a["padding"], a["dilation"], a["groups"]),
+    xs[2], xs[3], a["activation"], (1, -1, 1, 1)))))
+kernel("fused_linear")(without_types(in_float32(lambda xs, a: layer_epilogue(
+    np.matmul(xs[0], xs[1].T), xs[2], xs[3], a["activation"], (-1,)))))
+kernel("fused_matmul")(without_types(in_float32(lambda xs, a: layer_epilogue(
+    np.matmul(xs[0], xs[1]), None, xs[2], a["activation"], None))))
+kernel("attention")(without_types(in_float32(attention_reference)))
+
+
+# ---- elementwise regions ------------------------------------------------------------------------
+# A parsed expression is ("$", index) or (op, attrs as sorted (name, value) pairs, args).
+def tokenize_expr(text: str) -> list[str]:
+    """The tokens of a fused expression: inputs, names, numbers and punctuation."""
+    tokens, position = [], 0
+    while position < len(text):
+        match = EXPR_TOKEN.match(text, position)
+        if match is None:
+            raise ValueError(f"bad character in fused expression at {position}: {text[:80]!r}")
+        tokens.append(match.group(1))
+        position = match.end()
+    return tokens
+
+
+@functools.lru_cache(maxsize=512)
+def parse_expr(text: str, num_inputs: int) -> tuple:
+    """Parse a fused expression; errors name the expression (its text comes from the plan)."""
+    if not isinstance(text, str) or len(text) > MAX_EXPR_LENGTH:
+        raise ValueError("fused expression must be a string of at most "
+                         f"{MAX_EXPR_LENGTH} characters")
+    tokens = tokenize_expr(text)
+    expr, end = _parse_term(tokens, 0, text, num_inputs, depth=0)
+    if end != len(tokens):
+        raise ValueError(f"trailing text in fused expression {text[:80]!r}")
+    return expr
+
+
+def _parse_term(tokens, i, text, num_inputs, depth):
+    if depth > 64:
+        raise ValueError(f"fused expression nests too deeply: {text[:80]!r}")
+    if i >= len(tokens):
+        raise ValueError(f"incomplete fused expression {text[:80]!r}")
+    head = tokens[i]
+    if head.startswith("$"):
+        index = int(head[1:])
+        if index >= num_inputs:
+            raise ValueError(f"fused expression reads ${index} of {num_inputs} inputs")
+        return ("$", index), i + 1
+    if head not in ELEMENTWISE_OPS:
+        raise ValueError(f"fused expression uses '{head[:40]}', which is not an elementwise op")
+    i += 1
+    attrs = dict(ATTR_DEFAULTS.get(head, {}))
+    if i < len(tokens) and tokens[i] == "[":
+        i += 1
+        while i < len(tokens) and tokens[i] != "]":
+            if i + 2 >= len(tokens) or tokens[i + 1] != "=":
+                raise ValueError(f"expected name=value in fused expression {text[:80]!r}")
+            attrs[tokens[i]] = _attr_value(tokens[i + 2])
+            i += 3
+            if i < len(tokens) and tokens[i] == ",":
+                i += 1
+        i += 1
+    if i >= len(tokens) or tokens[i] != "(":
+        raise ValueError(f"expected '(' after '{head}' in fused expression {text[:80]!r}")
+    i += 1
+    args = []
+    while True:
+        arg, i = _parse_term(tokens, i, text, num_inputs, depth + 1)
+        args.append(arg)
+        if i < len(tokens) and tokens[i] == ",":
+            i += 1
+            continue
+        if i < len(tokens) and tokens[i] == ")":
+            return (head, tuple(sorted(attrs.items())), tuple(args)), i + 1
+        raise ValueError(f"expected ',' or ')' in fused expression {text[:80]!r}")
+
+
+def _attr_value(token: str):
+    """An attribute value as the compiler prints it: none, a float (repr), an int or a name."""
+    if token == "none":
+        return None
+    if token.lstrip("-") == "inf" or any(c in token for c in ".eE") and token[0] in "-0123456789":
+        return float(token)
+    if token.lstrip("-").isdigit():
+        return int(token)
+    return token
+
+
+def _evaluate(expr: tuple, arrays: list):
+    if expr[0] == "$":
+        return arrays[expr[1]]
+    op, attrs, args = expr
+    values = [_evaluate(arg, arrays) for arg in args]
+    return KERNELS[op](values, dict(attrs), [None] * len(values))
+
+
+@kernel("fused_elementwise")
+def fused_elementwise(xs, a, types):
+    return _evaluate(parse_expr(a["expr"], len(xs)), xs)

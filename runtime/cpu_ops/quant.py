@@ -1,0 +1,365 @@
+"""Quantization ops and the integer arithmetic every int8 kernel is held to.
+
+Conventions (docs/architecture.md, "Quantization arithmetic"): real = scale * (q - zero_point).
+An integer op accumulates exactly in int32 (wrapping) and finishes with one epilogue:
+
+    acc = sum((x - zx) * (w - zw)) + bias
+    q   = clamp(rint_f32(f32(acc) * M) + z_out, lo, hi),   M = f32(s_in * s_w / s_out)
+
+or, with an f32 result, f32(acc) * f32(s_in * s_w). A quantized residual r adds
+f32(r - z_r) * f32(s_r / s_out) (f32 results: * f32(s_r)) before rounding.
+
+The ``*_reference`` functions are pure numpy and are also the compiler's op-table references.
+They read quantization parameters as ``types[i].quant`` (anything with ``scale``,
+``zero_point`` and ``axis``: the compiler's QuantParams or a TensorInfo) and the result dtype
+by name (``str(a["dtype"])``), so one definition serves both sides.
+
+The kernels run qlinear, qconv2d and dynamic_qlinear on the native extension when the weight
+is int8 and symmetric (every zero point 0) and the accumulator depth is within its bound; the
+native results equal the references bit for bit. Otherwise, and for qmatmul (two activations,
+nothing to pack), they run the numpy references, which are exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import _kernels
+from .common import int_range, numpy_dtype
+from .nn import conv2d_nchw
+from .registry import kernel
+
+NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
+
+
+# ---- the shared arithmetic ----------------------------------------------------------------------
+def requant_multiplier(input_scale: float, weight_scales, output_scale: float = 1.0) -> np.ndarray:
+    """M = s_in * s_w / s_out per output channel.
+
+    Scales are float32 values (as stored in types); the product is formed in float64 and
+    rounded once to float32, so every caller gets the same multiplier bits.
+    """
+    weight = np.asarray(weight_scales, dtype=np.float32).astype(np.float64)
+    product = np.float64(np.float32(input_scale)) * weight / np.float64(np.float32(output_scale))
+    return product.astype(np.float32)
+
+
+def activation_bounds(activation: str, dtype, scale: float, zero_point: int) -> tuple[int, int]:
+    """Integer clamp bounds [lo, hi] of a quantized result (dtype by name) with a fused activation."""
+    lo, hi = int_range(dtype)
+    if activation in ("relu", "relu6"):
+        lo = max(lo, zero_point)
+    if activation == "relu6":
+        hi = min(hi, zero_point + int(np.rint(np.float32(6.0) / np.float32(scale))))
+    return lo, hi
+
+
+def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int, hi: int,
+               dtype, channel_axis: int, residual: np.ndarray | None = None) -> np.ndarray:
+    """int32 accumulators -> quantized values (dtype by name), per the conventions above.
+
+    ``residual`` is the float32 term f32(r - z_r) * R of a fused residual, or None.
+    """
+    m = along_axis(multiplier, acc.ndim, channel_axis)
+    scaled = acc.astype(np.float32) * m
+    if residual is not None:
+        scaled = (scaled + residual).astype(np.float32)
+    return np.clip(np.rint(scaled).astype(np.int64) + zero_point, lo, hi).astype(numpy_dtype(dtype))
+
+
+def residual_term(residual: np.ndarray, quant, output_scale: float) -> np.ndarray:
+    """f32(r - z_r) * f32(s_r / s_out): a quantized residual in units of the result's scale."""
+    factor = np.float32(np.float64(np.float32(quant.scale[0])) / np.float64(np.float32(output_scale)))
+    centered = (residual.astype(np.int32) - quant.zero_point[0]).astype(np.float32)
+    return (centered * factor).astype(np.float32)
+
+
+def quantize_array(x: np.ndarray, quant, dtype) -> np.ndarray:
+    """q = clamp(rint_f32(x / scale) + zero_point) along the quantization axis."""
+    axis = quant.axis if quant.axis is not None else 0
+    scale = along_axis(np.asarray(quant.scale, dtype=np.float32), x.ndim, axis)
+    zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.int32), x.ndim, axis)
+    lo, hi = int_range(dtype)
+    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zero_point
+    return np.clip(q, lo, hi).astype(numpy_dtype(dtype))
+
+
+def dequantize_array(q: np.ndarray, quant) -> np.ndarray:
+    axis = quant.axis if quant.axis is not None else 0
+    scale = along_axis(np.asarray(quant.scale, dtype=np.float32), q.ndim, axis)
+    zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.int32), q.ndim, axis)
+    return ((q.astype(np.int32) - zero_point).astype(np.float32) * scale).astype(np.float32)
+
+
+def along_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * rank
+    shape[axis] = values.size
+    return values.reshape(shape)
+
+
+def finish_integer_op(acc: np.ndarray, input_quant, weight_quant, a: dict, channel_axis: int,
+                      residual: np.ndarray | None = None, residual_quant=None) -> np.ndarray:
+    """The shared epilogue: int32 accumulators (+ a quantized residual) to the op's result."""
+    weight_scales = np.asarray(weight_quant.scale)
+    if str(a["dtype"]) == "f32":
+        m = along_axis(requant_multiplier(input_quant.scale[0], weight_scales), acc.ndim,
+                       channel_axis)
+        out = acc.astype(np.float32) * m
+        if residual is not None:
+            out = (out + residual_term(residual, residual_quant, 1.0)).astype(np.float32)
+        return _f32_activation(out, a["activation"])
+    multiplier = requant_multiplier(input_quant.scale[0], weight_scales, a["scale"])
+    lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
+    term = None if residual is None else residual_term(residual, residual_quant, a["scale"])
+    return requantize(acc, multiplier, a["zero_point"], lo, hi, a["dtype"], channel_axis, term)
+
+
+def _f32_activation(out: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "relu":
+        out = np.maximum(out, 0)
+    elif activation == "relu6":
+        out = np.clip(out, 0, 6)
+    return out.astype(np.float32)
+
+
+def centered(q: np.ndarray, quant, axis: int) -> np.ndarray:
+    """q - zero_point in float64, where integer sums stay exact up to 2^53."""
+    zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.int32), q.ndim, axis)
+    return q.astype(np.float64) - zero_point
+
+
+def to_int32(acc: np.ndarray) -> np.ndarray:
+    return acc.astype(np.int64).astype(np.int32)  # int32 accumulators wrap, like the kernels
+
+
+def _residual_quant(types):
+    return types[3].quant if len(types) > 3 and types[3] is not None else None
+
+
+class _Quant(NamedTuple):
+    """Affine parameters built from attributes (quantize) or from data (dynamic_qlinear)."""
+
+    scale: tuple
+    zero_point: tuple
+    axis: int | None = None
+
+
+def dynamic_input_range(x: np.ndarray) -> tuple[float, int]:
+    """u8 (scale, zero point) of one batch: its range widened to hold 0, scale = range / 255."""
+    low = min(float(x.min(initial=0.0)), 0.0)
+    high = max(float(x.max(initial=0.0)), 0.0)
+    scale = float(np.float32((high - low) / 255.0)) or 1.0
+    return scale, int(np.clip(np.rint(-low / scale), 0, 255))
+
+
+# ---- references (numpy) -------------------------------------------------------------------------
+def quantize_reference(xs, a):
+    quant = _Quant(tuple(a["scale"]), tuple(a["zero_point"]) or (0,), a["axis"])
+    return quantize_array(xs[0], quant, a["dtype"])
+
+
+def qconv2d_reference(xs, a, types):
+    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = conv2d_nchw(centered(x, xq, 1), centered(w, wq, 0), a["stride"],
+                      a["padding"], a["dilation"], a["groups"], accumulate=np.float64)
+    acc = to_int32(acc)
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int32).reshape(1, -1, 1, 1)
+    return finish_integer_op(acc, xq, wq, a, 1, residual, _residual_quant(types))
+
+
+def qlinear_reference(xs, a, types):
+    (x, w, bias, residual), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = to_int32(np.matmul(centered(x, xq, 0), centered(w, wq, 0).T))
+    if bias is not None:
+        acc = acc + np.asarray(bias, dtype=np.int32)
+    return finish_integer_op(acc, xq, wq, a, acc.ndim - 1, residual, _residual_quant(types))
+
+
+def qmatmul_reference(xs, a, types):
+    (x, w), (xq, wq) = xs, (types[0].quant, types[1].quant)
+    acc = to_int32(np.matmul(centered(x, xq, 0), centered(w, wq, w.ndim - 1)))
+    return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
+
+
+def dynamic_qlinear_reference(xs, a, types):
+    x, w, bias = xs
+    scale, zero_point = dynamic_input_range(x)
+    input_quant = _Quant((scale,), (zero_point,))
+    q = quantize_array(x, input_quant, "u8")
+    acc = to_int32(np.matmul(centered(q, input_quant, 0), centered(w, types[1].quant, 0).T))
+    out = finish_integer_op(acc, input_quant, types[1].quant, {"dtype": "f32", "activation": "none"},
+                            channel_axis=acc.ndim - 1)
+    return out if bias is None else out + bias
+
+
+# ---- packed weights -----------------------------------------------------------------------------
+class PackedWeightCache:
+    """Packed native weights, kept per weight array while that array lives.
+
+    Only read-only arrays are cached (plan constants are read-only views of the artifact, so
+    their bytes cannot change under the cache); a writable array is packed on every call. The
+    key is the array object's id with a weak reference checked on lookup and a callback that
+    drops the entry when the array dies, so a recycled id never finds a stale packing.
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple, tuple[weakref.ref, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, w: np.ndarray, kind: str, pack, *args):
+        if w.flags.writeable:
+            return pack(np.ascontiguousarray(w), *args)
+        key = (id(w), kind, *args)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0]() is w:
+            return entry[1]
+        packed = pack(np.ascontiguousarray(w), *args)
+        ref = weakref.ref(w, lambda _, key=key: self._drop(key))
+        with self._lock:
+            self._entries[key] = (ref, packed)
+        return packed
+
+    def _drop(self, key) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+PACKED_WEIGHTS = PackedWeightCache()
+
+
+def _symmetric_int8(w: np.ndarray, quant) -> bool:
+    return w.dtype == np.int8 and not any(quant.zero_point)
+
+
+def _packed_gemm(w: np.ndarray):
+    """Packed [N, K] weights, or None when K is past the native accumulator bound."""
+    try:
+        return PACKED_WEIGHTS.get(w, "gemm", _kernels.pack_weights)
+    except ValueError:
+        return None  # the numpy reference wraps int32 exactly as the op defines
+
+
+def _packed_conv(w: np.ndarray, groups: int):
+    try:
+        return PACKED_WEIGHTS.get(w, "conv", _kernels.pack_conv_weights, groups)
+    except ValueError:
+        return None
+
+
+def _channel_vector(values: np.ndarray, channels: int) -> np.ndarray:
+    """One float32 per output channel, as the native epilogues take it."""
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float32), (channels,)))
+
+
+def _native_epilogue(call, acc_call, channels: int, a: dict, xq, wq, residual, rq, axis: int):
+    """Run a native kernel with the op's epilogue; a residual goes through numpy on int32."""
+    if residual is not None:
+        return finish_integer_op(acc_call(), xq, wq, a, axis, residual, rq)
+    if str(a["dtype"]) == "f32":
+        scale = _channel_vector(requant_multiplier(xq.scale[0], wq.scale), channels)
+        return _f32_activation(call("f32", scale), a["activation"])
+    multiplier = _channel_vector(requant_multiplier(xq.scale[0], wq.scale, a["scale"]), channels)
+    lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
+    return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])])
+
+
+def _bias(bias):
+    return None if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
+
+
+# ---- kernels ------------------------------------------------------------------------------------
+@kernel("quantize")
+def quantize(xs, a, types):
+    return quantize_reference(xs, a)
+
+
+@kernel("dequantize")
+def dequantize(xs, a, types):
+    return dequantize_array(xs[0], types[0].quant)
+
+
+@kernel("qlinear")
+def qlinear(xs, a, types):
+    x, w, bias, residual = xs
+    xq, wq = types[0].quant, types[1].quant
+    packed = _packed_gemm(w) if _symmetric_int8(w, wq) and x.size and w.size else None
+    if packed is None:
+        return qlinear_reference(xs, a, types)
+    n, k = w.shape
+    rows = np.ascontiguousarray(x.reshape(-1, k))
+    zp, b = xq.zero_point[0], _bias(bias)
+
+    def call(kind, *epilogue):
+        if kind == "f32":
+            out = _kernels.qgemm_f32(rows, packed, zp, b, *epilogue)
+        else:
+            out = _kernels.qgemm(rows, packed, zp, b, *epilogue)
+        return out.reshape(*x.shape[:-1], n)
+
+    def acc():
+        return _kernels.qgemm_s32(rows, packed, zp, b).reshape(*x.shape[:-1], n)
+
+    return _native_epilogue(call, acc, n, a, xq, wq, residual, _residual_quant(types), x.ndim - 1)
+
+
+@kernel("qconv2d")
+def qconv2d(xs, a, types):
+    x, w, bias, residual = xs
+    xq, wq = types[0].quant, types[1].quant
+    native = _symmetric_int8(w, wq) and x.size and w.size
+    packed = _packed_conv(w, a["groups"]) if native else None
+    if packed is None:
+        return qconv2d_reference(xs, a, types)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    zp, b = xq.zero_point[0], _bias(bias)
+    geometry = {"stride": tuple(a["stride"]), "padding": tuple(a["padding"]),
+                "dilation": tuple(a["dilation"])}
+
+    def nchw(out):
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def call(kind, *epilogue):
+        if kind == "f32":
+            return nchw(_kernels.qconv2d_f32(nhwc, packed, zp, b, *epilogue, **geometry))
+        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry))
+
+    def acc():
+        return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry))
+
+    return _native_epilogue(call, acc, w.shape[0], a, xq, wq, residual, _residual_quant(types), 1)
+
+
+@kernel("qmatmul")
+def qmatmul(xs, a, types):
+    return qmatmul_reference(xs, a, types)
+
+
+@kernel("dynamic_qlinear")
+def dynamic_qlinear(xs, a, types):
+    x, w, bias = xs
+    wq = types[1].quant
+    packed = _packed_gemm(w) if _symmetric_int8(w, wq) and x.size and w.size else None
+    if packed is None:
+        return dynamic_qlinear_reference(xs, a, types)
+    n, k = w.shape
+    scale, zero_point = dynamic_input_range(x)
+    q = quantize_array(x, _Quant((scale,), (zero_point,)), "u8")
+    multiplier = _channel_vector(requant_multiplier(scale, wq.scale), n)
+    out = _kernels.qgemm_f32(np.ascontiguousarray(q.reshape(-1, k)), packed, zero_point, None,
+                             multiplier).reshape(*x.shape[:-1], n)
+    return out if bias is None else out + bias

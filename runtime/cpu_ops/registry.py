@@ -1,0 +1,59 @@
+"""The CPU backend's op -> kernel table and the one entry point that runs a kernel.
+
+A kernel is ``fn(inputs, attrs, types) -> array | list[array]``: ``inputs`` are numpy arrays
+(None for an absent optional operand), ``attrs`` the node's attributes as plain JSON data with
+every attribute present (the lowering writes defaults too; dtypes are names such as "u8",
+symbolic dims are already bound to ints), and ``types`` the operands' ``TensorInfo`` (None where
+nothing is recorded; the quantized ops read their parameters there).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import numpy as np
+
+Kernel = Callable[[list, dict, list], "np.ndarray | list[np.ndarray]"]
+
+KERNELS: dict[str, Kernel] = {}
+
+
+class UnknownOpError(ValueError):
+    """An op that the CPU backend has no kernel for."""
+
+
+def kernel(op_name: str) -> Callable[[Kernel], Kernel]:
+    """Register the decorated function as the CPU kernel of ``op_name`` (once per op)."""
+
+    def register(fn: Kernel) -> Kernel:
+        if op_name in KERNELS:
+            raise ValueError(f"CPU kernel for '{op_name}' is registered twice")
+        KERNELS[op_name] = fn
+        return fn
+
+    return register
+
+
+def without_types(reference) -> Kernel:
+    """A kernel from a reference-style ``fn(inputs, attrs)`` that ignores operand types."""
+    return lambda inputs, attrs, types: reference(inputs, attrs)
+
+
+def run_op(op: str, inputs: list, attrs: dict, types: list) -> list[np.ndarray]:
+    """Run ``op``'s CPU kernel; results always come back as a list."""
+    try:
+        fn = KERNELS[op]
+    except KeyError:
+        close = difflib.get_close_matches(str(op), list(KERNELS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownOpError(f"no CPU kernel for op '{op}'{hint}") from None
+    try:
+        out = fn(list(inputs), attrs, list(types))
+    except KeyError as err:
+        name = err.args[0] if err.args else None
+        if isinstance(name, str) and name not in attrs:
+            raise ValueError(f"{op}: attribute '{name}' is missing (plans record every "
+                             f"attribute, defaults included)") from None
+        raise
+    return out if isinstance(out, list) else [out]

@@ -1,0 +1,58 @@
+"""Data-movement ops: reshape, permute, expand, slice, split, concat, gather, pad, full."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import numpy_dtype
+from .registry import kernel, without_types
+
+# Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
+SLICE_TO_END = 2**62
+
+
+def expand_reference(xs, a):
+    x = xs[0]
+    offset = len(a["shape"]) - x.ndim
+    shape = [x.shape[i - offset] if d == -1 else d for i, d in enumerate(a["shape"])]
+    return np.broadcast_to(x, shape).copy()
+
+
+def slice_reference(xs, a):
+    index = [slice(None)] * xs[0].ndim
+    index[a["axis"]] = slice(a["start"], min(a["end"], SLICE_TO_END), a["step"])
+    return xs[0][tuple(index)].copy()
+
+
+def split_reference(xs, a):
+    boundaries = np.cumsum(a["sizes"])[:-1]
+    return [part.copy() for part in np.split(xs[0], boundaries, axis=a["axis"])]
+
+
+def gather_reference(xs, a):
+    data, indices = xs
+    size = data.shape[a["axis"]]
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        raise IndexError(f"gather index out of range [-{size}, {size})")
+    return np.take(data, indices, axis=a["axis"])
+
+
+def pad_reference(xs, a):
+    x, pads = xs[0], a["pads"]
+    widths = [(pads[i], pads[i + x.ndim]) for i in range(x.ndim)]
+    return np.pad(x, widths, constant_values=np.asarray(a["value"]).astype(x.dtype))
+
+
+def full_reference(xs, a):
+    return np.full(a["shape"], a["value"], dtype=numpy_dtype(a["dtype"]))
+
+
+kernel("reshape")(lambda xs, a, types: xs[0].reshape(a["shape"]))
+kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))
+kernel("expand")(without_types(expand_reference))
+kernel("slice")(without_types(slice_reference))
+kernel("split")(without_types(split_reference))
+kernel("concat")(lambda xs, a, types: np.concatenate(xs, axis=a["axis"]))
+kernel("gather")(without_types(gather_reference))
+kernel("pad")(without_types(pad_reference))
+kernel("full")(without_types(full_reference))

@@ -1,0 +1,183 @@
+"""Session: load a .nimbus artifact and run its plan.
+
+    session = nimbus.load("model.nimbus")          # or Session(bytes)
+    session.inputs, session.outputs                 # names, dtypes, shapes (symbolic dims as text)
+    outputs = session.run({"x": array})            # {"y": array}
+
+The plan (nimbus.compiler.lowering) is validated when the session is made: every slot, op,
+constant and type is checked, so running it can only fail on bad inputs, which get an error
+naming the input, the expected and the given dtype or shape. A run keeps its activations in a
+list local to the call and releases each after its last use; the weights are the artifact's
+read-only arrays; so one session serves concurrent `run` calls from several threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
+from .cpu_ops import KERNELS, TensorInfo, run_op
+from .dims import bind_dim, evaluate_dim
+
+PLAN_FORMAT = 1
+
+
+class SessionError(ValueError):
+    """Bad inputs to `Session.run`: names the input and what was expected."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, dtype and shape (ints, or text for symbolic dims)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class _Step:
+    op: str
+    attrs: dict
+    operands: tuple
+    results: tuple
+    types: tuple
+    release: tuple
+    source: str
+    symbolic_attrs: tuple  # attributes holding dims that are text (symbolic) until run time
+
+
+class Session:
+    """A loaded artifact, ready to run on the CPU."""
+
+    def __init__(self, source: str | Path | bytes | Artifact, target: str = "cpu"):
+        if target != "cpu":
+            raise ValueError(f"target '{target}' is not available in this runtime; use 'cpu'")
+        self.artifact = source if isinstance(source, Artifact) else read_artifact(source)
+        plan = self.artifact.plan
+        try:
+            self._load_plan(plan)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            if isinstance(err, ArtifactError):
+                raise
+            raise ArtifactError(f"invalid plan: {err}") from None
+
+    # ---- metadata -----------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(name, info.dtype, tuple(info.shape)) for name, _, info in self._inputs]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec(name, info.dtype, tuple(info.shape)) for name, _, info in self._outputs]
+
+    @property
+    def manifest(self) -> dict:
+        return self.artifact.manifest
+
+    # ---- running ------------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named inputs; returns its outputs by name."""
+        values: list = list(self._constant_slots)
+        bindings: dict[str, int] = {}
+        names = [name for name, _, _ in self._inputs]
+        missing = [n for n in names if n not in feeds]
+        unknown = [n for n in feeds if n not in names]
+        if missing or unknown:
+            raise SessionError(f"inputs must be exactly {names}; missing {missing}, unexpected {unknown}")
+        for name, slot, info in self._inputs:
+            values[slot] = self._checked_input(name, feeds[name], info, bindings)
+        for step in self._steps:
+            operands = [None if s is None else values[s] for s in step.operands]
+            attrs = step.attrs
+            if step.symbolic_attrs:
+                attrs = dict(attrs, **{name: [evaluate_dim(d, bindings) for d in attrs[name]]
+                                       for name in step.symbolic_attrs})
+            try:
+                results = run_op(step.op, operands, attrs, list(step.types))
+            except (ValueError, TypeError, IndexError, FloatingPointError) as err:
+                raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
+            for slot, array in zip(step.results, results):
+                values[slot] = array
+            for slot in step.release:
+                values[slot] = None
+        return {name: values[slot] for name, slot, _ in self._outputs}
+
+    def _checked_input(self, name: str, array, info: TensorInfo, bindings: dict) -> np.ndarray:
+        array = np.asarray(array)
+        expected = np.dtype(DTYPES[info.dtype])
+        if array.dtype != expected:
+            raise SessionError(f"input '{name}' must be {info.dtype} ({expected}), got {array.dtype}")
+        if array.ndim != len(info.shape):
+            raise SessionError(f"input '{name}' must have shape {list(info.shape)}, got "
+                               f"{list(array.shape)}")
+        for axis, (dim, actual) in enumerate(zip(info.shape, array.shape)):
+            problem = bind_dim(dim, actual, bindings)
+            if problem:
+                raise SessionError(f"input '{name}' axis {axis} ({list(info.shape)}): {problem}")
+        return np.ascontiguousarray(array)
+
+    # ---- plan validation ----------------------------------------------------------------------
+    def _load_plan(self, plan) -> None:
+        if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+            raise ArtifactError(f"the artifact's plan is not plan format {PLAN_FORMAT}")
+        count = plan["values"]
+        if type(count) is not int or not 0 <= count <= 1 << 24:
+            raise ArtifactError("plan.values must be a slot count")
+
+        def slot(value, where):
+            if type(value) is not int or not 0 <= value < count:
+                raise ArtifactError(f"{where}: slot {value!r} is outside [0, {count})")
+            return value
+
+        defined = set()
+        constant_slots: list = [None] * count
+        for entry in plan["constants"]:
+            name = entry["tensor"]
+            if name not in self.artifact.tensors:
+                raise ArtifactError(f"plan constant '{name}' is not among the artifact's tensors")
+            index = slot(entry["value"], f"constant '{name}'")
+            constant_slots[index] = self.artifact.tensors[name]
+            defined.add(index)
+        self._inputs = []
+        for entry in plan["inputs"]:
+            index = slot(entry["value"], f"input '{entry['name']}'")
+            self._inputs.append((str(entry["name"]), index, TensorInfo.from_json(entry["type"])))
+            defined.add(index)
+        steps = []
+        for number, entry in enumerate(plan["steps"]):
+            where = f"step {number} ({entry.get('op')!r})"
+            if entry["op"] not in KERNELS:
+                raise ArtifactError(f"{where}: this runtime has no kernel for op '{entry['op']}'")
+            if not isinstance(entry["attrs"], dict):
+                raise ArtifactError(f"{where}: attrs must be an object")
+            operands = tuple(None if s is None else slot(s, where) for s in entry["operands"])
+            if any(s is not None and s not in defined for s in operands):
+                raise ArtifactError(f"{where} reads a slot no earlier step writes")
+            results = tuple(slot(s, where) for s in entry["results"])
+            defined.update(results)
+            types = tuple(None if t is None else TensorInfo.from_json(t) for t in entry["types"])
+            if len(types) != len(operands):
+                raise ArtifactError(f"{where}: one type per operand expected")
+            release = tuple(slot(s, where) for s in entry["release"])
+            symbolic = tuple(name for name, v in entry["attrs"].items()
+                             if isinstance(v, list) and any(isinstance(d, str) for d in v))
+            steps.append(_Step(entry["op"], entry["attrs"], operands, results, types, release,
+                               str(entry.get("source", "")), symbolic))
+        self._outputs = []
+        for entry in plan["outputs"]:
+            index = slot(entry["value"], f"output '{entry['name']}'")
+            if index not in defined:
+                raise ArtifactError(f"output '{entry['name']}' is never computed")
+            self._outputs.append((str(entry["name"]), index, TensorInfo.from_json(entry["type"])))
+        self._steps = steps
+        self._constant_slots = constant_slots
+
+
+def load(source: str | Path | bytes, target: str = "cpu") -> Session:
+    """Open an artifact (path or bytes) as a Session."""
+    return Session(source, target)

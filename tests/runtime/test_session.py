@@ -1,0 +1,142 @@
+"""Compile -> artifact -> Session: every test model runs from its artifact as the reference
+interpreter runs its graph, float within 1e-5 of torch, int8 bit for bit; one artifact serves
+any batch; bad inputs and hostile plans get named errors; concurrent runs stay correct."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from checks import assert_matches
+from digits import digit_images, top1, trained_lenet
+from models.cases import CASES, converted
+
+import nimbus
+from nimbus.compiler.interpreter import interpret
+from nimbus.compiler.lowering import PreflightError, lower
+from nimbus.runtime.artifact import ArtifactError, read_artifact, write_artifact
+from nimbus.runtime.session import Session, SessionError
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+def feeds_of(graph, inputs) -> dict:
+    return {value.name: tensor.numpy() for value, tensor in zip(graph.inputs, inputs)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_model_runs_from_its_artifact_like_the_interpreter(name):
+    model, graph = converted(name)
+    compiled = nimbus.compile(graph)
+    session = compiled.session()
+    for batch in (1, 4):
+        inputs = CASES[name].make_inputs(torch.Generator().manual_seed(batch), batch)
+        feeds = feeds_of(graph, inputs)
+        actual = session.run(feeds)
+        expected = interpret(compiled.graph, feeds)
+        assert list(actual) == list(expected)
+        for key in expected:
+            assert_matches(actual[key], expected[key], f"{name} {key} batch {batch}", rtol=1e-5)
+        with torch.no_grad():
+            reference = model(*inputs)
+        reference = list(reference) if isinstance(reference, tuple) else [reference]
+        for key, torch_out in zip(actual, reference):
+            assert_matches(actual[key], torch_out.numpy(), f"{name} vs torch", rtol=1e-4)
+
+
+def test_int8_artifact_is_bit_exact_with_the_interpreter_and_accurate():
+    train_x, _, test_x, test_y = digit_images()
+    model = trained_lenet()
+    compiled = nimbus.compile(model, (torch.from_numpy(test_x[:1]),),
+                              calibration=[train_x[i:i + 64] for i in range(0, 512, 64)])
+    assert any(n.op == "qconv2d" for n in compiled.graph.nodes)
+    session = Session(compiled.data)
+    actual = session.run({"x": test_x})["output"]
+    np.testing.assert_array_equal(actual, interpret(compiled.graph, {"x": test_x})["output"])
+    with torch.no_grad():
+        float_top1 = top1(model(torch.from_numpy(test_x)).numpy(), test_y)
+    print(f"\ndigits: float {float_top1:.2f}%, int8 artifact {top1(actual, test_y):.2f}%, "
+          f"{len(compiled.data)} bytes")
+    assert top1(actual, test_y) >= float_top1 - 1.0
+
+
+def test_metadata_and_input_errors_name_the_problem(tmp_path):
+    _, graph = converted("lenet")
+    path = nimbus.compile(graph).save(tmp_path / "lenet.nimbus")
+    session = nimbus.load(path)
+    assert [(s.name, s.dtype, s.shape) for s in session.inputs] == [("x", "f32", ("N", 3, 32, 32))]
+    assert [(s.name, s.shape) for s in session.outputs] == [("output", ("N", 10))]
+    good = np.zeros((2, 3, 32, 32), np.float32)
+    with pytest.raises(SessionError, match=r"missing \['x'\], unexpected \['y'\]"):
+        session.run({"y": good})
+    with pytest.raises(SessionError, match="input 'x' must be f32 .* got float64"):
+        session.run({"x": good.astype(np.float64)})
+    with pytest.raises(SessionError, match="input 'x' must have shape"):
+        session.run({"x": good[0]})
+    with pytest.raises(SessionError, match="axis 2 .*expected 32, got 31"):
+        session.run({"x": np.zeros((2, 3, 31, 32), np.float32)})
+
+
+def test_concurrent_runs_from_several_threads_are_correct():
+    _, graph = converted("resnet_basic_block")
+    session = nimbus.compile(graph).session()
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((b, 16, 16, 16)).astype(np.float32) for b in (1, 2, 3, 5)]
+    expected = [session.run({"x": x}) for x in batches]
+    failures = []
+
+    def worker(index: int):
+        for _ in range(5):
+            got = session.run({"x": batches[index]})
+            if not all(np.array_equal(got[k], expected[index][k]) for k in got):
+                failures.append(index)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_preflight_lists_ops_without_a_kernel_for_the_target():
+    _, graph = converted("lenet")
+    with pytest.raises(PreflightError, match=r"(?s)no cuda kernel for 4 op.*max_pool2d: used at .*lenet.py:21"):
+        lower(graph, "cuda")
+    with pytest.raises(ValueError, match="unknown target 'tpu'"):
+        lower(graph, "tpu")
+
+
+def test_memory_plan_is_reported_in_the_manifest():
+    _, graph = converted("small_resnet")
+    manifest = read_artifact(nimbus.compile(graph).data).manifest
+    memory = manifest["memory"]
+    assert 0 < memory["peak_activation_bytes_batch_1"] < memory["unshared_activation_bytes_batch_1"]
+
+
+def hostile_plan(edit) -> bytes:
+    _, graph = converted("lenet")
+    artifact = read_artifact(nimbus.compile(graph, compression="raw").data)
+    plan = json.loads(json.dumps(artifact.plan))
+    edit(plan)
+    return write_artifact({k: v for k, v in artifact.manifest.items() if k != "format_version"},
+                          plan, {k: np.asarray(v) for k, v in artifact.tensors.items()})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(format=9), "plan format 1"),
+    (lambda p: p["steps"][0].update(op="system"), "no kernel for op 'system'"),
+    (lambda p: p["steps"][0].update(operands=[10 ** 6]), "outside"),
+    (lambda p: p["steps"][1].update(operands=[p["values"] - 1]), "no earlier step writes"),
+    (lambda p: p["constants"][0].update(tensor="nope"), "not among the artifact's tensors"),
+    (lambda p: p["steps"][0]["types"][0].update(dtype="object"), "unknown dtype"),
+    (lambda p: p["steps"][0]["types"][0].update(shape=["__import__('os')"]), "not a symbolic dim"),
+    (lambda p: p.pop("steps"), "invalid plan"),
+    (lambda p: p["outputs"][0].update(value=p["inputs"][0]["value"] + 10 ** 3), "outside"),
+])
+def test_hostile_plans_are_refused_when_loading(edit, message):
+    with pytest.raises(ArtifactError, match=message):
+        Session(hostile_plan(edit))
