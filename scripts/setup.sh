@@ -14,4 +14,4 @@ python=.venv/bin/python
 # The build requirements live in .venv, so the editable build runs without isolation.
 "$python" scripts/install_build_requirements.py
 "$python" -m pip install --quiet --constraint constraints.txt --no-build-isolation \
-    --editable ".[compiler,cuda,test]"
+    --editable ".[compiler,cuda,serve,test]"
