@@ -20,11 +20,11 @@ import numpy as np
 from nimbus.runtime.artifact import DTYPES, write_artifact
 from nimbus.runtime.cpu_ops import TensorInfo
 
-from .dims import format_dim
+from .dims import evaluate, format_dim
 from .dtypes import DType
 from .ir import Graph, TensorType, Value
 from .memory_plan import plan_memory
-from .ops import get_op
+from .ops import cost
 
 PLAN_FORMAT = 1
 TARGETS = ("cpu", "cuda")
@@ -96,6 +96,52 @@ def preflight(graph: Graph, target: str) -> None:
             missing.setdefault(f"{value.type.dtype} tensors", []).append(where)
     if missing:
         raise PreflightError(target, missing)
+
+
+# Below this many multiply-adds at batch 1, converting to and from int8 costs about what the
+# integer arithmetic saves.
+TINY_LAYER_MACS = 50_000
+FAST_INT8_ISAS = ("amx", "avx512_vnni")
+LAYERS = {"conv2d", "fused_conv2d", "linear", "fused_linear", "qconv2d", "qlinear", "dynamic_qlinear"}
+
+
+def int8_advice(graph: Graph, isas: list[str] | None = None) -> list[dict]:
+    """Per conv/linear layer: whether int8 is expected to beat float on this CPU, and why not.
+
+    Reasons: the CPU lacks VNNI/AMX (int8 then runs on widened AVX2 or portable code), the layer
+    is tiny, its int8 result is converted at both ends (an int8 island between quantize and
+    dequantize), or the layer is a convolution, whose int8 kernel runs on NHWC data and so pays
+    a layout change around each call in an NCHW graph.
+    """
+    if isas is None:
+        from nimbus.runtime import available_isas
+
+        isas = available_isas()
+    uses = graph.uses()
+    bindings = dict.fromkeys(input_symbols(graph), 1)
+    rows = []
+    for node in graph.nodes:
+        if node.op not in LAYERS:
+            continue
+        flops, _ = cost(node.op, [o.type if o is not None else None for o in node.operands],
+                        [r.type for r in node.results], node.attrs)
+        macs = int(evaluate(flops, bindings)) // 2
+        reasons = []
+        if not any(isa in isas for isa in FAST_INT8_ISAS):
+            reasons.append("no VNNI/AMX on this CPU")
+        if macs < TINY_LAYER_MACS:
+            reasons.append(f"tiny layer ({macs} MACs at batch 1)")
+        producer = node.operands[0].producer
+        consumers = [user for user in uses[node.results[0]] if user is not None]
+        if (producer is not None and producer.op == "quantize" and consumers
+                and all(user.op == "dequantize" for user in consumers)):
+            reasons.append("int8 island: quantize before and dequantize after")
+        if node.op in ("conv2d", "fused_conv2d", "qconv2d"):
+            reasons.append("layout change NCHW <-> NHWC around the int8 kernel")
+        rows.append({"layer": node.operands[1].name, "op": node.op, "macs_batch_1": macs,
+                     "int8": node.op.startswith(("q", "dynamic_q")),
+                     "int8_expected_faster": not reasons, "reasons": reasons})
+    return rows
 
 
 @dataclass

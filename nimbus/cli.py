@@ -258,6 +258,10 @@ def compile_model(
     typer.echo(f"batch 1: {summary['mflops_batch_1']} MFLOPs, activation memory "
                f"{summary['peak_activation_bytes_batch_1']} bytes "
                f"({summary['unshared_activation_bytes_batch_1']} without buffer reuse)")
+    for row in summary["int8_advice"]:
+        verdict = "int8 expected faster" if row["int8_expected_faster"] else "; ".join(row["reasons"])
+        kind = "int8" if row["int8"] else "float"
+        typer.echo(f"  {row['layer']} ({row['op']}, {kind}): {verdict}")
 
 
 @app.command()

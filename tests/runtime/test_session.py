@@ -140,3 +140,25 @@ def hostile_plan(edit) -> bytes:
 def test_hostile_plans_are_refused_when_loading(edit, message):
     with pytest.raises(ArtifactError, match=message):
         Session(hostile_plan(edit))
+
+
+def test_int8_advice_names_why_int8_may_not_pay_off():
+    from nimbus.compiler.lowering import int8_advice
+
+    train_x, _, test_x, _ = digit_images()
+    compiled = nimbus.compile(trained_lenet(), (torch.from_numpy(test_x[:1]),),
+                              calibration=[train_x[:64]])
+    rows = {row["layer"]: row for row in int8_advice(compiled.graph, isas=["avx2", "portable"])}
+    assert all("no VNNI/AMX on this CPU" in row["reasons"] for row in rows.values())
+    conv = next(row for row in rows.values() if row["op"] == "qconv2d")
+    assert "layout change NCHW <-> NHWC around the int8 kernel" in conv["reasons"]
+    fc3 = next(row for name, row in rows.items() if name.startswith("fc3"))
+    assert any(reason.startswith("tiny layer") for reason in fc3["reasons"])
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((16, 512)).astype(np.float32) for _ in range(2)]
+    wide_int8 = nimbus.compile(wide.eval(), (torch.zeros(1, 512),), calibration=calibration)
+    verdicts = [row["int8_expected_faster"]
+                for row in int8_advice(wide_int8.graph, isas=["avx512_vnni", "avx2", "portable"])]
+    assert verdicts == [True, False]  # 262k MACs pay off; the 5k-MAC classifier does not
