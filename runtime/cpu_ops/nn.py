@@ -30,8 +30,10 @@ def extract_windows(x: np.ndarray, kernel, stride, padding, dilation, out_hw, pa
     # Pad the end further when ceil_mode lets the last window run past the padding.
     extra = [max(0, (out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
                  - (x.shape[2 + i] + padding[i] + padding[i + 2])) for i in range(2)]
-    padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[2] + extra[0]),
-                        (padding[1], padding[3] + extra[1])), constant_values=pad_value)
+    padded = x
+    if any(padding) or any(extra):
+        padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[2] + extra[0]),
+                            (padding[1], padding[3] + extra[1])), constant_values=pad_value)
     patches = np.empty((n, c, kernel[0], kernel[1], ho, wo), dtype=x.dtype)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
