@@ -332,6 +332,35 @@ def inspect(path: Path = typer.Argument(..., help="Artifact (.nimbus).")):
     typer.echo(f"plan: {len(steps)} steps: " + ", ".join(f"{op} x{n}" for op, n in ops.items()))
 
 
+@app.command()
+def serve(
+    models: List[Path] = typer.Argument(None, help="Artifacts (.nimbus) or folders of them; "
+                                        "default: /opt/ml/model. Each is named by its file stem."),
+    name: Optional[str] = typer.Option(None, "--name", help="Serve a single model under this name."),
+    host: Optional[str] = typer.Option(None, "--host", help="Default 0.0.0.0 in a cloud container "
+                                       "(SageMaker, Vertex AI environment), else 127.0.0.1."),
+    port: Optional[int] = typer.Option(None, "--port", help="Default AIP_HTTP_PORT, "
+                                       "SAGEMAKER_BIND_TO_PORT or 8080."),
+    max_body_bytes: int = typer.Option(6 << 20, "--max-body-bytes", help="Larger bodies get 413."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests queued or running per model "
+                                  "before 503."),
+    workers: int = typer.Option(2, "--workers", help="Threads running each model."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request before 504."),
+    graceful_timeout: float = typer.Option(20.0, "--graceful-timeout",
+                                           help="Seconds to drain in-flight requests on SIGTERM."),
+    log_level: str = typer.Option("info", "--log-level"),
+):
+    """Serve artifacts over HTTP: KServe v2, SageMaker, Vertex AI routes and /metrics."""
+    from nimbus.runtime.server.main import serve as run_server
+
+    try:
+        run_server(models or [], name=name, host=host, port=port, max_body_bytes=max_body_bytes,
+                   max_queue=max_queue, workers=workers, timeout_s=timeout,
+                   graceful_timeout_s=graceful_timeout, log_level=log_level)
+    except ValueError as err:
+        _fail(str(err))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,139 @@
+"""Starting the server: find and load the models, pick the port and contract from the
+environment, run uvicorn with a graceful drain on SIGTERM.
+
+Runs from ``nimbus serve`` and, where only the runtime and the ``serve`` extra are installed (a
+serving container: no typer), from ``python -m nimbus.runtime.server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..artifact import ArtifactError
+from ..session import Session
+from .app import DEFAULT_MAX_BODY_BYTES, ServerConfig, create_app
+
+log = logging.getLogger("nimbus.server")
+
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+
+
+def detect_platform(environ: Mapping[str, str] = os.environ) -> str:
+    if "AIP_HTTP_PORT" in environ or "AIP_PREDICT_ROUTE" in environ:
+        return "vertex"
+    if "SAGEMAKER_BIND_TO_PORT" in environ or "SM_MODEL_DIR" in environ:
+        return "sagemaker"
+    return "local"
+
+
+def default_port(environ: Mapping[str, str] = os.environ) -> int:
+    for variable in ("AIP_HTTP_PORT", "SAGEMAKER_BIND_TO_PORT"):
+        if environ.get(variable):
+            return int(environ[variable])
+    return 8080
+
+
+def default_host(environ: Mapping[str, str] = os.environ) -> str:
+    """All interfaces inside a cloud container (the platforms require it), loopback otherwise."""
+    return "127.0.0.1" if detect_platform(environ) == "local" else "0.0.0.0"
+
+
+def model_paths(paths: Sequence[Path | str]) -> list[Path]:
+    """The artifacts to serve: the given files (a folder contributes its *.nimbus files), or
+    those in /opt/ml/model when none is given (SageMaker's `docker run IMAGE serve`)."""
+    if not paths:
+        paths = [SAGEMAKER_MODEL_DIR]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(path.glob("*.nimbus"))
+            if not inside:
+                raise ValueError(f"no .nimbus artifact in {path}")
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ValueError(f"no such file: {path}")
+    return found
+
+
+def load_models(paths: Sequence[Path | str], name: str | None = None) -> dict[str, Session]:
+    """{name: Session}, named by file stem; ``name`` renames a single model."""
+    files = model_paths(paths)
+    if name is not None and len(files) != 1:
+        raise ValueError(f"--name names one model; {len(files)} are given")
+    sessions: dict[str, Session] = {}
+    for path in files:
+        key = name or path.stem
+        if key in sessions:
+            raise ValueError(f"two models are named '{key}'")
+        try:
+            sessions[key] = Session(path)
+        except ArtifactError as err:
+            raise ValueError(f"{path}: {err}") from None
+    return sessions
+
+
+def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | None = None,
+          port: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          max_queue: int = 64, workers: int = 2, timeout_s: float = 60.0,
+          graceful_timeout_s: float = 20.0, log_level: str = "info") -> None:
+    """Load the models and serve them until SIGTERM or SIGINT; returns after a graceful drain."""
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    sessions = load_models(paths, name)
+    platform = detect_platform()
+    config = ServerConfig(max_body_bytes=max_body_bytes, max_queue=max_queue, workers=workers,
+                          timeout_s=timeout_s,
+                          vertex_health_route=os.environ.get("AIP_HEALTH_ROUTE"),
+                          vertex_predict_route=os.environ.get("AIP_PREDICT_ROUTE"))
+    app = create_app(sessions, config)
+    host = host or default_host()
+    port = default_port() if port is None else port
+    log.info("contract: %s (KServe v2, SageMaker and%s routes mounted) on %s:%d", platform,
+             " Vertex AI" if config.vertex_predict_route else " no Vertex AI", host, port)
+    server_state = app.state.server
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            server_state.draining = True  # readiness fails at once; in-flight requests finish
+            super().handle_exit(sig, frame)
+
+    uv_config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
+                               timeout_graceful_shutdown=graceful_timeout_s, access_log=False)
+    # uvicorn re-raises a captured SIGTERM once it has shut down; with this handler in place that
+    # re-raise is a no-op, so a drained server exits with status 0, as platforms expect.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        _Server(uv_config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nimbus.runtime.server",
+                                     description="Serve .nimbus artifacts over HTTP.")
+    parser.add_argument("models", nargs="*", help="artifacts (default: /opt/ml/model/*.nimbus)")
+    parser.add_argument("--name", help="serve a single model under this name")
+    parser.add_argument("--host", help="default 0.0.0.0 in a cloud container, else 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default AIP_HTTP_PORT, SAGEMAKER_BIND_TO_PORT or 8080")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--graceful-timeout", type=float, default=20.0)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.models, name=args.name, host=args.host, port=args.port,
+              max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers,
+              timeout_s=args.timeout, graceful_timeout_s=args.graceful_timeout,
+              log_level=args.log_level)
+    except ValueError as err:
+        parser.exit(1, f"error: {err}\n")
