@@ -17,7 +17,7 @@ from typing import Any
 from nimbus.runtime.artifact import read_artifact
 
 from .ir import Graph
-from .lowering import artifact_bytes, input_symbols, int8_advice
+from .lowering import artifact_bytes, input_symbols, int8_advice, torch_ops_for
 from .summary import node_costs
 
 
@@ -58,7 +58,8 @@ class CompiledModel:
                 "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
                 "mflops_batch_1": round(sum(c.flops for c in costs) / 1e6, 3),
                 **manifest.get("memory", {}),
-                "int8_advice": int8_advice(self.graph) if self.target == "cpu" else []}
+                "int8_advice": int8_advice(self.graph) if self.target == "cpu" else [],
+                "torch_ops": torch_ops_for(self.graph) if self.target == "cuda" else []}
 
 
 def compile(model, example_inputs=None, *, pipeline: str | None = None, calibration=None,  # noqa: A001

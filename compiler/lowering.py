@@ -69,14 +69,23 @@ def _json_value(value):
 
 
 def kernels_for(target: str) -> set[str]:
-    """The ops the target's backend can run."""
+    """The ops the target's backend can run. On CUDA that is every op with a Triton kernel plus
+    the data-movement and fallback ops the backend runs with torch (`torch_ops_for`)."""
     if target == "cpu":
         from nimbus.runtime.cpu_ops import KERNELS
 
         return set(KERNELS)
     from nimbus.kernels.triton import op_kernels
+    from nimbus.runtime.cuda.policy import LAYOUT_OPS, REFUSED_OPS, TORCH_FALLBACK_OPS
 
-    return set(op_kernels())
+    return (set(op_kernels()) | LAYOUT_OPS | TORCH_FALLBACK_OPS) - REFUSED_OPS
+
+
+def torch_ops_for(graph: Graph) -> list[str]:
+    """The ops of `graph` that the CUDA backend runs with torch rather than a Triton kernel."""
+    from nimbus.kernels.triton import ops_without_kernel
+
+    return ops_without_kernel(node.op for node in graph.nodes)
 
 
 def preflight(graph: Graph, target: str) -> None:
@@ -188,6 +197,12 @@ def lower(graph: Graph, target: str = "cpu") -> Lowered:
                for name, value in zip(graph.output_names, graph.outputs)]
     plan = {"format": PLAN_FORMAT, "target": target, "values": len(slots), "inputs": inputs,
             "outputs": outputs, "constants": constants, "steps": steps}
+    if target == "cuda":
+        # The Triton configs tuned on this machine travel as data, so a served model on the
+        # same kind of GPU starts without tuning.
+        from nimbus.kernels.triton.autotune import cache
+
+        plan["tuning"] = cache().export()
     memory_plan = plan_memory(graph)
     unit = {name: 1 for name in input_symbols(graph)}
     memory = {"peak_activation_bytes_batch_1": int(memory_plan.peak_bytes(unit)),

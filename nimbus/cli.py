@@ -258,6 +258,8 @@ def compile_model(
     typer.echo(f"batch 1: {summary['mflops_batch_1']} MFLOPs, activation memory "
                f"{summary['peak_activation_bytes_batch_1']} bytes "
                f"({summary['unshared_activation_bytes_batch_1']} without buffer reuse)")
+    if summary["torch_ops"]:
+        typer.echo("run with torch (no Triton kernel): " + ", ".join(summary["torch_ops"]))
     for row in summary["int8_advice"]:
         verdict = "int8 expected faster" if row["int8_expected_faster"] else "; ".join(row["reasons"])
         kind = "int8" if row["int8"] else "float"

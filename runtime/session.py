@@ -54,6 +54,13 @@ class _Step:
 class Session:
     """A loaded artifact, ready to run on the CPU."""
 
+    def __new__(cls, source=None, target: str = "cpu", **kwargs):
+        if cls is Session and target == "cuda":  # the CUDA backend; imports torch/triton lazily
+            from .cuda import CudaSession
+
+            return super().__new__(CudaSession)
+        return super().__new__(cls)
+
     def __init__(self, source: str | Path | bytes | Artifact, target: str = "cpu"):
         if target != "cpu":
             raise ValueError(f"target '{target}' is not available in this runtime; use 'cpu'")

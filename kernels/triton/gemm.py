@@ -308,6 +308,7 @@ def gemm_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,    # ACTIVATION_CODES, applied after bias and residual
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32 rounding), else "tf32" (unused)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
 ):
@@ -320,7 +321,7 @@ def gemm_kernel(
         depth_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (depths[None, :] < depth_left), other=0.0)
         w = tl.load(w_ptrs, mask=(depths[:, None] < depth_left) & (cols[None, :] < N), other=0.0)
-        acc = tl.dot(a, w, acc)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K * stride_wk
 
@@ -376,7 +377,8 @@ def gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
             a2, w, out, bias if bias is not None else out, residual if residual is not None else out,
             m, n, k, a2.stride(0), w.stride(0), out.stride(0),
             residual.stride(0) if residual is not None else 0,
-            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=code, **options)
+            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=code,
+            DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32", **options)
 
     variant = (f"{str(a.dtype).removeprefix('torch.')}{'+bias' if bias is not None else ''}"
                f"{'+residual' if residual is not None else ''}+{activation}")

@@ -103,11 +103,16 @@ def test_concurrent_runs_from_several_threads_are_correct():
 
 
 def test_preflight_lists_ops_without_a_kernel_for_the_target():
-    _, graph = converted("lenet")
-    with pytest.raises(PreflightError, match=r"(?s)no cuda kernel for 4 op.*max_pool2d: used at .*lenet.py:21"):
-        lower(graph, "cuda")
+    _, graph = converted("transformer_post_norm")
+    dynamic = nimbus.run_passes(graph, "canonicalize,fuse,quantize{mode=dynamic}")
+    with pytest.raises(PreflightError, match=r"(?s)no cuda kernel for 1 op.*dynamic_qlinear: used at "
+                                             r".*transformer.py"):
+        lower(dynamic, "cuda")
     with pytest.raises(ValueError, match="unknown target 'tpu'"):
         lower(graph, "tpu")
+    compiled = nimbus.compile(converted("lenet")[1], target="cuda")
+    assert compiled.summary()["torch_ops"] == ["max_pool2d", "reshape"]
+    assert read_artifact(compiled.data).plan["tuning"]["format"] == 1
 
 
 def test_memory_plan_is_reported_in_the_manifest():
