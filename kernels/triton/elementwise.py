@@ -6,13 +6,17 @@ expression into the source of one ``@triton.jit`` kernel that reads every input 
 the whole region in registers and writes the result once: a region of k ops moves the bytes of
 one op instead of k.
 
-Rendering. The expression is parsed and validated by the op table (`parse_expr`: only
-elementwise ops, known attributes, inputs $0..$n-1) and typed node by node with each op's own
-`infer`. The renderer then walks that tree; every node becomes one line ``v3 = <template>``
-where the template comes from `_TEMPLATES`, a fixed whitelist of op -> Triton expression, its
-operands are earlier names (``x0``, ``v2``), and attribute values are formatted from their parsed
-Python values (``repr`` of a float or int, or a choice among fixed strings). No text of the
-expression itself is copied into the code, so an artifact can never inject code through it.
+Rendering. The expression is parsed by the runtime's parser (nimbus.runtime.cpu_ops.fused:
+the compiler's grammar, only elementwise ops, inputs $0..$n-1) and validated here as the op
+table does: operand counts, each op's attribute schema, every input used, canonical text. Each
+node is typed by `result_dtype`, the elementwise ops' dtype rules (a test holds it to the op
+table's `infer`). This module imports only torch, triton and nimbus.runtime, never the
+compiler: the CUDA backend serves artifacts without it. The renderer then walks that tree;
+every node becomes one line ``v3 = <template>`` where the template comes from `_TEMPLATES`, a
+fixed whitelist of op -> Triton expression, its operands are earlier names (``x0``, ``v2``),
+and attribute values are formatted from their normalized Python values (``repr`` of a float or
+int, or a choice among fixed strings). No text of the expression itself is copied into the
+code, so an artifact can never inject code through it.
 
 Numerics. Float values live in float32 registers. After each op a float16/bfloat16 result is
 rounded to its dtype, as the reference does (it runs every op in float32 and rounds once per op):
@@ -51,10 +55,8 @@ import math
 import threading
 
 import torch
-from nimbus.compiler.dtypes import DType
-from nimbus.compiler.ir import TensorType
-from nimbus.compiler.ops import get_op
-from nimbus.compiler.ops.fused import Expr, parse_expr
+from nimbus.runtime.cpu_ops.elementwise import ATTR_DEFAULTS
+from nimbus.runtime.cpu_ops.fused import parse_expr
 
 import triton
 import triton.language as tl
@@ -95,16 +97,151 @@ def pow_f32(base, exponent):
     return tl.where(exponent == 0.0, 1.0, result)
 
 
-# ---- the backend table: op -> Triton expression template -----------------------------------------
+# ---- element types, by the runtime's names -----------------------------------------------------------
 _TL_DTYPES = {
-    DType.f32: "tl.float32", DType.f16: "tl.float16", DType.bf16: "tl.bfloat16", DType.i8: "tl.int8",
-    DType.u8: "tl.uint8", DType.i32: "tl.int32", DType.i64: "tl.int64", DType.bool: "tl.int1",
+    "f32": "tl.float32", "f16": "tl.float16", "bf16": "tl.bfloat16", "i8": "tl.int8",
+    "u8": "tl.uint8", "i32": "tl.int32", "i64": "tl.int64", "bool": "tl.int1",
 }
 _TORCH_DTYPES = {
-    torch.float32: DType.f32, torch.float16: DType.f16, torch.bfloat16: DType.bf16, torch.int8: DType.i8,
-    torch.uint8: DType.u8, torch.int32: DType.i32, torch.int64: DType.i64, torch.bool: DType.bool,
+    torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16", torch.int8: "i8",
+    torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.bool: "bool",
 }
 _FROM_DTYPE = {dtype: torch_dtype for torch_dtype, dtype in _TORCH_DTYPES.items()}
+_FLOATS = frozenset({"f32", "f16", "bf16"})
+_INT_RANGES = {"i8": (-(2**7), 2**7 - 1), "u8": (0, 2**8 - 1), "i32": (-(2**31), 2**31 - 1),
+               "i64": (-(2**63), 2**63 - 1)}
+
+
+def _as_dtype(dtype) -> str:
+    """An element type's name from a name, a torch dtype, or anything whose str is a name."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _TORCH_DTYPES:
+            raise ValueError(f"dtype {dtype} has no nimbus element type")
+        return _TORCH_DTYPES[dtype]
+    name = dtype if isinstance(dtype, str) else str(dtype)  # e.g. the compiler's DType
+    if name not in _TL_DTYPES:
+        raise ValueError(f"unknown dtype '{name[:20]}' (known: {', '.join(_TL_DTYPES)})")
+    return name
+
+
+# ---- the elementwise ops' rules, as the op table states them (tests compare the two) -----------------
+_FLOAT_UNARY = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "tanh", "silu", "gelu",
+                          "exp", "log", "sqrt", "rsqrt", "reciprocal", "erf"})  # x float, result x
+_ANY_UNARY = frozenset({"neg", "abs", "clamp"})  # any dtype, result x
+_SAME_BINARY = frozenset({"add", "sub", "mul", "div", "pow", "maximum", "minimum"})  # one dtype; div floats
+_COMPARISONS = frozenset({"eq", "ne", "lt", "le", "gt", "ge"})  # one dtype, result bool
+_LOGICAL = frozenset({"logical_and", "logical_or"})  # bool operands, result bool
+_ARITY = {**dict.fromkeys(_FLOAT_UNARY | _ANY_UNARY | {"logical_not", "cast"}, 1),
+          **dict.fromkeys(_SAME_BINARY | _COMPARISONS | _LOGICAL, 2), "where": 3}
+# attribute kinds in schema order (the canonical text's order); defaults from ATTR_DEFAULTS,
+# the rest required
+_ATTR_KINDS = {"clamp": {"min": "float?", "max": "float?"}, "gelu": {"approximate": "str"},
+               "cast": {"dtype": "dtype"}}
+_REQUIRED = object()
+
+
+def _same_dtype(dtypes: list[str], what: str) -> str:
+    if len(set(dtypes)) != 1:
+        raise ValueError(f"{what} must share one dtype, got {', '.join(dtypes)}")
+    return dtypes[0]
+
+
+def _require_bool(dtype: str) -> None:
+    if dtype != "bool":
+        raise ValueError(f"logical ops take bool operands, got {dtype}")
+
+
+def result_dtype(op: str, attrs: dict, arg_dtypes: list[str]) -> str:
+    """The dtype of elementwise `op` over operands of `arg_dtypes` (names); ValueError if it takes none.
+
+    The op table's `infer` rules (nimbus.compiler.ops.elementwise): operands of one dtype, float
+    math on floats, comparisons and logical ops give bool, cast gives its `dtype` attribute.
+    """
+    try:
+        if op not in _ARITY:
+            raise ValueError("unknown elementwise op")
+        if len(arg_dtypes) != _ARITY[op]:
+            raise ValueError(f"takes {_ARITY[op]} operands, got {len(arg_dtypes)}")
+        if op == "cast":
+            return _as_dtype(attrs["dtype"])
+        if op == "where":
+            _require_bool(arg_dtypes[0])
+            return _same_dtype(arg_dtypes[1:], "where branches")
+        if op == "logical_not":
+            _require_bool(arg_dtypes[0])
+            return "bool"
+        dtype = _same_dtype(arg_dtypes, f"{op} operands")
+        if op in _FLOAT_UNARY and dtype not in _FLOATS:
+            raise ValueError(f"x must be a float tensor, got {dtype}")
+        if op == "div" and dtype not in _FLOATS:
+            raise ValueError(f"takes float operands, got {dtype} (cast first)")
+        if op in _LOGICAL:
+            _require_bool(dtype)
+        return "bool" if op in _COMPARISONS or op in _LOGICAL else dtype
+    except ValueError as err:
+        raise ValueError(f"{op}: in fused expression: {err}") from None
+
+
+def _attr_value(op: str, name: str, kind: str, value):
+    """An attribute's canonical Python value for its kind (as the op table normalizes it)."""
+    try:
+        if value is None:
+            if kind.endswith("?"):
+                return None
+            raise ValueError("must be given")
+        if kind == "float?":
+            return float(value)  # a name token ('__import__') raises here
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {value!r}")
+            return value
+        return _as_dtype(str(value))  # kind "dtype"
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{op}: attribute '{name}' ({kind}): {err}") from None
+
+
+def _node_attrs(op: str, attrs) -> dict:
+    """A parsed node's attributes checked against its schema and normalized, in schema order."""
+    schema = _ATTR_KINDS.get(op, {})
+    given = dict(attrs)
+    unknown = sorted(set(given) - set(schema))
+    if unknown:
+        raise ValueError(f"{op}: unknown attribute '{str(unknown[0])[:40]}'; "
+                         f"attributes: {', '.join(schema) or 'none'}")
+    result = {}
+    for name, kind in schema.items():
+        if name not in given:
+            raise ValueError(f"{op}: attribute '{name}' ({kind}) is required")
+        result[name] = _attr_value(op, name, kind, given[name])
+    return result
+
+
+def _attr_text(value) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _canonical(node, used: set) -> str:
+    """Check a parsed node (operand counts, attributes) and print it as the compiler does."""
+    if node[0] == "$":
+        used.add(node[1])
+        return f"${node[1]}"
+    op, attrs, args = node
+    if op not in _ARITY:
+        raise ValueError(f"op '{op}' is an elementwise op the Triton backend does not know")
+    if len(args) != _ARITY[op]:
+        raise ValueError(f"{op}: takes {_ARITY[op]} operands, got {len(args)}")
+    normalized = _node_attrs(op, attrs)
+    defaults = ATTR_DEFAULTS.get(op, {})
+    shown = [f"{k}={_attr_text(v)}" for k, v in normalized.items() if v != defaults.get(k, _REQUIRED)]
+    inner = ",".join(_canonical(arg, used) for arg in args)
+    return f"{op}{'[' + ','.join(shown) + ']' if shown else ''}({inner})"
+
+
+def _op_count(node) -> int:
+    return 0 if node[0] == "$" else 1 + sum(_op_count(arg) for arg in node[2])
+
+
+# ---- the backend table: op -> Triton expression template -----------------------------------------
 
 _ARITHMETIC = {"add", "sub", "mul", "div", "pow", "maximum", "minimum", "neg", "abs", "clamp"}
 _ORDERING = {"lt", "le", "gt", "ge"}
@@ -127,10 +264,10 @@ def _clamp(args, attrs, arg_dtypes, dtype) -> str:
         bound = attrs.get(name)
         if bound is None:
             continue
-        if dtype.is_float:
+        if dtype in _FLOATS:
             literal = _float_literal(bound)
         else:
-            lo, hi = dtype.int_range
+            lo, hi = _INT_RANGES[dtype]
             if not math.isfinite(bound) or not lo <= math.trunc(bound) <= hi:
                 raise ValueError(f"clamp {name}={bound!r} does not fit {dtype}")
             literal = repr(math.trunc(bound))
@@ -153,16 +290,16 @@ def _cast(args, attrs, arg_dtypes, dtype) -> str:
     # numpy's astype: to bool is `!= 0`; float to integer truncates (fptosi does too); from bool
     # goes through an explicit 0/1 so int1 is never sign-extended to -1.
     (x,), (source,) = args, arg_dtypes
-    if dtype == DType.bool:
+    if dtype == "bool":
         return f"{x} != 0"
-    if source == DType.bool:
-        return f"tl.where({x}, 1.0, 0.0)" if dtype.is_float else f"tl.where({x}, 1, 0)"
-    return f"{x}.to(tl.float32)" if dtype.is_float else f"{x}.to({_TL_DTYPES[dtype]})"
+    if source == "bool":
+        return f"tl.where({x}, 1.0, 0.0)" if dtype in _FLOATS else f"tl.where({x}, 1, 0)"
+    return f"{x}.to(tl.float32)" if dtype in _FLOATS else f"{x}.to({_TL_DTYPES[dtype]})"
 
 
 def _by_kind(float_template: str, integer_template: str):
     def render(args, attrs, arg_dtypes, dtype) -> str:
-        template = float_template if arg_dtypes[0].is_float else integer_template
+        template = float_template if arg_dtypes[0] in _FLOATS else integer_template
         return template.format(*args)
 
     return render
@@ -211,92 +348,89 @@ _TEMPLATES = {
 SUPPORTED_OPS = frozenset(_TEMPLATES)
 
 
-def _problem(op: str, arg_dtypes: list[DType]) -> str | None:
+def _problem(op: str, arg_dtypes: list[str]) -> str | None:
     """Why the template of `op` cannot take these operand dtypes, or None when it can."""
     if op not in _TEMPLATES:
         return f"op '{op}' has no Triton template"
-    if op in _ARITHMETIC and DType.bool in arg_dtypes:
+    if op in _ARITHMETIC and "bool" in arg_dtypes:
         return f"op '{op}' on bool operands has no Triton template"
-    if op in _ORDERING and DType.bool in arg_dtypes:
+    if op in _ORDERING and "bool" in arg_dtypes:
         return f"ordering comparison '{op}' on bool operands has no Triton template"
-    if op == "pow" and not arg_dtypes[0].is_float:
+    if op == "pow" and arg_dtypes[0] not in _FLOATS:
         return f"op 'pow' on {arg_dtypes[0]} operands has no Triton template (floats only)"
     return None
 
 
 # ---- rendering ---------------------------------------------------------------------------------------
-def _as_dtype(dtype) -> DType:
-    if isinstance(dtype, DType):
-        return dtype
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _TORCH_DTYPES:
-            raise ValueError(f"dtype {dtype} has no nimbus element type")
-        return _TORCH_DTYPES[dtype]
-    return DType.parse(str(dtype))
+def _validated(expr_text: str, input_dtypes) -> tuple[tuple, list[str], str]:
+    """Parse, check and type a region; returns the parsed tree, input dtypes and the result dtype.
 
-
-def _validated(expr_text: str, input_dtypes) -> tuple[Expr, list[DType], DType]:
-    """Parse, type and check a region; returns the tree, input dtypes and the result dtype."""
+    The tree is the runtime parser's: ("$", i) for an input, (op, attribute pairs, args) for an op.
+    """
     if not isinstance(expr_text, str):
         raise TypeError(f"a fused region is given as its expression text, got {type(expr_text).__name__}")
     dtypes = [_as_dtype(d) for d in input_dtypes]
-    types = [TensorType(d, ()) for d in dtypes]
-    # the op's own rule: parses, requires the canonical text, types every node
-    result = get_op("fused_elementwise").infer(types, {"expr": expr_text})
-    return parse_expr(expr_text, len(dtypes)), dtypes, result.dtype
+    expr = parse_expr(expr_text, len(dtypes))  # tokens, elementwise ops, inputs below len(dtypes)
+    used: set[int] = set()
+    canonical = _canonical(expr, used)  # operand counts and attributes, as the op table checks them
+    if used != set(range(len(dtypes))):
+        raise ValueError(f"fused expression uses inputs {sorted(used)}, has {len(dtypes)}")
+    if canonical != expr_text:
+        raise ValueError(f"expression {expr_text[:200]!r} is not canonical (expected {canonical[:200]!r})")
+    return expr, dtypes, _typed_walk(expr, dtypes, lambda node, arg_dtypes, dtype: None)
 
 
 def unsupported(expr_text: str, input_dtypes) -> list[str]:
     """Every reason the region has no Triton kernel (empty when it has one): the pre-flight check."""
     expr, dtypes, _ = _validated(expr_text, input_dtypes)
     problems: list[str] = []
-    _typed_walk(expr, dtypes, lambda node, arg_dtypes, dtype: problems.append(_problem(node.op, arg_dtypes)))
+    _typed_walk(expr, dtypes, lambda node, arg_dtypes, dtype: problems.append(_problem(node[0], arg_dtypes)))
     return list(dict.fromkeys(p for p in problems if p is not None))
 
 
-def _node_dtype(node: Expr, arg_dtypes: list[DType]) -> DType:
-    op = get_op(node.op)
-    result = op.infer([TensorType(d, ()) for d in arg_dtypes], op.normalize_attrs(dict(node.attrs)))
-    return result.dtype
+def _node_dtype(node: tuple, arg_dtypes: list[str]) -> str:
+    op, attrs, _ = node
+    return result_dtype(op, _node_attrs(op, attrs), arg_dtypes)
 
 
-def _typed_walk(expr: Expr, input_dtypes: list[DType], visit) -> DType:
+def _typed_walk(expr: tuple, input_dtypes: list[str], visit) -> str:
     """Post-order walk calling visit(node, operand dtypes, result dtype); returns expr's dtype."""
-    if expr.input is not None:
-        return input_dtypes[expr.input]
-    arg_dtypes = [_typed_walk(arg, input_dtypes, visit) for arg in expr.args]
+    if expr[0] == "$":
+        return input_dtypes[expr[1]]
+    arg_dtypes = [_typed_walk(arg, input_dtypes, visit) for arg in expr[2]]
     dtype = _node_dtype(expr, arg_dtypes)
     visit(expr, arg_dtypes, dtype)
     return dtype
 
 
-def _rounded(value: str, dtype: DType) -> str:
+def _rounded(value: str, dtype: str) -> str:
     """The expression converted to the register type of `dtype`, rounded to dtype if it is narrower."""
-    if dtype in (DType.f16, DType.bf16):
+    if dtype in ("f16", "bf16"):
         return f"({value}).to({_TL_DTYPES[dtype]}).to(tl.float32)"
-    if dtype == DType.f32 or dtype == DType.bool:
+    if dtype in ("f32", "bool"):
         return value
     return f"({value}).to({_TL_DTYPES[dtype]})"
 
 
-def _body_lines(expr: Expr, input_dtypes: list[DType]) -> tuple[list[str], str]:
+def _body_lines(expr: tuple, input_dtypes: list[str]) -> tuple[list[str], str]:
     """One assignment per distinct node of the tree, and the name holding the region's value."""
     lines: list[str] = []
-    names: dict[Expr, str] = {}
+    names: dict[tuple, str] = {}
 
-    def visit(node: Expr) -> tuple[str, DType]:
-        if node.input is not None:
-            return f"x{int(node.input)}", input_dtypes[node.input]
-        operands = [visit(arg) for arg in node.args]
+    def visit(node: tuple) -> tuple[str, str]:
+        if node[0] == "$":
+            return f"x{int(node[1])}", input_dtypes[node[1]]
+        op, attrs, args = node
+        operands = [visit(arg) for arg in args]
         arg_names, arg_dtypes = [name for name, _ in operands], [dtype for _, dtype in operands]
         dtype = _node_dtype(node, arg_dtypes)
         if node not in names:  # `unsupported` has vetted every (op, dtypes) pair already
-            template = _TEMPLATES[node.op]
-            attrs = dict(node.attrs)
+            template = _TEMPLATES[op]
+            normalized = _node_attrs(op, attrs)  # Python values of the schema's kinds
             value = (template.format(*arg_names) if isinstance(template, str)
-                     else template(arg_names, attrs, arg_dtypes, dtype))
+                     else template(arg_names, normalized, arg_dtypes, dtype))
             names[node] = f"v{len(names)}"
-            lines.append(f"    {names[node]} = {_rounded(value, dtype)}  # {node.op}")
+            lines.append(f"    {names[node]} = {_rounded(value, dtype)}  # {op}")
         return names[node], dtype
 
     result, _ = visit(expr)
@@ -355,17 +489,17 @@ def render_elementwise(expr_text: str, input_dtypes, output_dtype) -> str:
     """The source of one @triton.jit kernel evaluating the region over broadcast inputs.
 
     `expr_text`: a canonical fused_elementwise expression; `input_dtypes`, `output_dtype`:
-    nimbus DTypes (or their names, or torch dtypes). Raises ValueError for an invalid region or
-    an output dtype other than the op's rule gives, UnsupportedElementwise naming every op that
-    has no template.
+    element type names ("f32", "bool", ...), torch dtypes, or anything whose str is a name
+    (the compiler's DType). Raises ValueError for an invalid region or an output dtype other
+    than the op's rule gives, UnsupportedElementwise naming every op that has no template.
     """
     expr, dtypes, inferred = _validated(expr_text, input_dtypes)
     output_dtype = _as_dtype(output_dtype)
     if output_dtype != inferred:
-        raise ValueError(f"fused region {expr} gives {inferred}, not the requested {output_dtype}")
+        raise ValueError(f"fused region {expr_text} gives {inferred}, not the requested {output_dtype}")
     problems = unsupported(expr_text, dtypes)
     if problems:
-        raise UnsupportedElementwise(str(expr), problems)
+        raise UnsupportedElementwise(expr_text, problems)
     body, result = _body_lines(expr, dtypes)
     inputs = range(len(dtypes))
     inner = MAX_RANK - 1
@@ -378,10 +512,10 @@ def render_elementwise(expr_text: str, input_dtypes, output_dtype) -> str:
     loads = []
     for i in inputs:
         load = f"tl.load(x{i}_ptr + x{i}_offsets, mask=mask, other=0)"
-        register = "tl.float32" if dtypes[i].is_float else None
+        register = "tl.float32" if dtypes[i] in _FLOATS else None
         loads.append(f"    x{i} = {load}" + (f".to({register})" if register else ""))
     return _KERNEL_TEMPLATE.format(
-        expr=_safe_comment(str(expr)),
+        expr=_safe_comment(expr_text),
         out_dtype=output_dtype,
         input_params="\n".join(f"    x{i}_ptr,  # input {i}, {dtypes[i]}" for i in inputs),
         size_params=", ".join(f"size{axis}" for axis in range(MAX_RANK)),
@@ -400,7 +534,7 @@ def render_elementwise(expr_text: str, input_dtypes, output_dtype) -> str:
 
 
 def _safe_comment(text: str) -> str:
-    # The canonical text is printed from the parsed tree: tokens of the parser's own grammar.
+    # The text is canonical (printed back from the parsed tree): tokens of the parser's grammar.
     return "".join(c if c.isalnum() or c in "$_.,[]()=+-" else "?" for c in text)
 
 
@@ -460,19 +594,35 @@ def _merged_layout(shape: tuple[int, ...], inputs: list[torch.Tensor]):
     return sizes, merged
 
 
+def _broadcast_shapes(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """Numpy broadcasting of the inputs' shapes (the op table's rule for concrete shapes)."""
+    rank = max(len(s) for s in shapes)
+    result = []
+    for axis in range(rank):
+        chosen = 1
+        for shape in shapes:
+            d = int(shape[axis - rank + len(shape)]) if axis - rank + len(shape) >= 0 else 1
+            if d != 1 and d != chosen:
+                if chosen != 1:
+                    text = ", ".join("[" + ",".join(str(int(x)) for x in s) + "]" for s in shapes)
+                    raise ValueError(f"fused_elementwise: shapes {text} do not broadcast")
+                chosen = d
+        result.append(chosen)
+    return tuple(result)
+
+
 class _LaunchPlan:
     """Everything about a call that depends only on the inputs' dtypes, shapes and strides."""
 
     def __init__(self, expr_text: str, inputs: list[torch.Tensor], out_dtype):
         input_dtypes = [_TORCH_DTYPES[t.dtype] for t in inputs]
-        types = [TensorType(d, tuple(t.shape)) for d, t in zip(input_dtypes, inputs)]
-        result = get_op("fused_elementwise").infer(types, {"expr": expr_text})
-        if out_dtype is not None and _as_dtype(out_dtype) != result.dtype:
-            raise ValueError(f"fused region {expr_text} gives {result.dtype}, not the requested "
+        _, _, dtype = _validated(expr_text, input_dtypes)
+        self.shape = _broadcast_shapes([tuple(t.shape) for t in inputs])
+        if out_dtype is not None and _as_dtype(out_dtype) != dtype:
+            raise ValueError(f"fused region {expr_text} gives {dtype}, not the requested "
                              f"{_as_dtype(out_dtype)}")
-        self.kernel = elementwise_kernel(expr_text, input_dtypes, result.dtype)
-        self.shape = tuple(int(d) for d in result.shape)
-        self.dtype = _FROM_DTYPE[result.dtype]
+        self.kernel = elementwise_kernel(expr_text, input_dtypes, dtype)
+        self.dtype = _FROM_DTYPE[dtype]
         self.numel = math.prod(self.shape)
         self.config = None
         if self.numel == 0:
@@ -580,7 +730,7 @@ def _bench_case(bench_case, relative_error, label, expr_text, inputs, eager):
         name=f"fused_elementwise {label} f16 {shape}",
         run=lambda: fused_elementwise(expr_text, inputs),
         check=check,
-        flops=result_elements * len(parse_expr(expr_text, len(inputs)).ops()),
+        flops=result_elements * _op_count(parse_expr(expr_text, len(inputs))),
         bytes=moved,
         peers={"torch eager": lambda: eager(*inputs), "torch.compile": lambda: compiled(*inputs)},
     )
