@@ -13,6 +13,7 @@ read-only arrays; so one session serves concurrent `run` calls from several thre
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -20,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
-from .cpu_ops import KERNELS, TensorInfo, run_op
+from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo, run_op
 from .dims import bind_dim, evaluate_dim
 
 PLAN_FORMAT = 1
@@ -54,14 +55,19 @@ class _Step:
 class Session:
     """A loaded artifact, ready to run on the CPU."""
 
-    def __new__(cls, source=None, target: str = "cpu", **kwargs):
+    def __new__(cls, source=None, target: str = "cpu", *args, **kwargs):
         if cls is Session and target == "cuda":  # the CUDA backend; imports torch/triton lazily
             from .cuda import CudaSession
 
             return super().__new__(CudaSession)
         return super().__new__(cls)
 
-    def __init__(self, source: str | Path | bytes | Artifact, target: str = "cpu"):
+    def __init__(self, source: str | Path | bytes | Artifact, target: str = "cpu",
+                 threads: int | None = None):
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        # The native kernels' worker pool never runs more than one thread per core.
+        self.threads = threads or len(os.sched_getaffinity(0))
         if target != "cpu":
             raise ValueError(f"target '{target}' is not available in this runtime; use 'cpu'")
         self.artifact = source if isinstance(source, Artifact) else read_artifact(source)
@@ -98,6 +104,14 @@ class Session:
             raise SessionError(f"inputs must be exactly {names}; missing {missing}, unexpected {unknown}")
         for name, slot, info in self._inputs:
             values[slot] = self._checked_input(name, feeds[name], info, bindings)
+        token = NATIVE_THREADS.set(self.threads)
+        try:
+            self._execute(values, bindings)
+        finally:
+            NATIVE_THREADS.reset(token)
+        return {name: values[slot] for name, slot, _ in self._outputs}
+
+    def _execute(self, values: list, bindings: dict) -> None:
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
             attrs = step.attrs
@@ -112,7 +126,6 @@ class Session:
                 values[slot] = array
             for slot in step.release:
                 values[slot] = None
-        return {name: values[slot] for name, slot, _ in self._outputs}
 
     def _checked_input(self, name: str, array, info: TensorInfo, bindings: dict) -> np.ndarray:
         array = np.asarray(array)
@@ -185,6 +198,7 @@ class Session:
         self._constant_slots = constant_slots
 
 
-def load(source: str | Path | bytes, target: str = "cpu") -> Session:
-    """Open an artifact (path or bytes) as a Session."""
-    return Session(source, target)
+def load(source: str | Path | bytes, target: str = "cpu", threads: int | None = None) -> Session:
+    """Open an artifact (path or bytes) as a Session; `threads` caps the native kernels' threads
+    (default: the cores this process may run on)."""
+    return Session(source, target, threads)

@@ -12,6 +12,6 @@ imported.
 
 from . import elementwise, fused, nn, quant, reduce, shape  # noqa: F401  (each registers kernels)
 from .info import TensorInfo, TensorInfoError
-from .registry import KERNELS, UnknownOpError, kernel, run_op
+from .registry import KERNELS, NATIVE_THREADS, UnknownOpError, kernel, run_op
 
-__all__ = ["KERNELS", "TensorInfo", "TensorInfoError", "UnknownOpError", "kernel", "run_op"]
+__all__ = ["KERNELS", "NATIVE_THREADS", "TensorInfo", "TensorInfoError", "UnknownOpError", "kernel", "run_op"]

@@ -31,7 +31,7 @@ import numpy as np
 from .. import _kernels
 from .common import int_range, numpy_dtype
 from .nn import conv2d_nchw
-from .registry import kernel
+from .registry import NATIVE_THREADS, kernel
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
 
@@ -306,13 +306,13 @@ def qlinear(xs, a, types):
 
     def call(kind, *epilogue):
         if kind == "f32":
-            out = _kernels.qgemm_f32(rows, packed, zp, b, *epilogue)
+            out = _kernels.qgemm_f32(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get())
         else:
-            out = _kernels.qgemm(rows, packed, zp, b, *epilogue)
+            out = _kernels.qgemm(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get())
         return out.reshape(*x.shape[:-1], n)
 
     def acc():
-        return _kernels.qgemm_s32(rows, packed, zp, b).reshape(*x.shape[:-1], n)
+        return _kernels.qgemm_s32(rows, packed, zp, b, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
 
     return _native_epilogue(call, acc, n, a, xq, wq, residual, _residual_quant(types), x.ndim - 1)
 
@@ -335,11 +335,14 @@ def qconv2d(xs, a, types):
 
     def call(kind, *epilogue):
         if kind == "f32":
-            return nchw(_kernels.qconv2d_f32(nhwc, packed, zp, b, *epilogue, **geometry))
-        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry))
+            return nchw(_kernels.qconv2d_f32(nhwc, packed, zp, b, *epilogue, **geometry,
+                                             threads=NATIVE_THREADS.get()))
+        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry,
+                                         threads=NATIVE_THREADS.get()))
 
     def acc():
-        return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry))
+        return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry,
+                                             threads=NATIVE_THREADS.get()))
 
     return _native_epilogue(call, acc, w.shape[0], a, xq, wq, residual, _residual_quant(types), 1)
 
@@ -361,5 +364,5 @@ def dynamic_qlinear(xs, a, types):
     q = quantize_array(x, _Quant((scale,), (zero_point,)), "u8")
     multiplier = _channel_vector(requant_multiplier(scale, wq.scale), n)
     out = _kernels.qgemm_f32(np.ascontiguousarray(q.reshape(-1, k)), packed, zero_point, None,
-                             multiplier).reshape(*x.shape[:-1], n)
+                             multiplier, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
     return out if bias is None else out + bias

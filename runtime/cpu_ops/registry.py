@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from contextvars import ContextVar
 
 import numpy as np
 
 Kernel = Callable[[list, dict, list], "np.ndarray | list[np.ndarray]"]
 
 KERNELS: dict[str, Kernel] = {}
+
+# How many threads the native kernels may use in the current run. A Session sets it for the
+# length of one call; a context variable is private to each thread (and task), so sessions
+# running concurrently in one process never see each other's setting.
+NATIVE_THREADS: ContextVar[int] = ContextVar("native_threads", default=1)
 
 
 class UnknownOpError(ValueError):

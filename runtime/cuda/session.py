@@ -69,11 +69,12 @@ def _import_backend():
 class CudaSession(Session):
     """A loaded artifact, ready to run with Triton kernels on a CUDA device (or the interpreter)."""
 
-    def __init__(self, source: str | Path | bytes | Artifact, target: str = "cuda", *,
-                 device: str | None = None):
+    def __init__(self, source: str | Path | bytes | Artifact, target: str = "cuda",
+                 threads: int | None = None, *, device: str | None = None):
         if target != "cuda":
             raise ValueError(f"CudaSession runs target 'cuda', not '{target}'")
-        super().__init__(source)  # the CPU Session's reading and validation of the plan
+        # The CPU Session's reading and validation of the plan (threads: its host-side kernels).
+        super().__init__(source, threads=threads)
         torch, launchers = _import_backend()
         self._torch, self._launchers_module = torch, launchers
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

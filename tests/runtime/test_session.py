@@ -167,3 +167,26 @@ def test_int8_advice_names_why_int8_may_not_pay_off():
     verdicts = [row["int8_expected_faster"]
                 for row in int8_advice(wide_int8.graph, isas=["avx512_vnni", "avx2", "portable"])]
     assert verdicts == [True, False]  # 262k MACs pay off; the 5k-MAC classifier does not
+
+
+def test_thread_count_reaches_the_native_kernels_and_results_do_not_depend_on_it(monkeypatch):
+    from nimbus.runtime.cpu_ops import quant
+
+    train_x, _, test_x, _ = digit_images()
+    compiled = nimbus.compile(trained_lenet(), (torch.from_numpy(test_x[:1]),),
+                              calibration=[train_x[:64]])
+    seen = []
+    original = quant._kernels.qconv2d
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["threads"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(quant._kernels, "qconv2d", spy)
+    one = Session(compiled.data, threads=1).run({"x": test_x[:16]})["output"]
+    two = Session(compiled.data, threads=2).run({"x": test_x[:16]})["output"]
+    np.testing.assert_array_equal(one, two)
+    assert seen == [1, 1, 2, 2]
+    assert Session(compiled.data).threads >= 1
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        Session(compiled.data, threads=0)
