@@ -53,14 +53,22 @@ def in_float32(fn):
 
     def run(arrays, attrs):
         dtype = next(a.dtype for a in arrays if a is not None)
-        upcast = [a.astype(np.float32) if a is not None and is_float_array(a) else a
+        # float32 operands pass through uncopied: kernels never write into their inputs.
+        upcast = [a.astype(np.float32, copy=False) if a is not None and is_float_array(a) else a
                   for a in arrays]
         out = fn(upcast, attrs)
         if isinstance(out, list):
-            return [o.astype(dtype, copy=False) for o in out]
-        return np.asarray(out).astype(dtype, copy=False)
+            return [_fresh(o.astype(dtype, copy=False), arrays) for o in out]
+        return _fresh(np.asarray(out).astype(dtype, copy=False), arrays)
 
     return run
+
+
+def _fresh(out: np.ndarray, inputs) -> np.ndarray:
+    """``out``, copied where it is one of the operands (a result never aliases an input)."""
+    if any(out is a for a in inputs):
+        return out.copy()
+    return out
 
 
 def normalize_axis(axis: int, rank: int) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .common import in_float32
 from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
-from .nn import conv2d_nchw
+from .nn import conv2d_any_layout, matmul_kernel, matmul_rows
 from .registry import KERNELS, kernel, without_types
 
 # activation name -> (op, attributes) applied after the layer, bias and residual
@@ -47,13 +47,25 @@ def apply_activation(x: np.ndarray, activation: str) -> np.ndarray:
     return KERNELS[op]([x], dict(attrs), [None])
 
 
+# Activations computed in place on a fresh float32 result (the same values as their kernels).
+_IN_PLACE = {
+    "relu": lambda x: np.maximum(x, 0, out=x),
+    "relu6": lambda x: np.minimum(np.maximum(x, 0, out=x), 6, out=x),
+}
+
+
 def layer_epilogue(out, bias, residual, activation, bias_shape):
-    """act(out + bias + residual) of a fused layer, in float32."""
+    """act(out + bias + residual) of a fused layer, in float32; ``out`` must be a fresh array
+    (it is updated in place)."""
+    if out.dtype != np.float32:
+        out = out.astype(np.float32)
     if bias is not None:
-        out = out + bias.reshape(bias_shape)
+        out += bias.reshape(bias_shape)
     if residual is not None:
-        out = out + residual
-    return apply_activation(out.astype(np.float32), activation)
+        out += residual
+    if activation in _IN_PLACE:
+        return _IN_PLACE[activation](out)
+    return apply_activation(out, activation)
 
 
 def attention_reference(xs, a):
@@ -70,14 +82,50 @@ def attention_reference(xs, a):
     return np.matmul(weights.astype(np.float32), v)
 
 
-kernel("fused_conv2d")(without_types(in_float32(lambda xs, a: layer_epilogue(
-    conv2d_nchw(xs[0], xs[1], a["stride"], a["padding"], a["dilation"], a["groups"]),
-    xs[2], xs[3], a["activation"], (1, -1, 1, 1)))))
+def attention_kernel(xs, a):
+    """attention_reference in float32 (max-shifted, so ~1e-6 relative), updating in place."""
+    q, k, v, mask = xs
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = np.matmul(q, np.swapaxes(k, -1, -2))
+    scores *= np.float32(scale)
+    if mask is not None:
+        if np.broadcast_shapes(scores.shape, mask.shape) != scores.shape:
+            scores = np.broadcast_to(scores, np.broadcast_shapes(scores.shape, mask.shape)).copy()
+        if mask.dtype == np.bool_:
+            np.copyto(scores, -np.inf, where=~mask)
+        else:
+            scores += mask
+    peak = scores.max(axis=-1, keepdims=True)
+    fully_masked = np.isneginf(peak)
+    any_masked = fully_masked.any()
+    if any_masked:
+        peak[fully_masked] = 0.0
+    scores -= peak
+    np.exp(scores, out=scores)
+    total = scores.sum(axis=-1, keepdims=True)
+    if any_masked:
+        total[fully_masked] = 1.0  # every weight of such a row is exp(-inf) = 0
+    scores /= total
+    return np.matmul(scores, v)
+
+
+def _fused_conv2d(xs, a):
+    x, w, bias, residual = xs
+    out = conv2d_any_layout(x, w, a["stride"], a["padding"], a["dilation"], a["groups"])
+    result = np.empty(out.shape, dtype=np.float32)  # C-contiguous, whatever out's layout
+    if bias is None:
+        np.copyto(result, out)
+    else:
+        np.add(out, bias.reshape(1, -1, 1, 1), out=result)
+    return layer_epilogue(result, None, residual, a["activation"], None)
+
+
+kernel("fused_conv2d")(without_types(in_float32(_fused_conv2d)))
 kernel("fused_linear")(without_types(in_float32(lambda xs, a: layer_epilogue(
-    np.matmul(xs[0], xs[1].T), xs[2], xs[3], a["activation"], (-1,)))))
+    matmul_rows(xs[0], xs[1].T), xs[2], xs[3], a["activation"], (-1,)))))
 kernel("fused_matmul")(without_types(in_float32(lambda xs, a: layer_epilogue(
-    np.matmul(xs[0], xs[1]), None, xs[2], a["activation"], None))))
-kernel("attention")(without_types(in_float32(attention_reference)))
+    matmul_kernel([xs[0], xs[1]], a), None, xs[2], a["activation"], None))))
+kernel("attention")(without_types(in_float32(attention_kernel)))
 
 
 # ---- elementwise regions ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Layouts follow PyTorch: activations NCHW, conv weights OIHW, linear weights [out, in];
 spatial padding is [top, left, bottom, right]. The ``*_reference`` functions compute in float32
 (or float64 for normalizations) and are also the compiler's references; the kernels wrap them
-in ``in_float32`` exactly as the op table does.
+in ``in_float32`` as the op table does, except where a faster ``*_kernel`` computes the same
+values (float32 normalizations, one GEMM over all rows, strided convolution output).
 """
 
 from __future__ import annotations
@@ -23,36 +24,162 @@ def output_hw(shape, kernel, stride, padding, dilation, ceil_mode=False) -> tupl
                                     padding[i + 2], dilation[i], ceil_mode) for i in range(2))
 
 
+def pad_spatial(x: np.ndarray, padding, extra=(0, 0), value=0.0) -> np.ndarray:
+    """NCHW ``x`` padded by [top, left, bottom, right] (+ ``extra`` more at the bottom/right);
+    ``x`` itself when there is nothing to add. Only the border is filled."""
+    top, left = padding[0], padding[1]
+    bottom, right = padding[2] + extra[0], padding[3] + extra[1]
+    if not (top or left or bottom or right):
+        return x
+    n, c, h, w = x.shape
+    out = np.empty((n, c, top + h + bottom, left + w + right), dtype=x.dtype)
+    out[:, :, :top] = value
+    out[:, :, top + h:] = value
+    out[:, :, top:top + h, :left] = value
+    out[:, :, top:top + h, left + w:] = value
+    out[:, :, top:top + h, left:left + w] = x
+    return out
+
+
+def _window_extra(shape, kernel, stride, padding, dilation, out_hw):
+    # Pad the end further when ceil_mode lets the last window run past the padding.
+    return [max(0, (out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
+                - (shape[2 + i] + padding[i] + padding[i + 2])) for i in range(2)]
+
+
+def _windows_view(padded, kernel, stride, dilation, out_hw, order=(0, 1, 2, 3, 4, 5)):
+    """A read-only strided view of the windows of padded NCHW data: axes [N, C, kh, kw, Ho, Wo]
+    in ``order``."""
+    sn, sc, sh, sw = padded.strides
+    shape = (padded.shape[0], padded.shape[1], kernel[0], kernel[1], out_hw[0], out_hw[1])
+    strides = (sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1])
+    return np.lib.stride_tricks.as_strided(padded, tuple(shape[i] for i in order),
+                                           tuple(strides[i] for i in order), writeable=False)
+
+
+def _tap(padded, i, j, stride, dilation, out_hw):
+    """The input under kernel tap (i, j) for every output position: [N, C, Ho, Wo] view."""
+    top, left = i * dilation[0], j * dilation[1]
+    return padded[:, :, top:top + stride[0] * (out_hw[0] - 1) + 1:stride[0],
+                  left:left + stride[1] * (out_hw[1] - 1) + 1:stride[1]]
+
+
 def extract_windows(x: np.ndarray, kernel, stride, padding, dilation, out_hw, pad_value=0.0):
     """Patches of an NCHW array as [N, C, kh, kw, Ho, Wo] (the im2col of the reference)."""
-    n, c = x.shape[:2]
-    ho, wo = out_hw
-    # Pad the end further when ceil_mode lets the last window run past the padding.
-    extra = [max(0, (out_hw[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1
-                 - (x.shape[2 + i] + padding[i] + padding[i + 2])) for i in range(2)]
-    padded = x
-    if any(padding) or any(extra):
-        padded = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[2] + extra[0]),
-                            (padding[1], padding[3] + extra[1])), constant_values=pad_value)
-    patches = np.empty((n, c, kernel[0], kernel[1], ho, wo), dtype=x.dtype)
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            top, left = i * dilation[0], j * dilation[1]
-            patches[:, :, i, j] = padded[:, :, top:top + stride[0] * (ho - 1) + 1:stride[0],
-                                         left:left + stride[1] * (wo - 1) + 1:stride[1]]
-    return patches
+    extra = _window_extra(x.shape, kernel, stride, padding, dilation, out_hw)
+    padded = pad_spatial(x, padding, extra, pad_value)
+    return np.ascontiguousarray(_windows_view(padded, kernel, stride, dilation, out_hw))
+
+
+# Output positions per image from which one GEMM per image beats one GEMM over the batch (whose
+# result needs a transpose back to NCHW).
+_PER_IMAGE_GEMM_MIN = 1024
+# Elements of one block of the depthwise accumulation (kept within the L2 cache).
+_DEPTHWISE_BLOCK = 1 << 15
 
 
 def conv2d_nchw(x, w, stride, padding, dilation, groups, accumulate=np.float32):
-    """Grouped 2-D convolution by im2col and one batched matmul, accumulating in ``accumulate``."""
-    n = x.shape[0]
+    """Grouped 2-D convolution accumulating in ``accumulate``; a new C-contiguous array.
+
+    Depthwise convolutions sum the kernel taps (one multiply-add pass per tap), 1x1 convolutions
+    are a plain matmul, the others one GEMM per group over im2col columns. With float64
+    accumulation of integer data (qconv2d's reference) every path is exact integer arithmetic.
+    """
+    return np.ascontiguousarray(conv2d_any_layout(x, w, stride, padding, dilation, groups,
+                                                  accumulate))
+
+
+def conv2d_any_layout(x, w, stride, padding, dilation, groups, accumulate=np.float32):
+    """``conv2d_nchw``'s values as a fresh array that may be strided (N and C swapped in memory)."""
+    x = x.astype(accumulate, copy=False)
+    w = w.astype(accumulate, copy=False)
+    n, channels = x.shape[:2]
     out_channels, group_channels, kh, kw = w.shape
-    out_hw = output_hw(x.shape, (kh, kw), stride, padding, dilation)
-    patches = extract_windows(x.astype(accumulate), (kh, kw), stride, padding, dilation, out_hw)
-    columns = patches.reshape(n, groups, group_channels * kh * kw, out_hw[0] * out_hw[1])
-    weights = w.astype(accumulate).reshape(1, groups, out_channels // groups, -1)
-    out = np.matmul(weights, columns)
-    return out.reshape(n, out_channels, out_hw[0], out_hw[1])
+    ho, wo = out_hw = output_hw(x.shape, (kh, kw), stride, padding, dilation)
+    if group_channels == 1 and groups == channels and groups > 1:
+        return _depthwise(x, w, stride, padding, dilation, out_hw)
+    og = out_channels // groups
+    if (kh, kw) == (1, 1) and not any(padding):
+        taps = x
+        if tuple(stride) != (1, 1):
+            taps = x[:, :, ::stride[0], ::stride[1]][:, :, :ho, :wo]
+        if groups == 1 and (ho * wo >= _PER_IMAGE_GEMM_MIN or n == 1):
+            columns = taps.reshape(n, channels, ho * wo)  # copies only a strided input
+            return np.matmul(w.reshape(out_channels, channels), columns).reshape(
+                n, out_channels, ho, wo)
+        columns = np.ascontiguousarray(taps.transpose(1, 0, 2, 3)).reshape(
+            groups, group_channels, n * ho * wo)
+    else:
+        padded = pad_spatial(x, padding)
+        if groups == 1 and ho * wo >= _PER_IMAGE_GEMM_MIN:
+            view = _windows_view(padded, (kh, kw), stride, dilation, out_hw)
+            columns = np.ascontiguousarray(view)
+            return np.matmul(w.reshape(out_channels, -1),
+                             columns.reshape(n, channels * kh * kw, ho * wo)).reshape(
+                n, out_channels, ho, wo)
+        # [C, kh, kw, N, Ho, Wo]: one GEMM per group over the whole batch
+        view = _windows_view(padded, (kh, kw), stride, dilation, out_hw, (1, 2, 3, 0, 4, 5))
+        columns = np.ascontiguousarray(view).reshape(groups, group_channels * kh * kw,
+                                                     n * ho * wo)
+    out = np.matmul(w.reshape(groups, og, -1), columns)
+    return out.reshape(out_channels, n, ho, wo).transpose(1, 0, 2, 3)
+
+
+def _depthwise(x, w, stride, padding, dilation, out_hw):
+    """Depthwise convolution as a sum over the taps of shifted input times per-channel weights.
+
+    Channels last, each stride phase of the padded input is one flat array in which every tap
+    is a flat offset: the output is computed on a grid of rows ``wide`` positions long (the
+    positions past ``wo``, and rows past ``ho``, are discarded), so that each tap is one
+    contiguous multiply-add per cache-sized block. Returns an NCHW view of NHWC memory.
+    """
+    n, channels, h, wd = x.shape
+    out_channels, _, kh, kw = w.shape
+    if out_channels != channels:  # channel multiplier: output channel o reads input o // m
+        x = np.repeat(x, out_channels // channels, axis=1)
+    ho, wo = out_hw
+    (s0, s1), (d0, d1) = stride, dilation
+    taps = [((i * d0) % s0, (j * d1) % s1, (i * d0) // s0, (j * d1) // s1)
+            for i in range(kh) for j in range(kw)]
+    tall = ho + max(t[2] for t in taps) + 1  # grid rows per image (one spare row)
+    wide = wo + max(t[3] for t in taps)
+    row, image = wide * out_channels, tall * wide * out_channels
+    total = n * image
+    guard = tall * row  # flat reads of the last image run at most this far past it
+    top, left = padding[0], padding[1]
+    rows, cols = min(h, s0 * tall - top), min(wd, s1 * wide - left)
+    buffer = np.zeros(n * s0 * s1 * image + (guard if (s0, s1) == (1, 1) else 0), dtype=x.dtype)
+    grid = buffer[:n * s0 * s1 * image].reshape(n, s0 * tall, s1 * wide, out_channels)
+    grid[:, top:top + rows, left:left + cols] = x[:, :, :rows, :cols].transpose(0, 2, 3, 1)
+    phases = {}
+    for a, b, _, _ in taps:
+        if (a, b) not in phases:
+            if (s0, s1) == (1, 1):
+                phases[a, b] = buffer
+            else:
+                flat = np.empty(total + guard, dtype=x.dtype)
+                flat[total:] = 0
+                flat[:total].reshape(n, tall, wide, out_channels)[...] = grid[:, a::s0, b::s1]
+                phases[a, b] = flat
+    block = max(1, _DEPTHWISE_BLOCK // out_channels) * out_channels
+    block = min(block, total)
+    weights = w.reshape(out_channels, kh * kw).T
+    tiled = [np.tile(weights[t], block // out_channels) for t in range(kh * kw)]
+    offsets = [(phases[a, b], oi * row + oj * out_channels) for a, b, oi, oj in taps]
+    out = np.empty(total, dtype=x.dtype)
+    scratch = np.empty(block, dtype=x.dtype)
+    for start in range(0, total, block):
+        size = min(block, total - start)
+        target = out[start:start + size]
+        tmp = scratch[:size]
+        for t, (source, offset) in enumerate(offsets):
+            begin = start + offset
+            if t == 0:
+                np.multiply(source[begin:begin + size], tiled[t][:size], out=target)
+            else:
+                np.multiply(source[begin:begin + size], tiled[t][:size], out=tmp)
+                target += tmp
+    return out.reshape(n, tall, wide, out_channels)[:, :ho, :wo].transpose(0, 3, 1, 2)
 
 
 def conv2d_reference(xs, a):
@@ -99,21 +226,64 @@ def softmax_reference(xs, a):
     return shifted / shifted.sum(axis=a["axis"], keepdims=True)
 
 
+def layer_norm_kernel(xs, a):
+    """layer_norm in float32 (the reference's float64 is not needed: |error| ~1e-6 relative)."""
+    x, weight, bias = xs
+    axis = normalize_axis(a["axis"], x.ndim)
+    rows = x.reshape(x.shape[:axis] + (-1,)) if axis < x.ndim - 1 else x
+    mean = rows.mean(axis=-1, keepdims=True)
+    out = rows - mean
+    var = np.square(out).mean(axis=-1, keepdims=True)  # pairwise sums along the row
+    var += np.float32(a["eps"])
+    np.sqrt(var, out=var)
+    out /= var
+    out = out.reshape(x.shape)
+    if weight is not None:
+        out *= weight
+    if bias is not None:
+        out += bias
+    return out
+
+
+def softmax_kernel(xs, a):
+    """softmax in float32, shifted by the maximum (~1e-6 relative to the float64 reference)."""
+    x = xs[0]
+    axis = a["axis"]
+    out = x - x.max(axis=axis, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out
+
+
+def _tap_reduce(x, kernel, stride, padding, dilation, out_hw, pad_value, combine):
+    """``combine`` of the kernel taps' [N, C, Ho, Wo] views, accumulated in place."""
+    extra = _window_extra(x.shape, kernel, stride, padding, dilation, out_hw)
+    padded = pad_spatial(x, padding, extra, pad_value)
+    out = None
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            tap = _tap(padded, i, j, stride, dilation, out_hw)
+            if out is None:
+                out = np.array(tap, order="C")  # always a copy: updated in place
+            else:
+                combine(out, tap, out=out)
+    return out
+
+
 def max_pool_reference(xs, a):
     x = xs[0]
     out_hw = output_hw(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"],
                        a["ceil_mode"])
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    windows = extract_windows(x, a["kernel"], a["stride"], a["padding"], a["dilation"], out_hw,
-                              pad_value=lowest)
-    return windows.max(axis=(2, 3))
+    return _tap_reduce(x, a["kernel"], a["stride"], a["padding"], a["dilation"], out_hw, lowest,
+                       np.maximum)
 
 
 def avg_pool_reference(xs, a):
     x = xs[0]
     kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
     out_hw = output_hw(x.shape, kernel, stride, padding, PAIR_ONES, a["ceil_mode"])
-    sums = extract_windows(x, kernel, stride, padding, PAIR_ONES, out_hw).sum(axis=(2, 3))
+    sums = _tap_reduce(x, kernel, stride, padding, PAIR_ONES, out_hw, 0.0, np.add)
     # The divisor counts the input taps, plus the padding taps when count_include_pad; taps
     # that ceil_mode adds past the padding never count (torch's rule).
     counted = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
@@ -122,7 +292,8 @@ def avg_pool_reference(xs, a):
                                    (padding[1], padding[3])), constant_values=1.0)
         padding = NO_PADDING
     divisor = extract_windows(counted, kernel, stride, padding, PAIR_ONES, out_hw).sum(axis=(2, 3))
-    return sums / divisor
+    sums /= divisor
+    return sums
 
 
 def adaptive_avg_pool_reference(xs, a):
@@ -137,12 +308,46 @@ def adaptive_avg_pool_reference(xs, a):
     return out
 
 
-kernel("conv2d")(without_types(in_float32(conv2d_reference)))
-kernel("linear")(without_types(in_float32(linear_reference)))
-kernel("matmul")(without_types(in_float32(lambda xs, a: np.matmul(xs[0], xs[1]))))
+def conv2d_kernel(xs, a):
+    x, w, b = xs
+    out = conv2d_any_layout(x, w, a["stride"], a["padding"], a["dilation"], a["groups"])
+    result = np.empty(out.shape, dtype=out.dtype)
+    if b is None:
+        np.copyto(result, out)
+    else:
+        np.add(out, b.reshape(1, -1, 1, 1), out=result)
+    return result
+
+
+def linear_kernel(xs, a):
+    x, w, b = xs
+    out = matmul_rows(x, w.T)
+    if b is not None:
+        out += b
+    return out
+
+
+def matmul_rows(x, w):
+    """x @ w for a 2-D ``w`` as one GEMM over all rows of ``x`` (numpy would loop over x's
+    leading axes)."""
+    if x.ndim <= 2:
+        return np.matmul(x, w)
+    return np.matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def matmul_kernel(xs, a):
+    x, y = xs
+    if y.ndim == 2:
+        return matmul_rows(x, y)
+    return np.matmul(x, y)
+
+
+kernel("conv2d")(without_types(in_float32(conv2d_kernel)))
+kernel("linear")(without_types(in_float32(linear_kernel)))
+kernel("matmul")(without_types(in_float32(matmul_kernel)))
 kernel("batch_norm")(without_types(in_float32(batch_norm_reference)))
-kernel("layer_norm")(without_types(in_float32(layer_norm_reference)))
-kernel("softmax")(without_types(in_float32(softmax_reference)))
+kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))
+kernel("softmax")(without_types(in_float32(softmax_kernel)))
 kernel("max_pool2d")(without_types(max_pool_reference))
 kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))

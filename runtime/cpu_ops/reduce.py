@@ -21,13 +21,19 @@ def reduce_reference(xs, a, fn):
     """``fn(x, axes, keepdim)`` over the attribute's axes, in float64 for floats."""
     x = xs[0]
     axes = tuple(sorted(reduced_axes(a["axes"], x.ndim)))
-    out = fn(x.astype(np.float64) if x.dtype.kind == "f" else x, axes, a["keepdim"])
+    out = fn(x, axes, a["keepdim"])
     return np.asarray(out).astype(x.dtype)
 
 
+def _wide(x):
+    """The accumulator dtype: float64 for floats (without copying x), else numpy's default."""
+    return np.float64 if x.dtype.kind == "f" else None
+
+
+# max and min are exact in any dtype; sums accumulate floats in float64.
 REDUCTIONS = {
-    "mean": lambda x, axes, keep: x.mean(axis=axes, keepdims=keep),
-    "sum": lambda x, axes, keep: x.sum(axis=axes, keepdims=keep),
+    "mean": lambda x, axes, keep: x.mean(axis=axes, keepdims=keep, dtype=_wide(x)),
+    "sum": lambda x, axes, keep: x.sum(axis=axes, keepdims=keep, dtype=_wide(x)),
     "reduce_max": lambda x, axes, keep: x.max(axis=axes, keepdims=keep),
     "reduce_min": lambda x, axes, keep: x.min(axis=axes, keepdims=keep),
 }

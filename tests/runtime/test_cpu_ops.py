@@ -24,7 +24,15 @@ from nimbus.compiler.ops import OP_TABLE
 from nimbus.runtime import cpu_ops
 from nimbus.runtime.cpu_ops import KERNELS, TensorInfo, UnknownOpError, run_op
 from nimbus.runtime.cpu_ops import quant as runtime_quant
-from nimbus.runtime.cpu_ops.elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS, erf, sigmoid
+from nimbus.runtime.cpu_ops.elementwise import (
+    ATTR_DEFAULTS,
+    ELEMENTWISE_OPS,
+    erf,
+    erf_kernel,
+    gelu_kernel,
+    sigmoid,
+)
+from nimbus.runtime.cpu_ops.nn import conv2d_nchw
 
 rng = np.random.default_rng(20240611)
 
@@ -152,6 +160,17 @@ def cases() -> list[Case]:
         {"stride": [2, 1], "padding": [1, 0, 2, 1], "dilation": [1, 2], "groups": 3}, label="grouped")
     add("conv2d", [randn(2, 5, 8, 8), randn(5, 1, 3, 3), randn(5)],
         {"padding": [1, 1, 1, 1], "groups": 5, "stride": [2, 2]}, label="depthwise")
+    add("conv2d", [randn(2, 6, 9, 8), randn(6, 1, 3, 3), None],
+        {"padding": [2, 0, 1, 1], "groups": 6, "stride": [2, 1], "dilation": [2, 2]},
+        label="depthwise-dilated-asymmetric")
+    add("conv2d", [randn(1, 3, 7, 6), randn(6, 1, 3, 2), randn(6)],
+        {"padding": [1, 1, 0, 2], "groups": 3, "stride": [1, 2]}, label="depthwise-multiplier")
+    add("conv2d", [randn(3, 5, 6, 7), randn(4, 5, 1, 1), randn(4)], label="1x1")
+    add("conv2d", [randn(2, 5, 7, 9), randn(4, 5, 1, 1), None], {"stride": [2, 3]},
+        label="1x1-strided")
+    add("conv2d", [randn(1, 4, 40, 36), randn(3, 4, 3, 3), randn(3)], {"padding": [1, 1, 1, 1]},
+        label="per-image-gemm")
+    add("conv2d", [randn(2, 8, 6, 5), randn(6, 4, 1, 1), None], {"groups": 2}, label="grouped-1x1")
     add("linear", [randn(2, 3, 7), randn(5, 7), randn(5)], label="3d-bias")
     add("linear", [randn(4, 7), randn(5, 7)], label="2d")
     add("linear", [randn(4, 6).astype(np.float16), randn(3, 6).astype(np.float16)], label="f16",
@@ -196,6 +215,11 @@ def cases() -> list[Case]:
         label="residual-relu")
     add("fused_conv2d", [randn(1, 3, 6, 6), randn(4, 3, 1, 1), None, None],
         {"activation": "gelu"}, label="gelu")
+    add("fused_conv2d", [randn(2, 6, 9, 7), randn(6, 1, 3, 3), randn(6), None],
+        {"stride": [2, 2], "padding": [1, 0, 1, 1], "groups": 6, "activation": "relu6"},
+        label="depthwise-relu6")
+    add("fused_conv2d", [randn(2, 4, 5, 5), randn(4, 4, 1, 1), randn(4), randn(2, 4, 5, 5)],
+        {"activation": "relu"}, label="1x1-residual-relu")
     for activation in ("none", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish"):
         add("fused_linear", [randn(3, 5, 7), randn(4, 7), randn(4), randn(5, 4)],
             {"activation": activation}, label=activation)
@@ -219,6 +243,15 @@ def cases() -> list[Case]:
     add("attention", [randn(2, 5, 8), randn(2, 7, 8), randn(2, 7, 4), bool_mask], {"scale": 0.3},
         label="bool-masked-row")
     add("attention", [randn(1, 3, 6), randn(1, 4, 6), randn(1, 4, 5), None], label="no-mask")
+    additive = np.where(randn(2, 1, 5, 7) > 0, 0.0, -np.inf).astype(np.float32)
+    additive[1, 0, 3] = -np.inf  # a fully masked row of an additive mask gives zeros as well
+    add("attention", [randn(2, 3, 5, 8), randn(2, 3, 7, 8), randn(2, 3, 7, 4), additive],
+        label="additive-inf-rows")
+    add("attention", [randn(2, 3, 6), randn(4, 6), randn(4, 5), np.array([True, False, True, True])],
+        label="row-mask-2d")
+    add("softmax", [randn(2, 5, 3) * 20], {"axis": 1}, label="middle-axis")
+    add("layer_norm", [randn(4, 6, 768) * 3 + 5, randn(768), randn(768)], {"axis": -1},
+        label="bert-row")
     return out
 
 
@@ -400,6 +433,99 @@ def test_erf_is_accurate_without_scipy():
     small = np.abs(expected) > 0
     assert np.max(np.abs(erf(x) - expected)[small] / np.abs(expected[small])) < 1e-13
     assert np.isnan(erf(np.array([np.nan]))[0])
+
+
+def test_fast_erf_and_gelu_are_float32_accurate():
+    """The rational erf of the float32 kernels, on a dense grid, against math.erf."""
+    x = np.concatenate([np.linspace(-9, 9, 360001), np.geomspace(1e-30, 4.5, 2000),
+                        [0.0, 4.0, -4.0, 3.999, 1e30, -1e30]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = np.array([math.erf(v) for v in x64])
+    got = erf_kernel(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert np.max(np.abs(got - exact)) < 1e-7  # float32 spacing below 1 is 6e-8
+    tiny = np.abs(x64) < 1e-3
+    assert np.max(np.abs(got[tiny] - exact[tiny]) / np.maximum(np.abs(exact[tiny]), 1e-45)) < 1e-6
+    exact_gelu = 0.5 * x64 * (1.0 + np.array([math.erf(v / math.sqrt(2.0)) for v in x64]))
+    gelu = gelu_kernel(x)
+    assert np.all(np.abs(gelu - exact_gelu) <= 1e-7 + 1e-7 * np.abs(exact_gelu))
+    assert np.isnan(erf_kernel(np.array([np.nan], np.float32))[0])
+    np.testing.assert_array_equal(erf_kernel(np.array([np.inf, -np.inf], np.float32)), [1, -1])
+    np.testing.assert_array_equal(gelu_kernel(np.array([-1e4, 0.0, 1e4], np.float32)),
+                                  [0.0, 0.0, 1e4])
+    odd = randn(3, 0, 5)
+    assert erf_kernel(odd).shape == odd.shape and gelu_kernel(odd).shape == odd.shape
+
+
+def _direct_conv(x, w, stride, padding, dilation, groups):
+    """Convolution by its definition, in float64 (independent of the im2col and tap paths)."""
+    n, _, h, width = x.shape
+    out_channels, group_channels, kh, kw = w.shape
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding[0], padding[2]),
+                                           (padding[1], padding[3])))
+    ho = (h + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (width + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, out_channels, ho, wo))
+    per_group = out_channels // groups
+    for o in range(out_channels):
+        for c in range(group_channels):
+            channel = (o // per_group) * group_channels + c
+            for i in range(kh):
+                for j in range(kw):
+                    top, left = i * dilation[0], j * dilation[1]
+                    out[:, o] += w[o, c, i, j] * padded[
+                        :, channel, top:top + stride[0] * (ho - 1) + 1:stride[0],
+                        left:left + stride[1] * (wo - 1) + 1:stride[1]]
+    return out
+
+
+CONV_SHAPES = [  # x shape, w shape, stride, padding, dilation, groups
+    ((2, 5, 8, 8), (5, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5),
+    ((1, 3, 9, 7), (3, 1, 3, 2), (1, 2), (0, 1, 2, 0), (2, 1), 3),
+    ((2, 4, 6, 5), (8, 1, 3, 3), (3, 2), (2, 0, 1, 1), (2, 2), 4),
+    ((1, 7, 7, 7), (7, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 7),
+    ((3, 2, 5, 9), (2, 1, 1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 2),
+    ((2, 16, 14, 13), (16, 1, 3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 16),
+    ((3, 5, 6, 7), (4, 5, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 5, 7, 9), (4, 5, 1, 1), (2, 3), (0, 0, 0, 0), (1, 1), 1),
+    ((1, 3, 40, 33), (4, 3, 3, 3), (1, 1), (1, 2, 0, 1), (1, 1), 1),
+    ((2, 3, 40, 33), (4, 3, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 6, 9, 8), (4, 3, 2, 3), (2, 1), (1, 0, 2, 1), (1, 2), 2),
+    ((2, 8, 6, 5), (6, 4, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),
+    ((2, 6, 7, 7), (6, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3),
+]
+
+
+@pytest.mark.parametrize("shapes", CONV_SHAPES, ids=[f"conv{i}" for i in range(len(CONV_SHAPES))])
+def test_conv2d_paths_match_the_definition(shapes):
+    x_shape, w_shape, stride, padding, dilation, groups = shapes
+    x, w = randn(*x_shape), randn(*w_shape)
+    want = _direct_conv(x, w, stride, padding, dilation, groups)
+    got = conv2d_nchw(x, w, stride, padding, dilation, groups)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert_matches(got.astype(np.float64), want, "conv2d", rtol=1e-6)
+    # float64 accumulation of integers (qconv2d's reference) is exact on every path
+    xi = integers(-128, 127, *x_shape, dtype=np.int32)
+    wi = integers(-127, 127, *w_shape, dtype=np.int32)
+    exact = conv2d_nchw(xi, wi, stride, padding, dilation, groups, accumulate=np.float64)
+    np.testing.assert_array_equal(exact, _direct_conv(xi, wi, stride, padding, dilation, groups))
+
+
+def test_kernels_do_not_write_into_their_inputs():
+    x, w, b, r = randn(2, 4, 6, 6), randn(4, 1, 3, 3), randn(4), randn(2, 4, 6, 6)
+    copies = [a.copy() for a in (x, w, b, r)]
+    for a in (x, w, b, r):
+        a.flags.writeable = False
+    attrs = {"stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 4,
+             "activation": "relu6"}
+    out = run_op("fused_conv2d", [x, w, b, r], attrs, [None] * 4)[0]
+    assert out.flags.writeable and out.flags.c_contiguous
+    out = run_op("fused_linear", [r, randn(3, 6), None, None], {"activation": "relu"},
+                 [None] * 4)[0]
+    for a, c in zip((x, w, b, r), copies):
+        np.testing.assert_array_equal(a, c)
+    clamped = run_op("clamp", [r], {"min": None, "max": None}, [None])[0]
+    assert clamped is not r and np.shares_memory(clamped, r) is False
 
 
 def test_sigmoid_never_overflows():
