@@ -351,6 +351,22 @@ def serve(
     graceful_timeout: float = typer.Option(20.0, "--graceful-timeout",
                                            help="Seconds to drain in-flight requests on SIGTERM."),
     log_level: str = typer.Option("info", "--log-level"),
+    max_batch_size: List[str] = typer.Option(
+        [], "--max-batch-size", help="Dynamic batching: rows per run, N for every model or NAME=N "
+        "(repeatable); default 1 = off."),
+    max_batch_delay_ms: List[str] = typer.Option(
+        [], "--max-batch-delay-ms", help="Longest wait for a batch to fill, MS or NAME=MS "
+        "(repeatable); default 2."),
+    model_repository: Optional[Path] = typer.Option(
+        None, "--model-repository", help="Serve ROOT/name/version/model.nimbus (several versions "
+        "per model)."),
+    management_token: Optional[str] = typer.Option(
+        None, "--management-token", envvar="NIMBUS_MANAGEMENT_TOKEN",
+        help="Turn the management API (load/unload/default) on behind this bearer token; off "
+        "without it."),
+    api_token: Optional[str] = typer.Option(
+        None, "--api-token", envvar="NIMBUS_API_TOKEN",
+        help="Bearer token required on inference and model metadata routes."),
 ):
     """Serve artifacts over HTTP: KServe v2, SageMaker, Vertex AI routes and /metrics."""
     from nimbus.runtime.server.main import serve as run_server
@@ -358,7 +374,10 @@ def serve(
     try:
         run_server(models or [], name=name, host=host, port=port, max_body_bytes=max_body_bytes,
                    max_queue=max_queue, workers=workers, timeout_s=timeout,
-                   graceful_timeout_s=graceful_timeout, log_level=log_level)
+                   graceful_timeout_s=graceful_timeout, log_level=log_level,
+                   max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
+                   model_repository=model_repository, management_token=management_token,
+                   api_token=api_token)
     except ValueError as err:
         _fail(str(err))
 

@@ -162,10 +162,11 @@ def encode_response(model: ServedModel, results: Mapping[str, np.ndarray], outpu
                                       HEADER_LENGTH: str(len(header))}
 
 
-def infer_work(model: ServedModel, body: bytes, header_length: str | None, *, queued: float):
+def infer_work(model: ServedModel, body: bytes, header_length: str | None, *, queued: float,
+               deadline: float | None = None):
     """Everything CPU-bound about one infer request; runs on the model's thread."""
     feeds, outputs, request_id = parse_request(model, body, header_length)
-    results = model.run(feeds, queued)
+    results = model.run(feeds, queued, deadline)
     return encode_response(model, results, outputs, request_id)
 
 
@@ -187,9 +188,12 @@ async def server_metadata(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
-    model = request.app.state.server.model(request.path_params["name"],
-                                           request.path_params.get("version"))
-    return JSONResponse(model.metadata())
+    server = request.app.state.server
+    server.check_api_token(request)
+    model = server.model(request.path_params["name"], request.path_params.get("version"))
+    metadata = model.metadata()
+    metadata["versions"] = server.versions(model.name)
+    return JSONResponse(metadata)
 
 
 async def model_ready(request: Request) -> Response:

@@ -17,6 +17,8 @@ from pathlib import Path
 from ..artifact import ArtifactError
 from ..session import Session
 from .app import DEFAULT_MAX_BODY_BYTES, ServerConfig, create_app
+from .errors import RequestError
+from .repository import Repository
 
 log = logging.getLogger("nimbus.server")
 
@@ -79,21 +81,82 @@ def load_models(paths: Sequence[Path | str], name: str | None = None) -> dict[st
     return sessions
 
 
+def load_repository(root: Path | str) -> dict[str, dict[str, Session]]:
+    """{name: {version: Session}} for every ROOT/name/version/model.nimbus, all verified."""
+    repository = Repository(root)
+    models: dict[str, dict[str, Session]] = {}
+    for name in repository.names():
+        if not repository.versions(name):
+            log.warning("model repository: '%s' has no version folders with %s; skipped",
+                        name, "model.nimbus")
+            continue
+        try:
+            models[name] = repository.load_all(name)
+        except RequestError as err:
+            raise ValueError(f"model repository: {err.message}") from None
+    if not models:
+        raise ValueError(f"no model in the repository {root} (expected NAME/VERSION/model.nimbus)")
+    return models
+
+
+def per_model(values: Sequence[str], option: str, kind=int) -> tuple[object | None, dict]:
+    """``--option 8`` (every model) and ``--option name=8`` (one model), repeatable."""
+    default, overrides = None, {}
+    for value in values or []:
+        key, sep, number = str(value).rpartition("=")
+        try:
+            parsed = kind(number)
+        except ValueError:
+            raise ValueError(f"{option}: expected a number or NAME=NUMBER, got {value!r}") from None
+        if sep:
+            overrides[key] = parsed
+        else:
+            default = parsed
+    return default, overrides
+
+
 def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | None = None,
           port: int | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
           max_queue: int = 64, workers: int = 2, timeout_s: float = 60.0,
-          graceful_timeout_s: float = 20.0, log_level: str = "info") -> None:
-    """Load the models and serve them until SIGTERM or SIGINT; returns after a graceful drain."""
+          graceful_timeout_s: float = 20.0, log_level: str = "info",
+          max_batch_size: Sequence[str] = (), max_batch_delay_ms: Sequence[str] = (),
+          model_repository: Path | str | None = None, management_token: str | None = None,
+          api_token: str | None = None) -> None:
+    """Load the models and serve them until SIGTERM or SIGINT; returns after a graceful drain.
+
+    ``max_batch_size`` / ``max_batch_delay_ms`` are strings ``"8"`` (every model) or
+    ``"name=8"`` (one model)."""
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    sessions = load_models(paths, name)
+    models: dict = {}
+    if model_repository is not None:
+        models.update(load_repository(model_repository))
+    if paths or model_repository is None:
+        for key, session in load_models(paths, name).items():
+            if key in models:
+                raise ValueError(f"two models are named '{key}' (an artifact and the repository)")
+            models[key] = session
+    batch_size, batch_sizes = per_model(max_batch_size, "--max-batch-size", int)
+    batch_delay, batch_delays = per_model(max_batch_delay_ms, "--max-batch-delay-ms", float)
     platform = detect_platform()
     config = ServerConfig(max_body_bytes=max_body_bytes, max_queue=max_queue, workers=workers,
                           timeout_s=timeout_s,
                           vertex_health_route=os.environ.get("AIP_HEALTH_ROUTE"),
-                          vertex_predict_route=os.environ.get("AIP_PREDICT_ROUTE"))
-    app = create_app(sessions, config)
+                          vertex_predict_route=os.environ.get("AIP_PREDICT_ROUTE"),
+                          max_batch_size=1 if batch_size is None else batch_size,
+                          max_batch_delay_ms=2.0 if batch_delay is None else batch_delay,
+                          model_batch_size=batch_sizes, model_batch_delay_ms=batch_delays,
+                          model_repository=model_repository,
+                          management_token=management_token or None,
+                          api_token=api_token or None)
+    for size in [config.max_batch_size, *batch_sizes.values()]:
+        if size < 1:
+            raise ValueError("--max-batch-size must be at least 1")
+    for delay in [config.max_batch_delay_ms, *batch_delays.values()]:
+        if not delay >= 0:
+            raise ValueError("--max-batch-delay-ms must not be negative")
+    app = create_app(models, config)
     host = host or default_host()
     port = default_port() if port is None else port
     log.info("contract: %s (KServe v2, SageMaker and%s routes mounted) on %s:%d", platform,
@@ -129,11 +192,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--graceful-timeout", type=float, default=20.0)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--max-batch-size", action="append", default=[],
+                        help="rows per batched run: N for every model or NAME=N (default 1: off)")
+    parser.add_argument("--max-batch-delay-ms", action="append", default=[],
+                        help="longest wait for a batch to fill: MS or NAME=MS (default 2)")
+    parser.add_argument("--model-repository", help="serve ROOT/name/version/model.nimbus")
+    parser.add_argument("--management-token", default=os.environ.get("NIMBUS_MANAGEMENT_TOKEN"),
+                        help="turn the management API on, behind this bearer token "
+                             "(default NIMBUS_MANAGEMENT_TOKEN; unset: off)")
+    parser.add_argument("--api-token", default=os.environ.get("NIMBUS_API_TOKEN"),
+                        help="bearer token required on inference and model metadata "
+                             "(default NIMBUS_API_TOKEN; unset: none)")
     args = parser.parse_args(argv)
     try:
         serve(args.models, name=args.name, host=args.host, port=args.port,
               max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, workers=args.workers,
               timeout_s=args.timeout, graceful_timeout_s=args.graceful_timeout,
-              log_level=args.log_level)
+              log_level=args.log_level, max_batch_size=args.max_batch_size,
+              max_batch_delay_ms=args.max_batch_delay_ms, model_repository=args.model_repository,
+              management_token=args.management_token, api_token=args.api_token)
     except ValueError as err:
         parser.exit(1, f"error: {err}\n")

@@ -38,6 +38,9 @@ class Metrics:
                                          "per request", model, registry=r,
                                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25,
                                                   .5, 1, 2.5, 5, 10, 30, 60))
+        self.batch_size = Histogram("nimbus_inference_batch_size", "Rows per model execution "
+                                    "(requests batched together add up)", model, registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.in_flight = Gauge("nimbus_inference_pending_requests", "Requests accepted and not yet "
                                "finished (queued or running)", model, registry=r)
         self.queue_depth = Gauge("nimbus_inference_queue_depth", "Requests waiting for a model worker",
@@ -51,6 +54,17 @@ class Metrics:
         for counter in (self.success, self.inferences, self.executions, self.request_us,
                         self.queue_us, self.compute_us):
             counter.labels(*labels)
+
+    def untrack(self, model) -> None:
+        """Drop an unloaded version's gauges (its counters stay, as counters do)."""
+        for gauge in (self.in_flight, self.queue_depth):
+            try:
+                gauge.remove(model.name, model.version)
+            except KeyError:
+                pass
+
+    def unauthorized(self) -> None:
+        self.requests.labels("", "401").inc()
 
     def answered(self, model, status: int, seconds: float) -> None:
         """Count an inference request to a known model (``model`` is a ServedModel)."""
@@ -74,6 +88,7 @@ class Metrics:
         self.queue_us.labels(*labels).inc(queued * 1e6)
         self.compute_us.labels(*labels).inc(compute * 1e6)
         self.compute_seconds.labels(*labels).observe(compute)
+        self.batch_size.labels(*labels).observe(batch)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

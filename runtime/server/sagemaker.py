@@ -70,7 +70,7 @@ def read_npy(model: ServedModel, body: bytes) -> dict[str, np.ndarray]:
 
 
 def invocation_work(model: ServedModel, body: bytes, content_type: str | None, accept: str | None,
-                    *, queued: float):
+                    *, queued: float, deadline: float | None = None):
     kind = media_type(content_type) or JSON
     if kind == NPY:
         feeds, outputs, request_id, form = read_npy(model, body), None, None, "predictions"
@@ -92,7 +92,7 @@ def invocation_work(model: ServedModel, body: bytes, content_type: str | None, a
     answer = response_type(accept, kind)
     if answer == NPY and len(outputs or model.outputs) != 1:
         raise RequestError(406, f"model '{model.name}' has several outputs: ask for {JSON}")
-    results = model.run(feeds, queued)
+    results = model.run(feeds, queued, deadline)
     if outputs is not None:
         results = {name: results[name] for name in outputs}
     if answer == NPY:

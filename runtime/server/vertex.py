@@ -21,12 +21,13 @@ from .instances import feeds_from_instances, predictions
 from .models import ServedModel
 
 
-def predict_work(model: ServedModel, body: bytes, *, queued: float) -> bytes:
+def predict_work(model: ServedModel, body: bytes, *, queued: float,
+                 deadline: float | None = None) -> bytes:
     request = parse_json(body)
     if not isinstance(request, dict) or "instances" not in request:
         raise bad_request('the body must be a JSON object {"instances": [...]}')
     feeds = feeds_from_instances(model, request["instances"])
-    results = model.run(feeds, queued)
+    results = model.run(feeds, queued, deadline)
     return json.dumps({"predictions": predictions(results, len(request["instances"]))}).encode()
 
 

@@ -469,7 +469,8 @@ def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tm
     port = free_port()
     env = {**os.environ, "AIP_HEALTH_ROUTE": "/health", "AIP_PREDICT_ROUTE": "/predict"}
     command = [sys.executable, "-m", "nimbus.cli", "serve", str(artifacts["lenet"]), str(artifacts["mixer"]),
-               "--host", "127.0.0.1", "--port", str(port), "--max-body-bytes", "300000", "--max-queue", "8"]
+               "--host", "127.0.0.1", "--port", str(port), "--max-body-bytes", "300000", "--max-queue", "8",
+               "--max-batch-size", "4", "--max-batch-size", "mixer=2", "--max-batch-delay-ms", "1"]
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -488,8 +489,10 @@ def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tm
             assert http.get("/ping").status_code == 200 and http.get("/health").status_code == 200
             x = images(2)
             response = http.post("/v2/models/lenet/infer", json=lenet_request(x))
-            np.testing.assert_array_equal(output_array(response.json()["outputs"][0]),
-                                          sessions["lenet"].run({"x": x})["output"])
+            # Another process: its BLAS may split float products differently, so not bit for bit.
+            np.testing.assert_allclose(output_array(response.json()["outputs"][0]),
+                                       sessions["lenet"].run({"x": x})["output"], rtol=1e-5,
+                                       atol=1e-6)
             response = http.post("/predict", json={"instances": x.tolist()})
             assert np.array(response.json()["predictions"]).shape == (2, 10)
             assert http.post("/v2/models/lenet/infer", content=b"[" * 10000).status_code == 400
@@ -504,3 +507,340 @@ def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tm
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# ---- dynamic batching --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def int8_lenet(artifacts, tmp_path_factory):
+    _, graph = converted("lenet")
+    rng = np.random.default_rng(3)
+    calibration = [rng.standard_normal((8, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    compiled = nimbus.compile(graph, calibration=calibration)
+    assert any(n.op == "qconv2d" for n in compiled.graph.nodes)
+    return compiled.save(tmp_path_factory.mktemp("int8") / "lenet_int8.nimbus")
+
+
+def _concurrent(calls, threads=16):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def test_batching_is_bit_identical_under_concurrency(artifacts, int8_lenet):
+    from nimbus.runtime.server.metrics import Metrics
+    from nimbus.runtime.server.models import ServedModel
+
+    # int8 lenet (bit-exact kernels) and the float sequence mixer (two inputs, FP32 and INT64)
+    cases = [("lenet8", Session(int8_lenet), lambda b, seed: {"x": images(b, seed)}),
+             ("mixer", Session(artifacts["mixer"]), mixer_feeds)]
+    for name, session, make in cases:
+        metrics = Metrics()
+        model = ServedModel(name, session, workers=2, max_queue=64, metrics=metrics,
+                            max_batch_size=8, max_batch_delay_s=0.02)
+        assert model.batcher is not None
+        requests = [make(1 + i % 3, seed=i) for i in range(36)]
+        try:
+            results = _concurrent([lambda f=f, m=model: m.run(f) for f in requests])
+        finally:
+            model.close()
+        for feeds, result in zip(requests, results):
+            expected = session.run(feeds)
+            assert list(result) == list(expected)
+            for key in expected:
+                assert result[key].shape == expected[key].shape
+                np.testing.assert_array_equal(result[key], expected[key])
+        text = metrics.exposition().decode()
+        labels = f'{{model="{name}",version="1"}}'
+        rows = sum(next(iter(f.values())).shape[0] for f in requests)
+        assert f"nimbus_inference_batch_size_sum{labels} {float(rows)}" in text
+        assert f"nimbus_inference_count_total{labels} {float(rows)}" in text
+        executions = float(text.split(f"nimbus_inference_exec_count_total{labels} ")[1].split()[0])
+        assert f"nimbus_inference_batch_size_count{labels} {executions}" in text
+        assert executions < len(requests), "no request was batched"
+
+
+def test_batcher_groups_by_shape_splits_exactly_and_isolates_failures():
+    from nimbus.runtime.server.batching import Batcher
+
+    runs = []
+
+    def execute(feeds, rows, queued):
+        x = feeds["x"]
+        runs.append((rows, x.shape))
+        if (x < 0).any():
+            raise ValueError("negative")
+        return {"y": x * 2}
+
+    batcher = Batcher("t", 4, 0.05, 1, execute)
+    try:
+        feeds = [np.full((1, 2), 1.0), np.full((2, 2), 2.0), np.full((1, 3), 3.0),
+                 np.full((6, 2), 4.0), np.full((1, 2), 5.0)]
+        results = _concurrent([lambda x=x: batcher.run({"x": x}, time.monotonic() + 5) for x in feeds])
+        for x, result in zip(feeds, results):
+            np.testing.assert_array_equal(result["y"], x * 2)
+        assert all(sum(rows) <= 4 or len(rows) == 1 for rows, _ in runs), runs
+        assert any(shape == (1, 3) and rows == [1] for rows, shape in runs)  # other trailing shape: alone
+        assert any(shape == (6, 2) and rows == [6] for rows, shape in runs)  # over the limit: alone
+        assert len(runs) < len(feeds)
+        # one bad request in a batch: the others still get their results
+        good, bad = np.ones((1, 2)), -np.ones((1, 2))
+        outcomes = _concurrent([lambda: batcher.run({"x": good}, time.monotonic() + 5),
+                                lambda: _raises(lambda: batcher.run({"x": bad}, time.monotonic() + 5))])
+        np.testing.assert_array_equal(outcomes[0]["y"], good * 2)
+        assert isinstance(outcomes[1], ValueError)
+    finally:
+        batcher.close()
+
+
+def _raises(call):
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001
+        return err
+    return None
+
+
+async def _post_all(app, requests, headers=None):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await asyncio.gather(*(client.post(path, json=body, headers=headers) for path, body in requests))
+
+
+def test_batching_over_every_protocol_and_batch_metric(sessions):
+    app = make_app(sessions, max_batch_size=8, max_batch_delay_ms=30, workers=1)
+    requests, expected = [], []
+    for i in range(24):
+        x = images(1 + i % 3, seed=100 + i)
+        want = sessions["lenet"].run({"x": x})["output"]
+        kind = i % 3
+        if kind == 0:
+            requests.append(("/v2/models/lenet/infer", lenet_request(x)))
+        elif kind == 1:
+            requests.append(("/invocations", {"instances": x.tolist()}))
+        else:
+            requests.append((VERTEX_PREDICT, {"instances": x.tolist()}))
+        expected.append(want)
+    responses = asyncio.run(_post_all(app, requests))
+    for response, want in zip(responses, expected):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        got = output_array(body["outputs"][0]) if "outputs" in body else np.array(body["predictions"], np.float32)
+        assert got.shape == want.shape
+        # float lenet's BLAS matmuls may round differently by batch size: close, not bit-equal
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    text = app.state.server.metrics.exposition().decode()
+    rows = sum(w.shape[0] for w in expected)
+    assert f'nimbus_inference_batch_size_sum{{model="lenet",version="1"}} {float(rows)}' in text
+    count = float(text.split('nimbus_inference_batch_size_count{model="lenet",version="1"} ')[1].split()[0])
+    assert count < len(requests)
+    app.state.server.close()
+
+
+def test_batching_keeps_queue_limit_and_timeouts(artifacts, monkeypatch):
+    sessions = {name: Session(path) for name, path in artifacts.items()}
+    slow(sessions["lenet"], 0.3, monkeypatch)
+    app = make_app(sessions, max_queue=3, workers=1, timeout_s=5, max_batch_size=4)
+    responses = asyncio.run(_post_many(app, "/v2/models/lenet/infer", lenet_request(images(1)), 8))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 3 + [503] * 5, codes
+    assert app.state.server.models["lenet"].pending == 0
+    app.state.server.close()
+
+    app = make_app(sessions, max_queue=4, workers=1, timeout_s=0.2, max_batch_size=4)
+    responses = asyncio.run(_post_many(app, "/v2/models/lenet/infer", lenet_request(images(1)), 2))
+    assert [r.status_code for r in responses] == [504, 504]
+    deadline = time.monotonic() + 5
+    while app.state.server.models["lenet"].pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.server.models["lenet"].pending == 0
+    metrics = app.state.server.metrics.exposition().decode()
+    # one run at most: whatever waited past its deadline was dropped before running
+    assert 'nimbus_inference_exec_count_total{model="lenet",version="1"} 1.0' in metrics
+    app.state.server.close()
+
+
+# ---- model repository, versions, management -----------------------------------------------------
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def repository(artifacts, int8_lenet, tmp_path):
+    import shutil
+    root = tmp_path / "repo"
+    for name, version, source in (("lenet", "1", artifacts["lenet"]), ("lenet", "2", int8_lenet),
+                                  ("mixer", "1", artifacts["mixer"])):
+        (root / name / version).mkdir(parents=True)
+        shutil.copy(source, root / name / version / "model.nimbus")
+    return root
+
+
+def repo_app(root, **options):
+    from nimbus.runtime.server.main import load_repository
+    config = ServerConfig(max_body_bytes=LIMIT, model_repository=root, **options)
+    return create_app(load_repository(root), config)
+
+
+def lenet_output(client, path, x, headers=None):
+    response = client.post(path, json=lenet_request(x), headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["model_version"], output_array(body["outputs"][0])
+
+
+def test_repository_serves_versions(repository, artifacts, int8_lenet):
+    v1, v2 = Session(artifacts["lenet"]), Session(int8_lenet)
+    x = images(2, seed=9)
+    with TestClient(repo_app(repository)) as client:
+        meta = client.get("/v2/models/lenet").json()
+        assert meta["versions"] == ["1", "2"]
+        version, out = lenet_output(client, "/v2/models/lenet/infer", x)  # default: highest
+        assert version == "2"
+        np.testing.assert_array_equal(out, v2.run({"x": x})["output"])
+        version, out = lenet_output(client, "/v2/models/lenet/versions/1/infer", x)
+        assert version == "1"
+        np.testing.assert_array_equal(out, v1.run({"x": x})["output"])
+        assert client.get("/v2/models/lenet/versions/2/ready").status_code == 200
+        assert_error(client.get("/v2/models/lenet/versions/3"), 404, r"no version '3' \(versions: \['1', '2'\]\)")
+        assert client.post("/invocations", json={"instances": x.tolist()}).status_code == 200
+        # management is off by default: no route answers
+        for path in ("/v2/repository/index", "/v2/repository/models/lenet/load"):
+            assert client.post(path, json={}, headers=AUTH).status_code == 404
+        assert client.get("/v2/repository/index", headers=AUTH).status_code == 404
+
+
+def test_management_needs_the_token(repository):
+    with TestClient(repo_app(repository, management_token=TOKEN)) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            response = client.post("/v2/repository/models/lenet/unload", json={}, headers=headers)
+            assert_error(response, 401, "bearer token")
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert client.get("/v2/repository/index", headers=headers).status_code == 401
+        assert client.get("/v2/models/lenet").json()["versions"] == ["1", "2"]  # nothing happened
+        index = client.get("/v2/repository/index", headers=AUTH).json()
+        assert [(e["name"], e["version"], e["state"]) for e in index] == [
+            ("lenet", "1", "READY"), ("lenet", "2", "READY"), ("mixer", "1", "READY")]
+        # a request names a version only, never a path
+        assert_error(client.post("/v2/repository/models/lenet/load", json={"path": "/etc/passwd"},
+                                 headers=AUTH), 400, "only 'version'")
+        assert_error(client.post("/v2/repository/models/lenet/load", json={"version": "../1"},
+                                 headers=AUTH), 400, "positive integer")
+        assert_error(client.post("/v2/repository/models/..x/load", json={}, headers=AUTH), 400,
+                     "invalid model name")
+
+
+def test_load_unload_default_and_corrupt_artifact(repository, artifacts, int8_lenet):
+    import shutil
+    v1, v2 = Session(artifacts["lenet"]), Session(int8_lenet)
+    x = images(1, seed=4)
+    with TestClient(repo_app(repository, management_token=TOKEN)) as client:
+        def post(what, body=None):
+            return client.post(f"/v2/repository/models/lenet/{what}", json=body or {}, headers=AUTH)
+
+        # rollback: switch the default to 1, then back to 2
+        response = post("default", {"version": "1"})
+        assert response.status_code == 200 and response.json()["default_version"] == "1"
+        version, out = lenet_output(client, "/v2/models/lenet/infer", x)
+        assert version == "1"
+        np.testing.assert_array_equal(out, v1.run({"x": x})["output"])
+        assert_error(post("default", {"version": "7"}), 404, "no version '7'")
+        assert_error(post("default", {}), 400, "'version' is required")
+        assert post("default", {"version": "2"}).json()["default_version"] == "2"
+        # a corrupted version 3 is refused, naming the problem; version 2 keeps serving
+        (repository / "lenet" / "3").mkdir()
+        data = bytearray((repository / "lenet" / "2" / "model.nimbus").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (repository / "lenet" / "3" / "model.nimbus").write_bytes(bytes(data))
+        response = post("load", {"version": "3"})
+        assert_error(response, 400, r"lenet/3/model.nimbus is not a valid artifact: .*(checksum|corrupt)")
+        assert str(repository) not in response.text
+        assert client.get("/v2/models/lenet").json()["versions"] == ["1", "2"]
+        version, out = lenet_output(client, "/v2/models/lenet/infer", x)
+        assert version == "2"
+        np.testing.assert_array_equal(out, v2.run({"x": x})["output"])
+        assert_error(post("load", {"version": "9"}), 404, "no lenet/9/model.nimbus")
+        index = client.get("/v2/repository/index", headers=AUTH).json()
+        assert {"name": "lenet", "version": "3", "state": "UNAVAILABLE", "reason": "not loaded"} in index
+        # a good version 3 loads; the default stays where it was switched to, until "latest"
+        shutil.copy(artifacts["lenet"], repository / "lenet" / "3" / "model.nimbus")
+        response = post("load", {"version": "3"})
+        assert response.status_code == 200, response.text
+        assert response.json()["versions"] == ["1", "2", "3"] and response.json()["default_version"] == "2"
+        assert lenet_output(client, "/v2/models/lenet/infer", x)[0] == "2"
+        assert post("default", {"version": "latest"}).json()["default_version"] == "3"
+        assert lenet_output(client, "/v2/models/lenet/infer", x)[0] == "3"
+        # unload one version, then all
+        assert post("unload", {"version": "3"}).json()["unloaded"] == ["3"]
+        assert lenet_output(client, "/v2/models/lenet/infer", x)[0] == "2"
+        assert_error(client.post("/v2/models/lenet/versions/3/infer", json=lenet_request(x)), 404, "no version '3'")
+        assert post("unload").json()["unloaded"] == ["1", "2"]
+        assert_error(client.post("/v2/models/lenet/infer", json=lenet_request(x)), 404, "unknown model")
+        assert 'model="lenet",version="2"' not in client.get("/metrics").text.split("pending_requests")[-1]
+        # and back from the repository: every version present
+        assert post("load").json()["loaded"] == ["1", "2", "3"]
+        assert lenet_output(client, "/v2/models/lenet/infer", x)[0] == "3"
+
+
+def test_switch_and_unload_under_load_drop_nothing(repository, artifacts, int8_lenet, monkeypatch):
+    from nimbus.runtime.server.main import load_repository
+    sessions = load_repository(repository)
+    for session in sessions["lenet"].values():
+        slow(session, 0.1, monkeypatch)
+    app = create_app(sessions, ServerConfig(max_body_bytes=LIMIT, model_repository=repository,
+                                            management_token=TOKEN, workers=2, max_queue=64,
+                                            max_batch_size=4))
+    x = images(1, seed=11)
+    expected = {"1": Session(artifacts["lenet"]).run({"x": x})["output"],
+                "2": Session(int8_lenet).run({"x": x})["output"]}
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async def infer():
+                return await client.post("/v2/models/lenet/infer", json=lenet_request(x))
+
+            first = [asyncio.create_task(infer()) for _ in range(20)]
+            await asyncio.sleep(0.05)
+            switched = await client.post("/v2/repository/models/lenet/default", json={"version": "1"},
+                                         headers=AUTH)
+            second = [asyncio.create_task(infer()) for _ in range(20)]
+            await asyncio.sleep(0.02)
+            in_flight_on_2 = sum(not task.done() for task in first)
+            unloaded = await client.post("/v2/repository/models/lenet/unload", json={"version": "2"},
+                                         headers=AUTH)
+            responses = await asyncio.gather(*first, *second)
+            return responses, (switched, unloaded), in_flight_on_2
+
+    responses, (switched, unloaded), in_flight_on_2 = asyncio.run(scenario())
+    assert in_flight_on_2 > 0  # the unload came while requests on version 2 were running
+    assert switched.status_code == 200 and unloaded.status_code == 200, (switched.text, unloaded.text)
+    versions = []
+    for response in responses:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        versions.append(body["model_version"])
+        # batched float lenet (version 1) may differ from an unbatched run in the last bits
+        np.testing.assert_allclose(output_array(body["outputs"][0]), expected[body["model_version"]],
+                                   rtol=1e-5, atol=1e-6)
+    assert "2" in versions and "1" in versions, (versions, switched.json(), unloaded.json())
+    server = app.state.server
+    assert server.versions("lenet") == ["1"]
+    server.close()
+
+
+def test_api_token_guards_inference_not_health(sessions):
+    app = make_app(sessions, api_token=TOKEN)
+    with TestClient(app) as client:
+        x = images(1)
+        for path, body in (("/v2/models/lenet/infer", lenet_request(x)), ("/invocations", {"instances": x.tolist()}),
+                           (VERTEX_PREDICT, {"instances": x.tolist()})):
+            assert_error(client.post(path, json=body), 401, "bearer token")
+            assert client.post(path, json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert client.post(path, json=body, headers=AUTH).status_code == 200
+        assert client.get("/v2/models/lenet").status_code == 401
+        assert client.get("/v2/models/lenet", headers=AUTH).status_code == 200
+        assert_error(client.post("/v2/models/secret/infer", json={}), 401, "bearer")  # before 404
+        for path in ("/v2/health/live", "/v2/health/ready", "/ping", VERTEX_HEALTH, "/v2/models/lenet/ready"):
+            assert client.get(path).status_code == 200, path
+        assert 'nimbus_http_requests_total{model="",status="401"}' in client.get("/metrics").text
