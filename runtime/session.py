@@ -114,10 +114,7 @@ class Session:
     def _execute(self, values: list, bindings: dict) -> None:
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
-            attrs = step.attrs
-            if step.symbolic_attrs:
-                attrs = dict(attrs, **{name: [evaluate_dim(d, bindings) for d in attrs[name]]
-                                       for name in step.symbolic_attrs})
+            attrs = bound_attrs(step, bindings)
             try:
                 results = run_op(step.op, operands, attrs, list(step.types))
             except (ValueError, TypeError, IndexError, FloatingPointError) as err:
@@ -196,6 +193,14 @@ class Session:
             self._outputs.append((str(entry["name"]), index, TensorInfo.from_json(entry["type"])))
         self._steps = steps
         self._constant_slots = constant_slots
+
+
+def bound_attrs(step: _Step, bindings: Mapping[str, int]) -> dict:
+    """The step's attributes with symbolic dims evaluated for this run's bindings."""
+    if not step.symbolic_attrs:
+        return step.attrs
+    return dict(step.attrs, **{name: [evaluate_dim(d, bindings) for d in step.attrs[name]]
+                               for name in step.symbolic_attrs})
 
 
 def load(source: str | Path | bytes, target: str = "cpu", threads: int | None = None) -> Session:

@@ -206,15 +206,21 @@ def _integer_epilogue(acc, out_dtype: str, multiplier, zero_point: int, lo: int,
     return torch.clamp(q, lo, hi).to(TORCH_DTYPES[out_dtype])
 
 
-def _qconv(step, ctx: Context) -> Launcher:
-    a = step.attrs
+def _integer_layer(step) -> tuple[float, int, list, str]:
+    """(input scale, input zero point, weight scales, result dtype) of a qconv2d / qlinear step
+    whose result type and activation the integer kernels support."""
     input_scale, input_zero = _input_quant(step)
-    weight_scales = _weight_quant(step)
-    out_dtype = str(a["dtype"])
+    out_dtype = str(step.attrs["dtype"])
     if out_dtype not in ("u8", "i8", "f32"):
         raise Unsupported(f"result dtype {out_dtype} has no kernel")
-    if a["activation"] not in tri_conv.INTEGER_ACTIVATIONS:
-        raise Unsupported(f"activation {a['activation']} has no integer kernel")
+    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS:
+        raise Unsupported(f"activation {step.attrs['activation']} has no integer kernel")
+    return input_scale, input_zero, _weight_quant(step), out_dtype
+
+
+def _qconv(step, ctx: Context) -> Launcher:
+    a = step.attrs
+    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step)
     groups, geometry = a["groups"], _geometry(a)
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
@@ -254,13 +260,7 @@ def _qconv(step, ctx: Context) -> Launcher:
 
 def _qlinear(step, ctx: Context) -> Launcher:
     a = step.attrs
-    input_scale, input_zero = _input_quant(step)
-    weight_scales = _weight_quant(step)
-    out_dtype = str(a["dtype"])
-    if out_dtype not in ("u8", "i8", "f32"):
-        raise Unsupported(f"result dtype {out_dtype} has no kernel")
-    if a["activation"] not in ("none", "relu", "relu6"):
-        raise Unsupported(f"activation {a['activation']} has no integer kernel")
+    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step)
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
     packed = None if weight is None else tri_gemm.pack_weights(ctx.tensor(weight))

@@ -42,8 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, ArtifactError
-from ..dims import evaluate_dim
-from ..session import Session
+from ..session import Session, bound_attrs
 from .policy import LAYOUT_OPS, TORCH_FALLBACK_OPS, CudaUnsupportedError
 
 MAX_GRAPHS = 8  # captured input signatures kept per session
@@ -166,10 +165,7 @@ class CudaSession(Session):
             values[slot] = tensor
         for step, launcher in zip(self._steps, self._step_launchers):
             operands = [None if s is None else values[s] for s in step.operands]
-            attrs = step.attrs
-            if step.symbolic_attrs:
-                attrs = dict(attrs, **{name: [evaluate_dim(d, bindings) for d in attrs[name]]
-                                       for name in step.symbolic_attrs})
+            attrs = bound_attrs(step, bindings)
             try:
                 results = launcher.run(operands, attrs)
             except (ValueError, TypeError, IndexError, RuntimeError) as err:

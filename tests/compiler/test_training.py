@@ -8,31 +8,20 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from digits import digit_images, top1, trained_lenet
+from digits_data import train
 from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.interpreter import interpret
-from nimbus.compiler.training import (clip_for_training, finalize, prune_for_training,
-                                      weight_sparsity)
+from nimbus.compiler.training import clip_for_training, finalize, prune_for_training, weight_sparsity
 from nimbus.passes import DEFAULT_OPTIMIZATION, run_passes
 from nimbus.runtime.artifact import write_artifact
+from torch import nn
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
 def fine_tune(model: nn.Module, epochs: int = 2) -> nn.Module:
-    train_x, train_y, _, _ = digit_images()
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
-    x, y = torch.from_numpy(train_x), torch.from_numpy(train_y)
-    torch.manual_seed(1)
-    model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x)).split(64):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-    return model.eval()
+    return train(model, epochs=epochs, lr=5e-4, seed=1)
 
 
 def test_pruned_and_clipped_fine_tuning_then_int8_within_two_points():
