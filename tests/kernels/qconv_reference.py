@@ -43,3 +43,27 @@ class ConvProblem:
         graph.set_outputs([Builder(graph).qconv2d(x, w, bias, **attrs)])
         (result,) = interpret(graph, {"x": x_nchw}).values()
         return np.ascontiguousarray(result.transpose(0, 2, 3, 1))
+
+
+# Activation types -> (numpy dtype, smallest, largest value).
+A_RANGES = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
+
+
+def make_problem(geometry, a_type: str, seed, with_bias: bool = True) -> ConvProblem:
+    """A random problem: geometry is (n, c, h, w, o, (kh, kw), stride, padding, dilation,
+    groups); activations span their type's whole range, the zero point is random."""
+    n, c, h, w, o, (kh, kw), stride, padding, dilation, groups = geometry
+    rng = np.random.default_rng(seed)
+    dtype, low, high = A_RANGES[a_type]
+    return ConvProblem(
+        x=rng.integers(low, high, size=(n, h, w, c), dtype=dtype, endpoint=True),
+        a_scale=0.02,
+        a_zero_point=int(rng.integers(low, high, endpoint=True)),
+        w=rng.integers(-128, 127, size=(o, c // groups, kh, kw), dtype=np.int8, endpoint=True),
+        w_scales=rng.uniform(0.001, 0.01, size=o).astype(np.float32),
+        bias=rng.integers(-50_000, 50_000, size=o, dtype=np.int32) if with_bias else None,
+        stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def geometry_keywords(problem: ConvProblem) -> dict:
+    return {"stride": problem.stride, "padding": problem.padding, "dilation": problem.dilation}

@@ -15,7 +15,7 @@ from nimbus.runtime import (
     qconv2d_f32,
     qconv2d_s32,
 )
-from qconv_reference import ConvProblem
+from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
 
 ISAS = available_isas()
 
@@ -44,7 +44,6 @@ GEOMETRIES = {
                                           (1, 1), 17),
 }
 
-A_RANGES = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
 
 # (op result dtype, kernel out_dtype, activation, out_zero_point) of the requantized results.
 REQUANTIZED = [
@@ -55,24 +54,6 @@ REQUANTIZED = [
     ("i8", "s8", "relu", 3),
     ("i8", "s8", "relu6", -128),
 ]
-
-
-def make_problem(geometry, a_type: str, seed) -> ConvProblem:
-    n, c, h, w, o, (kh, kw), stride, padding, dilation, groups = geometry
-    rng = np.random.default_rng(seed)
-    dtype, low, high = A_RANGES[a_type]
-    return ConvProblem(
-        x=rng.integers(low, high, size=(n, h, w, c), dtype=dtype, endpoint=True),
-        a_scale=0.02,
-        a_zero_point=int(rng.integers(low, high, endpoint=True)),
-        w=rng.integers(-128, 127, size=(o, c // groups, kh, kw), dtype=np.int8, endpoint=True),
-        w_scales=rng.uniform(0.001, 0.01, size=o).astype(np.float32),
-        bias=rng.integers(-50_000, 50_000, size=o, dtype=np.int32),
-        stride=stride, padding=padding, dilation=dilation, groups=groups)
-
-
-def geometry_keywords(problem: ConvProblem) -> dict:
-    return {"stride": problem.stride, "padding": problem.padding, "dilation": problem.dilation}
 
 
 def bits(array: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from nimbus.kernels.triton.conv import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/kernels: qconv_reference
-from qconv_reference import ConvProblem
+from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
 
 # name: (N, C, H, W, O, (KH, KW), stride, padding [top, left, bottom, right], dilation, groups).
 # No size is a multiple of a block; "aligned" rows have C / groups a multiple of BLOCK_K (one tap
@@ -45,7 +45,6 @@ GEOMETRIES = {
                                           33),
 }
 
-A_RANGES = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
 
 # a_type -> (op result dtype, kernel out_dtype, activation, out_zero_point) of the requantized
 # results: together the two activation types cover every result dtype and activation.
@@ -54,24 +53,6 @@ REQUANTIZED = {
     "s8": [("i8", "s8", "none", -5), ("u8", "u8", "relu6", 100), ("i8", "s8", "relu", 3)],
 }
 DEQUANTIZED_ACTIVATION = {"u8": "relu", "s8": "relu6"}
-
-
-def make_problem(geometry, a_type: str, seed, with_bias: bool = True) -> ConvProblem:
-    n, c, h, w, o, (kh, kw), stride, padding, dilation, groups = geometry
-    rng = np.random.default_rng(seed)
-    dtype, low, high = A_RANGES[a_type]
-    return ConvProblem(
-        x=rng.integers(low, high, size=(n, h, w, c), dtype=dtype, endpoint=True),
-        a_scale=0.02,
-        a_zero_point=int(rng.integers(low, high, endpoint=True)),
-        w=rng.integers(-128, 127, size=(o, c // groups, kh, kw), dtype=np.int8, endpoint=True),
-        w_scales=rng.uniform(0.001, 0.01, size=o).astype(np.float32),
-        bias=rng.integers(-50_000, 50_000, size=o, dtype=np.int32) if with_bias else None,
-        stride=stride, padding=padding, dilation=dilation, groups=groups)
-
-
-def geometry_keywords(problem: ConvProblem) -> dict:
-    return {"stride": problem.stride, "padding": problem.padding, "dilation": problem.dilation}
 
 
 def exact_accumulators(problem: ConvProblem) -> np.ndarray:
