@@ -489,7 +489,7 @@ def benchmark_model(name: str, options, out: Path, executor_us: float | None) ->
 
     def open_session(key: str):
         if key.startswith("nimbus"):
-            return nimbus.load(paths[key])
+            return nimbus.load(paths[key], threads=options.threads)
         return ort.InferenceSession(str(paths[key]), ort_options(options.threads),
                                     providers=["CPUExecutionProvider"])
 
@@ -589,9 +589,9 @@ def print_report(results: dict, config: dict) -> None:
     print(f"models at batch {' and '.join(map(str, BATCHES))}; {config['threads']} threads for "
           f"ONNX Runtime (intra-op), PyTorch and numpy's BLAS; median ms over repeats, "
           f"timed in {config['rounds']} interleaved rounds (runs, min and max in the JSON)")
-    print(f"nimbus: native int8 kernels run single-threaded (the runtime calls them with "
-          f"threads=1); float ops are numpy (BLAS limited to {config['threads']} threads: "
-          f"{config['blas_threads_limited']}); ISA path {config['isa']}")
+    print(f"nimbus: native int8 kernels on {config['threads']} threads; float ops are numpy "
+          f"(BLAS limited to {config['threads']} threads: {config['blas_threads_limited']}); "
+          f"ISA path {config['isa']}")
     print(f"calibration (nimbus and ORT int8): {config['calibration_batches']} batches of "
           f"{config['calibration_batch']} random inputs; {config['cpu_count']} CPUs, load average "
           f"{config['load_average_start'][0]:.2f} at the start, {config['load_average_end'][0]:.2f} "
