@@ -258,6 +258,9 @@ def compile_model(
     typer.echo(f"batch 1: {summary['mflops_batch_1']} MFLOPs, activation memory "
                f"{summary['peak_activation_bytes_batch_1']} bytes "
                f"({summary['unshared_activation_bytes_batch_1']} without buffer reuse)")
+    if target == "cpu":
+        typer.echo(f"measured: {compiled.measure_latency():.3f} ms per batch-1 run on this machine "
+                   "(median of 10)")
     if summary["torch_ops"]:
         typer.echo("run with torch (no Triton kernel): " + ", ".join(summary["torch_ops"]))
     for row in summary["int8_advice"]:

@@ -68,7 +68,7 @@ def test_compile_inspect_and_run(tmp_path):
                       "--calibration", calibration, "-o", artifact)
     assert compiled.exit_code == 0, compiled.output
     assert "quantize" in compiled.output and "qconv2d x2" in compiled.output
-    assert "activation memory" in compiled.output
+    assert "activation memory" in compiled.output and "ms per batch-1 run" in compiled.output
 
     inspected = invoke("inspect", artifact)
     assert inspected.exit_code == 0, inspected.output
