@@ -844,3 +844,72 @@ def test_api_token_guards_inference_not_health(sessions):
         for path in ("/v2/health/live", "/v2/health/ready", "/ping", VERTEX_HEALTH, "/v2/models/lenet/ready"):
             assert client.get(path).status_code == 200, path
         assert 'nimbus_http_requests_total{model="",status="401"}' in client.get("/metrics").text
+
+
+def metric_value(text: str, name: str, model: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
+    """Requests accepted before SIGTERM all finish with their answers; then the process exits 0."""
+    import threading
+
+    import torch
+
+    torch.manual_seed(0)
+    layers = [module for _ in range(8) for module in (torch.nn.Linear(1024, 1024), torch.nn.ReLU())]
+    path = nimbus.compile(torch.nn.Sequential(*layers).eval(), (torch.zeros(1, 1024),)).save(
+        tmp_path / "slow.nimbus")
+    session = Session(path)
+    batches = [np.random.default_rng(i).standard_normal((64, 1024)).astype(np.float32) for i in range(6)]
+    port = free_port()
+    command = [sys.executable, "-m", "nimbus.runtime.server", str(path), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1", "--max-body-bytes", str(8 << 20)]
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        answers = [None] * len(batches)
+
+        def send(index):
+            body = {"inputs": [v2_tensor("input", batches[index], "FP32")]}
+            answers[index] = httpx.post(f"{base}/v2/models/slow/infer", json=body, timeout=60)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(batches))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while True:  # every request accepted (finished or pending), some still in flight
+            metrics = httpx.get(f"{base}/metrics", timeout=5).text
+            pending = metric_value(metrics, "nimbus_inference_pending_requests", "slow")
+            done = metric_value(metrics, "nimbus_inference_request_success_total", "slow")
+            if pending + done >= len(batches):
+                break
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+        for batch, answer in zip(batches, answers):
+            assert answer is not None and answer.status_code == 200, answer and answer.text
+            np.testing.assert_allclose(output_array(answer.json()["outputs"][0]),
+                                       session.run({"input": batch})["output"], rtol=1e-5, atol=1e-6)
+        print(f"\nSIGTERM with {pending:.0f} of {len(batches)} requests still in flight: all answered")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
