@@ -340,7 +340,8 @@ def inspect(path: Path = typer.Argument(..., help="Artifact (.nimbus).")):
 @app.command()
 def serve(
     models: List[Path] = typer.Argument(None, help="Artifacts (.nimbus) or folders of them; "
-                                        "default: /opt/ml/model. Each is named by its file stem."),
+                                        "default: $AZUREML_MODEL_DIR or /opt/ml/model. Each is "
+                                        "named by its file stem."),
     name: Optional[str] = typer.Option(None, "--name", help="Serve a single model under this name."),
     host: Optional[str] = typer.Option(None, "--host", help="Default 0.0.0.0 in a cloud container "
                                        "(SageMaker, Vertex AI environment), else 127.0.0.1."),
@@ -370,8 +371,14 @@ def serve(
     api_token: Optional[str] = typer.Option(
         None, "--api-token", envvar="NIMBUS_API_TOKEN",
         help="Bearer token required on inference and model metadata routes."),
+    azure_liveness_route: Optional[str] = typer.Option(
+        None, "--azure-liveness-route", help="Azure ML deployment's liveness route."),
+    azure_readiness_route: Optional[str] = typer.Option(
+        None, "--azure-readiness-route", help="Azure ML deployment's readiness route."),
+    azure_scoring_route: Optional[str] = typer.Option(
+        None, "--azure-scoring-route", help="Azure ML deployment's scoring route."),
 ):
-    """Serve artifacts over HTTP: KServe v2, SageMaker, Vertex AI routes and /metrics."""
+    """Serve artifacts over HTTP: KServe v2, SageMaker, Vertex AI, Azure ML routes and /metrics."""
     from nimbus.runtime.server.main import serve as run_server
 
     try:
@@ -380,7 +387,8 @@ def serve(
                    graceful_timeout_s=graceful_timeout, log_level=log_level,
                    max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
                    model_repository=model_repository, management_token=management_token,
-                   api_token=api_token)
+                   api_token=api_token, azure_routes=(azure_liveness_route, azure_readiness_route,
+                                                      azure_scoring_route))
     except ValueError as err:
         _fail(str(err))
 

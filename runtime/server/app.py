@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..session import Session
-from . import kserve, management, sagemaker, vertex
+from . import azure, kserve, management, sagemaker, vertex
 from .body import read_body
 from .errors import RequestError
 from .metrics import Metrics
@@ -49,6 +49,9 @@ class ServerConfig:
     timeout_s: float = 60.0      # per request, queue and run together, before 504
     vertex_health_route: str | None = None
     vertex_predict_route: str | None = None
+    azure_liveness_route: str | None = None
+    azure_readiness_route: str | None = None
+    azure_scoring_route: str | None = None
     name: str = "nimbus"
     version: str = "0.1.0"
     # Dynamic batching: rows per Session.run (1: off) and how long the oldest request may wait
@@ -284,6 +287,8 @@ def create_app(models: Mapping[str, Session | Mapping[str, Session]],
 
     routes = (kserve.routes() + sagemaker.routes()
               + vertex.routes(config.vertex_health_route, config.vertex_predict_route)
+              + azure.routes(config.azure_liveness_route, config.azure_readiness_route,
+                             config.azure_scoring_route)
               + [Route("/metrics", _metrics, methods=["GET"])]
               + (management.routes() if config.management_token is not None else []))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

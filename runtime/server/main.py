@@ -30,6 +30,8 @@ def detect_platform(environ: Mapping[str, str] = os.environ) -> str:
         return "vertex"
     if "SAGEMAKER_BIND_TO_PORT" in environ or "SM_MODEL_DIR" in environ:
         return "sagemaker"
+    if "AZUREML_MODEL_DIR" in environ:
+        return "azure"
     return "local"
 
 
@@ -45,11 +47,12 @@ def default_host(environ: Mapping[str, str] = os.environ) -> str:
     return "127.0.0.1" if detect_platform(environ) == "local" else "0.0.0.0"
 
 
-def model_paths(paths: Sequence[Path | str]) -> list[Path]:
+def model_paths(paths: Sequence[Path | str], environ: Mapping[str, str] = os.environ) -> list[Path]:
     """The artifacts to serve: the given files (a folder contributes its *.nimbus files), or
-    those in /opt/ml/model when none is given (SageMaker's `docker run IMAGE serve`)."""
+    when none is given those in Azure ML's AZUREML_MODEL_DIR, else in /opt/ml/model
+    (SageMaker's `docker run IMAGE serve`)."""
     if not paths:
-        paths = [SAGEMAKER_MODEL_DIR]
+        paths = [environ.get("AZUREML_MODEL_DIR") or SAGEMAKER_MODEL_DIR]
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -121,7 +124,8 @@ def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | N
           graceful_timeout_s: float = 20.0, log_level: str = "info",
           max_batch_size: Sequence[str] = (), max_batch_delay_ms: Sequence[str] = (),
           model_repository: Path | str | None = None, management_token: str | None = None,
-          api_token: str | None = None) -> None:
+          api_token: str | None = None, azure_routes: Sequence[str | None] = (None, None, None)
+          ) -> None:
     """Load the models and serve them until SIGTERM or SIGINT; returns after a graceful drain.
 
     ``max_batch_size`` / ``max_batch_delay_ms`` are strings ``"8"`` (every model) or
@@ -144,6 +148,9 @@ def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | N
                           timeout_s=timeout_s,
                           vertex_health_route=os.environ.get("AIP_HEALTH_ROUTE"),
                           vertex_predict_route=os.environ.get("AIP_PREDICT_ROUTE"),
+                          azure_liveness_route=azure_routes[0],
+                          azure_readiness_route=azure_routes[1],
+                          azure_scoring_route=azure_routes[2],
                           max_batch_size=1 if batch_size is None else batch_size,
                           max_batch_delay_ms=2.0 if batch_delay is None else batch_delay,
                           model_batch_size=batch_sizes, model_batch_delay_ms=batch_delays,
@@ -203,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--api-token", default=os.environ.get("NIMBUS_API_TOKEN"),
                         help="bearer token required on inference and model metadata "
                              "(default NIMBUS_API_TOKEN; unset: none)")
+    parser.add_argument("--azure-liveness-route", help="Azure ML deployment's liveness route")
+    parser.add_argument("--azure-readiness-route", help="Azure ML deployment's readiness route")
+    parser.add_argument("--azure-scoring-route", help="Azure ML deployment's scoring route")
     args = parser.parse_args(argv)
     try:
         serve(args.models, name=args.name, host=args.host, port=args.port,
@@ -210,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               timeout_s=args.timeout, graceful_timeout_s=args.graceful_timeout,
               log_level=args.log_level, max_batch_size=args.max_batch_size,
               max_batch_delay_ms=args.max_batch_delay_ms, model_repository=args.model_repository,
-              management_token=args.management_token, api_token=args.api_token)
+              management_token=args.management_token, api_token=args.api_token,
+              azure_routes=(args.azure_liveness_route, args.azure_readiness_route,
+                            args.azure_scoring_route))
     except ValueError as err:
         parser.exit(1, f"error: {err}\n")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from models.cases import converted
 from nimbus.runtime.server import ServerConfig, create_app
-from nimbus.runtime.server.main import default_host, default_port, detect_platform
+from nimbus.runtime.server.main import default_host, default_port, detect_platform, model_paths
 from nimbus.runtime.session import Session
 
 import nimbus
@@ -370,6 +370,27 @@ def test_vertex_predict(client, sessions):
     assert_error(client.post(VERTEX_PREDICT, json={"inputs": []}), 400, "instances")
     assert_error(client.post(VERTEX_PREDICT, json={"instances": []}), 400, "non-empty")
     assert_error(client.post(VERTEX_PREDICT, content=b"[" * 3000), 400, "nested deeper")
+
+
+def test_azure_ml_routes_and_model_directory(sessions, artifacts, tmp_path):
+    routes = {"azure_liveness_route": "/live", "azure_readiness_route": "/ready",
+              "azure_scoring_route": "/score"}
+    with TestClient(make_app(sessions, **routes)) as azure:
+        assert azure.get("/live").status_code == 200 and azure.get("/ready").status_code == 200
+        x = images(3, seed=9)
+        for key in ("input_data", "instances"):
+            response = azure.post("/score", json={key: x.tolist()})
+            assert response.status_code == 200, response.text
+            np.testing.assert_array_equal(np.array(response.json()["predictions"], np.float32),
+                                          sessions["lenet"].run({"x": x})["output"])
+        assert_error(azure.post("/score", json={"data": []}), 400, "input_data")
+        assert_error(azure.post("/score", json={"input_data": []}), 400, "non-empty")
+    mount = tmp_path / "azureml-models" / "lenet" / "1"
+    mount.mkdir(parents=True)
+    (mount / "lenet.nimbus").write_bytes(artifacts["lenet"].read_bytes())
+    assert model_paths([], {"AZUREML_MODEL_DIR": str(mount)}) == [mount / "lenet.nimbus"]
+    assert detect_platform({"AZUREML_MODEL_DIR": str(mount)}) == "azure"
+    assert default_host({"AZUREML_MODEL_DIR": str(mount)}) == "0.0.0.0"
 
 
 def test_platform_environment():
