@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nimbus.runtime.artifact import (ALIGNMENT, FORMAT_VERSION, MAGIC, PREAMBLE, ArtifactError,
-                                     read_artifact, write_artifact)
+from nimbus.runtime.artifact import (ALIGNMENT, DTYPES, FORMAT_VERSION, MAGIC, PREAMBLE,
+                                     ArtifactError, read_artifact, write_artifact)
 
 MANIFEST = {"producer": "nimbus test", "inputs": [{"name": "x", "dtype": "f32", "shape": ["N", 3]}]}
 PLAN = {"steps": [{"kernel": "relu", "inputs": [0], "outputs": [1]}]}
@@ -242,4 +242,7 @@ def test_mutated_compressed_artifacts_load_or_fail_cleanly(edits):
         artifact = read_artifact(bytes(data))
     except ArtifactError:
         return
-    assert artifact.tensors["weights"].shape == sparse_weights().shape
+    # A flipped byte may rename the tensor and still load; whatever loads is what it declares.
+    for name, array in artifact.tensors.items():
+        record = artifact.records[name]
+        assert array.shape == record.shape and array.dtype == DTYPES[record.dtype]
