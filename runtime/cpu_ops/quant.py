@@ -325,13 +325,16 @@ def qconv2d(xs, a, types):
     packed = _packed_conv(w, a["groups"]) if native else None
     if packed is None:
         return qconv2d_reference(xs, a, types)
+    # The native kernels run NHWC. A result goes back as an NCHW view of its NHWC memory, so a
+    # following convolution (or one fed by it) gets channels-last data without a copy; other ops
+    # take any strides.
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     zp, b = xq.zero_point[0], _bias(bias)
     geometry = {"stride": tuple(a["stride"]), "padding": tuple(a["padding"]),
                 "dilation": tuple(a["dilation"])}
 
     def nchw(out):
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        return out.transpose(0, 3, 1, 2)
 
     def call(kind, *epilogue):
         if kind == "f32":
