@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from cnn import build
 from digits_data import digit_images, top1, train
 
@@ -42,8 +41,7 @@ def onnx_sessions(model, calibration: list[np.ndarray], out: Path, threads: int)
     import logging
 
     import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     float_path, int8_path = out / "cnn.onnx", out / "cnn.int8.onnx"
     with warnings.catch_warnings():
@@ -72,7 +70,7 @@ def onnx_sessions(model, calibration: list[np.ndarray], out: Path, threads: int)
             for name, path in (("float", float_path), ("int8", int8_path))}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
@@ -80,9 +78,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the artifacts here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = args.out or Path(tempfile.mkdtemp(prefix="nimbus-main-job-"))
-    out.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return run(args, args.out)
+    with tempfile.TemporaryDirectory(prefix="nimbus-main-job-") as folder:
+        return run(args, Path(folder))
 
+
+def run(args, out: Path) -> dict:
+    """Train, compile, run and compare; returns each runtime's top-1 and latencies."""
     train_x, _, test_x, test_y = digit_images()
     model = train(build(), epochs=args.epochs)
     calibration = [train_x[i:i + 64] for i in range(0, 512, 64)]
@@ -90,14 +94,15 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     nimbus.compile(model, example).save(out / "cnn.nimbus")
     nimbus.compile(model, example, calibration=calibration).save(out / "cnn.int8.nimbus")
-    print(f"compiled float and int8 artifacts in {time.perf_counter() - started:.1f} s into {out}")
+    print(f"compiled float and int8 artifacts in {time.perf_counter() - started:.1f} s")
 
     runners = {}
     for name, path in (("float", out / "cnn.nimbus"), ("int8", out / "cnn.int8.nimbus")):
-        session = nimbus.load(path)
+        session = nimbus.load(path, threads=args.threads)
         runners[f"nimbus {name}"] = lambda x, s=session: s.run({"x": x})["output"]
     for name, session in onnx_sessions(model, calibration, out, args.threads).items():
         runners[f"onnxruntime {name}"] = lambda x, s=session: s.run(None, {"x": x})[0]
+
     def pytorch(x):
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
@@ -119,6 +124,7 @@ def main(argv=None) -> None:
         ours, peer = rows[f"nimbus {kind}"], rows[f"onnxruntime {kind}"]
         print(f"{kind}: onnxruntime / nimbus latency = {peer['batch 1'] / ours['batch 1']:.2f}x "
               f"(batch 1), {peer['batch 8'] / ours['batch 8']:.2f}x (batch 8)")
+    return rows
 
 
 if __name__ == "__main__":
