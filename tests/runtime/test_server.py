@@ -5,6 +5,7 @@ problem and the server keeps serving. One test runs the real server (uvicorn, su
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -486,17 +487,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tmp_path):
+@contextlib.contextmanager
+def running_server(arguments: list[str], tmp_path, env=None):
+    """A real server process on a free loopback port, ready to serve: yields (process, base URL,
+    log path) and kills it if the test leaves it running."""
     port = free_port()
-    env = {**os.environ, "AIP_HEALTH_ROUTE": "/health", "AIP_PREDICT_ROUTE": "/predict"}
-    command = [sys.executable, "-m", "nimbus.cli", "serve", str(artifacts["lenet"]), str(artifacts["mixer"]),
-               "--host", "127.0.0.1", "--port", str(port), "--max-body-bytes", "300000", "--max-queue", "8",
-               "--max-batch-size", "4", "--max-batch-size", "mixer=2", "--max-batch-delay-ms", "1"]
+    command = [*arguments, "--host", "127.0.0.1", "--port", str(port)]
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -506,6 +507,19 @@ def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tm
                 pass
             assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
+        yield process, base, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tmp_path):
+    env = {**os.environ, "AIP_HEALTH_ROUTE": "/health", "AIP_PREDICT_ROUTE": "/predict"}
+    command = [sys.executable, "-m", "nimbus.cli", "serve", str(artifacts["lenet"]), str(artifacts["mixer"]),
+               "--max-body-bytes", "300000", "--max-queue", "8",
+               "--max-batch-size", "4", "--max-batch-size", "mixer=2", "--max-batch-delay-ms", "1"]
+    with running_server(command, tmp_path, env) as (process, base, log_path):
         with httpx.Client(base_url=base, timeout=10) as http:
             assert http.get("/ping").status_code == 200 and http.get("/health").status_code == 200
             x = images(2)
@@ -524,10 +538,6 @@ def test_real_server_serves_and_exits_cleanly_on_sigterm(artifacts, sessions, tm
             assert 'status="200"' in http.get("/metrics").text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 # ---- dynamic batching --------------------------------------------------------------------------
@@ -886,23 +896,9 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
         tmp_path / "slow.nimbus")
     session = Session(path)
     batches = [np.random.default_rng(i).standard_normal((64, 1024)).astype(np.float32) for i in range(6)]
-    port = free_port()
-    command = [sys.executable, "-m", "nimbus.runtime.server", str(path), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--max-body-bytes", str(8 << 20)]
-    log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+    command = [sys.executable, "-m", "nimbus.runtime.server", str(path), "--workers", "1",
+               "--max-body-bytes", str(8 << 20)]
+    with running_server(command, tmp_path) as (process, base, log_path):
         answers = [None] * len(batches)
 
         def send(index):
@@ -930,7 +926,3 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
             np.testing.assert_allclose(output_array(answer.json()["outputs"][0]),
                                        session.run({"input": batch})["output"], rtol=1e-5, atol=1e-6)
         print(f"\nSIGTERM with {pending:.0f} of {len(batches)} requests still in flight: all answered")
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
