@@ -55,11 +55,20 @@ def _decode_shared_weight(graph: Graph, node: Node) -> None:
     node.operands[1] = graph.add_constant(name, np.take(codebook.data, indices.data, axis=0))
 
 
-def _integer_epilogue(node: Node) -> bool:
-    """The layer's whole epilogue fits an integer op: no residual, a clamp-like activation."""
+def _residual(node: Node) -> Value | None:
+    return node.operands[3] if node.op.startswith("fused_") else None
+
+
+def _integer_epilogue(node: Node, observed: set[Value]) -> bool:
+    """The layer's whole epilogue fits an integer op: a clamp-like activation, and a residual
+    (if any) of the result's own shape whose range calibration saw, which the integer op adds
+    quantized before its rounding, so a residual block stays in int8 end to end."""
     if not node.op.startswith("fused_"):
         return True
-    return node.operands[3] is None and node.attrs["activation"] in INTEGER_ACTIVATIONS
+    residual = _residual(node)
+    return node.attrs["activation"] in INTEGER_ACTIVATIONS and (
+        residual is None or (residual in observed and not residual.is_constant
+                             and tuple(residual.type.shape) == tuple(node.result.type.shape)))
 
 
 def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:
@@ -124,7 +133,7 @@ class _Quantizer:
     def _loc(self, value: Value, before: Node):
         return value.producer.loc if value.producer is not None else before.loc
 
-    def rewrite(self, node: Node, quantized_output: bool) -> None:
+    def rewrite(self, node: Node, integer_epilogue: bool, quantized_output: bool) -> None:
         x, weight, bias = node.operands[:3]
         q_input = self.quantized(x, node)
         q_weight = self.quantized_weight(weight)
@@ -134,15 +143,17 @@ class _Quantizer:
             q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
         attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
         activation = node.attrs.get("activation", "none")
-        integer_epilogue = _integer_epilogue(node)
         attrs["activation"] = activation if integer_epilogue else "none"
         if quantized_output:
             scale, zero_point = activation_params(*self.ranges[node.result], self.dtype)
             attrs.update(dtype=self.dtype, scale=scale, zero_point=zero_point)
         else:
             attrs.update(dtype=DType.f32)
-        replacement = self.graph.add_node(INTEGER_OPS[node.op], [q_input, q_weight, q_bias],
-                                          attrs, node.loc, before=node)
+        operands = [q_input, q_weight, q_bias]
+        if integer_epilogue and _residual(node) is not None:
+            operands.append(self.quantized(_residual(node), node))
+        replacement = self.graph.add_node(INTEGER_OPS[node.op], operands, attrs, node.loc,
+                                          before=node)
         self.ctx.touched(replacement)
         result = replacement.result
         if not integer_epilogue:
@@ -196,15 +207,19 @@ class _Quantizer:
         return self.graph.add_constant(self.graph.unique_constant_name(f"{bias.name}.q"), data)
 
 
-def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node]) -> bool:
-    """Every path from ``value`` (through pass-through ops) ends at a layer being quantized."""
+def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node],
+                               integer_residual: set[Node]) -> bool:
+    """Every path from ``value`` (through pass-through ops) ends at a layer being quantized, as
+    its input or as a residual that the layer adds in integer arithmetic."""
     for user in uses.get(value, ()):
         if user is None:
             return False
         if user.op in PASS_THROUGH and user.operands[0] is value:
-            if not _feeds_only_integer_layers(user.result, uses, chosen):
+            if not _feeds_only_integer_layers(user.result, uses, chosen, integer_residual):
                 return False
-        elif user not in chosen or user.operands[0] is not value:
+        elif user not in chosen or not (
+                user.operands[0] is value
+                or (user in integer_residual and _residual(user) is value)):
             return False
     return True
 
@@ -227,8 +242,9 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     """Static post-training int8 quantization. Calibration data (given to run_passes or compile
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
-    int32 bias and a fused ReLU/ReLU6, taking u8 (or i8) activations; a residual add or another
-    activation follows in float on the dequantized result. Integer results feed integer
+    int32 bias and a fused ReLU/ReLU6, taking u8 (or i8) activations; a fused residual add of the
+    result's shape is added quantized in the integer epilogue, while a broadcasting residual or
+    another activation follows in float on the dequantized result. Integer results feed integer
     consumers directly (through max pooling and reshapes); quantize and dequantize appear only at
     the float boundaries. Layers that stay in float are counted with the reason.
     ``mode=dynamic`` needs no calibration: linear layers become dynamic_qlinear, which quantizes
@@ -305,7 +321,9 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     data = ctx.data.get("calibration")
     batches = calibration_batches(data, graph) if data is not None else random_batches(graph)
     try:
-        observers = observe(graph, {v for n in chosen for v in (n.operands[0], n.result)}, batches)
+        observed = {v for n in chosen for v in (n.operands[0], n.result, _residual(n))
+                    if v is not None}
+        observers = observe(graph, observed, batches)
     except CalibrationError as err:
         raise PassFailure(str(err)) from err
     blind = [n for n in chosen if not observers[n.operands[0]].seen]
@@ -316,14 +334,18 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()
     chosen_set = set(chosen)
-    quantized_outputs = {n: _integer_epilogue(n) and observers[n.result].seen
-                         and _feeds_only_integer_layers(n.result, uses, chosen_set)
+    seen = {value for value, observer in observers.items() if observer.seen}
+    integer_epilogues = {n for n in chosen if _integer_epilogue(n, seen)}
+    integer_residual = {n for n in integer_epilogues if _residual(n) is not None}
+    quantized_outputs = {n: n in integer_epilogues and n.result in seen
+                         and _feeds_only_integer_layers(n.result, uses, chosen_set,
+                                                        integer_residual)
                          for n in chosen}
     ranges = {value: observer.range(settings.observer, settings.percentile)
               for value, observer in observers.items() if observer.seen}
     quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
     for node in chosen:
-        quantizer.rewrite(node, quantized_outputs[node])
+        quantizer.rewrite(node, node in integer_epilogues, quantized_outputs[node])
     return _finish(graph, ctx, chosen)
 
 

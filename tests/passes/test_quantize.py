@@ -222,3 +222,24 @@ def test_metric_budget_holds_after_fallback(digits_graph):
     assert 100.0 - agreement(interpret(graph, {"x": test_x[:120]})) <= 0.0005
     with pytest.raises(PassError, match="max-drop needs a metric"):
         run_passes(digits_graph, "quantize{max-drop=1.0}", calibration=calibration_set(1))
+
+
+@pytest.mark.parametrize("name", ["resnet_basic_block", "mobilenet_v2_block"])
+def test_residual_blocks_stay_integer(name):
+    """A fused residual of the result's shape is added in the integer epilogue: no float add,
+    and the block's output feeds the next integer layer without a quantize."""
+    model, graph = converted(name)
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    names = [value.name for value in graph.inputs]
+    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
+        torch.Generator().manual_seed(seed), 4)))) for seed in range(6)]
+    assert any(n.op == "fused_conv2d" and n.operands[3] is not None for n in optimized.nodes)
+    quantized = run_passes(optimized, "quantize", calibration=batches)
+    with_residual = [n for n in quantized.nodes if n.op == "qconv2d" and len(n.operands) > 3
+                     and n.operands[3] is not None]
+    assert with_residual and not any(n.op == "add" for n in quantized.nodes)
+    assert all(n.operands[3].type.dtype == DType.u8 and not n.operands[3].type.quant.per_axis
+               for n in with_residual)
+    expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
+    for output_name in graph.output_names:
+        assert cosine(actual[output_name], expected[output_name]) >= 0.99
