@@ -79,13 +79,19 @@ def residual_term(residual: np.ndarray, quant, output_scale: float) -> np.ndarra
 
 
 def quantize_array(x: np.ndarray, quant, dtype) -> np.ndarray:
-    """q = clamp(rint_f32(x / scale) + zero_point) along the quantization axis."""
+    """q = clamp(rint_f32(x / scale) + zero_point) along the quantization axis.
+
+    Computed in place in float32, which is exact: rint leaves integers, adding the zero point
+    is exact below 2^24 and anything larger is clamped, as is +-inf."""
     axis = quant.axis if quant.axis is not None else 0
     scale = along_axis(np.asarray(quant.scale, dtype=np.float32), x.ndim, axis)
-    zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.int32), x.ndim, axis)
+    zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.float32), x.ndim, axis)
     lo, hi = int_range(dtype)
-    q = np.rint(x.astype(np.float32) / scale).astype(np.int64) + zero_point
-    return np.clip(q, lo, hi).astype(numpy_dtype(dtype))
+    q = np.divide(x.astype(np.float32, copy=False), scale)
+    np.rint(q, out=q)
+    q += zero_point
+    np.clip(q, lo, hi, out=q)
+    return q.astype(numpy_dtype(dtype))
 
 
 def dequantize_array(q: np.ndarray, quant) -> np.ndarray:
