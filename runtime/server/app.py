@@ -2,7 +2,8 @@
 
 ``create_app(models, config)`` takes ``{name: Session}`` or ``{name: {version: Session}}``
 (insertion order: the first is the default model for SageMaker and Vertex AI) and returns a
-Starlette app. Each name has one or more versions; requests without a version go to the
+Starlette app; a backend other than Session serves too if it has Session's ``inputs``,
+``outputs`` and ``run``. Each name has one or more versions; requests without a version go to the
 default version (the highest number unless switched). Versions are swapped, switched and
 unloaded on the event loop; a request resolves its version once, holds it until answered, and
 so finishes on the session it started on whatever happens meanwhile. Health and metadata
@@ -47,6 +48,9 @@ class ServerConfig:
     max_queue: int = 64          # per model: requests queued or running before 503
     workers: int = 2             # per model: threads running it
     timeout_s: float = 60.0      # per request, queue and run together, before 504
+    # A run going on longer than this makes its model not ready (None: twice timeout_s, so that
+    # only a run far beyond any request's patience counts as hung).
+    stall_timeout_s: float | None = None
     vertex_health_route: str | None = None
     vertex_predict_route: str | None = None
     azure_liveness_route: str | None = None
@@ -107,7 +111,7 @@ class Server:
         self.families: dict[str, Family] = {}
         self.order: list[str] = []  # names in the order first served: the first is the default
         for name, versions in sessions.items():
-            if isinstance(versions, Session):
+            if not isinstance(versions, Mapping):  # a Session, or any object with its interface
                 versions = {"1": versions}
             if not versions:
                 raise ValueError(f"model '{name}' has no versions")
@@ -118,7 +122,10 @@ class Server:
     # ---- models and versions -----------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return not self.draining
+        """Not draining and no loaded version stalled (a hung run makes the server not ready,
+        so that a platform routes around it or replaces it)."""
+        return not self.draining and not any(
+            model.stalled for family in self.families.values() for model in family.versions.values())
 
     @property
     def models(self) -> dict[str, ServedModel]:
@@ -137,7 +144,7 @@ class Server:
         config = self.config
         return ServedModel(name, session, version=version, workers=config.workers,
                            max_queue=config.max_queue, timeout_s=config.timeout_s,
-                           metrics=self.metrics,
+                           stall_timeout_s=config.stall_timeout_s, metrics=self.metrics,
                            max_batch_size=config.model_batch_size.get(name, config.max_batch_size),
                            max_batch_delay_s=config.model_batch_delay_ms.get(
                                name, config.max_batch_delay_ms) / 1000)

@@ -45,19 +45,22 @@ class Metrics:
                                "finished (queued or running)", model, registry=r)
         self.queue_depth = Gauge("nimbus_inference_queue_depth", "Requests waiting for a model worker",
                                  model, registry=r)
+        self.stalled = Gauge("nimbus_model_stalled", "1 while a run of the model has gone on past "
+                             "the stall timeout (the model is not ready), else 0", model, registry=r)
 
     def track(self, model) -> None:
         """Publish a model's in-flight and queue gauges (read when scraped)."""
         labels = (model.name, model.version)
         self.in_flight.labels(*labels).set_function(lambda: model.pending)
         self.queue_depth.labels(*labels).set_function(lambda: model.pending - model.running)
+        self.stalled.labels(*labels).set_function(lambda: model.stalled)
         for counter in (self.success, self.inferences, self.executions, self.request_us,
                         self.queue_us, self.compute_us):
             counter.labels(*labels)
 
     def untrack(self, model) -> None:
         """Drop an unloaded version's gauges (its counters stay, as counters do)."""
-        for gauge in (self.in_flight, self.queue_depth):
+        for gauge in (self.in_flight, self.queue_depth, self.stalled):
             try:
                 gauge.remove(model.name, model.version)
             except KeyError:

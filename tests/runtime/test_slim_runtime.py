@@ -6,9 +6,6 @@ dependencies may have been imported on the way.
 """
 
 import json
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,10 +15,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Local state that must not leak into the build: environments, build folders, caches.
-NOT_SOURCE = (
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
-)
 COMPILER_ONLY_MODULES = {"torch", "onnx", "onnxruntime", "lark", "sympy", "triton"}
 
 CHILD_SCRIPT = """
@@ -43,27 +36,6 @@ print(json.dumps({
 """
 
 
-def run(command: list, cwd: Path) -> str:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, command))} exited with {result.returncode}\n"
-        f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    )
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    # A copy of the sources, so this build shares no build folder with the editable install.
-    source = tmp_path_factory.mktemp("source") / "nimbus"
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
-    wheelhouse = tmp_path_factory.mktemp("wheelhouse")
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
-    run([*pip_wheel, "--no-build-isolation", "--wheel-dir", str(wheelhouse), str(source)], source)
-    (wheel_path,) = wheelhouse.glob("nimbus-*.whl")
-    return wheel_path
-
-
 def test_wheel_holds_the_nimbus_package_and_nothing_else(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     grammars = {
@@ -79,19 +51,14 @@ def test_wheel_holds_the_nimbus_package_and_nothing_else(wheel):
 
 
 @pytest.fixture(scope="module")
-def slim_python(wheel, tmp_path_factory) -> Path:
+def slim_python(wheel, fresh_python) -> Path:
     """The interpreter of a fresh virtual environment holding numpy and the wheel, nothing else."""
-    environment = tmp_path_factory.mktemp("slim") / "venv"
-    run([sys.executable, "-m", "venv", str(environment)], environment.parent)
-    python = environment / "bin" / "python"
-    pip_install = [str(python), "-m", "pip", "install", "--quiet", "--no-deps"]
-    run([*pip_install, f"numpy=={np.__version__}", str(wheel)], environment.parent)
-    return python
+    return fresh_python("slim", "--no-deps", f"numpy=={np.__version__}", str(wheel))
 
 
-def test_runtime_runs_with_numpy_alone(slim_python, tmp_path):
+def test_runtime_runs_with_numpy_alone(slim_python, checked_run, tmp_path):
     # -I keeps the checkout and PYTHON* variables off sys.path: only the installed wheel counts.
-    report = json.loads(run([str(slim_python), "-I", "-c", CHILD_SCRIPT], tmp_path))
+    report = json.loads(checked_run([str(slim_python), "-I", "-c", CHILD_SCRIPT], tmp_path))
 
     assert Path(report["runtime_file"]).is_relative_to(slim_python.parents[1])
     assert report["product"] == [[1 + 4 - 32640, -1 + 0 + 32385]]
@@ -117,7 +84,7 @@ print(json.dumps(report))
 """
 
 
-def test_an_artifact_compiled_elsewhere_runs_with_numpy_alone(slim_python, tmp_path):
+def test_an_artifact_compiled_elsewhere_runs_with_numpy_alone(slim_python, checked_run, tmp_path):
     """The serving container's job: load artifacts compiled by the full install and run them."""
     import nimbus
     from models.cases import converted
@@ -134,7 +101,7 @@ def test_an_artifact_compiled_elsewhere_runs_with_numpy_alone(slim_python, tmp_p
         compiled.save(tmp_path / f"{name}.nimbus")
         expected[name] = interpret(compiled.graph, {"x": x})["output"]
 
-    report = json.loads(run([str(slim_python), "-I", "-c", SESSION_SCRIPT], tmp_path))
+    report = json.loads(checked_run([str(slim_python), "-I", "-c", SESSION_SCRIPT], tmp_path))
 
     np.testing.assert_array_equal(np.array(report["int8"], np.float32), expected["int8"])
     np.testing.assert_allclose(np.array(report["float"], np.float32), expected["float"],
