@@ -272,14 +272,23 @@ def _channel_vector(values: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float32), (channels,)))
 
 
-def _native_epilogue(call, acc_call, channels: int, a: dict, xq, wq, residual, rq, axis: int):
+def _channel_multiplier(w: np.ndarray, wq, channels: int, input_scale: float,
+                        output_scale: float) -> np.ndarray:
+    """requant_multiplier as the native epilogue takes it, kept beside the packed weights (the
+    weight's scales belong to it), so a run does not rebuild it."""
+    return PACKED_WEIGHTS.get(w, "multiplier", lambda _, *scales: _channel_vector(
+        requant_multiplier(scales[0], wq.scale, scales[1]), channels), input_scale, output_scale)
+
+
+def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int):
     """Run a native kernel with the op's epilogue; a residual goes through numpy on int32."""
     if residual is not None:
         return finish_integer_op(acc_call(), xq, wq, a, axis, residual, rq)
+    channels, input_scale = w.shape[0], float(xq.scale[0])
     if str(a["dtype"]) == "f32":
-        scale = _channel_vector(requant_multiplier(xq.scale[0], wq.scale), channels)
+        scale = _channel_multiplier(w, wq, channels, input_scale, 1.0)
         return _f32_activation(call("f32", scale), a["activation"])
-    multiplier = _channel_vector(requant_multiplier(xq.scale[0], wq.scale, a["scale"]), channels)
+    multiplier = _channel_multiplier(w, wq, channels, input_scale, float(a["scale"]))
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
     return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])])
 
@@ -320,7 +329,7 @@ def qlinear(xs, a, types):
     def acc():
         return _kernels.qgemm_s32(rows, packed, zp, b, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
 
-    return _native_epilogue(call, acc, n, a, xq, wq, residual, _residual_quant(types), x.ndim - 1)
+    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), x.ndim - 1)
 
 
 @kernel("qconv2d")
@@ -353,7 +362,7 @@ def qconv2d(xs, a, types):
         return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry,
                                              threads=NATIVE_THREADS.get()))
 
-    return _native_epilogue(call, acc, w.shape[0], a, xq, wq, residual, _residual_quant(types), 1)
+    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), 1)
 
 
 @kernel("qmatmul")
