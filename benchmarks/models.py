@@ -16,12 +16,16 @@ For each model and batch (1 and 8):
     onnxruntime int8     quantize_static: QDQ, per-channel s8 weights, u8 activations,
                          the same calibration batches
     pytorch eager        torch.inference_mode()
+    pytorch int8         PyTorch's own int8 path: PT2E with torchao's X86InductorQuantizer
+                         (static, per-channel weights, the same calibration batches), then
+                         torch.compile with Inductor's freezing; skipped with the reason where
+                         torchao is missing or the model does not quantize
 Latency is the median of repeated runs after a warm-up run, timed in interleaved rounds (each
 runtime a block of runs per round, so that other processes' load falls on all of them alike;
 ORT's worker threads are given time to stop spinning before each block). Ratios are ONNX
 Runtime time / nimbus time (above 1: nimbus is faster). Threads: `--threads` for ONNX Runtime
-(intra-op), PyTorch and numpy's BLAS (threadpoolctl); nimbus's native int8 kernels run on one
-thread, as the runtime calls them today. Calibration data is random (normal images, random token ids with random
+(intra-op), PyTorch and numpy's BLAS (threadpoolctl) and nimbus's native kernels (Session
+threads=). Calibration data is random (normal images, random token ids with random
 padding): fine for timing, meaningless for accuracy, which this benchmark does not measure.
 
 Per model it also reports compile time, artifact size (beside the float32 parameter bytes and
@@ -33,7 +37,7 @@ The fixed cost per step is measured once: a plan of K relu steps on a 1-element 
 a plan of one.
 
     python benchmarks/models.py [--threads 2] [--models lenet,resnet18,mobilenet_v2,bert]
-                                [--repeats 20] [--quick] [--json FILE]
+                                [--repeats 20] [--quick] [--json FILE] [--no-pytorch-int8]
 """
 
 from __future__ import annotations
@@ -69,9 +73,10 @@ for folder in (ROOT / "examples", ROOT / "tests"):
 import nimbus
 
 RUNTIMES = ("nimbus int8", "nimbus float", "onnxruntime int8", "onnxruntime float",
-            "pytorch eager")
+            "pytorch eager", "pytorch int8")
 PAIRS = (("int8", "nimbus int8", "onnxruntime int8"),
-         ("float", "nimbus float", "onnxruntime float"))
+         ("float", "nimbus float", "onnxruntime float"),
+         ("pytorch int8", "nimbus int8", "pytorch int8"))
 BATCHES = (1, 8)
 SPIN_SETTLE_SECONDS = 0.05
 SEQUENCE = 128
@@ -378,6 +383,47 @@ def torch_runner(model) -> Callable[[list[np.ndarray]], object]:
     return run
 
 
+def _block_forward_with_own_output_relu(self, x):
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+    return self.output_relu(out + identity)
+
+
+def pytorch_int8_runner(model, calibration: list[list[np.ndarray]]) -> Callable:
+    """PT2E static int8 (torchao's X86InductorQuantizer) compiled by Inductor with freezing,
+    which is what lowers the quantized patterns to oneDNN int8 kernels."""
+    import copy
+    import types
+
+    import torch._inductor.config as inductor_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+
+    inductor_config.freezing = True
+    model = copy.deepcopy(model)
+    # torchvision's BasicBlock calls one ReLU module twice, which the quantizer's pattern matcher
+    # cannot tell apart; the copy gets a second ReLU module for the block's output (same math).
+    for module in model.modules():
+        if type(module).__name__ == "BasicBlock":
+            module.output_relu = nn.ReLU()
+            module.forward = types.MethodType(_block_forward_with_own_output_relu, module)
+    example = tuple(torch.from_numpy(a) for a in calibration[0])  # batch > 1: not specialized
+    dynamic = tuple({0: torch.export.Dim.AUTO} for _ in example)
+    exported = torch.export.export(model, example, dynamic_shapes=dynamic).module()
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for batch in calibration:
+            prepared(*(torch.from_numpy(a) for a in batch))
+        compiled = torch.compile(convert_pt2e(prepared))
+
+    def run(arrays):
+        with torch.no_grad():
+            return compiled(*(torch.from_numpy(a) for a in arrays))
+    return run
+
+
 def short_error(err: BaseException) -> str:
     text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
     return text if len(text) <= 300 else text[:297] + "..."
@@ -534,6 +580,19 @@ def benchmark_model(name: str, options, out: Path, executor_us: float | None) ->
         if runner is not None:
             runners[key] = runner
     runners["pytorch eager"] = torch_runner(model)
+
+    def pytorch_int8():
+        started = time.perf_counter()
+        with quiet():
+            runner = pytorch_int8_runner(model, calibration)
+            runner(inputs[1])  # Inductor compiles on the first call
+        per["pytorch int8"]["compile_s"] = time.perf_counter() - started
+        return runner
+
+    if options.pytorch_int8:
+        runner = record("pytorch int8", pytorch_int8)
+        if runner is not None:
+            runners["pytorch int8"] = runner
     record("pytorch eager memory", lambda: memory_torch(model, inputs[8], info))
 
     print(f"[{name}] timing", flush=True)
@@ -606,7 +665,7 @@ def print_report(results: dict, config: dict) -> None:
         return _ms(value).rjust(width)
 
     header = (f"{'model':<13} {'batch':>5} " + " ".join(f"{r:>17}" for r in RUNTIMES)
-              + f" {'ORT/nimbus int8':>15} {'ORT/nimbus float':>16}")
+              + f" {'ORT/nimbus int8':>15} {'ORT/nimbus float':>16} {'PT/nimbus int8':>14}")
     print(header)
     print("-" * len(header))
     for name, result in results.items():
@@ -618,10 +677,10 @@ def print_report(results: dict, config: dict) -> None:
                 failed = [f"{name} {k}: {errors[k]}" for k in (key, f"{key} batch {batch}")
                           if k in errors]
                 cells.append(cell(row[key], failed[:1], 17))
-            ratio = [result["ratios"].get(f"{kind} batch {batch}") for kind in ("int8", "float")]
-            print(f"{name:<13} {batch:>5} " + " ".join(cells)
-                  + f" {'-' if ratio[0] is None else f'{ratio[0]:.2f}x':>15}"
-                  + f" {'-' if ratio[1] is None else f'{ratio[1]:.2f}x':>16}")
+            ratios = [result["ratios"].get(f"{kind} batch {batch}") for kind, _, _ in PAIRS]
+            print(f"{name:<13} {batch:>5} " + " ".join(cells) + "".join(
+                f" {'-' if ratio is None else f'{ratio:.2f}x':>{width}}"
+                for ratio, width in zip(ratios, (15, 16, 14))))
     for number, text in enumerate(footnotes, 1):
         print(f"  [{number}] {text}")
 
@@ -678,6 +737,9 @@ def main(argv=None) -> dict:
                         help="smoke run: 3 repeats, 2 calibration batches, 1 cold start")
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON")
     parser.add_argument("--out", type=Path, default=None, help="keep the artifacts here")
+    parser.add_argument("--no-pytorch-int8", dest="pytorch_int8", action="store_false",
+                        help="leave out the PT2E peer (needs torchao; Inductor compiles for "
+                             "minutes per model)")
     options = parser.parse_args(argv)
     names = [n.strip() for n in options.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -716,7 +778,7 @@ def main(argv=None) -> dict:
         "calibration_batch": options.calibration_batch,
         "calibration_data": "random normal images; random token ids with random padding",
         "cold_start_repeats": options.cold_repeats,
-        "nimbus_native_threads": 1, "blas_threads_limited": blas_limited,
+        "nimbus_native_threads": options.threads, "blas_threads_limited": blas_limited,
         "isa": _kernels.available_isas()[0], "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "load_average_start": list(os.getloadavg()),

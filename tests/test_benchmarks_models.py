@@ -17,7 +17,7 @@ def test_quick_benchmark_on_lenet_reports_every_runtime_for_both_batches(tmp_pat
     report_path = tmp_path / "models.json"
     completed = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "models.py"), "--quick", "--models", "lenet",
-         "--threads", "1", "--json", str(report_path), "--out", str(tmp_path / "artifacts")],
+         "--threads", "1", "--no-pytorch-int8", "--json", str(report_path), "--out", str(tmp_path / "artifacts")],
         check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-4000:]
     report = json.loads(report_path.read_text())
@@ -26,6 +26,7 @@ def test_quick_benchmark_on_lenet_reports_every_runtime_for_both_batches(tmp_pat
     assert report["executor"]["per_step_us"] > 0
     lenet = report["models"]["lenet"]
     assert lenet["errors"] == {}
+    assert lenet["latency_ms"]["1"]["pytorch int8"] is None  # left out on request
     for batch in ("1", "8"):
         for runtime in RUNTIMES:
             assert lenet["latency_ms"][batch][runtime] > 0, (batch, runtime)
