@@ -339,9 +339,12 @@ def inspect(path: Path = typer.Argument(..., help="Artifact (.nimbus).")):
 
 @app.command()
 def serve(
-    models: List[Path] = typer.Argument(None, help="Artifacts (.nimbus) or folders of them; "
-                                        "default: $AZUREML_MODEL_DIR or /opt/ml/model. Each is "
-                                        "named by its file stem."),
+    # str, not Path: Path would fold the '//' of 's3://bucket/key'.
+    models: List[str] = typer.Argument(None, help="Artifacts (.nimbus), folders of them or storage "
+                                       "URIs (s3://, gs://, az://, https://...#sha256=HEX); "
+                                       "default: $AIP_STORAGE_URI, $NIMBUS_MODEL_DIR, "
+                                       "$SM_MODEL_DIR, $AZUREML_MODEL_DIR, /mnt/models or "
+                                       "/opt/ml/model. Each is named by its file stem."),
     name: Optional[str] = typer.Option(None, "--name", help="Serve a single model under this name."),
     host: Optional[str] = typer.Option(None, "--host", help="Default 0.0.0.0 in a cloud container "
                                        "(SageMaker, Vertex AI environment), else 127.0.0.1."),
@@ -352,6 +355,9 @@ def serve(
                                   "before 503."),
     workers: int = typer.Option(2, "--workers", help="Threads running each model."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request before 504."),
+    stall_timeout: Optional[float] = typer.Option(
+        None, "--stall-timeout", help="A run longer than this makes its model not ready "
+        "(default: twice --timeout)."),
     graceful_timeout: float = typer.Option(20.0, "--graceful-timeout",
                                            help="Seconds to drain in-flight requests on SIGTERM."),
     log_level: str = typer.Option("info", "--log-level"),
@@ -361,9 +367,9 @@ def serve(
     max_batch_delay_ms: List[str] = typer.Option(
         [], "--max-batch-delay-ms", help="Longest wait for a batch to fill, MS or NAME=MS "
         "(repeatable); default 2."),
-    model_repository: Optional[Path] = typer.Option(
+    model_repository: Optional[str] = typer.Option(
         None, "--model-repository", help="Serve ROOT/name/version/model.nimbus (several versions "
-        "per model)."),
+        "per model); a folder or a storage URI."),
     management_token: Optional[str] = typer.Option(
         None, "--management-token", envvar="NIMBUS_MANAGEMENT_TOKEN",
         help="Turn the management API (load/unload/default) on behind this bearer token; off "
@@ -377,6 +383,12 @@ def serve(
         None, "--azure-readiness-route", help="Azure ML deployment's readiness route."),
     azure_scoring_route: Optional[str] = typer.Option(
         None, "--azure-scoring-route", help="Azure ML deployment's scoring route."),
+    tls_certfile: Optional[str] = typer.Option(
+        None, "--tls-certfile", help="Serve https with this certificate (PEM); needs --tls-keyfile."),
+    tls_keyfile: Optional[str] = typer.Option(None, "--tls-keyfile",
+                                              help="The certificate's private key (PEM)."),
+    tls_ca_certs: Optional[str] = typer.Option(
+        None, "--tls-ca-certs", help="Require client certificates signed by these CAs (PEM)."),
 ):
     """Serve artifacts over HTTP: KServe v2, SageMaker, Vertex AI, Azure ML routes and /metrics."""
     from nimbus.runtime.server.main import serve as run_server
@@ -388,7 +400,29 @@ def serve(
                    max_batch_size=max_batch_size, max_batch_delay_ms=max_batch_delay_ms,
                    model_repository=model_repository, management_token=management_token,
                    api_token=api_token, azure_routes=(azure_liveness_route, azure_readiness_route,
-                                                      azure_scoring_route))
+                                                      azure_scoring_route),
+                   tls_certfile=tls_certfile, tls_keyfile=tls_keyfile, tls_ca_certs=tls_ca_certs,
+                   stall_timeout_s=stall_timeout)
+    except ValueError as err:
+        _fail(str(err))
+
+
+@app.command()
+def deploy(
+    artifact: Path = typer.Argument(..., help="Artifact (.nimbus) to upload."),
+    destination: str = typer.Argument(..., help="s3://bucket/key, gs://... or az://...; a prefix "
+                                      "ending in '/' keeps the file's name. For a model "
+                                      "repository give the key .../NAME/VERSION/model.nimbus."),
+):
+    """Check that an artifact loads, then upload it with its sha256; prints the object's URI."""
+    from nimbus.runtime.session import Session
+    from nimbus.runtime.storage import upload
+
+    if not artifact.is_file():
+        _fail(f"no such file: {artifact}")
+    try:
+        Session(artifact)  # reads and verifies all of it: checksums, format version, plan
+        typer.echo(upload(artifact, destination))
     except ValueError as err:
         _fail(str(err))
 

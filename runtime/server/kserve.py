@@ -198,8 +198,8 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     server = request.app.state.server
-    server.model(request.path_params["name"], request.path_params.get("version"))
-    is_ready = server.ready
+    model = server.model(request.path_params["name"], request.path_params.get("version"))
+    is_ready = not server.draining and not model.stalled  # another model's stall is not this one's
     return JSONResponse({"name": request.path_params["name"], "ready": is_ready},
                         status_code=200 if is_ready else 503)
 

@@ -21,8 +21,8 @@ import httpx
 import numpy as np
 import pytest
 from models.cases import converted
-from nimbus.runtime.server.entrypoint import KSERVE_MODEL_DIR, server_args
-from nimbus.runtime.server.main import SAGEMAKER_MODEL_DIR
+from nimbus.runtime.server.entrypoint import server_args
+from nimbus.runtime.server.main import KSERVE_MODEL_DIR, SAGEMAKER_MODEL_DIR, default_model_location
 
 import nimbus
 
@@ -96,18 +96,20 @@ def test_dockerfile_contract(kind):
 
 
 def test_entrypoint_arguments(tmp_path):
-    model = tmp_path / "lenet.nimbus"
-    model.write_bytes(b"")
-    default = str(KSERVE_MODEL_DIR if KSERVE_MODEL_DIR.is_dir() else SAGEMAKER_MODEL_DIR)
     all_interfaces = ["--host", "0.0.0.0"]
-    assert server_args(["serve"], {}) == [*all_interfaces, default]
-    assert server_args([], {"SM_MODEL_DIR": "/models"}) == [*all_interfaces, "/models"]
-    assert server_args(["--max-batch-size", "8"], {"AZUREML_MODEL_DIR": "/azure"}) == [
-        "--max-batch-size", "8", *all_interfaces, "/azure"]
-    assert server_args(["serve", str(model), "--host", "::"], {"SM_MODEL_DIR": "/models"}) == [
-        str(model), "--host", "::"]
-    assert server_args(["--model-repository", str(tmp_path)], {}) == [
-        "--model-repository", str(tmp_path), *all_interfaces]
+    assert server_args(["serve"]) == all_interfaces
+    assert server_args(["--max-batch-size", "8"]) == ["--max-batch-size", "8", *all_interfaces]
+    assert server_args(["serve", "m.nimbus", "--host", "::"]) == ["m.nimbus", "--host", "::"]
+    assert server_args(["--host=::1"]) == ["--host=::1"]
+
+
+def test_default_model_location_follows_the_platform(tmp_path):
+    default = KSERVE_MODEL_DIR if KSERVE_MODEL_DIR.is_dir() else SAGEMAKER_MODEL_DIR
+    assert default_model_location({}) == default
+    assert default_model_location({"SM_MODEL_DIR": "/models"}) == "/models"
+    assert default_model_location({"AZUREML_MODEL_DIR": "/azure"}) == "/azure"
+    assert default_model_location({"NIMBUS_MODEL_DIR": "/n", "SM_MODEL_DIR": "/models"}) == "/n"
+    assert default_model_location({"AIP_STORAGE_URI": "gs://b/m", "SM_MODEL_DIR": "/x"}) == "gs://b/m/"
 
 
 def free_port() -> int:
