@@ -14,7 +14,13 @@ it wants: ORT's time includes whatever layout work it does itself (its graph opt
 rewrite the node to an NHWC kernel between transposes), and nimbus's excludes any transpose,
 which a model compiled to NHWC does not need.
 
-    python benchmarks/kernels.py [--threads 2] [--quick] [--ops gemm,conv] [--json FILE]
+Float32 ops: "sgemm" compares sgemm (x @ w.T + bias, weights packed once) with ORT's Gemm
+(transB=1, constant B and bias) and numpy's x @ w.T + bias; "sconv" compares sconv2d (NHWC,
+bias) on the same ResNet-18 and MobileNetV2 layers with ORT's Conv (NCHW) and with numpy
+im2col + matmul + bias (NHWC), the path the runtime took before the native kernels.
+
+    python benchmarks/kernels.py [--threads 2] [--quick] [--ops gemm,conv,sgemm,sconv]
+                                 [--json FILE]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
+from nimbus.runtime import _kernels as native
 from onnx import TensorProto, helper, numpy_helper
 
 from nimbus import runtime as kernels
@@ -272,12 +279,154 @@ def benchmark_gemms(isas, threads: int, repeats: int, min_seconds: float):
     return peaks, rows
 
 
+# ---- float32 ---------------------------------------------------------------------------------
+
+SGEMM_SHAPES = [(1, 768, 768), (1, 4096, 1000), (16, 768, 768), (128, 768, 3072),
+                (128, 3072, 768), (1024, 1024, 1024), (3136, 64, 576)]
+
+
+def gemm_session(w: np.ndarray, bias: np.ndarray, threads: int):
+    """x [M, K] f32 -> Gemm(x, w, bias, transB=1) f32 [M, N], w and bias constant."""
+    initializers = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "bias")]
+    node = helper.make_node("Gemm", ["x", "w", "bias"], ["y"], transB=1)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", w.shape[1]])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", w.shape[0]])
+    return ort_session([node], [x_info], [y_info], initializers, threads)
+
+
+def float_conv_session(w: np.ndarray, bias: np.ndarray, stride: int, pad: int, groups: int,
+                       threads: int):
+    """x [N, C, H, W] f32 -> Conv(x, w, bias) f32 [N, K, OH, OW]."""
+    initializers = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "bias")]
+    node = helper.make_node("Conv", ["x", "w", "bias"], ["y"], kernel_shape=list(w.shape[2:]),
+                            strides=[stride, stride], pads=[pad] * 4, group=groups)
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", "H", "W"])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "K", "OH", "OW"])
+    return ort_session([node], [x_info], [y_info], initializers, threads)
+
+
+def numpy_conv_nhwc(x: np.ndarray, w_matrix: np.ndarray, bias: np.ndarray, r: int,
+                    stride: int, pad: int, groups: int) -> np.ndarray:
+    """im2col + matmul + bias on NHWC x; w_matrix [groups, KH * KW * C / groups, K / groups]
+    in (ky, kx, c) order."""
+    n, h, width, c = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h = (h + 2 * pad - r) // stride + 1
+    out_w = (width + 2 * pad - r) // stride + 1
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (r, r), axis=(1, 2))
+    windows = windows[:, ::stride, ::stride][:, :out_h, :out_w]  # [N, OH, OW, C, R, R]
+    group_channels = c // groups
+    outputs = []
+    for g in range(groups):
+        taps = windows[:, :, :, g * group_channels:(g + 1) * group_channels]
+        columns = taps.transpose(0, 1, 2, 4, 5, 3).reshape(n * out_h * out_w, -1)
+        outputs.append(columns @ w_matrix[g])
+    out = outputs[0] if groups == 1 else np.concatenate(outputs, axis=1)
+    return (out + bias).reshape(n, out_h, out_w, -1)
+
+
+# OpenBLAS's threads spin for about 2^28 cycles after each call (its THREAD_TIMEOUT), longer
+# than SPIN_SETTLE_SECONDS: a kernel timed right after numpy would share a core with them.
+BLAS_SETTLE_SECONDS = 0.3
+
+
+def float_times(calls, isas, repeats: int, min_seconds: float):
+    """Median ms of each call: the nimbus paths first, numpy last, each nimbus path after
+    OpenBLAS's spinning threads of the previous row have gone to sleep."""
+    ms = {}
+    for isa in isas:
+        time.sleep(BLAS_SETTLE_SECONDS)
+        ms[isa] = median_ms(calls[isa], repeats, min_seconds)
+    for name in ("ort", "numpy"):
+        ms[name] = median_ms(calls[name], repeats, min_seconds)
+    return ms
+
+
+def float_row(op: str, shape, isa: str, threads: int, ms, operations: int):
+    return {"op": op, "shape": list(shape), "isa": isa, "threads": threads,
+            "nimbus_ms": ms[isa], "ort_ms": ms["ort"], "numpy_ms": ms["numpy"],
+            "speedup": ms["ort"] / ms[isa], "gflops": operations / (ms[isa] * 1e6),
+            "ort_gflops": operations / (ms["ort"] * 1e6)}
+
+
+def benchmark_sgemm(shape, isas, threads: int, repeats: int, min_seconds: float):
+    m, n, k = shape
+    rng = np.random.default_rng(list(shape))
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    w_t = np.ascontiguousarray(w.T)
+    bias = rng.standard_normal(n, dtype=np.float32)
+    session = gemm_session(w, bias, threads)
+    calls = {"ort": lambda: session.run(None, {"x": x}), "numpy": lambda: x @ w_t + bias}
+    # Results go into a buffer allocated once, as ORT's arena allocator reuses its own.
+    out = np.empty((m, n), dtype=np.float32)
+    for isa in isas:
+        packed = native.pack_sgemm_weights(w, isa=isa)
+        calls[isa] = lambda packed=packed: native.sgemm(x, packed, bias, threads=threads, out=out)
+    ms = float_times(calls, isas, repeats, min_seconds)
+    return [float_row("sgemm", shape, isa, threads, ms, 2 * m * n * k) for isa in isas]
+
+
+def benchmark_sconv(batch: int, layer, isas, threads: int, repeats: int, min_seconds: float):
+    c, h, w_size, k, r, stride, pad, groups = layer
+    rng = np.random.default_rng([batch, *layer])
+    x_nchw = rng.standard_normal((batch, c, h, w_size), dtype=np.float32)
+    x_nhwc = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))
+    w = rng.standard_normal((k, c // groups, r, r), dtype=np.float32)
+    bias = rng.standard_normal(k, dtype=np.float32)
+    session = float_conv_session(w, bias, stride, pad, groups, threads)
+    # [groups, KH * KW * C / groups, K / groups], depth in (ky, kx, c) order like NHWC windows.
+    w_matrix = np.ascontiguousarray(
+        w.reshape(groups, k // groups, c // groups, r, r).transpose(0, 3, 4, 2, 1)
+        .reshape(groups, r * r * (c // groups), k // groups))
+    calls = {"ort": lambda: session.run(None, {"x": x_nchw}),
+             "numpy": lambda: numpy_conv_nhwc(x_nhwc, w_matrix, bias, r, stride, pad, groups)}
+    out_h = (h + 2 * pad - r) // stride + 1
+    out_w = (w_size + 2 * pad - r) // stride + 1
+    out = np.empty((batch, out_h, out_w, k), dtype=np.float32)
+    for isa in isas:
+        packed = native.pack_sconv_weights(w, groups, isa=isa)
+        calls[isa] = lambda packed=packed: native.sconv2d(
+            x_nhwc, packed, bias, stride=(stride, stride), padding=(pad,) * 4, threads=threads,
+            out=out)
+    ms = float_times(calls, isas, repeats, min_seconds)
+    operations = 2 * batch * out_h * out_w * k * (c // groups) * r * r
+    return [float_row("sconv", [batch, *layer], isa, threads, ms, operations) for isa in isas]
+
+
+def print_float_row(row) -> None:
+    shape = ",".join(str(size) for size in row["shape"])
+    print(f"{row['op']:<5} {shape:>30} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
+          f"{row['ort_ms']:>10.3f} {row['numpy_ms']:>10.3f} {row['speedup']:>8.2f} "
+          f"{row['gflops']:>8.1f} {row['ort_gflops']:>8.1f}", flush=True)
+
+
+def benchmark_float(ops, isas, threads: int, repeats: int, min_seconds: float):
+    print(f"threads={threads}; sgemm shape: M,N,K (ORT Gemm transB=1 + bias); sconv shape: "
+          f"N,C,H,W,K,R,S,stride,pad,groups (nimbus NHWC, ORT Conv NCHW, numpy im2col NHWC)")
+    print(f"{'op':<5} {'shape':>30} {'isa':>12} {'nimbus ms':>10} {'ort ms':>10} "
+          f"{'numpy ms':>10} {'speedup':>8} {'GFLOPS':>8} {'ORT GF':>8}")
+    rows = []
+    if "sgemm" in ops:
+        for shape in SGEMM_SHAPES:
+            rows += benchmark_sgemm(shape, isas, threads, repeats, min_seconds)
+            for row in rows[-len(isas):]:
+                print_float_row(row)
+    if "sconv" in ops:
+        for batch in CONV_BATCHES:
+            for layer in RESNET18_CONVS + MOBILENET_V2_DEPTHWISE:
+                rows += benchmark_sconv(batch, layer, isas, threads, repeats, min_seconds)
+                for row in rows[-len(isas):]:
+                    print_float_row(row)
+    return rows
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
-    parser.add_argument("--ops", default="gemm,conv", help="comma-separated: gemm, conv")
+    parser.add_argument("--ops", default="gemm,conv,sgemm,sconv",
+                        help="comma-separated: gemm, conv, sgemm, sconv")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     options = parser.parse_args()
     repeats, min_seconds = (5, 0.05) if options.quick else (20, 0.5)
@@ -290,6 +439,10 @@ def main() -> None:
         rows += gemm_rows
     if "conv" in ops:
         rows += benchmark_convs(isas, options.threads, repeats, min_seconds)
+    if "sgemm" in ops or "sconv" in ops:
+        # --quick times the float ops on the selected path only; the others trail it by design.
+        float_isas = [kernels.selected_isa()] if options.quick else isas
+        rows += benchmark_float(ops, float_isas, options.threads, repeats, min_seconds)
     if options.json:
         with open(options.json, "w") as file:
             json.dump({"peak_gops": peaks if "gemm" in ops else None, "rows": rows}, file,

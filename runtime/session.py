@@ -109,7 +109,9 @@ class Session:
             self._execute(values, bindings)
         finally:
             NATIVE_THREADS.reset(token)
-        return {name: values[slot] for name, slot, _ in self._outputs}
+        # Kernels may hand back views in another memory order (NCHW views of NHWC results);
+        # callers get plain C-contiguous arrays.
+        return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
 
     def _execute(self, values: list, bindings: dict) -> None:
         for step in self._steps:

@@ -14,8 +14,11 @@
 
 #include "gemm.h"
 #include "isa.h"
+#include "pool.h"
 #include "qconv.h"
 #include "qgemm.h"
+#include "sconv.h"
+#include "sgemm.h"
 
 namespace py = pybind11;
 
@@ -235,12 +238,56 @@ py::array checked_activations(const py::object& object, const std::string& name,
     return array;
 }
 
+// An optional quantized residual: None, or u8/s8, C-contiguous and of the result's `shape`, with
+// its zero point in its type's range and a finite scale. Keeps the array alive in `keep`.
+nimbus::kernels::Residual checked_residual(const py::object& object, long long zero_point,
+                                           double scale, const std::vector<py::ssize_t>& shape,
+                                           const std::string& dims, py::array& keep) {
+    nimbus::kernels::Residual residual;
+    if (object.is_none()) {
+        return residual;
+    }
+    const auto ndim = static_cast<py::ssize_t>(shape.size());
+    const bool is_signed = py::isinstance<py::array>(object) &&
+                           py::reinterpret_borrow<py::array>(object).dtype().equal(
+                               py::dtype::of<std::int8_t>());
+    keep = is_signed ? checked_array<std::int8_t>(object, "residual", ndim, dims)
+                     : checked_array<std::uint8_t>(object, "residual", ndim, dims);
+    for (py::ssize_t axis = 0; axis < ndim; ++axis) {
+        if (keep.shape(axis) != shape[static_cast<std::size_t>(axis)]) {
+            throw py::value_error("residual must have the result's shape " + shape_text(shape) +
+                                  ", got " + attribute_text(keep, "shape"));
+        }
+    }
+    if (is_signed) {
+        require_in_range("residual_zero_point", zero_point, -128, 127, "the int8 range");
+    } else {
+        require_in_range("residual_zero_point", zero_point, 0, 255, "the uint8 range");
+    }
+    if (!std::isfinite(scale)) {
+        throw py::value_error("residual_scale must be finite, got " + std::to_string(scale));
+    }
+    residual.data = keep.data();
+    residual.is_signed = is_signed;
+    residual.zero_point = static_cast<std::int32_t>(zero_point);
+    residual.scale = static_cast<float>(scale);
+    return residual;
+}
+
+// The residual arguments of the u8/s8 and f32 kernels.
+struct ResidualArguments {
+    py::object array = py::none();
+    long long zero_point = 0;
+    double scale = 0.0;
+};
+
 // Checks a [M, K] against the packed weights, then runs the GEMM without the GIL into `out` or
 // a new [M, N] array of `OutElement`.
 template <typename OutElement>
 py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
                     long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
-                    long long threads, const py::object& out_object) {
+                    long long threads, const py::object& out_object,
+                    const ResidualArguments& residual_arguments = {}) {
     bool a_signed = false;
     const py::array a =
         checked_activations(a_object, "a", 2, "[M, K]", a_zero_point, a_signed);
@@ -263,6 +310,9 @@ py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
                               std::to_string(n) + "] has more elements than fit in memory");
     }
 
+    py::array residual;
+    epilogue.residual = checked_residual(residual_arguments.array, residual_arguments.zero_point,
+                                         residual_arguments.scale, {m, n}, "[M, N]", residual);
     py::array out = result_array<OutElement>(out_object, {m, n}, "[M, N]", a, "a");
     const void* a_data = a.data();
     void* out_data = out.mutable_data();
@@ -324,23 +374,29 @@ Epilogue requantizing_epilogue(const py::object& multiplier_object, std::size_t 
 py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
                 const py::object& bias, const py::object& multiplier_object,
                 long long out_zero_point, long long lo, long long hi,
-                const std::string& out_dtype, long long threads, const py::object& out) {
+                const std::string& out_dtype, long long threads, const py::object& out,
+                const py::object& residual, long long residual_zero_point,
+                double residual_scale) {
     const Epilogue epilogue =
         requantizing_epilogue(multiplier_object, packed.n, out_zero_point, lo, hi, out_dtype);
+    const ResidualArguments with{residual, residual_zero_point, residual_scale};
     if (epilogue.type == OutputType::u8) {
-        return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out);
+        return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out,
+                                       with);
     }
-    return run_qgemm<std::int8_t>(a, packed, a_zero_point, bias, epilogue, threads, out);
+    return run_qgemm<std::int8_t>(a, packed, a_zero_point, bias, epilogue, threads, out, with);
 }
 
 py::array qgemm_f32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
                     const py::object& bias, const py::object& scale_object, long long threads,
-                    const py::object& out) {
+                    const py::object& out, const py::object& residual,
+                    long long residual_zero_point, double residual_scale) {
     Epilogue epilogue;
     epilogue.type = OutputType::f32;
     const py::array scale = checked_scales(scale_object, "scale", packed.n);
     epilogue.scale = static_cast<const float*>(scale.data());
-    return run_qgemm<float>(a, packed, a_zero_point, bias, epilogue, threads, out);
+    return run_qgemm<float>(a, packed, a_zero_point, bias, epilogue, threads, out,
+                            {residual, residual_zero_point, residual_scale});
 }
 
 py::array qgemm_s32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
@@ -447,7 +503,8 @@ py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packe
                       long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
                       const std::vector<long long>& stride, const std::vector<long long>& padding,
                       const std::vector<long long>& dilation, long long threads,
-                      const py::object& out_object) {
+                      const py::object& out_object,
+                      const ResidualArguments& residual_arguments = {}) {
     bool x_signed = false;
     const py::array x =
         checked_activations(x_object, "x", 4, "[N, H, W, C]", a_zero_point, x_signed);
@@ -467,6 +524,14 @@ py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packe
                               " has more elements than fit in memory");
     }
 
+    py::array residual;
+    epilogue.residual = checked_residual(residual_arguments.array, residual_arguments.zero_point,
+                                         residual_arguments.scale, shape, "[N, OH, OW, O]",
+                                         residual);
+    if (epilogue.residual.data != nullptr && (packed.depthwise || packed.groups != 1)) {
+        throw py::value_error("a residual needs a convolution of one group, got groups = " +
+                              std::to_string(packed.groups));
+    }
     py::array out = result_array<OutElement>(out_object, shape, "[N, OH, OW, O]", x, "x");
     const void* x_data = x.data();
     void* out_data = out.mutable_data();
@@ -483,15 +548,17 @@ py::array qconv2d(const py::object& x, const PackedConvWeights& packed, long lon
                   long long out_zero_point, long long lo, long long hi,
                   const std::string& out_dtype, const std::vector<long long>& stride,
                   const std::vector<long long>& padding, const std::vector<long long>& dilation,
-                  long long threads, const py::object& out) {
+                  long long threads, const py::object& out, const py::object& residual,
+                  long long residual_zero_point, double residual_scale) {
     const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
                                                     out_zero_point, lo, hi, out_dtype);
+    const ResidualArguments with{residual, residual_zero_point, residual_scale};
     if (epilogue.type == OutputType::u8) {
         return run_qconv2d<std::uint8_t>(x, packed, a_zero_point, bias, epilogue, stride,
-                                         padding, dilation, threads, out);
+                                         padding, dilation, threads, out, with);
     }
     return run_qconv2d<std::int8_t>(x, packed, a_zero_point, bias, epilogue, stride, padding,
-                                    dilation, threads, out);
+                                    dilation, threads, out, with);
 }
 
 py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
@@ -499,13 +566,14 @@ py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
                       const py::object& scale_object, const std::vector<long long>& stride,
                       const std::vector<long long>& padding,
                       const std::vector<long long>& dilation, long long threads,
-                      const py::object& out) {
+                      const py::object& out, const py::object& residual,
+                      long long residual_zero_point, double residual_scale) {
     Epilogue epilogue;
     epilogue.type = OutputType::f32;
     const py::array scale = checked_scales(scale_object, "scale", packed.out_channels);
     epilogue.scale = static_cast<const float*>(scale.data());
     return run_qconv2d<float>(x, packed, a_zero_point, bias, epilogue, stride, padding,
-                              dilation, threads, out);
+                              dilation, threads, out, {residual, residual_zero_point, residual_scale});
 }
 
 py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
@@ -515,6 +583,222 @@ py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
                       const py::object& out) {
     return run_qconv2d<std::int32_t>(x, packed, a_zero_point, bias, Epilogue{}, stride,
                                      padding, dilation, threads, out);
+}
+
+// ---- pooling ---------------------------------------------------------------------------------
+
+// out [N, OH, OW, C] of the dtype of x [N, H, W, C] (uint8, int8 or float32); out_hw comes from
+// the caller, which knows the ceil mode. Any geometry within the bounds reads inside x.
+py::array max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
+                     const std::vector<long long>& stride, const std::vector<long long>& padding,
+                     const std::vector<long long>& dilation,
+                     const std::vector<long long>& out_hw, long long threads) {
+    using nimbus::kernels::PoolElement;
+    if (!py::isinstance<py::array>(x_object)) {
+        throw py::type_error("x must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(x_object.ptr())->tp_name));
+    }
+    const py::dtype dtype = py::reinterpret_borrow<py::array>(x_object).dtype();
+    PoolElement type = PoolElement::f32;
+    py::array x;
+    const std::string dims = "[N, H, W, C]";
+    if (dtype.equal(py::dtype::of<std::uint8_t>())) {
+        type = PoolElement::u8;
+        x = checked_array<std::uint8_t>(x_object, "x", 4, dims);
+    } else if (dtype.equal(py::dtype::of<std::int8_t>())) {
+        type = PoolElement::s8;
+        x = checked_array<std::int8_t>(x_object, "x", 4, dims);
+    } else if (dtype.equal(py::dtype::of<float>())) {
+        x = checked_array<float>(x_object, "x", 4, dims);
+    } else {
+        throw py::type_error("x must have dtype uint8, int8 or float32, got " +
+                             std::string(py::str(dtype)));
+    }
+    require_geometry("kernel", kernel, 2, 1);
+    require_geometry("stride", stride, 2, 1);
+    require_geometry("padding", padding, 4, 0);
+    require_geometry("dilation", dilation, 2, 1);
+    require_geometry("out_hw", out_hw, 2, 0);
+    for (py::ssize_t axis = 0; axis < 4; ++axis) {
+        require_in_range("x dimension " + std::to_string(axis), x.shape(axis), 0,
+                         kMaxGeometryValue, "the range");
+    }
+    const std::size_t thread_count = checked_threads(threads);
+    nimbus::kernels::PoolGeometry g;
+    g.batch = static_cast<std::size_t>(x.shape(0));
+    g.height = static_cast<std::size_t>(x.shape(1));
+    g.width = static_cast<std::size_t>(x.shape(2));
+    g.channels = static_cast<std::size_t>(x.shape(3));
+    g.kernel_h = static_cast<std::size_t>(kernel[0]);
+    g.kernel_w = static_cast<std::size_t>(kernel[1]);
+    g.stride_h = static_cast<std::size_t>(stride[0]);
+    g.stride_w = static_cast<std::size_t>(stride[1]);
+    g.pad_top = static_cast<std::size_t>(padding[0]);
+    g.pad_left = static_cast<std::size_t>(padding[1]);
+    g.dilation_h = static_cast<std::size_t>(dilation[0]);
+    g.dilation_w = static_cast<std::size_t>(dilation[1]);
+    g.out_h = static_cast<std::size_t>(out_hw[0]);
+    g.out_w = static_cast<std::size_t>(out_hw[1]);
+    const std::vector<py::ssize_t> shape{x.shape(0), out_hw[0], out_hw[1], x.shape(3)};
+    py::array out(dtype, shape);
+    const void* x_data = x.data();
+    void* out_data = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::max_pool2d(x_data, type, g, out_data, thread_count);
+    }
+    return out;
+}
+
+// ---- float32 GEMM and convolution ------------------------------------------------------------
+
+using nimbus::kernels::Activation;
+using nimbus::kernels::PackedSconvWeights;
+using nimbus::kernels::PackedSgemmWeights;
+using nimbus::kernels::SgemmEpilogue;
+
+Isa requested_isa(const std::optional<std::string>& isa) {
+    return isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
+}
+
+PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
+                                      const std::optional<std::string>& isa) {
+    const py::array w = checked_matrix<float>(w_object, "w", "[N, K]");
+    const Isa path = requested_isa(isa);
+    const auto* data = static_cast<const float*>(w.data());
+    const auto n = static_cast<std::size_t>(w.shape(0));
+    const auto k = static_cast<std::size_t>(w.shape(1));
+    py::gil_scoped_release release;
+    return nimbus::kernels::pack_sgemm_weights(data, n, k, path);
+}
+
+// The epilogue of a float kernel whose result has `shape` and `channels` output channels,
+// once bias [channels] and residual (of the result's shape) are checked. It points into
+// `bias` and `residual`, which the caller keeps alive.
+SgemmEpilogue float_epilogue(const py::object& bias_object, const py::object& residual_object,
+                             const std::string& activation,
+                             const std::vector<py::ssize_t>& shape, const std::string& dims,
+                             py::array& bias, py::array& residual) {
+    SgemmEpilogue epilogue;
+    epilogue.activation = nimbus::kernels::activation_from_name(activation);
+    const py::ssize_t channels = shape.back();
+    if (!bias_object.is_none()) {
+        bias = checked_vector<float>(bias_object, "bias", channels);
+        epilogue.bias = static_cast<const float*>(bias.data());
+    }
+    if (!residual_object.is_none()) {
+        const auto ndim = static_cast<py::ssize_t>(shape.size());
+        residual = checked_array<float>(residual_object, "residual", ndim, dims);
+        if (!std::equal(shape.begin(), shape.end(), residual.shape())) {
+            throw py::value_error("residual must have the shape of the result " +
+                                  shape_text(shape) + ", got shape " +
+                                  attribute_text(residual, "shape"));
+        }
+        epilogue.residual = static_cast<const float*>(residual.data());
+        epilogue.residual_stride = static_cast<std::size_t>(channels);
+    }
+    return epilogue;
+}
+
+// `out_object` checked like result_array, and sharing no memory with the residual either,
+// which the kernels read after they have stored partial sums into `out`.
+template <typename Element>
+py::array float_result(const py::object& out_object, const std::vector<py::ssize_t>& shape,
+                       const std::string& dims, const py::array& x, const py::array& residual) {
+    py::array out = result_array<Element>(out_object, shape, dims, x, "x");
+    if (!out_object.is_none() && residual) {
+        const auto* out_begin = static_cast<const char*>(out.data());
+        const auto* residual_begin = static_cast<const char*>(residual.data());
+        if (out_begin < residual_begin + residual.nbytes() &&
+            residual_begin < out_begin + out.nbytes()) {
+            throw py::value_error("out must not share memory with residual");
+        }
+    }
+    return out;
+}
+
+py::array sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
+                const py::object& bias_object, const py::object& residual_object,
+                const std::string& activation, long long threads, const py::object& out_object) {
+    const py::array x = checked_matrix<float>(x_object, "x", "[M, K]");
+    if (static_cast<std::size_t>(x.shape(1)) != packed.k) {
+        throw py::value_error("x must have shape [M, K] with K = " + std::to_string(packed.k) +
+                              " (the depth of the packed weights), got shape " +
+                              attribute_text(x, "shape"));
+    }
+    const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(packed.n)};
+    py::array bias;
+    py::array residual;
+    const SgemmEpilogue epilogue =
+        float_epilogue(bias_object, residual_object, activation, shape, "[M, N]", bias, residual);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out = float_result<float>(out_object, shape, "[M, N]", x, residual);
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::sgemm(x_data, static_cast<std::size_t>(shape[0]), packed, epilogue,
+                               out_data, thread_count);
+    }
+    return out;
+}
+
+PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long groups,
+                                      const std::optional<std::string>& isa) {
+    const py::array w = checked_array<float>(w_object, "w", 4, "[O, I / groups, KH, KW]");
+    const auto out_channels = static_cast<long long>(w.shape(0));
+    if (groups < 1 || out_channels % groups != 0) {
+        throw py::value_error("groups must be a positive divisor of the " +
+                              std::to_string(out_channels) + " output channels, got " +
+                              std::to_string(groups));
+    }
+    require_in_range("kernel height", w.shape(2), 1, kMaxGeometryValue, "the range");
+    require_in_range("kernel width", w.shape(3), 1, kMaxGeometryValue, "the range");
+    require_in_range("input channels per group", w.shape(1), 1, kMaxGeometryValue, "the range");
+    const Isa path = requested_isa(isa);
+    const auto* data = static_cast<const float*>(w.data());
+    py::gil_scoped_release release;
+    return nimbus::kernels::pack_sconv_weights(
+        data, static_cast<std::size_t>(out_channels), static_cast<std::size_t>(w.shape(1)),
+        static_cast<std::size_t>(w.shape(2)), static_cast<std::size_t>(w.shape(3)),
+        static_cast<std::size_t>(groups), path);
+}
+
+py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
+                  const py::object& bias_object, const py::object& residual_object,
+                  const std::string& activation, const std::vector<long long>& stride,
+                  const std::vector<long long>& padding, const std::vector<long long>& dilation,
+                  long long threads, const py::object& out_object) {
+    const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
+    // checked_geometry reads only the shape of the weights.
+    PackedConvWeights shape_only;
+    shape_only.out_channels = packed.out_channels;
+    shape_only.group_channels = packed.group_channels;
+    shape_only.kernel_h = packed.kernel_h;
+    shape_only.kernel_w = packed.kernel_w;
+    shape_only.groups = packed.groups;
+    const ConvGeometry geometry = checked_geometry(x, shape_only, stride, padding, dilation);
+    const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
+                                         static_cast<py::ssize_t>(geometry.out_w),
+                                         static_cast<py::ssize_t>(packed.out_channels)};
+    const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(float));
+    if (static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] > max_elements) {
+        throw py::value_error("the result " + shape_text(shape) +
+                              " has more elements than fit in memory");
+    }
+    py::array bias;
+    py::array residual;
+    const SgemmEpilogue epilogue = float_epilogue(bias_object, residual_object, activation, shape,
+                                                  "[N, OH, OW, O]", bias, residual);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out = float_result<float>(out_object, shape, "[N, OH, OW, O]", x, residual);
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::sconv2d(x_data, geometry, packed, epilogue, out_data, thread_count);
+    }
+    return out;
 }
 
 std::vector<std::string> available_isa_names() {
@@ -530,6 +814,11 @@ std::vector<std::string> available_isa_names() {
 // The keyword arguments that every packed GEMM shares, for their docstrings.
 #define NIMBUS_THREADS_AND_OUT_DOC \
     "threads: at most this many threads; out: a C-contiguous [M, N] array to write and return."
+
+// The optional residual of the u8/s8 and f32 kernels, for their docstrings.
+#define NIMBUS_RESIDUAL_DOC                                                                      \
+    "t = f32(residual - residual_zero_point) * residual_scale for a u8/s8 residual of the "     \
+    "result's shape\n(one group for convolutions), else 0.\n"
 
 // The keyword arguments that every convolution shares, for their docstrings.
 #define NIMBUS_CONV_KEYWORDS_DOC                                                                 \
@@ -564,15 +853,17 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("qgemm", &qgemm, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
                py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("threads") = 1,
-               py::arg("out") = py::none(),
-               "Return clamp(rint(f32(acc) * multiplier) + out_zero_point, lo, hi) as u8 or s8 "
-               "[M, N],\nwith acc = (a - a_zero_point) @ w.T + bias in int32."
-               "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
+               py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
+               py::arg("residual_scale") = 0.0,
+               "Return clamp(rint(f32(acc) * multiplier + t) + out_zero_point, lo, hi) as u8 or "
+               "s8 [M, N],\nwith acc = (a - a_zero_point) @ w.T + bias in int32."
+               "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_f32", &qgemm_f32, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("scale"), py::kw_only(), py::arg("threads") = 1,
-               py::arg("out") = py::none(),
-               "Return f32(acc) * scale as float32 [M, N], acc = (a - a_zero_point) @ w.T + bias."
-               "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
+               py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
+               py::arg("residual_scale") = 0.0,
+               "Return f32(acc) * scale + t as float32 [M, N], acc = (a - a_zero_point) @ w.T + "
+               "bias.\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_s32", &qgemm_s32, py::arg("a"), py::arg("packed"),
                py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
                py::arg("threads") = 1, py::arg("out") = py::none(),
@@ -608,17 +899,19 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
                py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("stride") = unit_pair,
                py::arg("padding") = no_padding, py::arg("dilation") = unit_pair,
-               py::arg("threads") = 1, py::arg("out") = py::none(),
-               "Return clamp(rint(f32(acc) * multiplier) + out_zero_point, lo, hi) as u8 or s8 "
-               "[N, OH, OW, O]\nfor NHWC x, acc = conv2d(x - a_zero_point, w) + bias in int32."
-               "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
+               py::arg("threads") = 1, py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
+               py::arg("residual_scale") = 0.0,
+               "Return clamp(rint(f32(acc) * multiplier + t) + out_zero_point, lo, hi) as u8 or "
+               "s8 [N, OH, OW, O]\nfor NHWC x, acc = conv2d(x - a_zero_point, w) + bias in int32."
+               "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_f32", &qconv2d_f32, py::arg("x"), py::arg("packed"),
                py::arg("a_zero_point"), py::arg("bias"), py::arg("scale"), py::kw_only(),
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
                py::arg("dilation") = unit_pair, py::arg("threads") = 1,
-               py::arg("out") = py::none(),
-               "Return f32(acc) * scale as float32 [N, OH, OW, O] for NHWC x."
-               "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
+               py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
+               py::arg("residual_scale") = 0.0,
+               "Return f32(acc) * scale + t as float32 [N, OH, OW, O] for NHWC x."
+               "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_s32", &qconv2d_s32, py::arg("x"), py::arg("packed"),
                py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
@@ -626,6 +919,72 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("out") = py::none(),
                "Return acc = conv2d(x - a_zero_point, w) + bias as int32 [N, OH, OW, O]."
                "\n\n" NIMBUS_CONV_KEYWORDS_DOC);
+    // ---- float32 GEMM and convolution
+    py::class_<PackedSgemmWeights>(module, "PackedSgemmWeights",
+                                   "float32 weights [N, K] laid out once for one ISA path.")
+        .def_property_readonly("n", [](const PackedSgemmWeights& w) { return w.n; })
+        .def_property_readonly("k", [](const PackedSgemmWeights& w) { return w.k; })
+        .def_property_readonly("shape", [](const PackedSgemmWeights& w) {
+            return py::make_tuple(w.n, w.k);
+        })
+        .def_property_readonly("isa", [](const PackedSgemmWeights& w) { return isa_name(w.isa); })
+        .def("__repr__", [](const PackedSgemmWeights& w) {
+            return "PackedSgemmWeights(shape=(" + std::to_string(w.n) + ", " +
+                   std::to_string(w.k) + "), isa='" + isa_name(w.isa) + "')";
+        });
+    module.def("pack_sgemm_weights", &pack_sgemm_weights, py::arg("w"),
+               py::arg("isa") = py::none(),
+               "Pack float32 Linear weights w [N, K] (out = x @ w.T) for the ISA path `isa`\n"
+               "(default: selected_isa()).");
+    module.def("sgemm", &sgemm, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
+               py::arg("residual") = py::none(), py::arg("activation") = "none",
+               py::arg("threads") = 1, py::kw_only(), py::arg("out") = py::none(),
+               "Return act(x @ w.T + bias + residual) as float32 [M, N] for float32 x [M, K].\n\n"
+               "bias: [N] or None; residual: [M, N] or None; activation: none, relu, relu6, gelu "
+               "(erf),\ngelu_tanh, silu, sigmoid, tanh or hardswish; threads: at most this many "
+               "threads;\nout: a C-contiguous [M, N] float32 array to write and return instead "
+               "of a new one.");
+    py::class_<PackedSconvWeights>(module, "PackedSconvWeights",
+                                   "float32 OIHW convolution weights laid out once for one ISA "
+                                   "path.")
+        .def_property_readonly("out_channels", [](const PackedSconvWeights& w) {
+            return w.out_channels;
+        })
+        .def_property_readonly("in_channels", [](const PackedSconvWeights& w) {
+            return w.group_channels * w.groups;
+        })
+        .def_property_readonly("kernel", [](const PackedSconvWeights& w) {
+            return py::make_tuple(w.kernel_h, w.kernel_w);
+        })
+        .def_property_readonly("groups", [](const PackedSconvWeights& w) { return w.groups; })
+        .def_property_readonly("depthwise",
+                               [](const PackedSconvWeights& w) { return w.depthwise; })
+        .def_property_readonly("isa", [](const PackedSconvWeights& w) { return isa_name(w.isa); })
+        .def("__repr__", [](const PackedSconvWeights& w) {
+            return "PackedSconvWeights(shape=(" + std::to_string(w.out_channels) + ", " +
+                   std::to_string(w.group_channels) + ", " + std::to_string(w.kernel_h) + ", " +
+                   std::to_string(w.kernel_w) + "), groups=" + std::to_string(w.groups) +
+                   (w.depthwise ? ", depthwise" : "") + ", isa='" + isa_name(w.isa) + "')";
+        });
+    module.def("pack_sconv_weights", &pack_sconv_weights, py::arg("w"), py::arg("groups") = 1,
+               py::arg("isa") = py::none(),
+               "Pack float32 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`;\n"
+               "depthwise weights (groups == I == O) for the direct depthwise kernel.");
+    module.def("sconv2d", &sconv2d, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
+               py::arg("residual") = py::none(), py::arg("activation") = "none",
+               py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
+               py::arg("dilation") = unit_pair, py::arg("threads") = 1, py::kw_only(),
+               py::arg("out") = py::none(),
+               "Return act(conv2d(x, w) + bias + residual) as float32 NHWC [N, OH, OW, O] for "
+               "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
+               "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
+               "threads and out as for sgemm.");
+    module.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
+               py::arg("padding"), py::arg("dilation"), py::arg("out_hw"), py::kw_only(),
+               py::arg("threads") = 1,
+               "Return the max over each window of NHWC x (uint8, int8 or float32) as\n"
+               "[N, OH, OW, C]; taps in the padding [top, left, bottom, right] never win, NaN "
+               "does;\nout_hw: (OH, OW) of the caller's floor or ceil mode.");
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },
                "Return the nimbus version that the kernels were built from.");
 }

@@ -99,6 +99,7 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
 }
 
 // The epilogue of the output channels of one group.
+// (A residual comes only with one group: see qconv2d.)
 Epilogue group_epilogue(const Epilogue& epilogue, std::size_t group, std::size_t group_outputs) {
     Epilogue shifted = epilogue;
     if (shifted.bias) {
@@ -147,7 +148,13 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
                                rows_of_windows);
                 const Epilogue shifted = group_epilogue(epilogue, group, group_outputs);
                 if (w.groups == 1) {
-                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0], shifted,
+                    Epilogue tile = shifted;
+                    if (tile.residual.data != nullptr) {
+                        tile.residual.data =
+                            static_cast<const std::uint8_t*>(tile.residual.data) +
+                            first * w.out_channels;
+                    }
+                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0], tile,
                           out + first * w.out_channels * out_bytes, 1);
                     continue;
                 }

@@ -70,7 +70,8 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
                                     std::size_t group_channels, std::size_t kernel_h,
                                     std::size_t kernel_w, std::size_t groups, Isa isa);
 
-// out[N, OH, OW, O] from x[N, H, W, C], C == group_channels * groups.
+// out[N, OH, OW, O] from x[N, H, W, C], C == group_channels * groups. An epilogue residual
+// ([N, OH, OW, O]) needs one group, not depthwise (checked by the caller).
 void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
              const ConvGeometry& geometry, const PackedConvWeights& weights,
              const Epilogue& epilogue, void* out, std::size_t threads);

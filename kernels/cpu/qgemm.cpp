@@ -139,7 +139,7 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
 
     const GemmTask task{prepared, weights.data.data(), weights.padded_k, weights.n,
                         column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
-                        epilogue.lo, epilogue.hi, out};
+                        epilogue.lo, epilogue.hi, epilogue.residual, out};
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
     run_parallel(path.kernel, task, m, panels, std::max<std::size_t>(threads, 1));
 }

@@ -5,8 +5,9 @@
 //     acc[m, n] = sum_k (a[m, k] - a_zp) * w[n, k] + bias[n]     (int32, wrapping)
 // and the result is one of
 //     s32: acc
-//     u8/s8: clamp(rint_f32(f32(acc) * scale[n]) + zero_point, lo, hi)   (half to even)
-//     f32: f32(acc) * scale[n]
+//     u8/s8: clamp(rint_f32(f32(acc) * scale[n] + t) + zero_point, lo, hi)   (half to even)
+//     f32: f32(acc) * scale[n] + t
+// where t = f32(r[m, n] - r_zp) * r_scale for an optional quantized residual r, else nothing;
 // which is the arithmetic of nimbus.compiler.ops.quant, bit for bit, on every path.
 #pragma once
 
@@ -36,6 +37,17 @@ PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, I
 
 enum class OutputType { s32, u8, s8, f32 };
 
+// A quantized residual: u8 (or s8 when is_signed) values laid out like the result.
+struct Residual {
+    const void* data = nullptr;  // null for none
+    bool is_signed = false;
+    std::int32_t zero_point = 0;
+    float scale = 0.0f;          // r_scale: s_r / s_out, or s_r for an f32 result
+};
+
+// f32(r - r_zp) * r_scale of element `index`: the term a residual adds before rounding.
+float residual_term(const Residual& residual, std::size_t index);
+
 struct Epilogue {
     OutputType type = OutputType::s32;
     const std::int32_t* bias = nullptr;  // [n], or null for none
@@ -43,13 +55,15 @@ struct Epilogue {
     std::int32_t zero_point = 0;         // u8/s8: added after rounding, within the output type
     std::int32_t lo = 0;                 // u8/s8: clamp bounds, within the output type
     std::int32_t hi = 0;
+    Residual residual;                   // u8/s8/f32 results only
 };
 
 // Writes one finished accumulator (bias and zero-point terms already added) as element `index`
 // of `out`, with the epilogue arithmetic above; `scale` is the value for its output channel.
 // The scalar form every portable kernel shares.
 void store_epilogue(OutputType type, void* out, std::size_t index, std::int32_t acc, float scale,
-                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi);
+                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi,
+                    const Residual& residual = {});
 
 // out[M, n] (row-major, of the epilogue's type) from a[M, k] (u8, or s8 when a_signed).
 // Splits the work over at most `threads` threads.

@@ -34,6 +34,17 @@ NIMBUS_AVX2 __m128i low_bytes(__m256i values) {
     return _mm256_castsi256_si128(joined);
 }
 
+// The residual terms of `count` (at most 8) consecutive elements from `index`.
+NIMBUS_AVX2 __m256 residual_terms(const Residual& residual, std::size_t index, std::size_t count) {
+    alignas(16) std::uint8_t bytes[16] = {};
+    std::memcpy(bytes, static_cast<const std::uint8_t*>(residual.data) + index, count);
+    const __m128i packed = _mm_load_si128(reinterpret_cast<const __m128i*>(bytes));
+    const __m256i values =
+        residual.is_signed ? _mm256_cvtepi8_epi32(packed) : _mm256_cvtepu8_epi32(packed);
+    const __m256i centered = _mm256_sub_epi32(values, _mm256_set1_epi32(residual.zero_point));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(centered), _mm256_set1_ps(residual.scale));
+}
+
 // Finishes the 8 accumulators of row `row` that start at column `col` and stores those that
 // fall inside the n columns of the result.
 NIMBUS_AVX2 void store_vector(const GemmTask& task, std::size_t row, std::size_t col,
@@ -53,7 +64,10 @@ NIMBUS_AVX2 void store_vector(const GemmTask& task, std::size_t row, std::size_t
         return;
     }
     // cvtdq2ps and cvtps2dq round half to even under the default MXCSR, like the reference.
-    const __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(task.scale + col));
+    __m256 scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(task.scale + col));
+    if (task.residual.data != nullptr) {
+        scaled = _mm256_add_ps(scaled, residual_terms(task.residual, index, count));
+    }
     if (task.type == OutputType::f32) {
         _mm256_maskstore_ps(static_cast<float*>(task.out) + index, mask, scaled);
         return;

@@ -26,6 +26,18 @@ constexpr std::size_t kVectors = kAvx512VnniLayout.panel_width / kLanes;
 constexpr std::size_t kGroup = kAvx512VnniLayout.k_group;
 constexpr std::size_t kRowBlock = 6;
 
+// The residual terms of `count` (at most 16) consecutive elements from `index`.
+NIMBUS_AVX512_VNNI __m512 residual_terms(const Residual& residual, std::size_t index,
+                                         std::size_t count) {
+    alignas(16) std::uint8_t bytes[kLanes] = {};
+    std::memcpy(bytes, static_cast<const std::uint8_t*>(residual.data) + index, count);
+    const __m128i packed = _mm_load_si128(reinterpret_cast<const __m128i*>(bytes));
+    const __m512i values =
+        residual.is_signed ? _mm512_cvtepi8_epi32(packed) : _mm512_cvtepu8_epi32(packed);
+    const __m512i centered = _mm512_sub_epi32(values, _mm512_set1_epi32(residual.zero_point));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(centered), _mm512_set1_ps(residual.scale));
+}
+
 // Finishes the 16 accumulators of row `row` that start at column `col` and stores those that
 // fall inside the n columns of the result.
 NIMBUS_AVX512_VNNI void store_vector(const GemmTask& task, std::size_t row, std::size_t col,
@@ -42,7 +54,10 @@ NIMBUS_AVX512_VNNI void store_vector(const GemmTask& task, std::size_t row, std:
         return;
     }
     // cvtdq2ps and cvtps2dq round half to even under the default MXCSR, like the reference.
-    const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(task.scale + col));
+    __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(task.scale + col));
+    if (task.residual.data != nullptr) {
+        scaled = _mm512_add_ps(scaled, residual_terms(task.residual, index, count));
+    }
     if (task.type == OutputType::f32) {
         _mm512_mask_storeu_ps(static_cast<float*>(task.out) + index, mask, scaled);
         return;

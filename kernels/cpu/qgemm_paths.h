@@ -33,6 +33,7 @@ struct GemmTask {
     std::int32_t zero_point;
     std::int32_t lo;
     std::int32_t hi;
+    Residual residual;                   // [M, n] like out, or none
     void* out;                           // [M, n], row-major
 };
 

@@ -16,19 +16,30 @@ void store_value(const GemmTask& task, std::size_t row, std::size_t col, std::in
                          static_cast<std::uint32_t>(task.column_offset[col]);
     store_epilogue(task.type, task.out, row * task.n + col, static_cast<std::int32_t>(wrapped),
                    task.scale != nullptr ? task.scale[col] : 0.0f, task.zero_point, task.lo,
-                   task.hi);
+                   task.hi, task.residual);
 }
 
 
 }  // namespace
 
+float residual_term(const Residual& residual, std::size_t index) {
+    const std::int32_t value =
+        residual.is_signed ? static_cast<const std::int8_t*>(residual.data)[index]
+                           : static_cast<const std::uint8_t*>(residual.data)[index];
+    return static_cast<float>(value - residual.zero_point) * residual.scale;
+}
+
 void store_epilogue(OutputType type, void* out, std::size_t index, std::int32_t acc, float scale,
-                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi) {
+                    std::int32_t zero_point, std::int32_t lo, std::int32_t hi,
+                    const Residual& residual) {
     if (type == OutputType::s32) {
         static_cast<std::int32_t*>(out)[index] = acc;
         return;
     }
-    const float scaled = static_cast<float>(acc) * scale;
+    float scaled = static_cast<float>(acc) * scale;
+    if (residual.data != nullptr) {
+        scaled = scaled + residual_term(residual, index);
+    }
     if (type == OutputType::f32) {
         static_cast<float*>(out)[index] = scaled;
         return;

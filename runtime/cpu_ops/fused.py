@@ -17,7 +17,7 @@ import numpy as np
 
 from .common import in_float32
 from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
-from .nn import conv2d_any_layout, matmul_kernel, matmul_rows
+from .nn import conv2d_any_layout, matmul_kernel, matmul_rows, native_conv2d, native_linear
 from .registry import KERNELS, kernel, without_types
 
 # activation name -> (op, attributes) applied after the layer, bias and residual
@@ -111,6 +111,9 @@ def attention_kernel(xs, a):
 
 def _fused_conv2d(xs, a):
     x, w, bias, residual = xs
+    native = native_conv2d(x, w, bias, residual, a, a["activation"])
+    if native is not None:
+        return native
     out = conv2d_any_layout(x, w, a["stride"], a["padding"], a["dilation"], a["groups"])
     result = np.empty(out.shape, dtype=np.float32)  # C-contiguous, whatever out's layout
     if bias is None:
@@ -121,8 +124,15 @@ def _fused_conv2d(xs, a):
 
 
 kernel("fused_conv2d")(without_types(in_float32(_fused_conv2d)))
-kernel("fused_linear")(without_types(in_float32(lambda xs, a: layer_epilogue(
-    matmul_rows(xs[0], xs[1].T), xs[2], xs[3], a["activation"], (-1,)))))
+def _fused_linear(xs, a):
+    x, w, bias, residual = xs
+    native = native_linear(x, w, bias, residual, a["activation"])
+    if native is not None:
+        return native
+    return layer_epilogue(matmul_rows(x, w.T), bias, residual, a["activation"], (-1,))
+
+
+kernel("fused_linear")(without_types(in_float32(_fused_linear)))
 kernel("fused_matmul")(without_types(in_float32(lambda xs, a: layer_epilogue(
     matmul_kernel([xs[0], xs[1]], a), None, xs[2], a["activation"], None))))
 kernel("attention")(without_types(in_float32(attention_kernel)))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _kernels
 from .common import in_float32, normalize_axis, window_output_size
-from .registry import kernel, without_types
+from .packing import PACKED_WEIGHTS
+from .registry import NATIVE_THREADS, kernel, without_types
 
 PAIR_ONES = (1, 1)
 NO_PADDING = (0, 0, 0, 0)
@@ -279,6 +281,23 @@ def max_pool_reference(xs, a):
                        np.maximum)
 
 
+NATIVE_POOL_DTYPES = (np.uint8, np.int8, np.float32)
+
+
+def max_pool_kernel(xs, a):
+    """max_pool_reference on the native NHWC kernel for u8/i8/f32, returned as an NCHW view of
+    NHWC memory like the convolutions that feed it."""
+    x = xs[0]
+    if x.dtype not in NATIVE_POOL_DTYPES:
+        return max_pool_reference(xs, a)
+    out_hw = output_hw(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"],
+                       a["ceil_mode"])
+    out = _kernels.max_pool2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), tuple(a["kernel"]),
+                              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
+                              out_hw, threads=NATIVE_THREADS.get())
+    return out.transpose(0, 3, 1, 2)
+
+
 def avg_pool_reference(xs, a):
     x = xs[0]
     kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
@@ -308,8 +327,53 @@ def adaptive_avg_pool_reference(xs, a):
     return out
 
 
+# ---- float layers on the native kernels ---------------------------------------------------------
+def _float32_vector(values):
+    return None if values is None else np.ascontiguousarray(values, dtype=np.float32)
+
+
+def native_conv2d(x, w, bias, residual, a, activation: str = "none"):
+    """act(conv2d(x, w) + bias + residual) on the native float kernel with weights packed once,
+    as an NCHW view of NHWC memory (so a following convolution reads channels-last data without a
+    copy); None where that kernel does not apply (other dtypes, empty tensors, a residual that
+    broadcasts)."""
+    if x.dtype != np.float32 or w.dtype != np.float32 or not x.size or not w.size:
+        return None
+    out_hw = output_hw(x.shape, w.shape[2:], a["stride"], a["padding"], a["dilation"])
+    if not out_hw[0] * out_hw[1]:
+        return None
+    if residual is not None:
+        if residual.shape != (x.shape[0], w.shape[0], *out_hw):
+            return None
+        residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1), dtype=np.float32)
+    packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
+    out = _kernels.sconv2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), packed,
+                           _float32_vector(bias), residual, activation, tuple(a["stride"]),
+                           tuple(a["padding"]), tuple(a["dilation"]), NATIVE_THREADS.get())
+    return out.transpose(0, 3, 1, 2)
+
+
+def native_linear(x, w, bias, residual, activation: str = "none"):
+    """act(x @ w.T + bias + residual) on the native float GEMM with weights packed once; None
+    where it does not apply (as for native_conv2d)."""
+    if x.dtype != np.float32 or w.dtype != np.float32 or not x.size or not w.size:
+        return None
+    n, k = w.shape
+    shape = x.shape[:-1] + (n,)
+    if residual is not None:
+        if residual.shape != shape:
+            return None
+        residual = np.ascontiguousarray(residual.reshape(-1, n), dtype=np.float32)
+    packed = PACKED_WEIGHTS.get(w, "sgemm", _kernels.pack_sgemm_weights)
+    return _kernels.sgemm(np.ascontiguousarray(x.reshape(-1, k)), packed, _float32_vector(bias),
+                          residual, activation, NATIVE_THREADS.get()).reshape(shape)
+
+
 def conv2d_kernel(xs, a):
     x, w, b = xs
+    native = native_conv2d(x, w, b, None, a)
+    if native is not None:
+        return native
     out = conv2d_any_layout(x, w, a["stride"], a["padding"], a["dilation"], a["groups"])
     result = np.empty(out.shape, dtype=out.dtype)
     if b is None:
@@ -321,6 +385,9 @@ def conv2d_kernel(xs, a):
 
 def linear_kernel(xs, a):
     x, w, b = xs
+    native = native_linear(x, w, b, None)
+    if native is not None:
+        return native
     out = matmul_rows(x, w.T)
     if b is not None:
         out += b
@@ -348,6 +415,6 @@ kernel("matmul")(without_types(in_float32(matmul_kernel)))
 kernel("batch_norm")(without_types(in_float32(batch_norm_reference)))
 kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))
 kernel("softmax")(without_types(in_float32(softmax_kernel)))
-kernel("max_pool2d")(without_types(max_pool_reference))
+kernel("max_pool2d")(without_types(max_pool_kernel))
 kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))

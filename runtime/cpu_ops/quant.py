@@ -22,8 +22,6 @@ nothing to pack), they run the numpy references, which are exact.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +29,7 @@ import numpy as np
 from .. import _kernels
 from .common import int_range, numpy_dtype
 from .nn import conv2d_nchw
+from .packing import PACKED_WEIGHTS
 from .registry import NATIVE_THREADS, kernel
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
@@ -71,9 +70,14 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, zero_point: int, lo: int
     return np.clip(np.rint(scaled).astype(np.int64) + zero_point, lo, hi).astype(numpy_dtype(dtype))
 
 
+def residual_factor(quant, output_scale: float) -> np.float32:
+    """f32(s_r / s_out): what a quantized residual's centered values are multiplied by."""
+    return np.float32(np.float64(np.float32(quant.scale[0])) / np.float64(np.float32(output_scale)))
+
+
 def residual_term(residual: np.ndarray, quant, output_scale: float) -> np.ndarray:
     """f32(r - z_r) * f32(s_r / s_out): a quantized residual in units of the result's scale."""
-    factor = np.float32(np.float64(np.float32(quant.scale[0])) / np.float64(np.float32(output_scale)))
+    factor = residual_factor(quant, output_scale)
     centered = (residual.astype(np.int32) - quant.zero_point[0]).astype(np.float32)
     return (centered * factor).astype(np.float32)
 
@@ -206,48 +210,6 @@ def dynamic_qlinear_reference(xs, a, types):
 
 
 # ---- packed weights -----------------------------------------------------------------------------
-class PackedWeightCache:
-    """Packed native weights, kept per weight array while that array lives.
-
-    Only read-only arrays are cached (plan constants are read-only views of the artifact, so
-    their bytes cannot change under the cache); a writable array is packed on every call. The
-    key is the array object's id with a weak reference checked on lookup and a callback that
-    drops the entry when the array dies, so a recycled id never finds a stale packing.
-    """
-
-    def __init__(self):
-        self._entries: dict[tuple, tuple[weakref.ref, object]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, w: np.ndarray, kind: str, pack, *args):
-        if w.flags.writeable:
-            return pack(np.ascontiguousarray(w), *args)
-        key = (id(w), kind, *args)
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry[0]() is w:
-            return entry[1]
-        packed = pack(np.ascontiguousarray(w), *args)
-        ref = weakref.ref(w, lambda _, key=key: self._drop(key))
-        with self._lock:
-            self._entries[key] = (ref, packed)
-        return packed
-
-    def _drop(self, key) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-PACKED_WEIGHTS = PackedWeightCache()
-
-
 def _symmetric_int8(w: np.ndarray, quant) -> bool:
     return w.dtype == np.int8 and not any(quant.zero_point)
 
@@ -280,17 +242,25 @@ def _channel_multiplier(w: np.ndarray, wq, channels: int, input_scale: float,
         requant_multiplier(scales[0], wq.scale, scales[1]), channels), input_scale, output_scale)
 
 
-def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int):
-    """Run a native kernel with the op's epilogue; a residual goes through numpy on int32."""
-    if residual is not None:
+def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int,
+                     native_residual=None):
+    """Run a native kernel with the op's epilogue. A residual goes into the kernel's epilogue
+    as ``native_residual`` (the residual laid out like the kernel's result), or where the kernel
+    cannot take one (None), through numpy on the int32 accumulators."""
+    if residual is not None and native_residual is None:
         return finish_integer_op(acc_call(), xq, wq, a, axis, residual, rq)
     channels, input_scale = w.shape[0], float(xq.scale[0])
-    if str(a["dtype"]) == "f32":
-        scale = _channel_multiplier(w, wq, channels, input_scale, 1.0)
-        return _f32_activation(call("f32", scale), a["activation"])
-    multiplier = _channel_multiplier(w, wq, channels, input_scale, float(a["scale"]))
+    f32_result = str(a["dtype"]) == "f32"
+    output_scale = 1.0 if f32_result else float(a["scale"])
+    with_residual = {} if residual is None else {
+        "residual": native_residual, "residual_zero_point": int(rq.zero_point[0]),
+        "residual_scale": float(residual_factor(rq, output_scale))}
+    multiplier = _channel_multiplier(w, wq, channels, input_scale, output_scale)
+    if f32_result:
+        return _f32_activation(call("f32", multiplier, **with_residual), a["activation"])
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])])
+    return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])],
+                **with_residual)
 
 
 def _bias(bias):
@@ -319,17 +289,17 @@ def qlinear(xs, a, types):
     rows = np.ascontiguousarray(x.reshape(-1, k))
     zp, b = xq.zero_point[0], _bias(bias)
 
-    def call(kind, *epilogue):
-        if kind == "f32":
-            out = _kernels.qgemm_f32(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get())
-        else:
-            out = _kernels.qgemm(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get())
+    def call(kind, *epilogue, **with_residual):
+        kernel = _kernels.qgemm_f32 if kind == "f32" else _kernels.qgemm
+        out = kernel(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get(), **with_residual)
         return out.reshape(*x.shape[:-1], n)
 
     def acc():
         return _kernels.qgemm_s32(rows, packed, zp, b, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
 
-    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), x.ndim - 1)
+    rows_of_residual = None if residual is None else np.ascontiguousarray(residual.reshape(-1, n))
+    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), x.ndim - 1,
+                            rows_of_residual)
 
 
 @kernel("qconv2d")
@@ -351,18 +321,22 @@ def qconv2d(xs, a, types):
     def nchw(out):
         return out.transpose(0, 3, 1, 2)
 
-    def call(kind, *epilogue):
-        if kind == "f32":
-            return nchw(_kernels.qconv2d_f32(nhwc, packed, zp, b, *epilogue, **geometry,
-                                             threads=NATIVE_THREADS.get()))
-        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry,
-                                         threads=NATIVE_THREADS.get()))
+    def call(kind, *epilogue, **with_residual):
+        kernel = _kernels.qconv2d_f32 if kind == "f32" else _kernels.qconv2d
+        return nchw(kernel(nhwc, packed, zp, b, *epilogue, **geometry,
+                           threads=NATIVE_THREADS.get(), **with_residual))
 
     def acc():
         return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry,
                                              threads=NATIVE_THREADS.get()))
 
-    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), 1)
+    # The kernel adds a residual in its epilogue for one group (not depthwise): NHWC, like its
+    # result, which a residual from an earlier int8 convolution already is.
+    native_residual = None
+    if residual is not None and a["groups"] == 1:
+        native_residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
+    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), 1,
+                            native_residual)
 
 
 @kernel("qmatmul")

@@ -29,19 +29,26 @@ class ConvProblem:
     groups: int
 
     def reference(self, dtype: str, scale: float | None = None, zero_point: int = 0,
-                  activation: str = "none") -> np.ndarray:
-        """qconv2d with result `dtype` ("u8", "i8" or "f32"), as NHWC."""
+                  activation: str = "none", residual=None) -> np.ndarray:
+        """qconv2d with result `dtype` ("u8", "i8" or "f32"), as NHWC; ``residual`` is
+        (NHWC values, scale, zero point) of a quantized residual."""
         graph = Graph("qconv2d")
         x_nchw = np.ascontiguousarray(self.x.transpose(0, 3, 1, 2))
         x_quant = QuantParams([self.a_scale], [self.a_zero_point])
         x = graph.add_input("x", TensorType.of_array(x_nchw, x_quant))
         w = graph.add_constant("w", self.w, QuantParams(self.w_scales, [0], axis=0))
         bias = None if self.bias is None else graph.add_constant("bias", self.bias)
+        operands, feeds = [x, w, bias], {"x": x_nchw}
+        if residual is not None:
+            values, residual_scale, residual_zero_point = residual
+            feeds["r"] = np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+            operands.append(graph.add_input("r", TensorType.of_array(
+                feeds["r"], QuantParams([residual_scale], [residual_zero_point]))))
         attrs = {"stride": list(self.stride), "padding": list(self.padding),
                  "dilation": list(self.dilation), "groups": self.groups, "dtype": dtype,
                  "scale": scale, "zero_point": zero_point, "activation": activation}
-        graph.set_outputs([Builder(graph).qconv2d(x, w, bias, **attrs)])
-        (result,) = interpret(graph, {"x": x_nchw}).values()
+        graph.set_outputs([Builder(graph).qconv2d(*operands, **attrs)])
+        (result,) = interpret(graph, feeds).values()
         return np.ascontiguousarray(result.transpose(0, 2, 3, 1))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from checks import assert_matches
 from nimbus.compiler.dtypes import DType
+from nimbus.compiler.ir import QuantParams
 from nimbus.compiler.ops.quant import activation_bounds, requant_multiplier
 from nimbus.runtime import (
     available_isas,
@@ -15,6 +16,7 @@ from nimbus.runtime import (
     qconv2d_f32,
     qconv2d_s32,
 )
+from nimbus.runtime.cpu_ops.quant import residual_factor
 from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
 
 ISAS = available_isas()
@@ -160,3 +162,60 @@ def test_packed_weights_describe_themselves():
     assert repr(packed) == ("PackedConvWeights(out_channels=6, in_channels=6, kernel=(3, 5), "
                             "groups=3, isa='portable')")
     assert pack_conv_weights(np.zeros((4, 1, 3, 3), dtype=np.int8), groups=4).depthwise
+
+
+ONE_GROUP = {name: g for name, g in GEOMETRIES.items() if g[-1] == 1}
+
+
+@pytest.mark.parametrize("residual_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", ONE_GROUP.values(), ids=ONE_GROUP.keys())
+def test_residual_epilogue_matches_the_reference(geometry, isa, residual_type):
+    problem = make_problem(geometry, "u8", [11, *geometry[:5]])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    keywords = geometry_keywords(problem)
+    shape = qconv2d_s32(problem.x, packed, problem.a_zero_point, **keywords).shape
+    rng = np.random.default_rng([5, *shape])
+    dtype, low, high = A_RANGES[residual_type]
+    values = rng.integers(low, high, size=shape, dtype=dtype, endpoint=True)
+    residual = (values, 0.07, int(rng.integers(low, high, endpoint=True)))
+    quant = QuantParams([residual[1]], [residual[2]])
+    name = f"{isa} residual {residual_type}"
+
+    scale = requant_multiplier(problem.a_scale, problem.w_scales)
+    expected = problem.reference("f32", residual=residual)
+    actual = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale, **keywords,
+                         residual=values, residual_zero_point=residual[2],
+                         residual_scale=float(residual_factor(quant, 1.0)))
+    assert_matches(bits(actual), bits(expected), name=f"{name} f32 bits")
+
+    out_scale = float(np.abs(expected).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    for dtype, out_dtype, activation, zero_point in REQUANTIZED:
+        expected = problem.reference(dtype, out_scale, zero_point, activation, residual)
+        lo, hi = activation_bounds(activation, DType(dtype), out_scale, zero_point)
+        actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier,
+                         zero_point, lo, hi, out_dtype, **keywords, residual=values,
+                         residual_zero_point=residual[2], threads=2,
+                         residual_scale=float(residual_factor(quant, out_scale)))
+        assert_matches(actual, expected, name=f"{name} {out_dtype} {activation}")
+
+
+def test_a_residual_needs_one_group_and_its_shape():
+    problem = make_problem(GEOMETRIES["groups 2"], "u8", [1])
+    packed = pack_conv_weights(problem.w, problem.groups)
+    keywords = geometry_keywords(problem)
+    shape = qconv2d_s32(problem.x, packed, problem.a_zero_point, **keywords).shape
+    scale = np.ones(problem.w.shape[0], np.float32)
+    with pytest.raises(ValueError, match="one group"):
+        qconv2d_f32(problem.x, packed, problem.a_zero_point, None, scale, **keywords,
+                    residual=np.zeros(shape, np.uint8), residual_scale=1.0)
+    problem = make_problem(GEOMETRIES["3x3"], "u8", [1])
+    packed = pack_conv_weights(problem.w, problem.groups)
+    scale = np.ones(problem.w.shape[0], np.float32)
+    with pytest.raises(ValueError, match="residual must have the result's shape"):
+        qconv2d_f32(problem.x, packed, problem.a_zero_point, None, scale,
+                    **geometry_keywords(problem), residual=np.zeros((1, 2, 3, 4), np.uint8))
+    with pytest.raises(TypeError, match="residual must have dtype"):
+        qconv2d_f32(problem.x, packed, problem.a_zero_point, None, scale,
+                    **geometry_keywords(problem), residual=np.zeros((1, 2, 3, 4), np.float32))

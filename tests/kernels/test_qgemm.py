@@ -5,11 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from nimbus.compiler.ops.quant import requant_multiplier
+from nimbus.compiler.ir import QuantParams
+from nimbus.compiler.ops.quant import requant_multiplier, requantize
+from nimbus.runtime.cpu_ops.quant import residual_factor, residual_term
 from nimbus.runtime import available_isas, pack_weights, qgemm, qgemm_f32, qgemm_s32
 
 from checks import assert_matches
-from qgemm_reference import accumulators, dequantized, requantized
+from qgemm_reference import OUT_DTYPES, accumulators, dequantized, requantized
 
 ISAS = available_isas()
 
@@ -227,3 +229,30 @@ def test_results_go_into_a_given_out_array(isa):
         assert_matches(out.view(np.int32) if name == "f32" else out,
                        expected.view(np.int32) if name == "f32" else expected,
                        name=f"{isa} out= {name}")
+
+
+@pytest.mark.parametrize("residual_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_residual_epilogue_matches_the_reference(problem, isa, residual_type):
+    m, n, k, rng, weights, bias = problem
+    a = activations(rng, (m, k), "u8")
+    packed = pack_weights(weights, isa)
+    residual = activations(rng, (m, n), residual_type)
+    residual_zero_point = zero_point_of("random", residual_type, rng)
+    quant = QuantParams([0.05], [residual_zero_point])
+    acc = accumulators(a, weights, 3, bias)
+    multiplier = spanning_multiplier(acc, rng)
+    name = f"{isa} residual {residual_type} M={m} N={n} K={k}"
+    for epilogue, (out_dtype, zero_point, lo, hi) in EPILOGUES.items():
+        out_scale = 1.0 / (1 + len(epilogue))  # any scale: the residual term scales with it
+        term = residual_term(residual, quant, out_scale)
+        actual = qgemm(a, packed, 3, bias, multiplier, zero_point, lo, hi, out_dtype, threads=2,
+                       residual=residual, residual_zero_point=residual_zero_point,
+                       residual_scale=float(residual_factor(quant, out_scale)))
+        expected = requantize(acc, multiplier, zero_point, lo, hi, OUT_DTYPES[out_dtype], 1, term)
+        assert_matches(actual, expected, name=f"{name} {epilogue}")
+    actual = qgemm_f32(a, packed, 3, bias, multiplier, residual=residual,
+                       residual_zero_point=residual_zero_point,
+                       residual_scale=float(residual_factor(quant, 1.0)))
+    expected = (dequantized(acc, multiplier) + residual_term(residual, quant, 1.0)).astype(np.float32)
+    assert_matches(actual.view(np.int32), expected.view(np.int32), name=f"{name} f32 bits")

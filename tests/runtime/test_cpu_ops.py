@@ -33,6 +33,7 @@ from nimbus.runtime.cpu_ops.elementwise import (
     sigmoid,
 )
 from nimbus.runtime.cpu_ops.nn import conv2d_nchw
+from nimbus.runtime.cpu_ops.packing import PACKED_WEIGHTS
 
 rng = np.random.default_rng(20240611)
 
@@ -189,6 +190,13 @@ def cases() -> list[Case]:
         {"kernel": [2, 3], "stride": [2, 2], "ceil_mode": True, "dilation": [2, 1]}, label="ceil")
     add("max_pool2d", [(u8(1, 3, 6, 5), per_tensor(0.1, 3))],
         {"kernel": [2, 2], "stride": [2, 2], "padding": [1, 0, 0, 1]}, label="u8")
+    add("max_pool2d", [(i8(2, 17, 9, 7), per_tensor(0.1, -3))],
+        {"kernel": [3, 2], "stride": [1, 2], "padding": [1, 1, 0, 1], "ceil_mode": True},
+        label="i8-ceil")
+    add("max_pool2d", [np.where(randn(1, 5, 6, 6) > 1.5, np.float32(np.nan), randn(1, 5, 6, 6))],
+        {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1, 1, 1]}, label="nan")
+    add("max_pool2d", [randn(1, 3, 5, 5).astype(np.float16)], {"kernel": [2, 2], "stride": [1, 1]},
+        label="f16")
     add("avg_pool2d", [randn(2, 3, 9, 10)],
         {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1, 1, 1]}, label="padded")
     add("avg_pool2d", [randn(1, 2, 7, 8)], {"kernel": [3, 3], "stride": [2, 2],
@@ -298,6 +306,15 @@ def _quantized_layer_cases(add) -> None:
         add("qconv2d", [(u8(2, 3, 5, 4), per_tensor(0.02, 7)), (weight(4, 3, 1, 1), per_channel(4)),
                         integers(-99, 99, 4, dtype=np.int32), (u8(2, 4, 5, 4), residual_quant)],
             {**attrs, "activation": "relu"}, label=f"residual-{out_label}")
+    # a residual in the native epilogue (one group, gathered windows), and through numpy (groups)
+    add("qconv2d", [(u8(2, 5, 9, 7), per_tensor(0.02, 7)), (weight(6, 5, 3, 3), per_channel(6)),
+                    None, (i8(2, 6, 9, 7), per_tensor(0.04, -3))],
+        {"padding": [1, 1, 1, 1], "dtype": "i8", "scale": 0.3, "zero_point": 2,
+         "activation": "relu6"}, label="3x3-residual-i8")
+    add("qconv2d", [(u8(1, 4, 6, 5), per_tensor(0.02, 7)), (weight(6, 2, 3, 3), per_channel(6)),
+                    None, (u8(1, 6, 6, 5), residual_quant)],
+        {"groups": 2, "padding": [1, 1, 1, 1], "dtype": "u8", "scale": 0.3, "zero_point": 2},
+        label="grouped-residual")
     add("qconv2d", [(u8(1, 2, 5, 5), per_tensor(0.02, 7)), (weight(3, 2, 3, 3), per_tensor(0.01, 2)),
                     None], {"dtype": "u8", "scale": 0.2, "zero_point": 5}, label="asymmetric-weight")
     # qmatmul: two activations, per tensor or per last axis
@@ -403,15 +420,15 @@ def test_read_only_weights_are_packed_once_and_dropped_with_the_array():
     w.flags.writeable = False
     wq = TensorInfo("i8", (4, 10), (0.01,) * 4, (0,) * 4, 0)
     attrs = {"dtype": "f32", "scale": None, "zero_point": 0, "activation": "none"}
-    runtime_quant.PACKED_WEIGHTS.clear()
+    PACKED_WEIGHTS.clear()
     first = run_op("qlinear", [x, w, None, None], attrs, [xq, wq, None, None])[0]
-    assert len(runtime_quant.PACKED_WEIGHTS) == 2  # the packing and its epilogue multipliers
+    assert len(PACKED_WEIGHTS) == 2  # the packing and its epilogue multipliers
     second = run_op("qlinear", [x, w, None, None], attrs, [xq, wq, None, None])[0]
-    assert len(runtime_quant.PACKED_WEIGHTS) == 2
+    assert len(PACKED_WEIGHTS) == 2
     np.testing.assert_array_equal(first, second)
     del w
     gc.collect()
-    assert len(runtime_quant.PACKED_WEIGHTS) == 0
+    assert len(PACKED_WEIGHTS) == 0
 
 
 def test_writable_weights_are_packed_on_every_call():
@@ -519,7 +536,7 @@ def test_kernels_do_not_write_into_their_inputs():
     attrs = {"stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "groups": 4,
              "activation": "relu6"}
     out = run_op("fused_conv2d", [x, w, b, r], attrs, [None] * 4)[0]
-    assert out.flags.writeable and out.flags.c_contiguous
+    assert out.flags.writeable and out.transpose(0, 2, 3, 1).flags.c_contiguous  # NHWC memory
     out = run_op("fused_linear", [r, randn(3, 6), None, None], {"activation": "relu"},
                  [None] * 4)[0]
     for a, c in zip((x, w, b, r), copies):

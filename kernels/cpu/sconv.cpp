@@ -1,0 +1,233 @@
+// The float32 convolution driver: packs OIHW weights for the GEMM or depthwise path, hands the
+// GEMM the windows of output pixels block by block (implicit im2col) and splits depthwise rows
+// over threads.
+#include "sconv.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+
+#include "sgemm_paths.h"
+#include "worker_pool.h"
+
+namespace nimbus::kernels {
+namespace {
+
+std::size_t round_up(std::size_t value, std::size_t multiple) {
+    return (value + multiple - 1) / multiple * multiple;
+}
+
+// Copies `count` floats. The runs of a window are short (a few channels, or a kernel row):
+// fixed-size chunks compile to vector moves where a call of memcpy would cost more than the
+// copy.
+inline void copy_floats(float* target, const float* source, std::size_t count) {
+    for (; count >= 16; count -= 16, target += 16, source += 16) {
+        std::memcpy(target, source, 16 * sizeof(float));
+    }
+    for (; count >= 4; count -= 4, target += 4, source += 4) {
+        std::memcpy(target, source, 4 * sizeof(float));
+    }
+    for (; count > 0; --count) {
+        *target++ = *source++;
+    }
+}
+
+inline void zero_floats(float* target, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) {
+        target[i] = 0.0f;
+    }
+}
+
+bool is_pointwise(const ConvGeometry& g, const PackedSconvWeights& w) {
+    return w.kernel_h == 1 && w.kernel_w == 1 && w.groups == 1 && g.stride_h == 1 &&
+           g.stride_w == 1 && g.pad_top == 0 && g.pad_left == 0 && g.pad_bottom == 0 &&
+           g.pad_right == 0;
+}
+
+// The A rows of one group's GEMM: row m is the window of output pixel m, depth (ky, kx, c).
+class WindowRows final : public SgemmRows {
+public:
+    WindowRows(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
+               std::size_t group)
+        : x_(x), g_(g), w_(w), group_(group) {}
+
+    const float* block(std::size_t row, std::size_t count, std::size_t k0, std::size_t kc,
+                       float* scratch, std::size_t& stride) const override {
+        // Rows 16 floats longer than the block keep rows 4 KiB apart out of one L1 set.
+        stride = kc + 16;
+        for (std::size_t r = 0; r < count; ++r) {
+            gather(row + r, k0, k0 + kc, scratch + r * stride);
+        }
+        return scratch;
+    }
+
+    bool copies() const override { return true; }
+
+private:
+    // Writes depths [begin, end) of the window of output pixel `pixel` to `target`, in runs:
+    // a whole kernel row at once when it lies inside the image and takes every channel, else
+    // one tap's channels at a time.
+    void gather(std::size_t pixel, std::size_t begin, std::size_t end, float* target) const {
+        const ConvGeometry& g = g_;
+        const std::size_t channels = w_.group_channels;
+        const std::size_t row_length = w_.kernel_w * channels;
+        const std::size_t pixels = g.out_h * g.out_w;
+        const std::size_t image = pixel / pixels;
+        const std::size_t oh = pixel % pixels / g.out_w;
+        const std::size_t ow = pixel % g.out_w;
+        // Unsigned wrap-around makes a position before the image look like one past its end.
+        const std::size_t top = oh * g.stride_h - g.pad_top;
+        const std::size_t left = ow * g.stride_w - g.pad_left;
+        const bool row_inside = w_.groups == 1 && g.dilation_w == 1 && left < g.width &&
+                                left + w_.kernel_w <= g.width;
+        for (std::size_t depth = begin; depth < end;) {
+            const std::size_t ky = depth / row_length;
+            const std::size_t within = depth % row_length;
+            const std::size_t ih = top + ky * g.dilation_h;
+            std::size_t run = std::min(row_length - within, end - depth);
+            const float* source = nullptr;
+            if (ih < g.height) {
+                const float* line =
+                    x_ + ((image * g.height + ih) * g.width) * g.channels + group_ * channels;
+                if (row_inside) {
+                    source = line + left * g.channels + within;
+                } else {
+                    const std::size_t kx = within / channels;
+                    const std::size_t c = within % channels;
+                    run = std::min(channels - c, end - depth);
+                    const std::size_t iw = left + kx * g.dilation_w;
+                    source = iw < g.width ? line + iw * g.channels + c : nullptr;
+                }
+            }
+            if (source != nullptr) {
+                copy_floats(target, source, run);
+            } else {
+                zero_floats(target, run);
+            }
+            target += run;
+            depth += run;
+        }
+    }
+
+    const float* x_;
+    const ConvGeometry& g_;
+    const PackedSconvWeights& w_;
+    std::size_t group_;
+};
+
+void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
+                   const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
+    std::vector<float> bias(w.padded_channels, 0.0f);
+    if (epilogue.bias != nullptr) {
+        std::copy(epilogue.bias, epilogue.bias + w.out_channels, bias.begin());
+    }
+    const SDepthwiseTask task{x,
+                              g.batch,
+                              g.height,
+                              g.width,
+                              g.channels,
+                              g.out_h,
+                              g.out_w,
+                              w.kernel_h,
+                              w.kernel_w,
+                              g.stride_h,
+                              g.stride_w,
+                              g.pad_top,
+                              g.pad_left,
+                              g.dilation_h,
+                              g.dilation_w,
+                              w.depthwise_weights.data(),
+                              w.padded_channels,
+                              bias.data(),
+                              epilogue.residual,
+                              epilogue.activation,
+                              out};
+    auto kernel = run_sdepthwise_portable;
+#ifdef NIMBUS_X86_KERNELS
+    if (w.isa == Isa::avx512_vnni) {
+        kernel = run_sdepthwise_avx512;
+    }
+#endif
+    const std::size_t rows = g.batch * g.out_h;
+    std::atomic<std::size_t> next_row{0};
+    const std::function<void()> run_rows = [&] {
+        for (std::size_t row = next_row++; row < rows; row = next_row++) {
+            kernel(task, row, row + 1);
+        }
+    };
+    run_on_pool(std::min(threads, rows) - 1, run_rows);
+}
+
+}  // namespace
+
+PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
+                                      std::size_t group_channels, std::size_t kernel_h,
+                                      std::size_t kernel_w, std::size_t groups, Isa isa) {
+    PackedSconvWeights packed;
+    packed.isa = sgemm_path(isa);
+    packed.out_channels = out_channels;
+    packed.group_channels = group_channels;
+    packed.kernel_h = kernel_h;
+    packed.kernel_w = kernel_w;
+    packed.groups = groups;
+    const std::size_t taps = kernel_h * kernel_w;
+    packed.depthwise = group_channels == 1 && groups == out_channels && groups > 1;
+    if (packed.depthwise) {
+        packed.padded_channels = round_up(out_channels, kSDepthwiseChannelBlock);
+        packed.depthwise_weights.assign(taps * packed.padded_channels, 0.0f);
+        for (std::size_t c = 0; c < out_channels; ++c) {
+            for (std::size_t tap = 0; tap < taps; ++tap) {
+                packed.depthwise_weights[tap * packed.padded_channels + c] = w[c * taps + tap];
+            }
+        }
+        return packed;
+    }
+    const std::size_t group_outputs = out_channels / groups;
+    const std::size_t depth = taps * group_channels;
+    std::vector<float> matrix(group_outputs * depth);
+    for (std::size_t group = 0; group < groups; ++group) {
+        for (std::size_t o = 0; o < group_outputs; ++o) {
+            const float* filter = w + (group * group_outputs + o) * group_channels * taps;
+            for (std::size_t c = 0; c < group_channels; ++c) {
+                for (std::size_t tap = 0; tap < taps; ++tap) {
+                    matrix[o * depth + tap * group_channels + c] = filter[c * taps + tap];
+                }
+            }
+        }
+        packed.group_weights.push_back(
+            pack_sgemm_weights(matrix.data(), group_outputs, depth, packed.isa));
+    }
+    return packed;
+}
+
+void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeights& weights,
+             const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
+    const std::size_t m = geometry.batch * geometry.out_h * geometry.out_w;
+    if (m == 0 || weights.out_channels == 0) {
+        return;
+    }
+    threads = std::max<std::size_t>(threads, 1);
+    if (weights.depthwise) {
+        run_depthwise(x, geometry, weights, epilogue, out, threads);
+        return;
+    }
+    if (is_pointwise(geometry, weights)) {
+        SgemmEpilogue pointwise = epilogue;
+        pointwise.residual_stride = weights.out_channels;
+        sgemm(x, m, weights.group_weights[0], pointwise, out, threads);
+        return;
+    }
+    const std::size_t group_outputs = weights.out_channels / weights.groups;
+    for (std::size_t group = 0; group < weights.groups; ++group) {
+        SgemmEpilogue shifted = epilogue;
+        const std::size_t first = group * group_outputs;
+        shifted.bias = epilogue.bias == nullptr ? nullptr : epilogue.bias + first;
+        shifted.residual = epilogue.residual == nullptr ? nullptr : epilogue.residual + first;
+        shifted.residual_stride = weights.out_channels;
+        sgemm_rows(WindowRows(x, geometry, weights, group), m, weights.group_weights[group],
+                   shifted, out + first, weights.out_channels, threads);
+    }
+}
+
+}  // namespace nimbus::kernels

@@ -1,0 +1,50 @@
+// Float32 2-D convolution over NHWC activations, with the epilogue of sgemm.h.
+//
+// With x[N, H, W, C] and weights w[O, C / groups, KH, KW] packed once:
+//     out[n, oh, ow, o] = act(sum x[n, ih, iw, c] * w[o, c', ky, kx] + bias[o]
+//                             + residual[n, oh, ow, o])
+// over the taps of the window of (oh, ow) inside the image (padding contributes zero).
+//
+// Depthwise convolutions (groups == C == O) run a direct kernel vectorized over channels; the
+// rest are GEMMs whose A rows are the windows of output pixels, gathered block by block into a
+// small buffer (implicit im2col, never the whole matrix), or the activations themselves for a
+// 1x1, stride-1, unpadded convolution.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "isa.h"
+#include "qconv.h"
+#include "sgemm.h"
+
+namespace nimbus::kernels {
+
+struct PackedSconvWeights {
+    Isa isa = Isa::portable;
+    std::size_t out_channels = 0;
+    std::size_t group_channels = 0;  // input channels per group
+    std::size_t kernel_h = 0;
+    std::size_t kernel_w = 0;
+    std::size_t groups = 1;
+    bool depthwise = false;
+    // GEMM path: per group, [O / groups, KH * KW * group_channels] with depth ordered
+    // (ky, kx, c) like a gathered NHWC window.
+    std::vector<PackedSgemmWeights> group_weights;
+    // Depthwise path: [KH * KW, padded_channels], zero past out_channels.
+    std::vector<float> depthwise_weights;
+    std::size_t padded_channels = 0;
+};
+
+// w is OIHW [out_channels, group_channels, kernel_h, kernel_w]; out_channels is a multiple of
+// groups (checked by the caller).
+PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
+                                      std::size_t group_channels, std::size_t kernel_h,
+                                      std::size_t kernel_w, std::size_t groups, Isa isa);
+
+// out[N, OH, OW, O] from x[N, H, W, C], C == group_channels * groups (ConvGeometry of
+// qconv.h). The epilogue's residual, if any, is [N, OH, OW, O]; its stride is ignored.
+void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeights& weights,
+             const SgemmEpilogue& epilogue, float* out, std::size_t threads);
+
+}  // namespace nimbus::kernels

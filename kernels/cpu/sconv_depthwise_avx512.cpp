@@ -1,0 +1,202 @@
+// The AVX-512 path of the float32 depthwise convolution, over one output row at a time and 16
+// channels at a time. Pixels whose window lies inside the image horizontally go in strips of
+// kStrip, then 4, 2 and 1: each tap's weight vector is loaded once for the strip, so the kernel
+// does about one activation load per FMA instead of two. Edge pixels take the taps inside the
+// image one pixel at a time. The epilogue (bias as the starting value, residual, relu/relu6)
+// runs on the registers with masked loads and stores past the last channel; other activations
+// run over the finished output row (activate_avx512).
+//
+// Only functions marked NIMBUS_AVX512F use AVX-512 (see qgemm_avx512_vnni.cpp).
+#include <algorithm>
+
+#include "depthwise.h"
+#include "sgemm_paths.h"
+
+#ifdef NIMBUS_X86_KERNELS
+
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#define NIMBUS_AVX512F __attribute__((target("avx512f,fma")))
+
+namespace nimbus::kernels {
+namespace {
+
+constexpr std::size_t kLanes = 16;
+constexpr std::size_t kStrip = 8;
+
+// One output row: the image it reads, the kernel rows inside the image, and where the row's
+// outputs and residuals start.
+struct Row {
+    const float* image;  // x[n]
+    std::size_t top;     // input row of kernel row 0 (may have wrapped below zero)
+    TapRange rows;
+    float* out;          // out[n, oh, 0, 0]
+    const float* residual;
+};
+
+// Finishes `Pixels` accumulators of channels [channel, channel + 16) from output column `ow`.
+template <std::size_t Pixels>
+NIMBUS_AVX512F inline void store_pixels(const SDepthwiseTask& t, const Row& row, std::size_t ow,
+                                        std::size_t channel, __mmask16 mask,
+                                        __m512 (&acc)[Pixels]) {
+    const bool relu = t.activation == Activation::relu || t.activation == Activation::relu6;
+    const bool relu6 = t.activation == Activation::relu6;
+#pragma GCC unroll 8
+    for (std::size_t p = 0; p < Pixels; ++p) {
+        const std::size_t index = (ow + p) * t.channels + channel;
+        __m512 value = acc[p];
+        if (row.residual != nullptr) {
+            value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, row.residual + index));
+        }
+        if (relu) {
+            value = _mm512_max_ps(value, _mm512_setzero_ps());
+        }
+        if (relu6) {
+            value = _mm512_min_ps(value, _mm512_set1_ps(6.0f));
+        }
+        _mm512_mask_storeu_ps(row.out + index, mask, value);
+    }
+}
+
+// `Pixels` consecutive output pixels from `ow`, every tap of whose windows lies inside the
+// image horizontally. Full vectors of channels take plain loads, which are cheaper.
+template <std::size_t Pixels, bool Masked>
+NIMBUS_AVX512F void compute_strip(const SDepthwiseTask& t, const Row& row, std::size_t ow,
+                                  std::size_t channel, __mmask16 mask) {
+    __m512 acc[Pixels];
+    const __m512 bias = _mm512_loadu_ps(t.bias + channel);
+#pragma GCC unroll 8
+    for (std::size_t p = 0; p < Pixels; ++p) {
+        acc[p] = bias;
+    }
+    const std::size_t step = t.stride_w * t.channels;
+    const std::size_t left = ow * t.stride_w - t.pad_left;
+    for (std::size_t ky = row.rows.begin; ky < row.rows.end; ++ky) {
+        const float* line = row.image + (row.top + ky * t.dilation_h) * t.width * t.channels +
+                            left * t.channels + channel;
+        const float* w_row = t.weights + ky * t.kernel_w * t.padded_channels + channel;
+        for (std::size_t kx = 0; kx < t.kernel_w; ++kx) {
+            const __m512 w = _mm512_loadu_ps(w_row + kx * t.padded_channels);
+            const float* x = line + kx * t.dilation_w * t.channels;
+#pragma GCC unroll 8
+            for (std::size_t p = 0; p < Pixels; ++p) {
+                const __m512 value = Masked ? _mm512_maskz_loadu_ps(mask, x + p * step)
+                                            : _mm512_loadu_ps(x + p * step);
+                acc[p] = _mm512_fmadd_ps(value, w, acc[p]);
+            }
+        }
+    }
+    store_pixels<Pixels>(t, row, ow, channel, mask, acc);
+}
+
+// One output pixel, over the taps of its window that lie inside the image.
+NIMBUS_AVX512F void compute_pixel(const SDepthwiseTask& t, const Row& row, std::size_t ow,
+                                  std::size_t channel, __mmask16 mask) {
+    const auto left = static_cast<std::ptrdiff_t>(ow * t.stride_w) -
+                      static_cast<std::ptrdiff_t>(t.pad_left);
+    const TapRange cols = taps_inside(left, t.kernel_w, t.dilation_w, t.width);
+    __m512 acc[1] = {_mm512_loadu_ps(t.bias + channel)};
+    for (std::size_t ky = row.rows.begin; ky < row.rows.end; ++ky) {
+        const float* line =
+            row.image + (row.top + ky * t.dilation_h) * t.width * t.channels + channel;
+        const float* w_row = t.weights + ky * t.kernel_w * t.padded_channels + channel;
+        for (std::size_t kx = cols.begin; kx < cols.end; ++kx) {
+            const std::size_t iw = static_cast<std::size_t>(left) + kx * t.dilation_w;
+            const __m512 x = _mm512_maskz_loadu_ps(mask, line + iw * t.channels);
+            acc[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(w_row + kx * t.padded_channels), acc[0]);
+        }
+    }
+    store_pixels<1>(t, row, ow, channel, mask, acc);
+}
+
+// Interior pixels [ow, ow + Pixels) for every vector of channels.
+template <std::size_t Pixels>
+NIMBUS_AVX512F void compute_strips(const SDepthwiseTask& t, const Row& row, std::size_t ow) {
+    std::size_t channel = 0;
+    for (; channel + kLanes <= t.channels; channel += kLanes) {
+        compute_strip<Pixels, false>(t, row, ow, channel, __mmask16(0xffff));
+    }
+    if (channel < t.channels) {
+        const auto mask = static_cast<__mmask16>((1u << (t.channels - channel)) - 1);
+        compute_strip<Pixels, true>(t, row, ow, channel, mask);
+    }
+}
+
+// Calls visit(channel, mask) for each vector of 16 channels, the last one masked.
+template <typename Visit>
+inline void for_channels(const SDepthwiseTask& t, Visit visit) {
+    for (std::size_t channel = 0; channel < t.channels; channel += kLanes) {
+        const std::size_t count = t.channels - channel;
+        visit(channel, count >= kLanes ? __mmask16(0xffff)
+                                       : static_cast<__mmask16>((1u << count) - 1));
+    }
+}
+
+}  // namespace
+
+void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
+                           std::size_t row_end) {
+    const std::size_t channels = task.channels;
+    // Output columns [first_inside, end_inside) have every kernel column inside the image.
+    const std::size_t span = (task.kernel_w - 1) * task.dilation_w + 1;
+    const std::size_t first_inside = (task.pad_left + task.stride_w - 1) / task.stride_w;
+    std::size_t end_inside = 0;
+    if (task.width + task.pad_left >= span) {
+        end_inside = std::min(task.out_w, (task.width + task.pad_left - span) / task.stride_w + 1);
+    }
+    const bool in_registers = task.activation == Activation::none ||
+                              task.activation == Activation::relu ||
+                              task.activation == Activation::relu6;
+    for (std::size_t index = row_begin; index < row_end; ++index) {
+        const std::size_t image = index / task.out_h;
+        const std::size_t oh = index % task.out_h;
+        const auto top = static_cast<std::ptrdiff_t>(oh * task.stride_h) -
+                         static_cast<std::ptrdiff_t>(task.pad_top);
+        Row row;
+        row.image = task.x + image * task.height * task.width * channels;
+        row.top = static_cast<std::size_t>(top);
+        row.rows = taps_inside(top, task.kernel_h, task.dilation_h, task.height);
+        row.out = task.out + index * task.out_w * channels;
+        row.residual =
+            task.residual == nullptr ? nullptr : task.residual + index * task.out_w * channels;
+        // Pixels outer, channels inner: each pixel's channels are adjacent in memory.
+        std::size_t ow = 0;
+        for (; ow < task.out_w && ow < first_inside; ++ow) {
+            for_channels(task, [&](std::size_t channel, __mmask16 mask) {
+                compute_pixel(task, row, ow, channel, mask);
+            });
+        }
+        for (; ow + kStrip <= end_inside; ow += kStrip) {
+            compute_strips<kStrip>(task, row, ow);
+        }
+        // The interior pixels that no full strip covers, in strips of 4, 2 and 1.
+        if (ow + 4 <= end_inside) {
+            compute_strips<4>(task, row, ow);
+            ow += 4;
+        }
+        if (ow + 2 <= end_inside) {
+            compute_strips<2>(task, row, ow);
+            ow += 2;
+        }
+        if (ow < end_inside) {
+            compute_strips<1>(task, row, ow);
+            ow += 1;
+        }
+        for (; ow < task.out_w; ++ow) {
+            for_channels(task, [&](std::size_t channel, __mmask16 mask) {
+                compute_pixel(task, row, ow, channel, mask);
+            });
+        }
+        if (!in_registers) {
+            activate_avx512(row.out, task.out_w * channels, task.activation);
+        }
+    }
+}
+
+}  // namespace nimbus::kernels
+
+#endif  // NIMBUS_X86_KERNELS

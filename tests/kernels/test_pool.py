@@ -1,0 +1,61 @@
+"""The native NHWC max pooling against the numpy reference, exactly, for every element type."""
+
+import numpy as np
+import pytest
+from nimbus.runtime import _kernels
+from nimbus.runtime.cpu_ops.nn import max_pool_reference, output_hw
+
+# (N, C, H, W), kernel, stride, padding [top, left, bottom, right], dilation, ceil mode
+GEOMETRIES = [
+    ((1, 64, 112, 112), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False),  # ResNet's stem
+    ((2, 17, 9, 10), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False),
+    ((1, 3, 7, 8), (2, 3), (2, 2), (0, 0, 0, 0), (2, 1), True),
+    ((3, 5, 6, 5), (2, 2), (2, 2), (1, 0, 0, 1), (1, 1), False),
+    ((1, 33, 1, 1), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),
+    ((2, 7, 11, 4), (5, 2), (3, 1), (2, 0, 2, 1), (1, 2), True),
+]
+TYPES = {"u8": (np.uint8, 0, 255), "i8": (np.int8, -128, 127), "f32": (np.float32, None, None)}
+
+
+def nchw_input(shape, dtype_name, rng) -> np.ndarray:
+    dtype, low, high = TYPES[dtype_name]
+    if low is None:
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(low, high, size=shape, dtype=dtype, endpoint=True)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype_name", TYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "x".join(map(str, g[0])))
+def test_max_pool_matches_the_reference(geometry, dtype_name, threads):
+    shape, kernel, stride, padding, dilation, ceil_mode = geometry
+    x = nchw_input(shape, dtype_name, np.random.default_rng(list(shape)))
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+             "ceil_mode": ceil_mode}
+    expected = max_pool_reference([x], attrs)
+    out_hw = output_hw(x.shape, kernel, stride, padding, dilation, ceil_mode)
+    actual = _kernels.max_pool2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), kernel, stride,
+                                 padding, dilation, out_hw, threads=threads)
+    np.testing.assert_array_equal(actual.transpose(0, 3, 1, 2), expected)
+
+
+def test_nan_wins_like_numpy():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    x[0, 0, 1, 1] = np.nan
+    out = _kernels.max_pool2d(x.transpose(0, 2, 3, 1).copy(), (2, 2), (1, 1), (0, 0, 0, 0),
+                              (1, 1), (1, 1))
+    assert np.isnan(out).all()
+
+
+def test_bad_input_is_a_clear_error():
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(TypeError, match="uint8, int8 or float32"):
+        _kernels.max_pool2d(x.astype(np.float64), (2, 2), (1, 1), (0, 0, 0, 0), (1, 1), (3, 3))
+    with pytest.raises(ValueError, match="4-D"):
+        _kernels.max_pool2d(x[0], (2, 2), (1, 1), (0, 0, 0, 0), (1, 1), (3, 3))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.max_pool2d(x.transpose(0, 2, 1, 3), (2, 2), (1, 1), (0, 0, 0, 0), (1, 1), (3, 3))
+    with pytest.raises(ValueError, match="kernel values"):
+        _kernels.max_pool2d(x, (0, 2), (1, 1), (0, 0, 0, 0), (1, 1), (3, 3))
+    with pytest.raises(ValueError, match="padding must hold 4"):
+        _kernels.max_pool2d(x, (2, 2), (1, 1), (0, 0), (1, 1), (3, 3))

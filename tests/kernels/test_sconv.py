@@ -1,0 +1,202 @@
+"""The float32 NHWC convolution (pack_sconv_weights, sconv2d) on every ISA path of this
+machine, against a float64 reference: strides, asymmetric padding, dilation, groups,
+depthwise, batch > 1, 1x1, every activation, bias and residual, thread counts, bad arguments."""
+
+import numpy as np
+import pytest
+from checks import assert_matches
+from nimbus.runtime import _kernels
+from test_sgemm import ACTIVATIONS
+
+ISAS = _kernels.available_isas()
+RTOL = 1e-5
+
+
+def conv2d_nhwc(x, w, bias=None, residual=None, activation="none", stride=(1, 1),
+                padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """act(conv2d(x, w) + bias + residual) in float64 for NHWC x and OIHW w."""
+    n, h, width, c = x.shape
+    o, group_channels, kh, kw = w.shape
+    top, left, bottom, right = padding
+    padded = np.zeros((n, h + top + bottom, width + left + right, c), dtype=np.float64)
+    padded[:, top:top + h, left:left + width, :] = x
+    out_h = (h + top + bottom - (kh - 1) * dilation[0] - 1) // stride[0] + 1
+    out_w = (width + left + right - (kw - 1) * dilation[1] - 1) // stride[1] + 1
+    out = np.zeros((n, out_h, out_w, o), dtype=np.float64)
+    group_outputs = o // groups
+    w64 = w.astype(np.float64)
+    for ky in range(kh):
+        for kx in range(kw):
+            rows = ky * dilation[0]
+            cols = kx * dilation[1]
+            window = padded[:, rows:rows + (out_h - 1) * stride[0] + 1:stride[0],
+                            cols:cols + (out_w - 1) * stride[1] + 1:stride[1], :]
+            for g in range(groups):
+                taps = window[..., g * group_channels:(g + 1) * group_channels]
+                weights = w64[g * group_outputs:(g + 1) * group_outputs, :, ky, kx]
+                out[..., g * group_outputs:(g + 1) * group_outputs] += taps @ weights.T
+    if bias is not None:
+        out = out + bias
+    if residual is not None:
+        out = out + residual
+    return ACTIVATIONS[activation](out)
+
+# name: (N, C, H, W, O, (KH, KW), stride, padding [top, left, bottom, right], dilation, groups).
+# Sizes are odd and no multiple of any block; depthwise rows have groups == C == O.
+GEOMETRIES = {
+    "1x1": (2, 17, 7, 3, 33, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 stride 2": (1, 33, 17, 7, 17, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "1x1 padded": (1, 3, 3, 7, 7, (1, 1), (1, 1), (1, 0, 0, 2), (1, 1), 1),
+    "3x3": (2, 17, 7, 17, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3 deep": (1, 100, 9, 11, 70, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3 stride 2 asymmetric": (1, 7, 17, 33, 17, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 1),
+    "3x1 stride (2, 1)": (1, 7, 17, 7, 3, (3, 1), (2, 1), (2, 0, 1, 0), (1, 1), 1),
+    "5x5 dilation 2": (1, 3, 17, 17, 7, (5, 5), (1, 1), (4, 3, 2, 1), (2, 2), 1),
+    "7x7 stride 2": (2, 3, 33, 17, 17, (7, 7), (2, 2), (3, 3, 2, 2), (1, 1), 1),
+    # Rows long enough for many register tiles per output row.
+    "3x3 long rows": (2, 5, 6, 70, 9, (3, 3), (1, 1), (1, 2, 2, 1), (1, 1), 1),
+    "5x3 stride 2 dilated long rows": (1, 3, 9, 100, 17, (5, 3), (2, 2), (2, 1, 2, 1), (2, 1), 1),
+    "window wider than image": (1, 7, 1, 3, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "single pixel": (1, 1, 1, 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "groups 2": (1, 14, 7, 17, 34, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 2),
+    "groups 3 1x1": (2, 9, 7, 3, 21, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
+    "depthwise 3x3": (2, 17, 7, 17, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 17),
+    "depthwise 3x3 wide": (1, 100, 9, 7, 100, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 100),
+    "depthwise 3x3 stride 2": (1, 33, 17, 33, 33, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 33),
+    "depthwise 5x5 stride 2": (1, 65, 11, 13, 65, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 65),
+    "depthwise 5x5 dilation 2": (1, 7, 17, 17, 7, (5, 5), (1, 1), (4, 3, 2, 1), (2, 2), 7),
+    "depthwise 7x7 stride 2": (1, 3, 33, 7, 3, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 3),
+    # Rows long enough for the strips of interior pixels of the AVX-512 path.
+    "depthwise 3x3 long rows": (2, 20, 5, 40, 20, (3, 3), (1, 1), (1, 2, 0, 1), (1, 1), 20),
+    "depthwise 5x5 stride 2 dilated rows": (1, 24, 9, 57, 24, (5, 5), (2, 2), (2, 3, 2, 1),
+                                            (1, 2), 24),
+}
+
+
+def make_problem(geometry, seed=0):
+    n, c, h, w, o, (kh, kw), stride, padding, dilation, groups = geometry
+    rng = np.random.default_rng([n, c, h, w, o, kh, kw, seed])
+    x = rng.standard_normal((n, h, w, c), dtype=np.float32)
+    fan_in = c // groups * kh * kw
+    weights = (rng.standard_normal((o, c // groups, kh, kw), dtype=np.float32)
+               / np.sqrt(fan_in)).astype(np.float32)
+    bias = rng.standard_normal(o, dtype=np.float32)
+    keywords = {"stride": stride, "padding": padding, "dilation": dilation}
+    reference = conv2d_nhwc(x, weights, groups=groups, **keywords)
+    residual = rng.standard_normal(reference.shape, dtype=np.float32)
+    return x, weights, bias, residual, groups, keywords
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_matches_the_reference(isa, name):
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name])
+    packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    assert packed.isa == isa
+    assert packed.depthwise == (groups > 1 and groups == w.shape[0] and w.shape[1] == 1)
+    for b, r, activation in ((None, None, "none"), (bias, None, "relu"), (bias, residual, "relu6"),
+                             (None, residual, "none")):
+        actual = _kernels.sconv2d(x, packed, b, r, activation, **keywords)
+        expected = conv2d_nhwc(x, w, b, r, activation, groups=groups, **keywords)
+        assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
+                       name=f"{isa} {name} bias={b is not None} residual={r is not None} "
+                            f"{activation}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
+                                  "groups 2"])
+def test_every_activation(isa, activation, name):
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
+    x *= 3.0
+    packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    actual = _kernels.sconv2d(x, packed, bias, residual, activation, **keywords)
+    expected = conv2d_nhwc(x, w, bias, residual, activation, groups=groups, **keywords)
+    assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
+                   name=f"{isa} {name} {activation}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
+                                  "5x3 stride 2 dilated long rows"])
+def test_thread_counts_give_identical_results(isa, name):
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
+    packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    single = _kernels.sconv2d(x, packed, bias, residual, "silu", threads=1, **keywords)
+    for threads in (2, 5):
+        actual = _kernels.sconv2d(x, packed, bias, residual, "silu", threads=threads, **keywords)
+        assert np.array_equal(actual, single), f"{isa} {name} threads={threads}"
+
+
+def test_resnet_sized_layer_matches_the_reference():
+    """A layer large enough for several depth blocks, row tiles and panel groups."""
+    geometry = (1, 128, 14, 14, 96, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    x, w, bias, residual, _, keywords = make_problem(geometry, seed=3)
+    packed = _kernels.pack_sconv_weights(w)
+    actual = _kernels.sconv2d(x, packed, bias, residual, "relu", threads=2, **keywords)
+    expected = conv2d_nhwc(x, w, bias, residual, "relu", **keywords)
+    assert_matches(actual, expected.astype(np.float32), rtol=RTOL, name="128->96 3x3")
+
+
+def test_repr_and_properties():
+    packed = _kernels.pack_sconv_weights(np.zeros((6, 2, 3, 5), np.float32), groups=3,
+                                         isa="portable")
+    assert repr(packed) == "PackedSconvWeights(shape=(6, 2, 3, 5), groups=3, isa='portable')"
+    assert (packed.out_channels, packed.in_channels, packed.kernel) == (6, 6, (3, 5))
+    depthwise = _kernels.pack_sconv_weights(np.zeros((4, 1, 3, 3), np.float32), groups=4)
+    assert depthwise.depthwise and "depthwise" in repr(depthwise)
+
+
+# ---- bad arguments ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packed():
+    return _kernels.pack_sconv_weights(np.ones((4, 3, 3, 3), np.float32))
+
+
+def test_bad_weights_are_named():
+    with pytest.raises(TypeError, match="w must have dtype float32, got float64"):
+        _kernels.pack_sconv_weights(np.ones((4, 3, 3, 3)))
+    with pytest.raises(ValueError, match="w must be 4-D"):
+        _kernels.pack_sconv_weights(np.ones((4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="groups must be a positive divisor of the 4 output"):
+        _kernels.pack_sconv_weights(np.ones((4, 3, 3, 3), np.float32), groups=3)
+    with pytest.raises(ValueError, match="kernel height must lie in"):
+        _kernels.pack_sconv_weights(np.ones((4, 3, 0, 3), np.float32))
+
+
+def test_bad_inputs_are_named(packed):
+    x = np.ones((1, 5, 5, 3), np.float32)
+    with pytest.raises(TypeError, match="x must have dtype float32, got uint8"):
+        _kernels.sconv2d(x.astype(np.uint8), packed)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        _kernels.sconv2d(np.ones((5, 5, 3), np.float32), packed)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, H, W, C\] with C = 3"):
+        _kernels.sconv2d(np.ones((1, 5, 5, 4), np.float32), packed)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        _kernels.sconv2d(np.ones((1, 3, 5, 5), np.float32).transpose(0, 2, 3, 1), packed)
+    with pytest.raises(ValueError, match="does not fit the padded input"):
+        _kernels.sconv2d(np.ones((1, 2, 2, 3), np.float32), packed)
+    with pytest.raises(ValueError, match="stride must hold 2 integers"):
+        _kernels.sconv2d(x, packed, stride=(1, 1, 1))
+    with pytest.raises(ValueError, match="padding must hold 4 integers"):
+        _kernels.sconv2d(x, packed, padding=(1, 1))
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        _kernels.sconv2d(x, packed, np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"residual must have the shape of the result "
+                                         r"\(1, 3, 3, 4\)"):
+        _kernels.sconv2d(x, packed, residual=np.ones((1, 5, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="unknown activation 'elu'"):
+        _kernels.sconv2d(x, packed, activation="elu")
+
+
+def test_results_go_into_a_given_out_array(packed):
+    x = np.ones((1, 5, 5, 3), np.float32)
+    out = np.full((1, 3, 3, 4), np.nan, np.float32)
+    assert _kernels.sconv2d(x, packed, out=out) is out
+    assert_matches(out, np.full((1, 3, 3, 4), 27.0, np.float32), name="out=")
+    shared = np.ones((1, 3, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        _kernels.sconv2d(shared.reshape(-1)[:27].reshape(1, 3, 3, 3), packed,
+                         padding=(1, 1, 1, 1), out=shared)
