@@ -672,6 +672,27 @@ PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
     return nimbus::kernels::pack_sgemm_weights(data, n, k, path);
 }
 
+// act(x) as a new float32 array of x's shape, for any C-contiguous float32 x.
+py::array activation(const py::object& x_object, const std::string& name) {
+    if (!py::isinstance<py::array>(x_object)) {
+        throw py::type_error("x must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(x_object.ptr())->tp_name));
+    }
+    const auto ndim = py::reinterpret_borrow<py::array>(x_object).ndim();
+    const py::array x = checked_array<float>(x_object, "x", ndim, "(any shape)");
+    const auto kind = nimbus::kernels::activation_from_name(name);
+    py::array out(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + ndim));
+    const auto count = static_cast<std::size_t>(x.size());
+    const auto* source = static_cast<const float*>(x.data());
+    auto* target = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        std::copy(source, source + count, target);
+        nimbus::kernels::activate(target, count, kind, nimbus::kernels::selected_isa());
+    }
+    return out;
+}
+
 // The epilogue of a float kernel whose result has `shape` and `channels` output channels,
 // once bias [channels] and residual (of the result's shape) are checked. It points into
 // `bias` and `residual`, which the caller keeps alive.
@@ -979,6 +1000,9 @@ PYBIND11_MODULE(_kernels, module) {
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
                "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
                "threads and out as for sgemm.");
+    module.def("activation", &activation, py::arg("x"), py::arg("activation"),
+               "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "
+               "silu,\nsigmoid, tanh or hardswish, as the float kernels' epilogues compute it.");
     module.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
                py::arg("padding"), py::arg("dilation"), py::arg("out_hw"), py::kw_only(),
                py::arg("threads") = 1,

@@ -143,6 +143,16 @@ Isa sgemm_path(Isa isa) {
     return isa == Isa::avx2 && !fma ? Isa::portable : isa;
 }
 
+void activate(float* data, std::size_t count, Activation activation, Isa isa) {
+#ifdef NIMBUS_X86_KERNELS
+    if (sgemm_path(isa) == Isa::avx512_vnni) {
+        activate_avx512(data, count, activation);
+        return;
+    }
+#endif
+    activate_portable(data, count, activation);
+}
+
 PackedSgemmWeights pack_sgemm_weights(const float* w, std::size_t n, std::size_t k, Isa isa) {
     PackedSgemmWeights packed;
     packed.isa = sgemm_path(isa);

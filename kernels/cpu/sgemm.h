@@ -67,6 +67,10 @@ void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& wei
 void sgemm(const float* a, std::size_t m, const PackedSgemmWeights& weights,
            const SgemmEpilogue& epilogue, float* out, std::size_t threads);
 
+// act(data) in place for `count` floats, vectorized on the AVX-512 path: the activations of the
+// epilogue, for layers whose activation the compiler could not fuse into them.
+void activate(float* data, std::size_t count, Activation activation, Isa isa);
+
 // The path that float kernels of `isa` run: Isa::avx2 needs FMA as well, which isa.cpp does
 // not check, so an AVX2 CPU without FMA runs the portable path.
 Isa sgemm_path(Isa isa);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _kernels
 from .common import in_float32, numpy_dtype
 from .registry import kernel, without_types
 
@@ -163,12 +164,27 @@ def _unary(name: str, fn) -> None:
 
 _unary("relu", lambda x, a: np.maximum(x, 0))
 _unary("relu6", lambda x, a: np.clip(x, 0, 6))
-_unary("hardswish", lambda x, a: x * np.clip(x + 3, 0, 6) / 6)
+
+
+def _native_activation(name: str, numpy_form):
+    """The native kernel's activation for contiguous float32 input (one vectorized pass, not
+    numpy's several), else ``numpy_form``."""
+    def run(x, a):
+        native = name(a) if callable(name) else name
+        if native and x.dtype == np.float32 and x.flags.c_contiguous and x.size:
+            return _kernels.activation(x, native)
+        return numpy_form(x, a)
+    return run
+
+
+_unary("hardswish", _native_activation("hardswish", lambda x, a: x * np.clip(x + 3, 0, 6) / 6))
 _unary("hardsigmoid", lambda x, a: np.clip(x + 3, 0, 6) / 6)
-_unary("sigmoid", lambda x, a: sigmoid(x))
-_unary("tanh", lambda x, a: np.tanh(x))
-_unary("silu", lambda x, a: x * sigmoid(x))
-_unary("gelu", lambda x, a: gelu_kernel(x, a.get("approximate", "none")))
+_unary("sigmoid", _native_activation("sigmoid", lambda x, a: sigmoid(x)))
+_unary("tanh", _native_activation("tanh", lambda x, a: np.tanh(x)))
+_unary("silu", _native_activation("silu", lambda x, a: x * sigmoid(x)))
+_unary("gelu", _native_activation(
+    lambda a: {"none": "gelu", "tanh": "gelu_tanh"}.get(a.get("approximate", "none")),
+    lambda x, a: gelu_kernel(x, a.get("approximate", "none"))))
 _unary("exp", lambda x, a: np.exp(x))
 _unary("log", lambda x, a: np.log(x))
 _unary("sqrt", lambda x, a: np.sqrt(x))

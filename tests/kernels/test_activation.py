@@ -1,0 +1,30 @@
+"""The native activation pass (the float kernels' epilogue activations on their own) against
+float64 references, and its argument checks."""
+
+import numpy as np
+import pytest
+from checks import assert_matches
+from nimbus.runtime import _kernels
+from test_sgemm import ACTIVATIONS
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("shape", [(1,), (17,), (3, 5, 33), (128, 3072)])
+def test_activation_matches_the_reference(name, shape):
+    x = (np.random.default_rng(list(shape)).standard_normal(shape) * 6).astype(np.float32)
+    x.flat[0] = -40.0  # saturated tails
+    if x.size > 1:
+        x.flat[1] = 40.0
+    actual = _kernels.activation(x, name)
+    assert actual.shape == x.shape and actual is not x
+    assert_matches(actual.astype(np.float64), ACTIVATIONS[name](x.astype(np.float64)),
+                   name=name, rtol=1e-5)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        _kernels.activation(np.zeros(3, np.float32), "swish")
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.activation(np.zeros(3), "relu")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.activation(np.zeros((4, 4), np.float32)[:, ::2], "relu")
