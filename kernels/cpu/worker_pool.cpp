@@ -1,6 +1,8 @@
 #include "worker_pool.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -8,6 +10,11 @@
 
 namespace nimbus::kernels {
 namespace {
+
+// How long a helper keeps watching for the next region after finishing one before it sleeps:
+// waking a sleeping thread takes tens to hundreds of microseconds, as long as a small layer, and
+// the layers of a model follow each other microseconds apart.
+constexpr std::chrono::microseconds kSpin{200};
 
 class WorkerPool {
 public:
@@ -46,6 +53,15 @@ private:
         std::uint64_t seen = 0;
         std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
+            if (generation_ == seen) {
+                lock.unlock();
+                const auto until = std::chrono::steady_clock::now() + kSpin;
+                while (generation_.load(std::memory_order_relaxed) == seen &&
+                       std::chrono::steady_clock::now() < until) {
+                    std::this_thread::yield();
+                }
+                lock.lock();
+            }
             wake_.wait(lock, [&] { return generation_ != seen; });
             seen = generation_;
             if (unclaimed_ == 0) {
@@ -70,7 +86,8 @@ private:
     std::condition_variable wake_;
     std::condition_variable finished_;
     const std::function<void()>* task_ = nullptr;
-    std::uint64_t generation_ = 0;
+    // Changed under mutex_; atomic so that a spinning helper may read it without the lock.
+    std::atomic<std::uint64_t> generation_{0};
     std::size_t unclaimed_ = 0;
     std::size_t running_ = 0;
 };
