@@ -32,5 +32,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('AIP_HTTP_PORT') or os.environ.get('SAGEMAKER_BIND_TO_PORT') or '8080'; urllib.request.urlopen(f'http://127.0.0.1:{port}/ping', timeout=2)"]
 # The server loads artifacts for the CPU until it takes a target option (`--target cuda`); the
 # image is ready for it: torch, Triton and the CUDA libraries are in place.
+# The server runs its models on the GPU (`--target`'s default comes from here).
+ENV NIMBUS_TARGET=cuda
 ENTRYPOINT ["python", "-m", "nimbus.runtime.server.entrypoint"]
 CMD []

@@ -355,6 +355,9 @@ def serve(
                                   "before 503."),
     workers: int = typer.Option(2, "--workers", help="Threads running each model."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request before 504."),
+    target: str = typer.Option("cpu", "--target", envvar="NIMBUS_TARGET",
+                               help="cpu, or cuda (the GPU backend; needs the cuda extra and "
+                               "torch)."),
     stall_timeout: Optional[float] = typer.Option(
         None, "--stall-timeout", help="A run longer than this makes its model not ready "
         "(default: twice --timeout)."),
@@ -402,8 +405,8 @@ def serve(
                    api_token=api_token, azure_routes=(azure_liveness_route, azure_readiness_route,
                                                       azure_scoring_route),
                    tls_certfile=tls_certfile, tls_keyfile=tls_keyfile, tls_ca_certs=tls_ca_certs,
-                   stall_timeout_s=stall_timeout)
-    except ValueError as err:
+                   stall_timeout_s=stall_timeout, target=target)
+    except (ValueError, ImportError) as err:  # ImportError: --target cuda without torch
         _fail(str(err))
 
 

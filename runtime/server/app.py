@@ -51,6 +51,7 @@ class ServerConfig:
     # A run going on longer than this makes its model not ready (None: twice timeout_s, so that
     # only a run far beyond any request's patience counts as hung).
     stall_timeout_s: float | None = None
+    target: str = "cpu"          # where management-loaded sessions run
     vertex_health_route: str | None = None
     vertex_predict_route: str | None = None
     azure_liveness_route: str | None = None
@@ -107,7 +108,8 @@ class Server:
                 raise ValueError(f"{option} must not be empty")
         self.config = config
         self.metrics = Metrics()
-        self.repository = Repository(config.model_repository) if config.model_repository else None
+        self.repository = (Repository(config.model_repository, config.target)
+                           if config.model_repository else None)
         self.families: dict[str, Family] = {}
         self.order: list[str] = []  # names in the order first served: the first is the default
         for name, versions in sessions.items():

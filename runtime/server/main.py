@@ -93,8 +93,9 @@ def model_paths(paths: Sequence[Path | str], environ: Mapping[str, str] = os.env
     return found
 
 
-def load_models(paths: Sequence[Path | str], name: str | None = None) -> dict[str, Session]:
-    """{name: Session}, named by file stem; ``name`` renames a single model."""
+def load_models(paths: Sequence[Path | str], name: str | None = None,
+                target: str = "cpu") -> dict[str, Session]:
+    """{name: Session} on ``target``, named by file stem; ``name`` renames a single model."""
     files = model_paths(paths)
     if name is not None and len(files) != 1:
         raise ValueError(f"--name names one model; {len(files)} are given")
@@ -104,15 +105,15 @@ def load_models(paths: Sequence[Path | str], name: str | None = None) -> dict[st
         if key in sessions:
             raise ValueError(f"two models are named '{key}'")
         try:
-            sessions[key] = Session(path)
+            sessions[key] = Session(path, target)
         except ArtifactError as err:
             raise ValueError(f"{path}: {err}") from None
     return sessions
 
 
-def load_repository(root: Path | str) -> dict[str, dict[str, Session]]:
+def load_repository(root: Path | str, target: str = "cpu") -> dict[str, dict[str, Session]]:
     """{name: {version: Session}} for every ROOT/name/version/model.nimbus, all verified."""
-    repository = Repository(root)
+    repository = Repository(root, target)
     models: dict[str, dict[str, Session]] = {}
     for name in repository.names():
         if not repository.versions(name):
@@ -152,7 +153,8 @@ def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | N
           model_repository: Path | str | None = None, management_token: str | None = None,
           api_token: str | None = None, azure_routes: Sequence[str | None] = (None, None, None),
           tls_certfile: str | None = None, tls_keyfile: str | None = None,
-          tls_ca_certs: str | None = None, stall_timeout_s: float | None = None) -> None:
+          tls_ca_certs: str | None = None, stall_timeout_s: float | None = None,
+          target: str = "cpu") -> None:
     """Load the models and serve them until SIGTERM or SIGINT; returns after a graceful drain.
 
     ``max_batch_size`` / ``max_batch_delay_ms`` are strings ``"8"`` (every model) or
@@ -169,9 +171,9 @@ def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | N
     if model_repository is not None:
         # A remote repository is fetched whole; management loads read that copy.
         model_repository = fetch(as_folder(model_repository))
-        models.update(load_repository(model_repository))
+        models.update(load_repository(model_repository, target))
     if paths or model_repository is None:
-        for key, session in load_models(paths, name).items():
+        for key, session in load_models(paths, name, target).items():
             if key in models:
                 raise ValueError(f"two models are named '{key}' (an artifact and the repository)")
             models[key] = session
@@ -179,7 +181,7 @@ def serve(paths: Sequence[Path | str], *, name: str | None = None, host: str | N
     batch_delay, batch_delays = per_model(max_batch_delay_ms, "--max-batch-delay-ms", float)
     platform = detect_platform()
     config = ServerConfig(max_body_bytes=max_body_bytes, max_queue=max_queue, workers=workers,
-                          timeout_s=timeout_s, stall_timeout_s=stall_timeout_s,
+                          timeout_s=timeout_s, stall_timeout_s=stall_timeout_s, target=target,
                           vertex_health_route=os.environ.get("AIP_HEALTH_ROUTE"),
                           vertex_predict_route=os.environ.get("AIP_PREDICT_ROUTE"),
                           azure_liveness_route=azure_routes[0],
@@ -243,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--target", choices=("cpu", "cuda"),
+                        default=os.environ.get("NIMBUS_TARGET", "cpu"),
+                        help="run the models on the CPU or, with the cuda extra, on the GPU "
+                             "(default NIMBUS_TARGET, else cpu)")
     parser.add_argument("--stall-timeout", type=float, default=None,
                         help="a run longer than this makes its model not ready "
                              "(default: twice --timeout)")
@@ -277,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               azure_routes=(args.azure_liveness_route, args.azure_readiness_route,
                             args.azure_scoring_route),
               tls_certfile=args.tls_certfile, tls_keyfile=args.tls_keyfile,
-              tls_ca_certs=args.tls_ca_certs, stall_timeout_s=args.stall_timeout)
-    except ValueError as err:
+              tls_ca_certs=args.tls_ca_certs, stall_timeout_s=args.stall_timeout,
+              target=args.target)
+    except (ValueError, ImportError) as err:  # ImportError: --target cuda without torch
         parser.exit(1, f"error: {err}\n")

@@ -37,8 +37,9 @@ def version_key(version: str) -> int:
 
 
 class Repository:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, target: str = "cpu"):
         self.root = Path(root)
+        self.target = target  # where its sessions run: "cpu" or "cuda"
         if not self.root.is_dir():
             raise ValueError(f"model repository {root} is not a folder")
         self._resolved = self.root.resolve()
@@ -77,7 +78,7 @@ class Repository:
         if not path.is_file() or not self._inside(path):
             raise RequestError(404, f"the model repository has no {shown}")
         try:
-            return Session(path)
+            return Session(path, self.target)
         except (ArtifactError, ValueError, OSError) as err:
             message = str(err).replace(str(path), shown).replace(str(self.root), "<repository>")
             raise RequestError(400, f"{shown} is not a valid artifact: {message}") from None

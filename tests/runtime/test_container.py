@@ -179,3 +179,15 @@ def test_cpu_image_serves_sagemaker_from_its_entrypoint(serve_python, checked_ru
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_gpu_image_serves_on_the_gpu_by_default(monkeypatch):
+    final_stage = stages(DOCKERFILES["gpu"])[-1]
+    assert ("ENV", "NIMBUS_TARGET=cuda") in final_stage
+    from nimbus.runtime.server import main as server_main
+
+    seen = {}
+    monkeypatch.setenv("NIMBUS_TARGET", "cuda")
+    monkeypatch.setattr(server_main, "serve", lambda paths, **options: seen.update(options))
+    server_main.main(["m.nimbus"])
+    assert seen["target"] == "cuda"
