@@ -648,9 +648,9 @@ def print_report(results: dict, config: dict) -> None:
     print(f"models at batch {' and '.join(map(str, BATCHES))}; {config['threads']} threads for "
           f"ONNX Runtime (intra-op), PyTorch and numpy's BLAS; median ms over repeats, "
           f"timed in {config['rounds']} interleaved rounds (runs, min and max in the JSON)")
-    print(f"nimbus: native int8 kernels on {config['threads']} threads; float ops are numpy "
-          f"(BLAS limited to {config['threads']} threads: {config['blas_threads_limited']}); "
-          f"ISA path {config['isa']}")
+    print(f"nimbus: native int8 and float layer kernels on {config['threads']} threads, other "
+          f"ops numpy (BLAS limited to {config['threads']} threads: "
+          f"{config['blas_threads_limited']}); ISA path {config['isa']}")
     print(f"calibration (nimbus and ORT int8): {config['calibration_batches']} batches of "
           f"{config['calibration_batch']} random inputs; {config['cpu_count']} CPUs, load average "
           f"{config['load_average_start'][0]:.2f} at the start, {config['load_average_end'][0]:.2f} "
