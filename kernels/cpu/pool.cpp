@@ -1,9 +1,7 @@
 #include "pool.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -58,14 +56,9 @@ void pool_row(const Element* x, const PoolGeometry& g, std::size_t row, Element*
 
 template <typename Element>
 void pool_rows(const void* x, const PoolGeometry& g, void* out, std::size_t threads) {
-    const std::size_t rows = g.batch * g.out_h;
-    std::atomic<std::size_t> next_row{0};
-    const std::function<void()> run_rows = [&] {
-        for (std::size_t row = next_row++; row < rows; row = next_row++) {
-            pool_row(static_cast<const Element*>(x), g, row, static_cast<Element*>(out));
-        }
-    };
-    run_on_pool(std::min(threads, rows) - 1, run_rows);
+    parallel_for(g.batch * g.out_h, threads, [&](std::size_t row) {
+        pool_row(static_cast<const Element*>(x), g, row, static_cast<Element*>(out));
+    });
 }
 
 }  // namespace

@@ -191,14 +191,8 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
         kernel = run_depthwise_avx512;
     }
 #endif
-    const std::size_t rows = g.batch * g.out_h;
-    std::atomic<std::size_t> next_row{0};
-    const std::function<void()> run_rows = [&] {
-        for (std::size_t row = next_row++; row < rows; row = next_row++) {
-            kernel(task, row, row + 1);
-        }
-    };
-    run_on_pool(std::min(threads, rows) - 1, run_rows);
+    parallel_for(g.batch * g.out_h, threads,
+                 [&](std::size_t row) { kernel(task, row, row + 1); });
 }
 
 }  // namespace

@@ -103,4 +103,17 @@ void run_on_pool(std::size_t helpers, const std::function<void()>& task) {
     }
 }
 
+void parallel_for(std::size_t count, std::size_t threads,
+                  const std::function<void(std::size_t)>& body) {
+    if (count == 0) {
+        return;
+    }
+    std::atomic<std::size_t> next_item{0};
+    run_on_pool(std::min(std::max<std::size_t>(threads, 1), count) - 1, [&] {
+        for (std::size_t item = next_item++; item < count; item = next_item++) {
+            body(item);
+        }
+    });
+}
+
 }  // namespace nimbus::kernels

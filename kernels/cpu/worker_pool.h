@@ -15,4 +15,9 @@ namespace nimbus::kernels {
 // session's GEMM) runs `task` on the calling thread alone, so threads never oversubscribe.
 void run_on_pool(std::size_t helpers, const std::function<void()>& task);
 
+// Calls body(item) once for every item in [0, count), the items taken in order from a shared
+// counter by the calling thread and up to threads - 1 pooled helpers.
+void parallel_for(std::size_t count, std::size_t threads,
+                  const std::function<void(std::size_t)>& body);
+
 }  // namespace nimbus::kernels
