@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -23,6 +21,7 @@ import pytest
 from models.cases import converted
 from nimbus.runtime.server.entrypoint import server_args
 from nimbus.runtime.server.main import KSERVE_MODEL_DIR, SAGEMAKER_MODEL_DIR, default_model_location
+from test_server import free_port, wait_until_serving
 
 import nimbus
 
@@ -112,12 +111,6 @@ def test_default_model_location_follows_the_platform(tmp_path):
     assert default_model_location({"AIP_STORAGE_URI": "gs://b/m", "SM_MODEL_DIR": "/x"}) == "gs://b/m/"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_python(wheel, fresh_python, tmp_path_factory) -> Path:
     """What the CPU image installs: the wheel with the `serve` extra, at this checkout's versions."""
@@ -152,15 +145,7 @@ def test_cpu_image_serves_sagemaker_from_its_entrypoint(serve_python, checked_ru
                                    stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_serving(process, f"{base}/ping", log_path, timeout_s=60)
         response = httpx.post(f"{base}/invocations", json={"instances": x.tolist()}, timeout=30)
         assert response.status_code == 200, response.text
         np.testing.assert_allclose(np.array(response.json()["predictions"], np.float32),

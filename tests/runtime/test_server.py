@@ -487,6 +487,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_serving(process, url: str, log_path, timeout_s: float = 30) -> None:
+    """Polls ``url`` until it answers 200; fails with the server's log if the process exits or
+    the time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def running_server(arguments: list[str], tmp_path, env=None):
     """A real server process on a free loopback port, ready to serve: yields (process, base URL,
@@ -498,15 +512,7 @@ def running_server(arguments: list[str], tmp_path, env=None):
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_serving(process, f"{base}/v2/health/ready", log_path)
         yield process, base, log_path
     finally:
         if process.poll() is None:
