@@ -132,6 +132,14 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     selected = [m for m in kernels.KERNEL_MODULES if not args.only or m in args.only.split(",")]
     rows = []
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "triton": triton.__version__, "rows": rows}
+
+    def save() -> None:  # after every case, so a run cut short still leaves its numbers
+        report.update(seconds=time.monotonic() - start, tuning=autotune.cache().export())
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=1))
+
     for module_name in selected:
         try:
             module = importlib.import_module(f"nimbus.kernels.triton.{module_name}")
@@ -144,18 +152,11 @@ def main(argv=None) -> int:
             row = run_case(case, args.budget_s - (time.monotonic() - start))
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
+            save()
         del cases
         torch.cuda.empty_cache()
 
-    report = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__, "triton": triton.__version__,
-        "seconds": time.monotonic() - start,
-        "rows": rows,
-        "tuning": autotune.cache().export(),
-    }
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=1))
+    save()
     print(f"\n{report['device']}, torch {report['torch']}, triton {report['triton']}, "
           f"{report['seconds']:.0f} s")
     print(format_table(rows))

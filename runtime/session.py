@@ -97,11 +97,7 @@ class Session:
         """Run the model on named inputs; returns its outputs by name."""
         values: list = list(self._constant_slots)
         bindings: dict[str, int] = {}
-        names = [name for name, _, _ in self._inputs]
-        missing = [n for n in names if n not in feeds]
-        unknown = [n for n in feeds if n not in names]
-        if missing or unknown:
-            raise SessionError(f"inputs must be exactly {names}; missing {missing}, unexpected {unknown}")
+        self._check_names(feeds)
         for name, slot, info in self._inputs:
             values[slot] = self._checked_input(name, feeds[name], info, bindings)
         token = NATIVE_THREADS.set(self.threads)
@@ -126,18 +122,29 @@ class Session:
             for slot in step.release:
                 values[slot] = None
 
+    def _check_names(self, feeds: Mapping) -> None:
+        names = [name for name, _, _ in self._inputs]
+        missing = [n for n in names if n not in feeds]
+        unknown = [n for n in feeds if n not in names]
+        if missing or unknown:
+            raise SessionError(f"inputs must be exactly {names}; missing {missing}, unexpected {unknown}")
+
+    @staticmethod
+    def _check_shape(name: str, shape: tuple, info: TensorInfo, bindings: dict) -> None:
+        """The input's shape against its declared one, binding symbolic dims (N) on the way."""
+        if len(shape) != len(info.shape):
+            raise SessionError(f"input '{name}' must have shape {list(info.shape)}, got {list(shape)}")
+        for axis, (dim, actual) in enumerate(zip(info.shape, shape)):
+            problem = bind_dim(dim, actual, bindings)
+            if problem:
+                raise SessionError(f"input '{name}' axis {axis} ({list(info.shape)}): {problem}")
+
     def _checked_input(self, name: str, array, info: TensorInfo, bindings: dict) -> np.ndarray:
         array = np.asarray(array)
         expected = np.dtype(DTYPES[info.dtype])
         if array.dtype != expected:
             raise SessionError(f"input '{name}' must be {info.dtype} ({expected}), got {array.dtype}")
-        if array.ndim != len(info.shape):
-            raise SessionError(f"input '{name}' must have shape {list(info.shape)}, got "
-                               f"{list(array.shape)}")
-        for axis, (dim, actual) in enumerate(zip(info.shape, array.shape)):
-            problem = bind_dim(dim, actual, bindings)
-            if problem:
-                raise SessionError(f"input '{name}' axis {axis} ({list(info.shape)}): {problem}")
+        self._check_shape(name, array.shape, info, bindings)
         return np.ascontiguousarray(array)
 
     # ---- plan validation ----------------------------------------------------------------------

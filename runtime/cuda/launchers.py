@@ -388,7 +388,10 @@ def _gather(data, indices, attrs):
     axis = normalize_axis(attrs["axis"], data.dim())
     size = data.shape[axis]
     flat = indices.reshape(-1).to(torch.int64)
-    if flat.numel() and bool(((flat < -size) | (flat >= size)).any()):
+    # A CUDA graph cannot read the indices on the host: the session checks them before the
+    # replay instead (CudaSession._gather_index_bounds).
+    if (flat.numel() and not (flat.is_cuda and torch.cuda.is_current_stream_capturing())
+            and bool(((flat < -size) | (flat >= size)).any())):
         raise IndexError(f"gather index out of range [-{size}, {size})")
     flat = torch.where(flat < 0, flat + size, flat)
     picked = torch.index_select(data, axis, flat)

@@ -25,9 +25,11 @@ a list of slots local to the call (activations are released after their last use
 numpy copies. On a real CUDA device with CUDA graphs enabled (default; NIMBUS_CUDA_GRAPHS=0
 turns them off), the first run for each input signature is captured into a
 torch.cuda.CUDAGraph after one eager warm-up run (which also autotunes), and later runs with
-that signature copy the inputs into the graph's static buffers and replay it. Plans with a
-gather (its bounds check reads the indices on the host) run eagerly. That path needs a GPU: it
-is not exercised by the CPU-interpreter tests.
+that signature copy the inputs into the graph's static buffers and replay it. A gather's bounds
+check reads its indices on the host, which a graph cannot hold: when every gather's indices are
+a model input (token ids) or known at load time, those are checked before the replay instead;
+plans with computed indices run eagerly. That path needs a GPU: it is not exercised by the
+CPU-interpreter tests.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ import numpy as np
 from ..artifact import Artifact, ArtifactError
 from ..session import Session, bound_attrs
 from .policy import LAYOUT_OPS, TORCH_FALLBACK_OPS, CudaUnsupportedError
+
+# Ops whose result holds only values of their first operand (so gather indices keep their range).
+INDEX_PRESERVING_OPS = frozenset({"reshape", "permute", "slice", "expand"})
 
 MAX_GRAPHS = 8  # captured input signatures kept per session
 
@@ -77,13 +82,16 @@ class CudaSession(Session):
         torch, launchers = _import_backend()
         self._torch, self._launchers_module = torch, launchers
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:  # "cuda" means the current one
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self._merge_tuning()
         self._build(launchers)
         self._graphs: dict[tuple, tuple] = {}
         self._graphs_lock = threading.Lock()
+        self._index_bounds = self._gather_index_bounds()
         self._use_graphs = (self.device.type == "cuda" and torch.cuda.is_available()
                             and os.environ.get("NIMBUS_CUDA_GRAPHS", "1") != "0"
-                            and not any(step.op == "gather" for step in self._steps))
+                            and self._index_bounds is not None)
 
     # ---- loading ------------------------------------------------------------------------------
     def _merge_tuning(self) -> None:
@@ -121,6 +129,52 @@ class CudaSession(Session):
             for slot, array in enumerate(self._constant_slots)]
         self._step_launchers = built
 
+    def _gather_index_bounds(self) -> dict[int, int] | None:
+        """Where every gather's indices come from, so a CUDA graph can hold the gathers.
+
+        A gather checks its indices on the host, which a captured graph cannot do. When each
+        gather's indices are a model input (through layout ops) or are known at load time
+        (a constant, or a `full`), the check moves out of the graph: known indices are checked
+        here, once, and inputs before each run. Returns {input position: exclusive bound on
+        |index|} for those inputs, or None when some gather's indices are computed (the session
+        then runs eagerly). Raises ArtifactError for known indices out of range.
+        """
+        producer = {slot: step for step in self._steps for slot in step.results}
+        input_position = {slot: i for i, (_, slot, _) in enumerate(self._inputs)}
+        bounds: dict[int, int] = {}
+        for step in self._steps:
+            if step.op != "gather":
+                continue
+            data = self._constant_slots[step.operands[0]]
+            slot = step.operands[1]
+            while slot in producer and producer[slot].op in INDEX_PRESERVING_OPS:
+                slot = producer[slot].operands[0]
+            if data is None:
+                return None
+            size = data.shape[step.attrs["axis"] % data.ndim]
+            if slot in input_position:
+                position = input_position[slot]
+                bounds[position] = min(bounds.get(position, size), size)
+                continue
+            known = self._constant_slots[slot]
+            if known is None and slot in producer and producer[slot].op == "full":
+                known = np.asarray(producer[slot].attrs["value"])
+            if known is None:
+                return None
+            if known.size and (known.min() < -size or known.max() >= size):
+                raise ArtifactError(f"gather ({step.source or 'no source'}): constant index out "
+                                    f"of range [-{size}, {size})")
+        return bounds
+
+    def _check_indices(self, inputs: list) -> None:
+        """The gathers' bounds check for the inputs that feed them, naming the input (one
+        device sync per run)."""
+        for position, size in self._index_bounds.items():
+            indices = inputs[position]
+            if indices.numel() and bool(((indices < -size) | (indices >= size)).any()):
+                raise IndexError(f"input '{self._inputs[position][0]}' holds a gather index out "
+                                 f"of range [-{size}, {size})")
+
     # ---- metadata -----------------------------------------------------------------------------
     def kernel_table(self) -> dict[str, str]:
         """op -> how this session runs it: "triton:<module>.<launcher>" or "torch" (a layout op
@@ -140,23 +194,47 @@ class CudaSession(Session):
     # ---- running ------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs (numpy); returns its outputs by name (numpy copies)."""
-        from ..session import SessionError
-
-        names = [name for name, _, _ in self._inputs]
-        missing = [n for n in names if n not in feeds]
-        unknown = [n for n in feeds if n not in names]
-        if missing or unknown:
-            raise SessionError(f"inputs must be exactly {names}; missing {missing}, unexpected {unknown}")
+        self._check_names(feeds)
         bindings: dict[str, int] = {}
         arrays = [self._checked_input(name, feeds[name], info, bindings)
                   for name, _, info in self._inputs]
         to_device, to_numpy = self._launchers_module.to_device, self._launchers_module.to_numpy
-        inputs = [to_device(array, self.device) for array in arrays]
-        if self._use_graphs:
-            outputs = self._replay(inputs, bindings)
-        else:
-            outputs = self._execute(inputs, bindings)
+        outputs = self._run_tensors([to_device(array, self.device) for array in arrays], bindings)
         return {name: to_numpy(tensor) for (name, _, _), tensor in zip(self._outputs, outputs)}
+
+    def run_device(self, feeds: Mapping[str, object]) -> dict[str, object]:
+        """`run` with torch tensors on the session's device in and out, so nothing crosses to the
+        host (as ONNX Runtime's I/O binding does). Inputs are read, never kept or written; the
+        outputs are new tensors that the caller owns."""
+        from ..session import SessionError
+
+        self._check_names(feeds)
+        torch, dtypes = self._torch, self._launchers_module.TORCH_DTYPES
+        bindings: dict[str, int] = {}
+        inputs = []
+        for name, _, info in self._inputs:
+            tensor = feeds[name]
+            if not isinstance(tensor, torch.Tensor):
+                raise SessionError(f"input '{name}' must be a torch.Tensor, got {type(tensor).__name__}")
+            if tensor.dtype != dtypes[info.dtype]:
+                raise SessionError(f"input '{name}' must be {info.dtype} ({dtypes[info.dtype]}), "
+                                   f"got {tensor.dtype}")
+            if tensor.device != self.device:
+                raise SessionError(f"input '{name}' must be on {self.device}, got {tensor.device}")
+            self._check_shape(name, tuple(tensor.shape), info, bindings)
+            inputs.append(tensor.contiguous())
+        outputs = self._run_tensors(inputs, bindings)
+        if not self._use_graphs:  # eager results can be views of inputs or session constants
+            outputs = [t.clone() if t._base is not None or any(t is c for c in (*inputs, *self._device_constants))
+                       else t for t in outputs]
+        return {name: tensor for (name, _, _), tensor in zip(self._outputs, outputs)}
+
+    def _run_tensors(self, inputs: list, bindings: dict) -> list:
+        if self._index_bounds:
+            self._check_indices(inputs)
+        if self._use_graphs:
+            return self._replay(inputs, bindings)
+        return self._execute(inputs, bindings)
 
     def _execute(self, inputs: list, bindings: dict) -> list:
         """Run every step on device tensors; returns the output tensors in order."""

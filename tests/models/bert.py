@@ -83,8 +83,10 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         # [N, S] -> [N, 1, 1, S]: 0 where attended, -10000 at padding, added to every head's scores.
-        additive_mask = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
-        return self.layer(self.embeddings(input_ids), additive_mask)
+        hidden_states = self.embeddings(input_ids)
+        # In the model's own precision, as transformers' extended attention mask is.
+        additive_mask = (1.0 - attention_mask[:, None, None, :].to(hidden_states.dtype)) * -10000.0
+        return self.layer(hidden_states, additive_mask)
 
 
 def bert_encoder(seed: int = 0) -> BertEncoder:

@@ -89,6 +89,75 @@ def test_kernel_table_and_load_through_the_public_api(tmp_path):
         Session(path, target="tpu")
 
 
+def test_run_device_keeps_tensors_on_the_device_and_checks_them():
+    from nimbus.runtime.session import SessionError
+
+    _, graph = converted("lenet")
+    session = Session(nimbus.compile(graph).data, target="cuda")
+    x = torch.randn(2, 3, 32, 32)
+    expected = session.run({"x": x.numpy()})
+    outputs = session.run_device({"x": x})
+    assert list(outputs) == list(expected)
+    for name, tensor in outputs.items():
+        assert isinstance(tensor, torch.Tensor) and tensor.device == session.device
+        np.testing.assert_array_equal(tensor.numpy(), expected[name])
+    for feeds, message in [({"x": x.numpy()}, "must be a torch.Tensor"),
+                           ({"x": x.double()}, "must be f32"),
+                           ({"x": x[:, :2]}, "axis 1"),
+                           ({"y": x}, "missing")]:
+        with pytest.raises(SessionError, match=message):
+            session.run_device(feeds)
+
+
+def test_run_device_results_never_alias_inputs_or_session_constants():
+    class Passthrough(nn.Module):
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1), x
+
+    compiled = nimbus.compile(Passthrough().eval(), (torch.randn(2, 3, 4),))
+    session = Session(compiled.data, target="cuda")
+    x = torch.randn(2, 3, 4)
+    for tensor in session.run_device({"x": x}).values():
+        tensor.zero_()
+    assert torch.count_nonzero(x) == x.numel()
+
+
+def test_gather_indices_are_checked_before_the_run_naming_the_input():
+    """Token ids feed the embedding gather: their range is checked on the input (where a CUDA
+    graph replay needs it), and the error names the input."""
+    _, graph = converted("bert_encoder")
+    session = Session(nimbus.compile(graph).data, target="cuda")
+    feeds = feeds_for("bert_encoder", graph, 2)
+    ids = next(name for name, array in feeds.items() if array.max() > 1)
+    position = [spec.name for spec in session.inputs].index(ids)
+    vocabulary = session._index_bounds[position]
+    assert vocabulary > feeds[ids].max()
+    feeds[ids] = feeds[ids].copy()
+    feeds[ids][1, 0] = vocabulary
+    with pytest.raises(IndexError, match=f"input '{ids}' holds a gather index out of range"):
+        session.run(feeds)
+    feeds[ids][1, 0] = -vocabulary  # negative indices count from the end, as in numpy
+    np.testing.assert_allclose(session.run(feeds)[session.outputs[0].name],
+                               Session(nimbus.compile(graph).data).run(feeds)[session.outputs[0].name],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_computed_gather_indices_keep_the_session_eager():
+    class ComputedIndices(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            return self.table(ids * 2)
+
+    compiled = nimbus.compile(ComputedIndices().eval(), (torch.tensor([[1, 2]]),))
+    session = Session(compiled.data, target="cuda")
+    assert session._index_bounds is None
+    with pytest.raises(RuntimeError, match="gather index out of range"):
+        session.run({session.inputs[0].name: np.array([[1, 7]], np.int64)})
+
+
 def test_a_plan_with_ops_without_kernels_is_refused_listing_them():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     compiled = nimbus.compile(model, (torch.randn(2, 8),), pipeline="canonicalize,quantize{mode=dynamic}")
