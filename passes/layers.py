@@ -16,9 +16,10 @@ WEIGHT_LAYERS = {"conv2d": 0, "fused_conv2d": 0, "linear": 0, "fused_linear": 0,
                  "matmul": -1, "fused_matmul": -1}
 
 
-def excluded_by_name(node: Node, patterns: list[str]) -> bool:
-    """The layer's weight name or module path matches an ``exclude`` pattern (as in quantize)."""
-    names = [node.operands[1].name, node.loc.scope]
+def excluded_by_name(node: Node, patterns: list[str], weight: Value | None = None) -> bool:
+    """The layer's weight name (operand 1 unless `weight` is given) or module path matches an
+    ``exclude`` pattern (as in quantize)."""
+    names = [(weight or node.operands[1]).name, node.loc.scope]
     return any(fnmatch.fnmatch(name, pattern) for pattern in patterns for name in names if name)
 
 

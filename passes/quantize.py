@@ -238,7 +238,7 @@ class _Settings:
 def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
              calibration: str = "percentile", percentile: float = 99.99, activations: str = "u8",
              exclude: str = "", random_data: bool = False, min_sqnr: float = 0.0,
-             max_drop: float = -1.0) -> bool:
+             max_drop: float = -1.0, embeddings: bool = True) -> bool:
     """Static post-training int8 quantization. Calibration data (given to run_passes or compile
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
@@ -250,6 +250,8 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     ``mode=dynamic`` needs no calibration: linear layers become dynamic_qlinear, which quantizes
     each batch's input from its own range at run time (for transformer linears);
     ``mode=weight-only`` stores conv and linear weights in int8 and dequantizes them when run.
+    Embedding tables (float constants read only by lookups) are stored in int8 in every mode,
+    with symmetric per-column scales: the lookup picks int8 rows and a dequantize follows.
     With an accuracy budget, the most sensitive layers fall back to float until it holds:
     ``min-sqnr`` is a floor on each layer's output SQNR against float, and ``max-drop`` bounds
     the drop of the user's metric (``metric=`` and optionally ``evaluation=`` data given to
@@ -264,6 +266,7 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     random-data: calibrate on random inputs when no data is given (with a warning)
     min-sqnr: layers whose output SQNR (dB) against float falls below this stay in float
     max-drop: largest allowed drop of the user's metric; negative means no metric budget
+    embeddings: store embedding tables in int8 (default true)
     """
     if mode not in ("static", "dynamic", "weight-only"):
         raise PassFailure(f"mode must be static, dynamic or weight-only, got '{mode}'")
@@ -280,8 +283,59 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     settings = _Settings(mode, calibration, percentile, DType.parse(activations), patterns,
                          random_data)
     if min_sqnr <= 0 and max_drop < 0:
-        return _quantize_layers(graph, ctx, settings, frozenset())
-    return _quantize_within_budget(graph, ctx, settings, min_sqnr, max_drop)
+        changed = _quantize_layers(graph, ctx, settings, frozenset())
+    else:
+        changed = _quantize_within_budget(graph, ctx, settings, min_sqnr, max_drop)
+    if embeddings:
+        changed = _quantize_embeddings(graph, ctx, list(patterns)) or changed
+    return changed
+
+
+EMBEDDING_MIN_ELEMENTS = 4096  # smaller tables save less than their dequantize costs
+
+
+def _quantize_embeddings(graph: Graph, ctx: PassContext, exclude: list[str]) -> bool:
+    """Store embedding tables in int8: f32 constants of rank 2 read only by lookups along axis 0
+    (gathers of non-constant indices). Scales are symmetric per column, the axis every looked-up
+    row keeps, so the lookup picks int8 rows and one dequantize gives the floats back. A table
+    that something else reads as well (a layer kept in float, an output) stays float; a layer
+    quantized with it has its own int8 copy by then."""
+    uses = graph.uses()
+    tables: dict[Value, Value] = {}  # float table -> its int8 copy
+    for node in list(graph.nodes):
+        if node.op != "gather":
+            continue
+        table, indices = node.operands
+        if (not table.is_constant or table.type.dtype != DType.f32 or table.type.rank != 2
+                or indices.is_constant or node.attrs["axis"] not in (0, -2)):
+            continue
+        if any(user is None or user.op != "gather" or user.operands[0] is not table
+               for user in uses[table]):
+            ctx.count("kept-float: embedding table has other uses")
+            continue
+        if table.data.size < EMBEDDING_MIN_ELEMENTS:
+            ctx.count("kept-float: small embedding table")
+            continue
+        if excluded_by_name(node, exclude, weight=table):
+            ctx.count("kept-float: excluded by name")
+            continue
+        if table not in tables:
+            peaks = np.abs(table.data).max(axis=0).astype(np.float64)
+            quant = QuantParams(np.where(peaks > 0, peaks / WEIGHT_LEVELS, 1.0), [0], axis=1)
+            tables[table] = graph.add_constant(graph.unique_constant_name(f"{table.name}.q"),
+                                               quantize_array(table.data, quant, DType.i8), quant)
+        lookup = graph.add_node("gather", [tables[table], indices], dict(node.attrs), node.loc,
+                                before=node)
+        result = graph.add_node("dequantize", [lookup.result], {}, node.loc, before=node)
+        ctx.touched(lookup)
+        ctx.touched(result)
+        graph.replace_all_uses(node.result, result.result)
+    if not tables:
+        return False
+    remove_dead_nodes(graph)
+    graph.remove_unused_constants()
+    ctx.count("embedding-tables-quantized", len(tables))
+    return True
 
 
 def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,

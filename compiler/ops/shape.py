@@ -13,7 +13,7 @@ from nimbus.runtime.cpu_ops.shape import split_reference as _split_reference
 
 from ..dims import Dim, floordiv, product, simplify
 from ..dtypes import DType
-from ..ir import TensorType
+from ..ir import QuantParams, TensorType
 from .common import normalize_axis, require_same_dtype
 from .registry import Attr, define
 
@@ -148,7 +148,13 @@ def _gather_infer(types, a):
     if indices.dtype not in (DType.u8, DType.i32, DType.i64):
         raise ValueError(f"indices must be u8, i32 or i64, got {indices}")
     axis = normalize_axis(a["axis"], data.rank)
-    return TensorType(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]))
+    quant = data.quant
+    if quant is not None and quant.axis is not None:  # the scales' axis moves with the picked slices
+        if quant.axis == axis:
+            raise ValueError(f"cannot gather along axis {axis}, which holds the quantization scales")
+        if quant.axis > axis:
+            quant = QuantParams(quant.scale, quant.zero_point, quant.axis + indices.rank - 1)
+    return TensorType(data.dtype, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]), quant)
 
 
 define("gather", "Pick slices along `axis` by index (embedding lookup, index_select, codebook "
