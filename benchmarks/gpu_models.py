@@ -141,8 +141,9 @@ class ModelRun:
 
     # ---- nimbus -----------------------------------------------------------------------------
     def nimbus(self, label: str) -> None:
-        import nimbus
         from nimbus.runtime.session import Session
+
+        import nimbus
 
         variant = self.row["variants"].setdefault(label, {})
         dtype = torch.float16 if label == "fp16" else torch.float32
@@ -224,7 +225,7 @@ def benchmark(name: str, bench, args, device, deadline: float, save) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'model':<10} {'variant':<12} {'check':<22} {'ms':>8} {'run ms':>8} {'first s':>8}  "
-             f"peer/nimbus"]
+             + "peer/nimbus"]
     for row in rows:
         peers = {k: v["ms"] for k, v in row["peers"].items() if "ms" in v}
         for label, v in row["variants"].items():

@@ -25,9 +25,10 @@ int8: tl.dot multiplies int8 by int8 into int32, so uint8 activations are shifte
 with shift = 128 for uint8 and 0 for int8, and sum_k w precomputed per output channel by
 `pack_conv_weights`. A tap in the padding must be a real zero, i.e. x = a_zp: the kernel loads
 it as a_zp, so that its (a_zp - shift) * w cancels against the correction. The int32 epilogue is
-the reference's: + bias, then either requantization per output channel (`_common.requantize`,
-clamp bounds carrying a fused ReLU/ReLU6), or f32(acc) * scale[o] followed by ReLU/ReLU6, or the
-raw int32 accumulators. Integer kernels launch with `INTEGER_LAUNCH`, so that no multiply-add
+the reference's: + bias, then f32(acc) * scale[o] plus an optional quantized residual's
+f32(r - r_zp) * R, either requantized per output channel (`_common.round_and_clamp`, clamp
+bounds carrying a fused ReLU/ReLU6) or followed by ReLU/ReLU6 as float32; or the raw int32
+accumulators. Integer kernels launch with `INTEGER_LAUNCH`, so that no multiply-add
 is fused and the float32 rounding matches the reference bit for bit.
 
 Float: fp32 accumulation, then act(acc + bias + residual) in fp32, stored in the input dtype.
@@ -46,7 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACTIVATION_CODES, FLOAT_DTYPES, INTEGER_LAUNCH, activate, activation_code, requantize
+from ._common import (ACTIVATION_CODES, FLOAT_DTYPES, INTEGER_LAUNCH, activate, activation_code,
+                      round_and_clamp)
 from .autotune import config, register_space, shape_key, tuned
 from .bench import BenchCase, mismatches, relative_error
 
@@ -225,20 +227,26 @@ def _store_tile(out_ptr, result, rows, row_mask, channels, channel_mask, O):
 
 # ---- epilogues ----------------------------------------------------------------------------------
 @triton.jit
-def _finish_integer(acc, channels, channel_mask, bias_ptr, scale_ptr, out_zero_point, lo, hi,
-                    HAS_BIAS: tl.constexpr, RESULT: tl.constexpr, ACTIVATION: tl.constexpr):
-    """int32 accumulators [rows, channels] -> the integer op's result, as the reference does it."""
+def _finish_integer(acc, rows, row_mask, channels, channel_mask, O, bias_ptr, scale_ptr,
+                    residual_ptr, out_zero_point, lo, hi, residual_zero_point, residual_scale,
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RESULT: tl.constexpr,
+                    ACTIVATION: tl.constexpr):
+    """int32 accumulators [rows, channels] -> the integer op's result, as the reference does it:
+    f32(acc) * scale[o], plus f32(r - r_zp) * residual_scale for a quantized residual, then
+    rounded and clamped (REQUANTIZED) or activated (DEQUANTIZED)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + channels, mask=channel_mask, other=0)[None, :]
+    if RESULT == ACCUMULATORS:
+        return acc
+    scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
+    scaled = acc.to(tl.float32) * scale[None, :]
+    if HAS_RESIDUAL:
+        r = tl.load(residual_ptr + rows[:, None] * O + channels[None, :],
+                    mask=row_mask[:, None] & channel_mask[None, :], other=0)
+        scaled += (r.to(tl.int32) - residual_zero_point).to(tl.float32) * residual_scale
     if RESULT == REQUANTIZED:
-        multiplier = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
-        result = requantize(acc, multiplier[None, :], out_zero_point, lo, hi)
-    elif RESULT == DEQUANTIZED:
-        scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
-        result = activate(acc.to(tl.float32) * scale[None, :], ACTIVATION)
-    else:
-        result = acc
-    return result
+        return round_and_clamp(scaled, out_zero_point, lo, hi)
+    return activate(scaled, ACTIVATION)
 
 
 @triton.jit
@@ -262,10 +270,13 @@ def qconv2d_kernel(
     weight_sums_ptr,    # [O] int32: sum over K of each output channel's weights
     bias_ptr,           # [O] int32 bias (not read without HAS_BIAS)
     scale_ptr,          # [O] float32 requantization multiplier or dequantization scale
+    residual_ptr,       # [N, OH, OW, O] uint8/int8 quantized residual (read only if HAS_RESIDUAL)
     out_ptr,            # [N, OH, OW, O] result: uint8/int8, float32 or int32 (RESULT)
     a_zero_point,       # activation zero point (the value of padding)
     out_zero_point,     # result zero point (REQUANTIZED)
     lo, hi,             # result clamp bounds, carrying a fused ReLU/ReLU6 (REQUANTIZED)
+    residual_zero_point,  # the residual's zero point
+    residual_scale,     # float32 s_r / s_out (REQUANTIZED) or s_r (DEQUANTIZED)
     M,                  # N * OH * OW output pixels
     H, W, C,            # input height, width and channels
     OH, OW, O,          # output height, width and channels
@@ -276,6 +287,7 @@ def qconv2d_kernel(
     stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
     A_UNSIGNED: tl.constexpr,   # activations are uint8 (shifted to int8 for tl.dot)
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     RESULT: tl.constexpr,       # REQUANTIZED, DEQUANTIZED or ACCUMULATORS
     ACTIVATION: tl.constexpr,   # ACTIVATION_CODES entry applied to a DEQUANTIZED result
     TAP_ALIGNED: tl.constexpr,  # group_channels % BLOCK_K == 0
@@ -300,8 +312,9 @@ def qconv2d_kernel(
         acc -= (a_zero_point - 128) * weight_sums[None, :]
     else:
         acc -= a_zero_point * weight_sums[None, :]
-    result = _finish_integer(acc, channels, column_mask, bias_ptr, scale_ptr, out_zero_point,
-                             lo, hi, HAS_BIAS, RESULT, ACTIVATION)
+    result = _finish_integer(acc, rows, row_mask, channels, column_mask, O, bias_ptr, scale_ptr,
+                             residual_ptr, out_zero_point, lo, hi, residual_zero_point,
+                             residual_scale, HAS_BIAS, HAS_RESIDUAL, RESULT, ACTIVATION)
     _store_tile(out_ptr, result, rows, row_mask, channels, column_mask, O)
 
 
@@ -350,16 +363,20 @@ def depthwise_qconv2d_kernel(
     w_ptr,              # [KH * KW, C] int8 packed depthwise weights (channels contiguous)
     bias_ptr,           # [C] int32 bias (not read without HAS_BIAS)
     scale_ptr,          # [C] float32 requantization multiplier or dequantization scale
+    residual_ptr,       # [N, OH, OW, C] uint8/int8 quantized residual (read only if HAS_RESIDUAL)
     out_ptr,            # [N, OH, OW, C] result: uint8/int8, float32 or int32 (RESULT)
     a_zero_point,       # activation zero point (the value of padding)
     out_zero_point,     # result zero point (REQUANTIZED)
     lo, hi,             # result clamp bounds, carrying a fused ReLU/ReLU6 (REQUANTIZED)
+    residual_zero_point,  # the residual's zero point
+    residual_scale,     # float32 s_r / s_out (REQUANTIZED) or s_r (DEQUANTIZED)
     M,                  # N * OH * OW output pixels
     H, W, C,            # input height, width and channels (= output channels)
     OH, OW,             # output height and width
     KH, KW,             # kernel height and width
     stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
     HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
     RESULT: tl.constexpr,       # REQUANTIZED, DEQUANTIZED or ACCUMULATORS
     ACTIVATION: tl.constexpr,   # ACTIVATION_CODES entry applied to a DEQUANTIZED result
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -374,8 +391,9 @@ def depthwise_qconv2d_kernel(
                               channel_mask, H, W, C, KW, dilation_h, dilation_w, a_zero_point)
         acc += (x.to(tl.int32) - a_zero_point) * w.to(tl.int32)[None, :]
 
-    result = _finish_integer(acc, channels, channel_mask, bias_ptr, scale_ptr, out_zero_point,
-                             lo, hi, HAS_BIAS, RESULT, ACTIVATION)
+    result = _finish_integer(acc, pixels, pixel_mask, channels, channel_mask, C, bias_ptr,
+                             scale_ptr, residual_ptr, out_zero_point, lo, hi, residual_zero_point,
+                             residual_scale, HAS_BIAS, HAS_RESIDUAL, RESULT, ACTIVATION)
     _store_tile(out_ptr, result, pixels, pixel_mask, channels, channel_mask, C)
 
 
@@ -562,6 +580,11 @@ def _vector(name: str, values, dtype: torch.dtype, length: int, device) -> torch
     return values.to(device).contiguous()
 
 
+def _int_range(dtype: torch.dtype) -> tuple[int, int]:
+    info = torch.iinfo(dtype)
+    return info.min, info.max
+
+
 def _check_integer(name: str, value, lo: int, hi: int) -> None:
     if not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
@@ -615,31 +638,54 @@ def _launch_conv(name: str, key: str, x: torch.Tensor, packed: PackedConvWeights
     launch(tuned(name, key, x, launch))
 
 
+@dataclass(frozen=True)
+class QuantizedResidual:
+    """A quantized residual added in the integer epilogue: f32(r - zero_point) * scale, with r
+    uint8/int8 NHWC of the result's shape and scale = s_r / s_out (s_r for a float32 result)."""
+
+    tensor: torch.Tensor
+    zero_point: int = 0
+    scale: float = 0.0
+
+
 def _integer_conv(x, packed, a_zero_point, bias, scale, out_dtype, out_zero_point, lo, hi, result,
-                  activation, stride, padding, dilation) -> torch.Tensor:
+                  activation, stride, padding, dilation,
+                  residual: QuantizedResidual | None = None) -> torch.Tensor:
     """Validate the integer operands and launch the GEMM or depthwise kernel (result `out_dtype`)."""
     _check_activations(x, packed, (torch.uint8, torch.int8), "integer")
     if packed.dtype != torch.int8:
         raise ValueError(f"the integer convolution needs int8 packed weights, got {packed.dtype}")
-    info = torch.iinfo(x.dtype)
-    _check_integer("a_zero_point", a_zero_point, info.min, info.max)
+    _check_integer("a_zero_point", a_zero_point, *_int_range(x.dtype))
     geometry = _geometry(x, packed, stride, padding, dilation)
     channels = packed.out_channels
     bias = None if bias is None else _vector("bias", bias, torch.int32, channels, x.device)
     scale = None if scale is None else _vector("scale", scale, torch.float32, channels, x.device)
-    out = torch.empty((geometry.batch, geometry.out_height, geometry.out_width, channels),
-                      dtype=out_dtype, device=x.device)
+    out_shape = (geometry.batch, geometry.out_height, geometry.out_width, channels)
+    out = torch.empty(out_shape, dtype=out_dtype, device=x.device)
+    if residual is not None:
+        r = residual.tensor
+        if not isinstance(r, torch.Tensor) or r.dtype not in (torch.uint8, torch.int8):
+            raise ValueError("the residual must be a uint8 or int8 tensor")
+        if tuple(r.shape) != out_shape or not r.is_contiguous() or r.device != x.device:
+            raise ValueError(f"the residual must be contiguous on {x.device} with the result's "
+                             f"shape {out_shape}, got {tuple(r.shape)} on {r.device}")
+        _check_integer("residual zero point", residual.zero_point, *_int_range(r.dtype))
     # Unused pointers still need a tensor: the result stands in.
     bias_arg = out if bias is None else bias
     scale_arg = out if scale is None else scale
-    scalars = (a_zero_point, out_zero_point, lo, hi, geometry.rows, geometry.height,
+    residual_arg = out if residual is None else residual.tensor
+    scalars = (a_zero_point, out_zero_point, lo, hi,
+               0 if residual is None else residual.zero_point,
+               0.0 if residual is None else float(residual.scale), geometry.rows, geometry.height,
                geometry.width, x.shape[3], geometry.out_height, geometry.out_width)
-    flags = {"HAS_BIAS": bias is not None, "RESULT": result,
+    flags = {"HAS_BIAS": bias is not None, "HAS_RESIDUAL": residual is not None, "RESULT": result,
              "ACTIVATION": ACTIVATION_CODES[activation]}
     key = _conv_key(x, packed, geometry, f"{('requant', 'f32', 's32')[result]}"
-                    f"{'+bias' if bias is not None else ''}+{activation}")
+                    f"{'+bias' if bias is not None else ''}"
+                    f"{'+residual' if residual is not None else ''}+{activation}")
 
-    _launch_conv("qconv2d", key, x, packed, geometry, (bias_arg, scale_arg, out), scalars, flags,
+    _launch_conv("qconv2d", key, x, packed, geometry, (bias_arg, scale_arg, residual_arg, out),
+                 scalars, flags,
                  depthwise_qconv2d_kernel, qconv2d_kernel, gemm_pointers=(packed.weight_sums,),
                  gemm_flags={"A_UNSIGNED": x.dtype == torch.uint8}, launch_flags=INTEGER_LAUNCH)
     return out
@@ -647,9 +693,10 @@ def _integer_conv(x, packed, a_zero_point, bias, scale, out_dtype, out_zero_poin
 
 def qconv2d(x: torch.Tensor, packed: PackedConvWeights, a_zero_point: int, bias, multiplier,
             out_zero_point: int, lo: int, hi: int, out_dtype: str, *, stride=(1, 1),
-            padding=(0, 0, 0, 0), dilation=(1, 1)) -> torch.Tensor:
-    """Requantized int8 convolution: clamp(rint_f32(f32(acc) * multiplier[o]) + out_zero_point,
-    lo, hi) as NHWC [N, OH, OW, O] of out_dtype "u8" or "s8".
+            padding=(0, 0, 0, 0), dilation=(1, 1),
+            residual: QuantizedResidual | None = None) -> torch.Tensor:
+    """Requantized int8 convolution: clamp(rint_f32(f32(acc) * multiplier[o] [+ residual term])
+    + out_zero_point, lo, hi) as NHWC [N, OH, OW, O] of out_dtype "u8" or "s8".
 
     acc = sum (x - a_zero_point) * w + bias[o] in int32 over the taps inside the image; x is
     [N, H, W, C] uint8 or int8, bias int32 [O] or None, multiplier float32 [O]
@@ -663,19 +710,21 @@ def qconv2d(x: torch.Tensor, packed: PackedConvWeights, a_zero_point: int, bias,
     _check_integer("lo", lo, info.min, info.max)
     _check_integer("hi", hi, lo, info.max)
     return _integer_conv(x, packed, a_zero_point, bias, multiplier, QUANTIZED_RESULTS[out_dtype],
-                         out_zero_point, lo, hi, REQUANTIZED, "none", stride, padding, dilation)
+                         out_zero_point, lo, hi, REQUANTIZED, "none", stride, padding, dilation,
+                         residual)
 
 
 def qconv2d_f32(x: torch.Tensor, packed: PackedConvWeights, a_zero_point: int, bias, scale, *,
                 activation: str = "none", stride=(1, 1), padding=(0, 0, 0, 0),
-                dilation=(1, 1)) -> torch.Tensor:
-    """Dequantized int8 convolution: activation(f32(acc) * scale[o]) as float32 NHWC, with
-    scale = requant_multiplier(s_in, s_w) and activation "none", "relu" or "relu6"."""
+                dilation=(1, 1), residual: QuantizedResidual | None = None) -> torch.Tensor:
+    """Dequantized int8 convolution: activation(f32(acc) * scale[o] [+ residual term]) as
+    float32 NHWC, with scale = requant_multiplier(s_in, s_w) and activation "none", "relu" or
+    "relu6"."""
     if activation not in INTEGER_ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(INTEGER_ACTIVATIONS)}, "
                          f"got {activation!r}")
     return _integer_conv(x, packed, a_zero_point, bias, scale, torch.float32, 0, 0, 0,
-                         DEQUANTIZED, activation, stride, padding, dilation)
+                         DEQUANTIZED, activation, stride, padding, dilation, residual)
 
 
 def qconv2d_s32(x: torch.Tensor, packed: PackedConvWeights, a_zero_point: int = 0, bias=None, *,

@@ -192,20 +192,6 @@ def _conv(step, ctx: Context) -> Launcher:
     return Launcher("triton:conv.conv2d", run, frozenset({1}) if packed is not None else frozenset())
 
 
-def _integer_epilogue(acc, out_dtype: str, multiplier, zero_point: int, lo: int, hi: int,
-                      activation: str, residual, residual_zero_point: int, factor):
-    """The CPU backend's epilogue (quant.finish_integer_op) in torch, on int32 accumulators whose
-    last axis is the channel: each float32 step is one torch op, so it rounds as numpy does."""
-    scaled = acc.to(torch.float32) * multiplier
-    if residual is not None:
-        term = (residual.to(torch.int32) - residual_zero_point).to(torch.float32) * factor
-        scaled = scaled + term
-    if out_dtype == "f32":
-        return _f32_activation(scaled, activation)
-    q = torch.round(scaled).to(torch.int64) + zero_point  # round: half to even, as np.rint
-    return torch.clamp(q, lo, hi).to(TORCH_DTYPES[out_dtype])
-
-
 def _integer_layer(step) -> tuple[float, int, list, str]:
     """(input scale, input zero point, weight scales, result dtype) of a qconv2d / qlinear step
     whose result type and activation the integer kernels support."""
@@ -234,27 +220,29 @@ def _qconv(step, ctx: Context) -> Launcher:
         lo, hi = activation_bounds(a["activation"], out_dtype, a["scale"], a["zero_point"])
         zero_point = int(a["zero_point"])
     multiplier = ctx.tensor(_channels(multiplier, channels))
-    factor = None if residual_info is None else ctx.tensor(np.asarray(residual_info[1], np.float32))
 
     def run(xs, attrs):
         x, w, bias, residual = _operands(xs, 4)
         weights = packed if packed is not None else tri_conv.pack_conv_weights(w, groups)
+        quantized_residual = None
+        if residual is not None:  # added in the kernel's epilogue, laid out like its result
+            out_hw = output_hw(x.shape, weights.kernel, geometry["stride"], geometry["padding"],
+                               geometry["dilation"])
+            quantized_residual = tri_conv.QuantizedResidual(
+                _nhwc(torch.broadcast_to(residual, (x.shape[0], channels, *out_hw))),
+                residual_info[0], float(residual_info[1]))
         x = _nhwc(x)
-        if residual is not None:
-            acc = tri_conv.qconv2d_s32(x, weights, input_zero, bias, **geometry)
-            out = _integer_epilogue(acc, out_dtype, multiplier, zero_point, lo, hi, a["activation"],
-                                    _nhwc(torch.broadcast_to(residual, _nchw(acc).shape)),
-                                    residual_info[0], factor)
-        elif out_dtype == "f32":
+        if out_dtype == "f32":
             out = tri_conv.qconv2d_f32(x, weights, input_zero, bias, multiplier,
-                                       activation=a["activation"], **geometry)
+                                       activation=a["activation"], residual=quantized_residual,
+                                       **geometry)
         else:
             out = tri_conv.qconv2d(x, weights, input_zero, bias, multiplier, zero_point, lo, hi,
-                                   _CONV_RESULTS[out_dtype], **geometry)
+                                   _CONV_RESULTS[out_dtype], residual=quantized_residual,
+                                   **geometry)
         return [_nchw(out)]
 
-    name = "triton:conv.qconv2d_s32 + torch epilogue" if residual_info else (
-        "triton:conv.qconv2d_f32" if out_dtype == "f32" else "triton:conv.qconv2d")
+    name = "triton:conv.qconv2d_f32" if out_dtype == "f32" else "triton:conv.qconv2d"
     return Launcher(name, run, frozenset({1}) if packed is not None else frozenset())
 
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 from checks import assert_matches
 from nimbus.compiler.dtypes import DType
+from nimbus.compiler.ir import QuantParams
 from nimbus.compiler.ops import get_op
 from nimbus.compiler.ops.nn import conv2d_nchw
 from nimbus.compiler.ops.quant import activation_bounds, requant_multiplier
 from nimbus.kernels.triton._common import interpreting
 from nimbus.kernels.triton.conv import (
     MAX_WINDOW_DEPTH,
+    QuantizedResidual,
     conv2d,
     pack_conv_weights,
     qconv2d,
@@ -24,6 +26,7 @@ from nimbus.kernels.triton.conv import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/kernels: qconv_reference
+from nimbus.runtime.cpu_ops.quant import residual_factor
 from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
 
 # name: (N, C, H, W, O, (KH, KW), stride, padding [top, left, bottom, right], dilation, groups).
@@ -96,6 +99,65 @@ def test_integer_results_match_the_reference(geometry, a_type, device):
         actual = qconv2d(x, packed, problem.a_zero_point, problem.bias, multiplier, zero_point,
                          lo, hi, out_dtype, **keywords)
         assert_matches(actual.cpu().numpy(), expected, name=f"{name} {out_dtype} {activation}")
+
+
+RESIDUAL_GEOMETRIES = ("1x1", "3x3 stride 2 asymmetric", "groups 2", "depthwise 3x3")
+
+
+@pytest.mark.parametrize("residual_type", A_RANGES)
+@pytest.mark.parametrize("geometry", RESIDUAL_GEOMETRIES)
+def test_quantized_residual_in_the_epilogue_matches_the_reference(geometry, residual_type, device):
+    """The epilogue adds f32(r - r_zp) * f32(s_r / s_out) before rounding, bit for bit as the
+    reference's qconv2d with a residual operand, for every result type (depthwise included)."""
+    geometry = GEOMETRIES[geometry]
+    problem = make_problem(geometry, "u8", [12, *geometry[:5]])
+    packed = pack_conv_weights(torch.from_numpy(problem.w).to(device), problem.groups)
+    x = torch.from_numpy(problem.x).to(device)
+    keywords = geometry_keywords(problem)
+    shape = tuple(qconv2d_s32(x, packed, problem.a_zero_point, **keywords).shape)
+    rng = np.random.default_rng([6, *shape])
+    dtype, low, high = A_RANGES[residual_type]
+    values = rng.integers(low, high, size=shape, dtype=dtype, endpoint=True)
+    residual = (values, 0.07, int(rng.integers(low, high, endpoint=True)))
+    quant = QuantParams([residual[1]], [residual[2]])
+    on_device = torch.from_numpy(values).to(device)
+
+    def quantized(output_scale):
+        return QuantizedResidual(on_device, residual[2], float(residual_factor(quant, output_scale)))
+
+    expected = problem.reference("f32", activation="relu", residual=residual)
+    actual = qconv2d_f32(x, packed, problem.a_zero_point, problem.bias,
+                         requant_multiplier(problem.a_scale, problem.w_scales), activation="relu",
+                         residual=quantized(1.0), **keywords)
+    assert_matches(bits(actual.cpu().numpy()), bits(expected), name=f"{residual_type} f32 relu")
+
+    out_scale = float(np.abs(expected).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    for dtype, out_dtype, activation, zero_point in REQUANTIZED["u8"]:
+        expected = problem.reference(dtype, out_scale, zero_point, activation, residual)
+        lo, hi = activation_bounds(activation, DType(dtype), out_scale, zero_point)
+        actual = qconv2d(x, packed, problem.a_zero_point, problem.bias, multiplier, zero_point,
+                         lo, hi, out_dtype, residual=quantized(out_scale), **keywords)
+        assert_matches(actual.cpu().numpy(), expected,
+                       name=f"{residual_type} residual {out_dtype} {activation}")
+
+
+def test_a_residual_must_be_integer_with_the_results_shape(device):
+    problem = make_problem(GEOMETRIES["1x1"], "u8", [13])
+    packed = pack_conv_weights(torch.from_numpy(problem.w).to(device), problem.groups)
+    x = torch.from_numpy(problem.x).to(device)
+    keywords = geometry_keywords(problem)
+    shape = tuple(qconv2d_s32(x, packed, problem.a_zero_point, **keywords).shape)
+    scale = requant_multiplier(problem.a_scale, problem.w_scales)
+    for tensor, message in [(torch.zeros(shape, dtype=torch.float32), "uint8 or int8"),
+                            (torch.zeros((1, *shape[1:]), dtype=torch.uint8), "result's shape")]:
+        with pytest.raises(ValueError, match=message):
+            qconv2d_f32(x, packed, problem.a_zero_point, problem.bias, scale,
+                        residual=QuantizedResidual(tensor.to(device), 0, 0.5), **keywords)
+    with pytest.raises(ValueError, match="residual zero point"):
+        qconv2d_f32(x, packed, problem.a_zero_point, problem.bias, scale,
+                    residual=QuantizedResidual(torch.zeros(shape, dtype=torch.uint8).to(device),
+                                               300, 0.5), **keywords)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
