@@ -47,8 +47,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACTIVATION_CODES, FLOAT_DTYPES, INTEGER_LAUNCH, activate, activation_code,
-                      round_and_clamp)
+from ._common import (
+    ACTIVATION_CODES,
+    FLOAT_DTYPES,
+    INTEGER_LAUNCH,
+    activate,
+    activation_code,
+    round_and_clamp,
+)
 from .autotune import config, register_space, shape_key, tuned
 from .bench import BenchCase, mismatches, relative_error
 
