@@ -10,7 +10,7 @@ the CPU through Triton's interpreter (TRITON_INTERPRET=1).
 from __future__ import annotations
 
 # The kernel modules, each with its launchers and `benchmark_cases()`.
-KERNEL_MODULES = ("gemm", "conv", "elementwise", "softmax", "layernorm", "attention")
+KERNEL_MODULES = ("gemm", "conv", "elementwise", "softmax", "layernorm", "attention", "quantize")
 
 # The backend table: op (nimbus.compiler.ops) -> "module.launcher" that runs it. Elementwise ops
 # run as one-op regions of the fused elementwise template (`op_kernels` adds them).
@@ -25,6 +25,8 @@ OP_KERNELS = {
     "softmax": "softmax.softmax",
     "layer_norm": "layernorm.layer_norm",
     "attention": "attention.attention",
+    "quantize": "quantize.quantize",
+    "dequantize": "quantize.dequantize",
 }
 
 

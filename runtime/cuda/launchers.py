@@ -30,9 +30,10 @@ from nimbus.kernels.triton import conv as tri_conv
 from nimbus.kernels.triton import elementwise as tri_elementwise
 from nimbus.kernels.triton import gemm as tri_gemm
 from nimbus.kernels.triton import layernorm as tri_layernorm
+from nimbus.kernels.triton import quantize as tri_quantize
 from nimbus.kernels.triton import softmax as tri_softmax
 
-from ..cpu_ops.common import int_range, normalize_axis, numpy_dtype
+from ..cpu_ops.common import normalize_axis, numpy_dtype
 from ..cpu_ops.elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
 from ..cpu_ops.nn import output_hw
 from ..cpu_ops.quant import activation_bounds, requant_multiplier
@@ -502,46 +503,31 @@ def _reduction(kind):
     return run
 
 
-def _along(values, rank: int, axis: int, dtype, device) -> torch.Tensor:
-    """Per-axis parameters shaped to broadcast along `axis` (cpu_ops.quant.along_axis)."""
-    tensor = torch.as_tensor(np.asarray(values), dtype=dtype, device=device)
-    if tensor.numel() == 1:
-        return tensor.reshape(())
-    shape = [1] * rank
-    shape[axis] = tensor.numel()
-    return tensor.reshape(shape)
-
-
 def _quantize(step, ctx: Context) -> Launcher:
     a = step.attrs
-    rank = len(step.types[0].shape)
-    axis = a["axis"] if a["axis"] is not None else 0
-    # parameters go to the device once (no host copies while a CUDA graph is captured)
-    scale = _along(np.asarray(a["scale"], np.float32), rank, axis, torch.float32, ctx.device)
-    zero = _along(np.asarray(tuple(a["zero_point"]) or (0,), np.int64), rank, axis, torch.int64,
-                  ctx.device)
-    lo, hi = int_range(a["dtype"])
-    dtype = TORCH_DTYPES[str(a["dtype"])]
+    params = tri_quantize.QuantParameters(a["scale"], tuple(a["zero_point"]) or (0,), a["axis"],
+                                          len(step.types[0].shape), ctx.device)
+    dtype = str(a["dtype"])
+    if dtype not in tri_quantize.INTEGER_DTYPES:
+        raise Unsupported(f"quantize to {dtype} has no kernel")
 
     def run(xs, attrs):
-        q = torch.round(xs[0].to(torch.float32) / scale).to(torch.int64) + zero  # rint: half to even
-        return [torch.clamp(q, lo, hi).to(dtype)]
+        return [tri_quantize.quantize(xs[0], params, dtype)]
 
-    return Launcher("torch", run)
+    return Launcher("triton:quantize.quantize", run)
 
 
 def _dequantize(step, ctx: Context) -> Launcher:
     info = step.types[0]
     if info is None or info.quant is None:
         raise Unsupported("the operand has no quantization parameters")
-    axis = info.axis if info.axis is not None else 0
-    scale = _along(np.asarray(info.scale, np.float32), info.rank, axis, torch.float32, ctx.device)
-    zero = _along(np.asarray(info.zero_point, np.int32), info.rank, axis, torch.int32, ctx.device)
+    params = tri_quantize.QuantParameters(info.scale, info.zero_point, info.axis, info.rank,
+                                          ctx.device)
 
     def run(xs, attrs):
-        return [(xs[0].to(torch.int32) - zero).to(torch.float32) * scale]
+        return [tri_quantize.dequantize(xs[0], params)]
 
-    return Launcher("torch", run)
+    return Launcher("triton:quantize.dequantize", run)
 
 
 TORCH_FALLBACKS = {

@@ -68,12 +68,12 @@ def test_int8_models_are_bit_exact_with_the_cpu_backend(name):
     for batch in (1, 2):  # one artifact, any batch (symbolic N)
         session = assert_same(compiled.data, feeds_for(name, graph, batch, seed=batch), exact=True)
     table = session.kernel_table()
-    assert table["quantize"] == "torch"
+    assert table["quantize"] == "triton:quantize.quantize"
     assert table["qconv2d"].startswith("triton:conv.qconv2d")
     if name == "lenet":
         assert table["qlinear"] == "triton:gemm.qgemm"
         assert table["max_pool2d"] == "torch"
-        assert session.torch_ops() == {"layout": ["reshape"], "fallback": ["max_pool2d", "quantize"]}
+        assert session.torch_ops() == {"layout": ["reshape"], "fallback": ["max_pool2d"]}
 
 
 def test_kernel_table_and_load_through_the_public_api(tmp_path):
