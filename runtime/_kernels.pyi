@@ -174,3 +174,42 @@ def qconv2d_s32(
     out: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.int32]:
     """Return acc as int32 [N, OH, OW, O]."""
+
+# ---- float32 attention and row normalizations ----------------------------------------------
+# On selected_isa()'s path. Each row is computed in a fixed order: results do not depend on
+# threads.
+
+def attention(
+    q: npt.NDArray[np.float32],
+    k: npt.NDArray[np.float32],
+    v: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.bool_] | npt.NDArray[np.float32] | None = None,
+    scale: float | None = None,
+    *,
+    threads: int = 1,
+) -> npt.NDArray[np.float32]:
+    """Return softmax(q @ k^T * scale + mask) @ v as float32 [..., L, Dv].
+
+    q [..., L, D], k [..., S, D] and v [..., S, Dv] are C-contiguous with the same batch
+    dimensions, S >= 1. mask: bool (True = attend) or float32 (added to the scores),
+    C-contiguous and broadcastable to [..., L, S] (read through strides, never expanded).
+    scale defaults to 1 / sqrt(D). Rows whose scores are all -inf give zeros; a NaN or +inf
+    score makes its row NaN, as numpy's max-shifted softmax does.
+    """
+
+def layer_norm(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+    eps: float = 1e-5,
+    *,
+    threads: int = 1,
+) -> npt.NDArray[np.float32]:
+    """Return (x - mean) / sqrt(var + eps) * weight + bias over the last axis of C-contiguous
+    x [..., C]; the variance is that of x - mean (two passes). weight, bias: [C] or None."""
+
+def softmax(
+    x: npt.NDArray[np.float32], axis: int = -1, *, threads: int = 1
+) -> npt.NDArray[np.float32]:
+    """Return softmax over the last axis (axis -1 or x.ndim - 1 only) of C-contiguous x [..., C],
+    shifted by the row maximum; a row with NaN or +-inf as its maximum gives NaN."""

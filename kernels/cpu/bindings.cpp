@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "attention.h"
 #include "gemm.h"
 #include "isa.h"
 #include "pool.h"
@@ -822,6 +823,189 @@ py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
     return out;
 }
 
+// ---- float32 attention and row normalizations ----------------------------------------------
+
+// `object` as a C-contiguous float32 array of at least `min_ndim` dimensions, no copy.
+py::array checked_float_array(const py::object& object, const std::string& name,
+                              py::ssize_t min_ndim, const std::string& dims) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    const auto ndim = std::max(py::reinterpret_borrow<py::array>(object).ndim(), min_ndim);
+    return checked_array<float>(object, name, ndim, dims);
+}
+
+std::vector<py::ssize_t> shape_of(const py::array& array) {
+    return {array.shape(), array.shape() + array.ndim()};
+}
+
+// The mask of attention() broadcast to scores [batch dims..., L, S] through strides: bool or
+// float32, C-contiguous, each dimension (aligned from the right) 1 or the scores'. Fills
+// `batch_offsets` with the mask offset of each of the `batch` flattened batch indices.
+nimbus::kernels::AttentionMask checked_mask(const py::object& mask_object,
+                                            const std::vector<py::ssize_t>& scores,
+                                            std::size_t batch,
+                                            std::vector<std::size_t>& batch_offsets,
+                                            py::array& mask) {
+    nimbus::kernels::AttentionMask result;
+    if (mask_object.is_none()) {
+        return result;
+    }
+    if (!py::isinstance<py::array>(mask_object)) {
+        throw py::type_error("mask must be a numpy.ndarray or None, got " +
+                             std::string(Py_TYPE(mask_object.ptr())->tp_name));
+    }
+    mask = py::reinterpret_borrow<py::array>(mask_object);
+    if (mask.dtype().equal(py::dtype::of<bool>())) {
+        result.kind = nimbus::kernels::MaskKind::boolean;
+    } else if (mask.dtype().equal(py::dtype::of<float>())) {
+        result.kind = nimbus::kernels::MaskKind::additive;
+    } else {
+        throw py::type_error("mask must have dtype bool or float32, got " +
+                             std::string(py::str(mask.dtype())));
+    }
+    const auto ndim = static_cast<py::ssize_t>(scores.size());
+    if (mask.ndim() > ndim) {
+        throw py::value_error("mask " + attribute_text(mask, "shape") +
+                              " does not broadcast to the scores " + shape_text(scores));
+    }
+    if (!(mask.flags() & py::array::c_style)) {
+        throw py::value_error("mask must be C-contiguous; pass numpy.ascontiguousarray(mask)");
+    }
+    // Element strides of the mask aligned with the scores' dimensions; 0 where it broadcasts.
+    std::vector<std::size_t> strides(scores.size(), 0);
+    std::size_t stride = 1;
+    for (py::ssize_t axis = mask.ndim() - 1; axis >= 0; --axis) {
+        const py::ssize_t size = mask.shape(axis);
+        const auto target = static_cast<std::size_t>(ndim - mask.ndim() + axis);
+        if (size != 1 && size != scores[target]) {
+            throw py::value_error("mask " + attribute_text(mask, "shape") +
+                                  " does not broadcast to the scores " + shape_text(scores));
+        }
+        strides[target] = size == 1 ? 0 : stride;
+        stride *= static_cast<std::size_t>(size);
+    }
+    result.data = mask.data();
+    result.row_stride = strides[ndim - 2];
+    result.column_stride = strides[ndim - 1];
+    batch_offsets.assign(batch, 0);
+    for (std::size_t b = 0; b < batch; ++b) {
+        std::size_t rest = b;
+        for (py::ssize_t axis = ndim - 3; axis >= 0; --axis) {
+            const auto size = static_cast<std::size_t>(scores[axis]);
+            batch_offsets[b] += rest % size * strides[axis];
+            rest /= size;
+        }
+    }
+    result.batch_offsets = batch_offsets.data();
+    return result;
+}
+
+py::array attention(const py::object& q_object, const py::object& k_object,
+                    const py::object& v_object, const py::object& mask_object,
+                    const std::optional<double>& scale, long long threads) {
+    const py::array q = checked_float_array(q_object, "q", 2, "[..., L, D]");
+    const py::ssize_t ndim = q.ndim();
+    const py::array k = checked_array<float>(k_object, "k", ndim, "[..., S, D] like q");
+    const py::array v = checked_array<float>(v_object, "v", ndim, "[..., S, Dv] like q");
+    const py::ssize_t d = q.shape(ndim - 1);
+    const py::ssize_t s = k.shape(ndim - 2);
+    const bool same_batch = std::equal(q.shape(), q.shape() + ndim - 2, k.shape()) &&
+                            std::equal(q.shape(), q.shape() + ndim - 2, v.shape());
+    if (!same_batch || k.shape(ndim - 1) != d || v.shape(ndim - 2) != s) {
+        throw py::value_error("q [..., L, D], k [..., S, D] and v [..., S, Dv] must share their "
+                              "batch dimensions, D and S; got shapes " +
+                              attribute_text(q, "shape") + ", " + attribute_text(k, "shape") +
+                              " and " + attribute_text(v, "shape"));
+    }
+    if (s == 0) {
+        throw py::value_error("k and v must have at least one row (S >= 1): softmax over no "
+                              "scores is undefined");
+    }
+    nimbus::kernels::AttentionShape dims{};
+    dims.batch = 1;
+    for (py::ssize_t axis = 0; axis < ndim - 2; ++axis) {
+        dims.batch *= static_cast<std::size_t>(q.shape(axis));
+    }
+    std::vector<py::ssize_t> scores = shape_of(q);
+    scores.back() = s;
+    std::vector<std::size_t> batch_offsets;
+    py::array mask;
+    const auto attention_mask =
+        checked_mask(mask_object, scores, dims.batch, batch_offsets, mask);
+    const std::size_t thread_count = checked_threads(threads);
+    std::vector<py::ssize_t> shape = shape_of(q);
+    shape.back() = v.shape(ndim - 1);
+    py::array out(q.dtype(), shape);
+    dims.l = static_cast<std::size_t>(q.shape(ndim - 2));
+    dims.s = static_cast<std::size_t>(s);
+    dims.d = static_cast<std::size_t>(d);
+    dims.dv = static_cast<std::size_t>(shape.back());
+    // numpy's rounding: the scale in double, then float32.
+    const auto scale_value = static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(d)));
+    const auto* q_data = static_cast<const float*>(q.data());
+    const auto* k_data = static_cast<const float*>(k.data());
+    const auto* v_data = static_cast<const float*>(v.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::attention(q_data, k_data, v_data, attention_mask, scale_value, dims,
+                                   out_data, thread_count, nimbus::kernels::selected_isa());
+    }
+    return out;
+}
+
+py::array layer_norm(const py::object& x_object, const py::object& weight_object,
+                     const py::object& bias_object, double eps, long long threads) {
+    const py::array x = checked_float_array(x_object, "x", 1, "[..., C]");
+    const py::ssize_t channels = x.shape(x.ndim() - 1);
+    // The arrays stay referenced by the caller's arguments while the kernel runs.
+    const float* weight_data = nullptr;
+    const float* bias_data = nullptr;
+    if (!weight_object.is_none()) {
+        weight_data = static_cast<const float*>(
+            checked_vector<float>(weight_object, "weight", channels).data());
+    }
+    if (!bias_object.is_none()) {
+        bias_data =
+            static_cast<const float*>(checked_vector<float>(bias_object, "bias", channels).data());
+    }
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(x.dtype(), shape_of(x));
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto rows = static_cast<std::size_t>(channels ? x.size() / channels : 0);
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::layer_norm(x_data, rows, static_cast<std::size_t>(channels),
+                                    weight_data, bias_data, static_cast<float>(eps), out_data,
+                                    thread_count, nimbus::kernels::selected_isa());
+    }
+    return out;
+}
+
+py::array softmax(const py::object& x_object, long long axis, long long threads) {
+    const py::array x = checked_float_array(x_object, "x", 1, "[..., C]");
+    if (axis != -1 && axis != x.ndim() - 1) {
+        throw py::value_error("softmax runs over the last axis only (-1 or " +
+                              std::to_string(x.ndim() - 1) + "), got axis " +
+                              std::to_string(axis));
+    }
+    const py::ssize_t channels = x.shape(x.ndim() - 1);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(x.dtype(), shape_of(x));
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto rows = static_cast<std::size_t>(channels ? x.size() / channels : 0);
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::softmax(x_data, rows, static_cast<std::size_t>(channels), out_data,
+                                 thread_count, nimbus::kernels::selected_isa());
+    }
+    return out;
+}
+
 std::vector<std::string> available_isa_names() {
     std::vector<std::string> names;
     for (const Isa isa : nimbus::kernels::available_isas()) {
@@ -1003,6 +1187,24 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("activation", &activation, py::arg("x"), py::arg("activation"),
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "
                "silu,\nsigmoid, tanh or hardswish, as the float kernels' epilogues compute it.");
+    module.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),
+               py::arg("mask") = py::none(), py::arg("scale") = py::none(), py::kw_only(),
+               py::arg("threads") = 1,
+               "Return softmax(q @ k^T * scale + mask) @ v as float32 [..., L, Dv] for float32 "
+               "q [..., L, D],\nk [..., S, D] and v [..., S, Dv] with the same batch dimensions."
+               "\n\nmask: None, bool (True = attend) or float32 (added to the scores), "
+               "broadcastable to\n[..., L, S]; rows whose scores are all -inf give zeros. scale: "
+               "default 1 / sqrt(D);\nthreads: at most this many threads.");
+    module.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = py::none(),
+               py::arg("bias") = py::none(), py::arg("eps") = 1e-5, py::kw_only(),
+               py::arg("threads") = 1,
+               "Return (x - mean) / sqrt(var + eps) * weight + bias over the last axis of "
+               "float32 x [..., C].\n\nweight, bias: float32 [C] or None; threads: at most this "
+               "many threads.");
+    module.def("softmax", &softmax, py::arg("x"), py::arg("axis") = -1, py::kw_only(),
+               py::arg("threads") = 1,
+               "Return softmax over the last axis of float32 x [..., C], shifted by the row "
+               "maximum.\n\naxis: -1 (or x.ndim - 1) only; threads: at most this many threads.");
     module.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
                py::arg("padding"), py::arg("dilation"), py::arg("out_hw"), py::kw_only(),
                py::arg("threads") = 1,

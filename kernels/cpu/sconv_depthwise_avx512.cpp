@@ -11,16 +11,9 @@
 
 #include "depthwise.h"
 #include "sgemm_paths.h"
+#include "vector_math_avx512.h"
 
 #ifdef NIMBUS_X86_KERNELS
-
-// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-
-#define NIMBUS_AVX512F __attribute__((target("avx512f,fma")))
 
 namespace nimbus::kernels {
 namespace {

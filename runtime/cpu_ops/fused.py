@@ -15,10 +15,11 @@ import re
 
 import numpy as np
 
+from .. import _kernels
 from .common import in_float32
 from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
 from .nn import conv2d_any_layout, matmul_kernel, matmul_rows, native_conv2d, native_linear
-from .registry import KERNELS, kernel, without_types
+from .registry import KERNELS, NATIVE_THREADS, kernel, without_types
 
 # activation name -> (op, attributes) applied after the layer, bias and residual
 ACTIVATIONS = {
@@ -82,10 +83,36 @@ def attention_reference(xs, a):
     return np.matmul(weights.astype(np.float32), v)
 
 
+def _native_attention(q, k, v, mask, scale):
+    """attention on the native kernel; None where it does not apply (other dtypes, batch
+    dimensions that broadcast, a mask wider than the scores, S = 0)."""
+    if any(t.dtype != np.float32 for t in (q, k, v)) or not 2 <= q.ndim == k.ndim == v.ndim:
+        return None
+    if (k.shape[:-2] != q.shape[:-2] or v.shape[:-1] != k.shape[:-1]
+            or k.shape[-1] != q.shape[-1] or not k.shape[-2]):
+        return None
+    if mask is not None:
+        scores = q.shape[:-1] + k.shape[-2:-1]
+        if mask.dtype not in (np.bool_, np.float32) or mask.ndim > q.ndim:
+            return None
+        try:
+            if np.broadcast_shapes(scores, mask.shape) != scores:
+                return None
+        except ValueError:
+            return None
+        mask = np.ascontiguousarray(mask)
+    q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))
+    return _kernels.attention(q, k, v, mask, scale, threads=NATIVE_THREADS.get())
+
+
 def attention_kernel(xs, a):
-    """attention_reference in float32 (max-shifted, so ~1e-6 relative), updating in place."""
+    """attention_reference in float32 (max-shifted, so ~1e-6 relative), natively where it
+    applies, else in numpy, updating in place."""
     q, k, v, mask = xs
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    native = _native_attention(q, k, v, mask, scale)
+    if native is not None:
+        return native
     scores = np.matmul(q, np.swapaxes(k, -1, -2))
     scores *= np.float32(scale)
     if mask is not None:

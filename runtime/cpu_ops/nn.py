@@ -228,10 +228,31 @@ def softmax_reference(xs, a):
     return shifted / shifted.sum(axis=a["axis"], keepdims=True)
 
 
+def _native_layer_norm(x, weight, bias, axis, eps):
+    """layer_norm on the native kernel over x as [rows, C]; None where it does not apply (other
+    dtypes, a weight or bias that is not one value per normalized element)."""
+    normalized = x.shape[axis:]
+    channels = int(np.prod(normalized))
+    if x.dtype != np.float32 or not channels:
+        return None
+    for t in (weight, bias):
+        if t is not None and (t.dtype != np.float32 or t.size != channels
+                              or t.shape != normalized[len(normalized) - t.ndim:]):
+            return None
+    rows = np.ascontiguousarray(x).reshape(-1, channels)
+    weight, bias = (None if t is None else _float32_vector(t.reshape(-1)) for t in (weight, bias))
+    out = _kernels.layer_norm(rows, weight, bias, eps, threads=NATIVE_THREADS.get())
+    return out.reshape(x.shape)
+
+
 def layer_norm_kernel(xs, a):
-    """layer_norm in float32 (the reference's float64 is not needed: |error| ~1e-6 relative)."""
+    """layer_norm in float32 (the reference's float64 is not needed: |error| ~1e-6 relative),
+    natively where it applies, else in numpy."""
     x, weight, bias = xs
     axis = normalize_axis(a["axis"], x.ndim)
+    native = _native_layer_norm(x, weight, bias, axis, a["eps"])
+    if native is not None:
+        return native
     rows = x.reshape(x.shape[:axis] + (-1,)) if axis < x.ndim - 1 else x
     mean = rows.mean(axis=-1, keepdims=True)
     out = rows - mean
@@ -248,9 +269,12 @@ def layer_norm_kernel(xs, a):
 
 
 def softmax_kernel(xs, a):
-    """softmax in float32, shifted by the maximum (~1e-6 relative to the float64 reference)."""
+    """softmax in float32, shifted by the maximum (~1e-6 relative to the float64 reference);
+    natively over the last axis."""
     x = xs[0]
     axis = a["axis"]
+    if x.dtype == np.float32 and x.ndim and axis in (-1, x.ndim - 1):
+        return _kernels.softmax(np.ascontiguousarray(x), threads=NATIVE_THREADS.get())
     out = x - x.max(axis=axis, keepdims=True)
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)

@@ -1,0 +1,178 @@
+// The AVX-512 path of the attention / normalization row primitives: a GEMM register tile of up
+// to 8 rows x 32 columns (16 zmm accumulators, one broadcast of a per row and two vectors of b
+// per depth step), and row passes 16 floats at a time with masked tails.
+//
+// Only functions marked NIMBUS_AVX512F use AVX-512 (see qgemm_avx512_vnni.cpp).
+#include "attention_paths.h"
+#include "vector_math_avx512.h"
+
+#ifdef NIMBUS_X86_KERNELS
+
+#include <array>
+#include <cmath>
+#include <limits>
+#include <utility>
+
+namespace nimbus::kernels {
+namespace {
+
+constexpr std::size_t kLanes = 16;
+constexpr std::size_t kTileRows = 8;
+constexpr std::size_t kTileColumns = 2 * kLanes;
+
+// The first `count` lanes (all of them from 16 on).
+inline __mmask16 first_lanes(std::size_t count) {
+    return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+template <bool Max>
+NIMBUS_AVX512F inline __m512 combine(__m512 a, __m512 b) {
+    return Max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b);
+}
+
+// The max or sum of the 16 lanes, folded pairwise. The shuffles are the masked forms with every
+// lane set: GCC 12 reports the _mm512_undefined_ps of the unmasked ones (and of
+// _mm512_reduce_*) as uninitialized (GCC bug 105593).
+template <bool Max>
+NIMBUS_AVX512F inline float fold(__m512 x) {
+    const __mmask16 all = 0xffff;
+    x = combine<Max>(x, _mm512_mask_shuffle_f32x4(x, all, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
+    x = combine<Max>(x, _mm512_mask_shuffle_f32x4(x, all, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+    x = combine<Max>(x, _mm512_mask_permute_ps(x, all, x, _MM_SHUFFLE(1, 0, 3, 2)));
+    x = combine<Max>(x, _mm512_mask_permute_ps(x, all, x, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_cvtss_f32(x);
+}
+
+NIMBUS_AVX512F inline __m512 load(const float* x, std::size_t left) {
+    return _mm512_maskz_loadu_ps(first_lanes(left), x);
+}
+
+// c[Rows, columns] for columns <= kTileColumns; masked lanes load zeros and are not stored.
+template <std::size_t Rows>
+NIMBUS_AVX512F void gemm_tile(const float* a, std::size_t a_stride, const float* b,
+                              std::size_t b_stride, float* c, std::size_t c_stride,
+                              std::size_t columns, std::size_t k) {
+    const __mmask16 low = first_lanes(columns);
+    const __mmask16 high = columns > kLanes ? first_lanes(columns - kLanes) : __mmask16(0);
+    // Every loop over the rows is unrolled: otherwise GCC keeps acc in memory, a store per FMA.
+    __m512 acc[Rows][2];
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < Rows; ++r) {
+        acc[r][0] = _mm512_setzero_ps();
+        acc[r][1] = _mm512_setzero_ps();
+    }
+    for (std::size_t p = 0; p < k; ++p) {
+        const __m512 b0 = _mm512_maskz_loadu_ps(low, b + p * b_stride);
+        const __m512 b1 = _mm512_maskz_loadu_ps(high, b + p * b_stride + kLanes);
+#pragma GCC unroll 8
+        for (std::size_t r = 0; r < Rows; ++r) {
+            const __m512 scalar = _mm512_set1_ps(a[r * a_stride + p]);
+            acc[r][0] = _mm512_fmadd_ps(scalar, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(scalar, b1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < Rows; ++r) {
+        _mm512_mask_storeu_ps(c + r * c_stride, low, acc[r][0]);
+        _mm512_mask_storeu_ps(c + r * c_stride + kLanes, high, acc[r][1]);
+    }
+}
+
+using TileKernel = void (*)(const float*, std::size_t, const float*, std::size_t, float*,
+                            std::size_t, std::size_t, std::size_t);
+
+template <std::size_t... Index>
+constexpr std::array<TileKernel, sizeof...(Index)> tile_kernels(std::index_sequence<Index...>) {
+    return {gemm_tile<Index + 1>...};
+}
+
+// (indexed by rows - 1)
+constexpr std::array<TileKernel, kTileRows> kTileKernels =
+    tile_kernels(std::make_index_sequence<kTileRows>());
+
+void gemm(const float* a, std::size_t a_stride, const float* b, std::size_t b_stride, float* c,
+          std::size_t c_stride, std::size_t m, std::size_t n, std::size_t k) {
+    // Columns outermost: a k x 32 strip of b stays in L1 across the row tiles.
+    for (std::size_t column = 0; column < n; column += kTileColumns) {
+        for (std::size_t row = 0; row < m; row += kTileRows) {
+            const std::size_t rows = std::min(kTileRows, m - row);
+            kTileKernels[rows - 1](a + row * a_stride, a_stride, b + column, b_stride,
+                                   c + row * c_stride + column, c_stride,
+                                   std::min(kTileColumns, n - column), k);
+        }
+    }
+}
+
+NIMBUS_AVX512F float row_max(const float* x, std::size_t n) {
+    const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512 peak = lowest;
+    __mmask16 nan = 0;  // max_ps drops NaN operands, so NaN is tracked on the side
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        const __m512 value = _mm512_mask_loadu_ps(lowest, first_lanes(n - j), x + j);
+        nan |= _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+        peak = _mm512_max_ps(peak, value);
+    }
+    return nan != 0 ? std::numeric_limits<float>::quiet_NaN() : fold<true>(peak);
+}
+
+NIMBUS_AVX512F float exp_sum(const float* x, float* out, std::size_t n, float shift) {
+    const __m512 offset = _mm512_set1_ps(shift);
+    const __m512 lowest = _mm512_set1_ps(-87.3f);  // exp_ps's lower clamp
+    __m512 total = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        const __mmask16 lanes = first_lanes(n - j);
+        const __m512 argument = _mm512_sub_ps(load(x + j, n - j), offset);
+        // Zero, not exp_ps's tiny value, past the underflow: masked scores weigh exactly 0.
+        const __mmask16 finite = _mm512_cmp_ps_mask(argument, lowest, _CMP_GE_OQ) & lanes;
+        const __m512 value = _mm512_maskz_mov_ps(finite, exp_ps(argument));
+        _mm512_mask_storeu_ps(out + j, lanes, value);
+        total = _mm512_add_ps(total, value);
+    }
+    return fold<false>(total);
+}
+
+NIMBUS_AVX512F void scale(float* x, std::size_t n, float factor) {
+    const __m512 multiplier = _mm512_set1_ps(factor);
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        _mm512_mask_storeu_ps(x + j, first_lanes(n - j),
+                              _mm512_mul_ps(load(x + j, n - j), multiplier));
+    }
+}
+
+NIMBUS_AVX512F void layer_norm_row(const float* x, std::size_t n, const float* weight,
+                                   const float* bias, float eps, float* out) {
+    const float count = static_cast<float>(n);
+    __m512 total = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        total = _mm512_add_ps(total, load(x + j, n - j));
+    }
+    const __m512 mean = _mm512_set1_ps(fold<false>(total) / count);
+    __m512 squares = _mm512_setzero_ps();
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        // Masked lanes would give (0 - mean)^2: zero them.
+        const __m512 centered =
+            _mm512_maskz_sub_ps(first_lanes(n - j), load(x + j, n - j), mean);
+        squares = _mm512_fmadd_ps(centered, centered, squares);
+    }
+    const float var = fold<false>(squares) / count;
+    const __m512 inverse_std = _mm512_set1_ps(1.0f / std::sqrt(var + eps));
+    for (std::size_t j = 0; j < n; j += kLanes) {
+        const __mmask16 lanes = first_lanes(n - j);
+        __m512 value = _mm512_mul_ps(_mm512_sub_ps(load(x + j, n - j), mean), inverse_std);
+        if (weight != nullptr) {
+            value = _mm512_mul_ps(value, load(weight + j, n - j));
+        }
+        if (bias != nullptr) {
+            value = _mm512_add_ps(value, load(bias + j, n - j));
+        }
+        _mm512_mask_storeu_ps(out + j, lanes, value);
+    }
+}
+
+}  // namespace
+
+const RowKernels kRowKernelsAvx512{gemm, row_max, exp_sum, scale, layer_norm_row};
+
+}  // namespace nimbus::kernels
+
+#endif  // NIMBUS_X86_KERNELS

@@ -1,0 +1,194 @@
+"""The native float32 attention, layer norm and softmax against the float64 references of
+runtime/cpu_ops: odd shapes, every mask form, NaN and fully masked rows, thread counts, the
+CPU ops that call them, and the errors for bad arguments. These kernels take no isa= argument:
+this process checks the selected path and test_every_isa_path reruns the file under
+NIMBUS_ISA for the machine's other paths."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from checks import assert_matches
+from nimbus.runtime import _kernels
+from nimbus.runtime.cpu_ops.fused import attention_kernel, attention_reference
+from nimbus.runtime.cpu_ops.nn import (
+    layer_norm_kernel,
+    layer_norm_reference,
+    softmax_kernel,
+    softmax_reference,
+)
+from nimbus.runtime.cpu_ops.registry import NATIVE_THREADS
+
+# (batch dims, L, S, D, Dv): L, S, D not multiples of 16, one query row, one key row.
+ATTENTION_SHAPES = [((2, 3), 17, 33, 19, 21), ((), 37, 70, 23, 45), ((2, 3), 1, 130, 17, 80),
+                    ((4,), 40, 1, 64, 64), ((), 1, 1, 5, 3), ((1, 12), 128, 128, 64, 64)]
+MASKS = ["none", "bool", "additive_keys", "additive_rows"]
+
+
+@pytest.mark.parametrize("isa", [isa for isa in _kernels.available_isas()
+                                 if isa != _kernels.selected_isa()])
+def test_every_isa_path(isa):
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "not test_every_isa_path"],
+        check=False, capture_output=True, text=True, env={**os.environ, "NIMBUS_ISA": isa})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def attention_problem(batch, l, s, d, dv, mask_form, seed=0):
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal(batch + shape).astype(np.float32)
+               for shape in ((l, d), (s, d), (s, dv)))
+    if mask_form == "bool":
+        mask = rng.random(batch + (l, s)) > 0.3
+        mask[..., ::3, :] = False  # fully masked rows give zeros
+    elif mask_form == "additive_keys":  # BERT's [N, 1, 1, S]
+        mask = np.where(rng.random(batch[:1] + (1,) * len(batch[1:]) + (1, s)) > 0.3, 0.0, -1e4)
+    elif mask_form == "additive_rows":  # [L, S], with -inf and a fully masked row
+        mask = rng.standard_normal((l, s)) * 3
+        mask[:, ::4] = -np.inf
+        mask[::5] = -np.inf
+    else:
+        mask = None
+    if mask is not None and mask.dtype != np.bool_:
+        mask = mask.astype(np.float32)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mask_form", MASKS)
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=str)
+def test_attention_matches_the_reference(shape, mask_form):
+    q, k, v, mask = attention_problem(*shape, mask_form)
+    expected = attention_reference([q, k, v, mask], {"scale": None})
+    actual = _kernels.attention(q, k, v, mask, threads=1)
+    assert_matches(actual, expected, name=f"{shape} {mask_form}", rtol=1e-5)
+    assert actual.flags.c_contiguous
+    if mask_form in ("bool", "additive_rows"):
+        assert not np.any(actual[..., ::(3 if mask_form == "bool" else 5), :])
+    assert np.array_equal(_kernels.attention(q, k, v, mask, threads=2), actual)
+    scaled = _kernels.attention(q, k, v, mask, 0.3, threads=2)
+    assert_matches(scaled, attention_reference([q, k, v, mask], {"scale": 0.3}), rtol=1e-5)
+
+
+def test_attention_nan_propagates_as_in_numpy():
+    q, k, v, mask = attention_problem((2,), 9, 20, 7, 5, "bool", seed=1)
+    q[0, 4, 2] = np.nan  # a NaN score row
+    v[1, 6, 3] = np.nan  # a NaN value column
+    actual = _kernels.attention(q, k, v, mask, threads=2)
+    expected = attention_reference([q, k, v, mask], {"scale": None})
+    assert np.array_equal(np.isnan(actual), np.isnan(expected))
+    assert_matches(actual, expected, rtol=1e-5)
+
+
+def test_large_scores_saturate():
+    q, k, v, _ = attention_problem((3,), 10, 50, 8, 8, "none", seed=2)
+    for scale in (100.0, 1e-30):
+        actual = _kernels.attention(q, k, v, None, scale, threads=2)
+        assert_matches(actual, attention_reference([q, k, v, None], {"scale": scale}), rtol=1e-5)
+
+
+def test_the_attention_op_takes_views_and_falls_back_for_broadcast_batches():
+    q, k, v, mask = attention_problem((2, 3), 17, 33, 19, 19, "additive_keys", seed=3)
+    k_view = np.swapaxes(np.ascontiguousarray(np.swapaxes(k, 1, 2)), 1, 2)  # not C-contiguous
+    expected = attention_reference([q, k, v, mask], {"scale": None})
+    token = NATIVE_THREADS.set(2)
+    try:
+        actual = attention_kernel([q, k_view, v, mask], {"scale": None})
+        assert_matches(actual, expected, rtol=1e-5)
+        assert actual.flags.c_contiguous and not any(np.shares_memory(actual, t) for t in (q, k, v))
+        # k and v broadcast over the batch: the numpy path.
+        broadcast = attention_kernel([q, k[:1], v[:1], None], {"scale": None})
+        assert_matches(broadcast, attention_reference([q, k[:1], v[:1], None], {"scale": None}))
+    finally:
+        NATIVE_THREADS.reset(token)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape", [(1, 5), (37, 77), (3, 4, 768), (2, 1), (6, 16)], ids=str)
+def test_layer_norm_matches_the_reference(shape, affine):
+    rng = np.random.default_rng(list(shape))
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    weight, bias = ((rng.standard_normal(shape[-1]).astype(np.float32) if affine else None)
+                    for _ in range(2))
+    expected = layer_norm_reference([x, weight, bias], {"axis": -1, "eps": 1e-5})
+    actual = _kernels.layer_norm(x, weight, bias, 1e-5, threads=1)
+    assert_matches(actual.astype(np.float64), expected, rtol=1e-5)
+    assert np.array_equal(_kernels.layer_norm(x, weight, bias, 1e-5, threads=2), actual)
+
+
+def test_the_layer_norm_op_spans_several_axes():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 7, 9)).astype(np.float32).transpose(0, 2, 1, 3)
+    weight = rng.standard_normal((3, 9)).astype(np.float32)
+    bias = rng.standard_normal(9).astype(np.float32)  # broadcasts over the axis: numpy path
+    for w, b in ((weight, None), (weight, np.resize(bias, (3, 9))), (None, bias)):
+        attrs = {"axis": -2, "eps": 1e-5}
+        actual = layer_norm_kernel([x, w, b], attrs)
+        assert actual.flags.c_contiguous and actual.dtype == np.float32
+        assert_matches(actual.astype(np.float64), layer_norm_reference([x, w, b], attrs))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (37, 77), (3, 5, 130), (1536, 128)], ids=str)
+def test_softmax_matches_the_reference(shape):
+    rng = np.random.default_rng(list(shape))
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    x[..., ::3, 1:2] = -np.inf
+    expected = softmax_reference([x], {"axis": -1})
+    actual = _kernels.softmax(x, threads=1)
+    assert_matches(actual.astype(np.float64), expected, rtol=1e-5)
+    assert np.array_equal(_kernels.softmax(x, threads=2), actual)
+    assert np.array_equal(softmax_kernel([x], {"axis": x.ndim - 1}), actual)
+
+
+def test_softmax_non_finite_rows_are_nan_as_in_numpy():
+    x = np.array([[1, np.nan, 2], [-np.inf] * 3, [np.inf, 0, 1], [0, -np.inf, 1]], np.float32)
+    with np.errstate(invalid="ignore"):
+        expected = softmax_reference([x], {"axis": -1})
+    actual = _kernels.softmax(x)
+    assert np.array_equal(np.isnan(actual), np.isnan(expected))
+    assert_matches(actual.astype(np.float64), expected, rtol=1e-5)
+
+
+def test_the_softmax_op_keeps_numpy_for_other_axes():
+    x = np.random.default_rng(5).standard_normal((4, 6, 5)).astype(np.float32)
+    assert_matches(softmax_kernel([x], {"axis": 1}).astype(np.float64),
+                   softmax_reference([x], {"axis": 1}))
+
+
+def test_bad_arguments_are_clear_errors():
+    q, k, v, _ = attention_problem((2,), 4, 6, 8, 3, "none")
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.attention(q.astype(np.float64), k, v)
+    with pytest.raises(ValueError, match="share their batch dimensions"):
+        _kernels.attention(q, k[:, :, :5].copy(), v)
+    with pytest.raises(ValueError, match="share their batch dimensions"):
+        _kernels.attention(q, k[:1], v[:1])
+    with pytest.raises(ValueError, match="-D"):
+        _kernels.attention(q, k[0], v)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        _kernels.attention(q, k, v, np.zeros((3, 4, 6), np.float32))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        _kernels.attention(q, k, v, np.zeros((1, 2, 4, 6), np.float32))
+    with pytest.raises(TypeError, match="bool or float32"):
+        _kernels.attention(q, k, v, np.zeros((4, 6), np.int32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.attention(q, k, v, np.zeros((6, 4), np.float32).T)
+    with pytest.raises(ValueError, match="S >= 1"):
+        _kernels.attention(q, k[:, :0], v[:, :0])
+    with pytest.raises(ValueError, match="threads"):
+        _kernels.attention(q, k, v, threads=0)
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.layer_norm(x.astype(np.float16))
+    with pytest.raises(ValueError, match=r"weight must have shape \(4,\)"):
+        _kernels.layer_norm(x, np.ones(5, np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.layer_norm(x, None, np.ones(4))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _kernels.softmax(np.zeros((4, 6), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="last axis"):
+        _kernels.softmax(x, 0)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        _kernels.softmax([1.0, 2.0])
