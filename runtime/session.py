@@ -20,6 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .allocator import keep_freed_memory
 from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo, run_op
 from .dims import bind_dim, evaluate_dim
@@ -71,6 +72,7 @@ class Session:
         if target != "cpu":
             raise ValueError(f"target '{target}' is not available in this runtime; use 'cpu'")
         self.artifact = source if isinstance(source, Artifact) else read_artifact(source)
+        keep_freed_memory()
         plan = self.artifact.plan
         try:
             self._load_plan(plan)
