@@ -11,6 +11,15 @@ def gemm_u8s8s32(a: npt.NDArray[np.uint8], b: npt.NDArray[np.int8]) -> npt.NDArr
 def gemm_s8s8s32(a: npt.NDArray[np.int8], b: npt.NDArray[np.int8]) -> npt.NDArray[np.int32]:
     """Return a @ b as int32 [M, N] for int8 a [M, K] and int8 b [K, N], both C-contiguous."""
 
+def quantize(x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: str, *,
+             threads: int = 1) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
+    """Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8 (dtype
+    'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0)."""
+
+def dequantize(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8], scale: float, zero_point: int, *,
+               threads: int = 1) -> npt.NDArray[np.float32]:
+    """Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q."""
+
 def kernels_version() -> str:
     """Return the nimbus version that the kernels were built from."""
 

@@ -16,6 +16,7 @@
 #include "gemm.h"
 #include "isa.h"
 #include "pool.h"
+#include "quantize.h"
 #include "qconv.h"
 #include "qgemm.h"
 #include "sconv.h"
@@ -1031,6 +1032,71 @@ std::vector<std::string> available_isa_names() {
     "(h, w);\nthreads: at most this many threads; out: a C-contiguous [N, OH, OW, O] array to "   \
     "write and return."
 
+// ---- quantize / dequantize ------------------------------------------------------------------
+
+// "u8" -> true, "s8" -> false; the zero point must lie in the type's range.
+bool checked_integer_type(const std::string& dtype, long long zero_point) {
+    if (dtype != "u8" && dtype != "s8") {
+        throw py::value_error("dtype must be 'u8' or 's8', got '" + dtype + "'");
+    }
+    const bool is_unsigned = dtype == "u8";
+    require_in_range("zero_point", zero_point, is_unsigned ? 0 : -128, is_unsigned ? 255 : 127,
+                     "the range of " + dtype);
+    return is_unsigned;
+}
+
+float checked_scale(double scale) {
+    const auto single = static_cast<float>(scale);
+    if (!(single > 0.0f) || !std::isfinite(single)) {
+        throw py::value_error("scale must be a positive finite float32, got " + std::to_string(scale));
+    }
+    return single;
+}
+
+py::array quantize(const py::object& x_object, double scale, long long zero_point,
+                   const std::string& dtype, long long threads) {
+    const py::array x = checked_float_array(x_object, "x", 0, "any shape");
+    const bool is_unsigned = checked_integer_type(dtype, zero_point);
+    const float single_scale = checked_scale(scale);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(is_unsigned ? py::dtype::of<std::uint8_t>() : py::dtype::of<std::int8_t>(),
+                  shape_of(x));
+    const auto* x_data = static_cast<const float*>(x.data());
+    void* out_data = out.mutable_data();
+    const auto count = static_cast<std::size_t>(x.size());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::quantize(x_data, count, single_scale, static_cast<std::int32_t>(zero_point),
+                                  is_unsigned, out_data, thread_count);
+    }
+    return out;
+}
+
+py::array dequantize(const py::object& q_object, double scale, long long zero_point,
+                     long long threads) {
+    if (!py::isinstance<py::array>(q_object)) {
+        throw py::type_error("q must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(q_object.ptr())->tp_name));
+    }
+    const auto any = py::reinterpret_borrow<py::array>(q_object);
+    const bool is_unsigned = any.dtype().equal(py::dtype::of<std::uint8_t>());
+    const py::array q = is_unsigned ? checked_array<std::uint8_t>(q_object, "q", any.ndim(), "any shape")
+                                    : checked_array<std::int8_t>(q_object, "q", any.ndim(), "any shape");
+    checked_integer_type(is_unsigned ? "u8" : "s8", zero_point);
+    const float single_scale = checked_scale(scale);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(py::dtype::of<float>(), shape_of(q));
+    const void* q_data = q.data();
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto count = static_cast<std::size_t>(q.size());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::dequantize(q_data, is_unsigned, count, single_scale,
+                                    static_cast<std::int32_t>(zero_point), out_data, thread_count);
+    }
+    return out;
+}
+
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
     module.def("gemm_u8s8s32", &gemm_u8s8s32, py::arg("a"), py::arg("b"),
@@ -1211,6 +1277,13 @@ PYBIND11_MODULE(_kernels, module) {
                "Return the max over each window of NHWC x (uint8, int8 or float32) as\n"
                "[N, OH, OW, C]; taps in the padding [top, left, bottom, right] never win, NaN "
                "does;\nout_hw: (OH, OW) of the caller's floor or ceil mode.");
+    module.def("quantize", &quantize, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
+               py::arg("dtype"), py::kw_only(), py::arg("threads") = 1,
+               "Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8\n"
+               "(dtype 'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0).");
+    module.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
+               py::kw_only(), py::arg("threads") = 1,
+               "Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q.");
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },
                "Return the nimbus version that the kernels were built from.");
 }

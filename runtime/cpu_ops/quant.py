@@ -268,14 +268,27 @@ def _bias(bias):
 
 
 # ---- kernels ------------------------------------------------------------------------------------
+NATIVE_QUANTIZED = {"u8": "u8", "i8": "s8"}  # plan dtype -> the native kernels' name
+
+
 @kernel("quantize")
 def quantize(xs, a, types):
-    return quantize_reference(xs, a)
+    x = xs[0]
+    dtype = NATIVE_QUANTIZED.get(str(a["dtype"]))
+    if dtype is None or len(a["scale"]) != 1 or not np.issubdtype(x.dtype, np.floating):
+        return quantize_reference(xs, a)
+    zero_point = tuple(a["zero_point"]) or (0,)
+    return _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), float(a["scale"][0]),
+                             int(zero_point[0]), dtype, threads=NATIVE_THREADS.get())
 
 
 @kernel("dequantize")
 def dequantize(xs, a, types):
-    return dequantize_array(xs[0], types[0].quant)
+    q, quant = xs[0], types[0].quant
+    if q.dtype not in (np.uint8, np.int8) or len(quant.scale) != 1:
+        return dequantize_array(q, quant)
+    return _kernels.dequantize(np.ascontiguousarray(q), float(quant.scale[0]),
+                               int(quant.zero_point[0]), threads=NATIVE_THREADS.get())
 
 
 @kernel("qlinear")

@@ -4,10 +4,6 @@ CPU ops that call them, and the errors for bad arguments. These kernels take no 
 this process checks the selected path and test_every_isa_path reruns the file under
 NIMBUS_ISA for the machine's other paths."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from checks import assert_matches
@@ -20,6 +16,7 @@ from nimbus.runtime.cpu_ops.nn import (
     softmax_reference,
 )
 from nimbus.runtime.cpu_ops.registry import NATIVE_THREADS
+from other_isas import OTHER_ISAS, rerun_under
 
 # (batch dims, L, S, D, Dv): L, S, D not multiples of 16, one query row, one key row.
 ATTENTION_SHAPES = [((2, 3), 17, 33, 19, 21), ((), 37, 70, 23, 45), ((2, 3), 1, 130, 17, 80),
@@ -27,14 +24,9 @@ ATTENTION_SHAPES = [((2, 3), 17, 33, 19, 21), ((), 37, 70, 23, 45), ((2, 3), 1, 
 MASKS = ["none", "bool", "additive_keys", "additive_rows"]
 
 
-@pytest.mark.parametrize("isa", [isa for isa in _kernels.available_isas()
-                                 if isa != _kernels.selected_isa()])
+@pytest.mark.parametrize("isa", OTHER_ISAS)
 def test_every_isa_path(isa):
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "not test_every_isa_path"],
-        check=False, capture_output=True, text=True, env={**os.environ, "NIMBUS_ISA": isa})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    rerun_under(__file__, isa, "test_every_isa_path")
 
 
 def attention_problem(batch, l, s, d, dv, mask_form, seed=0):

@@ -1,0 +1,158 @@
+// Quantize and dequantize, split into chunks over the worker pool. The AVX-512 and AVX2 paths
+// (chosen by selected_isa(), like the GEMMs) do 16 or 8 elements per step; the portable path
+// is plain C++. All three compute the reference's float32 steps in its order: an IEEE division,
+// round half to even, + zero point, clamp; so they agree bit for bit.
+#include "quantize.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "isa.h"
+#include "worker_pool.h"
+
+#ifdef NIMBUS_X86_KERNELS
+// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define NIMBUS_AVX512 __attribute__((target("avx512f,avx512bw")))
+#define NIMBUS_AVX2 __attribute__((target("avx2")))
+#endif
+
+namespace nimbus::kernels {
+namespace {
+
+// Elements per work item: large enough that the pool's hand-off is noise, small enough that
+// both threads get several items from a BERT-sized activation.
+constexpr std::size_t kChunk = 16384;
+
+struct Range {
+    float scale, zero_point, lo, hi;
+};
+
+// One element, as the reference computes it (NaN gives 0, as numpy's cast does here).
+template <typename Result>
+Result quantize_one(float x, const Range& r) {
+    const float q = std::nearbyint(x / r.scale) + r.zero_point;
+    if (std::isnan(q)) {
+        return 0;
+    }
+    return static_cast<Result>(std::min(std::max(q, r.lo), r.hi));
+}
+
+template <typename Result>
+void quantize_portable(const float* x, std::size_t begin, std::size_t end, const Range& r,
+                       Result* out) {
+    for (std::size_t i = begin; i < end; ++i) {
+        out[i] = quantize_one<Result>(x[i], r);
+    }
+}
+
+#ifdef NIMBUS_X86_KERNELS
+template <typename Result>
+NIMBUS_AVX512 void quantize_avx512(const float* x, std::size_t begin, std::size_t end,
+                                   const Range& r, Result* out) {
+    const __m512 scale = _mm512_set1_ps(r.scale);
+    const __m512 zero_point = _mm512_set1_ps(r.zero_point);
+    const __m512 lo = _mm512_set1_ps(r.lo);
+    const __m512 hi = _mm512_set1_ps(r.hi);
+    std::size_t i = begin;
+    for (; i + 16 <= end; i += 16) {
+        const __m512 q = _mm512_add_ps(
+            _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + i), scale),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+            zero_point);
+        // max/min return their second operand for NaN, so NaN becomes lo here: fixed after.
+        __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi));
+        v = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(v));
+    }
+    quantize_portable(x, i, end, r, out);
+}
+
+template <typename Result>
+NIMBUS_AVX2 void quantize_avx2(const float* x, std::size_t begin, std::size_t end,
+                               const Range& r, Result* out) {
+    const __m256 scale = _mm256_set1_ps(r.scale);
+    const __m256 zero_point = _mm256_set1_ps(r.zero_point);
+    const __m256 lo = _mm256_set1_ps(r.lo);
+    const __m256 hi = _mm256_set1_ps(r.hi);
+    std::size_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+        const __m256 q = _mm256_add_ps(
+            _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), scale),
+                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+            zero_point);
+        const __m256 ordered = _mm256_cmp_ps(q, q, _CMP_ORD_Q);
+        const __m256 clamped = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(q, lo), hi), ordered);
+        const __m256i v = _mm256_cvtps_epi32(clamped);  // in [-128, 255]: packs below are exact
+        const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v),
+                                              _mm256_extracti128_si256(v, 1));
+        const __m128i bytes = Result(-1) < 0 ? _mm_packs_epi16(words, words)
+                                             : _mm_packus_epi16(words, words);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), bytes);
+    }
+    quantize_portable(x, i, end, r, out);
+}
+#endif
+
+template <typename Result>
+void quantize_range(const float* x, std::size_t begin, std::size_t end, const Range& r,
+                    Result* out) {
+#ifdef NIMBUS_X86_KERNELS
+    switch (selected_isa()) {
+        case Isa::avx512_vnni:
+            return quantize_avx512(x, begin, end, r, out);
+        case Isa::avx2:
+            return quantize_avx2(x, begin, end, r, out);
+        case Isa::portable:
+            break;
+    }
+#endif
+    quantize_portable(x, begin, end, r, out);
+}
+
+// (q - zero_point) * scale: one exact conversion and one rounding, which compilers vectorize.
+template <typename Input>
+void dequantize_range(const Input* q, std::size_t begin, std::size_t end, float scale,
+                      std::int32_t zero_point, float* out) {
+    for (std::size_t i = begin; i < end; ++i) {
+        out[i] = static_cast<float>(static_cast<std::int32_t>(q[i]) - zero_point) * scale;
+    }
+}
+
+template <typename Work>
+void over_chunks(std::size_t count, std::size_t threads, const Work& work) {
+    parallel_for((count + kChunk - 1) / kChunk, threads, [&](std::size_t chunk) {
+        work(chunk * kChunk, std::min(count, (chunk + 1) * kChunk));
+    });
+}
+
+}  // namespace
+
+void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_point,
+              bool unsigned_result, void* out, std::size_t threads) {
+    const Range range{scale, static_cast<float>(zero_point), unsigned_result ? 0.0f : -128.0f,
+                      unsigned_result ? 255.0f : 127.0f};
+    over_chunks(count, threads, [&](std::size_t begin, std::size_t end) {
+        if (unsigned_result) {
+            quantize_range(x, begin, end, range, static_cast<std::uint8_t*>(out));
+        } else {
+            quantize_range(x, begin, end, range, static_cast<std::int8_t*>(out));
+        }
+    });
+}
+
+void dequantize(const void* q, bool unsigned_input, std::size_t count, float scale,
+                std::int32_t zero_point, float* out, std::size_t threads) {
+    over_chunks(count, threads, [&](std::size_t begin, std::size_t end) {
+        if (unsigned_input) {
+            dequantize_range(static_cast<const std::uint8_t*>(q), begin, end, scale, zero_point, out);
+        } else {
+            dequantize_range(static_cast<const std::int8_t*>(q), begin, end, scale, zero_point, out);
+        }
+    });
+}
+
+}  // namespace nimbus::kernels

@@ -1,0 +1,19 @@
+// Quantize float32 to u8/s8 and dequantize back, per tensor, with the reference's arithmetic:
+// q = clamp(rint(x / scale) + zero_point, lo, hi) in float32 (NaN gives 0, as numpy's cast
+// does on the hosts nimbus runs on), and x = f32(q - zero_point) * scale.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace nimbus::kernels {
+
+// out[count] (uint8 when `unsigned_result`, else int8) from x[count].
+void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_point,
+              bool unsigned_result, void* out, std::size_t threads);
+
+// out[count] float32 from q[count] (uint8 when `unsigned_input`, else int8).
+void dequantize(const void* q, bool unsigned_input, std::size_t count, float scale,
+                std::int32_t zero_point, float* out, std::size_t threads);
+
+}  // namespace nimbus::kernels

@@ -1,0 +1,66 @@
+"""The native quantize / dequantize kernels against the reference's numpy arithmetic, bit for
+bit: ties, saturation, infinities, NaN, signed zeros, odd and empty sizes, 1 and 2 threads, on
+the selected ISA path here and on the machine's other paths in reruns under NIMBUS_ISA."""
+
+import numpy as np
+import pytest
+from nimbus.runtime import _kernels
+from nimbus.runtime.cpu_ops.quant import _Quant, dequantize_array, quantize_array
+from other_isas import OTHER_ISAS, rerun_under
+
+SHAPES = [(0,), (1,), (3, 5, 7), (2, 16384 + 17), (40000,)]
+
+
+def values(shape, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, *shape])
+    x = (rng.standard_normal(shape) * 60).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::5] = np.round(flat[::5]) + 0.5          # exact ties at scale 1 ...
+    flat[1::5] = (np.round(flat[1::5]) + 0.5) / 4  # ... and at scale 0.25
+    flat[2::9] = np.float32(3e9) * np.sign(flat[2::9] + 0.5)
+    flat[3::11] = -0.0
+    for i, special in zip(range(4, flat.size, 13), [np.inf, -np.inf, np.nan, -np.nan]):
+        flat[i] = special
+    return x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("scale, zero_point, dtype", [
+    (1.0, 0, "u8"), (0.25, 128, "u8"), (0.37, 3, "u8"), (0.25, 0, "s8"), (1.7, -100, "s8"),
+    (3e-5, 127, "s8")])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_the_reference_bit_for_bit(shape, scale, zero_point, dtype, threads):
+    quant = _Quant((scale,), (zero_point,), None)
+    x = values(shape, 1)
+    with np.errstate(invalid="ignore"):  # numpy warns casting NaN; it gives 0, as the kernel
+        expected = quantize_array(x, quant, "u8" if dtype == "u8" else "i8")
+    actual = _kernels.quantize(x, scale, zero_point, dtype, threads=threads)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    np.testing.assert_array_equal(actual, expected)
+    restored = _kernels.dequantize(expected, scale, zero_point, threads=threads)
+    np.testing.assert_array_equal(restored.view(np.int32),
+                                  dequantize_array(expected, quant).view(np.int32))
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.zeros((4, 4), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        _kernels.quantize(x.astype(np.float64), 1.0, 0, "u8")
+    with pytest.raises(ValueError, match="contiguous"):
+        _kernels.quantize(x[:, ::2], 1.0, 0, "u8")
+    for scale in (0.0, -1.0, float("inf"), float("nan"), 1e-60):
+        with pytest.raises(ValueError, match="scale"):
+            _kernels.quantize(x, scale, 0, "u8")
+    with pytest.raises(ValueError, match="zero_point"):
+        _kernels.quantize(x, 1.0, 200, "s8")
+    with pytest.raises(ValueError, match="dtype"):
+        _kernels.quantize(x, 1.0, 0, "i32")
+    with pytest.raises(TypeError, match="int8"):
+        _kernels.dequantize(x, 1.0, 0)
+    with pytest.raises(ValueError, match="zero_point"):
+        _kernels.dequantize(np.zeros(3, np.uint8), 1.0, -1)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_every_isa_path(isa):
+    rerun_under(__file__, isa, "test_every_isa_path")
