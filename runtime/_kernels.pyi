@@ -12,9 +12,11 @@ def gemm_s8s8s32(a: npt.NDArray[np.int8], b: npt.NDArray[np.int8]) -> npt.NDArra
     """Return a @ b as int32 [M, N] for int8 a [M, K] and int8 b [K, N], both C-contiguous."""
 
 def quantize(x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: str, *,
+             channels_last: bool = False,
              threads: int = 1) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
     """Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8 (dtype
-    'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0)."""
+    'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0); channels_last:
+    x is NCHW and the result NHWC [N, H, W, C]."""
 
 def dequantize(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8], scale: float, zero_point: int, *,
                threads: int = 1) -> npt.NDArray[np.float32]:

@@ -1054,20 +1054,36 @@ float checked_scale(double scale) {
 }
 
 py::array quantize(const py::object& x_object, double scale, long long zero_point,
-                   const std::string& dtype, long long threads) {
+                   const std::string& dtype, bool channels_last, long long threads) {
     const py::array x = checked_float_array(x_object, "x", 0, "any shape");
+    if (channels_last && x.ndim() != 4) {
+        throw py::value_error("channels_last needs x as NCHW [N, C, H, W], got shape " +
+                              attribute_text(x, "shape"));
+    }
     const bool is_unsigned = checked_integer_type(dtype, zero_point);
     const float single_scale = checked_scale(scale);
     const std::size_t thread_count = checked_threads(threads);
+    std::vector<py::ssize_t> shape = shape_of(x);
+    if (channels_last) {
+        shape = {x.shape(0), x.shape(2), x.shape(3), x.shape(1)};
+    }
     py::array out(is_unsigned ? py::dtype::of<std::uint8_t>() : py::dtype::of<std::int8_t>(),
-                  shape_of(x));
+                  shape);
     const auto* x_data = static_cast<const float*>(x.data());
     void* out_data = out.mutable_data();
     const auto count = static_cast<std::size_t>(x.size());
+    const auto zp = static_cast<std::int32_t>(zero_point);
     {
         py::gil_scoped_release release;
-        nimbus::kernels::quantize(x_data, count, single_scale, static_cast<std::int32_t>(zero_point),
-                                  is_unsigned, out_data, thread_count);
+        if (channels_last) {
+            nimbus::kernels::quantize_to_channels_last(
+                x_data, static_cast<std::size_t>(shape[0]), static_cast<std::size_t>(shape[3]),
+                static_cast<std::size_t>(shape[1] * shape[2]), single_scale, zp, is_unsigned,
+                out_data, thread_count);
+        } else {
+            nimbus::kernels::quantize(x_data, count, single_scale, zp, is_unsigned, out_data,
+                                      thread_count);
+        }
     }
     return out;
 }
@@ -1278,9 +1294,11 @@ PYBIND11_MODULE(_kernels, module) {
                "[N, OH, OW, C]; taps in the padding [top, left, bottom, right] never win, NaN "
                "does;\nout_hw: (OH, OW) of the caller's floor or ceil mode.");
     module.def("quantize", &quantize, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
-               py::arg("dtype"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("dtype"), py::kw_only(), py::arg("channels_last") = false,
+               py::arg("threads") = 1,
                "Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8\n"
-               "(dtype 'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0).");
+               "(dtype 'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0);\n"
+               "channels_last: x is NCHW and the result NHWC [N, H, W, C].");
     module.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
                py::kw_only(), py::arg("threads") = 1,
                "Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q.");

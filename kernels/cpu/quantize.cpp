@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "isa.h"
 #include "worker_pool.h"
@@ -129,17 +130,63 @@ void over_chunks(std::size_t count, std::size_t threads, const Work& work) {
     });
 }
 
+Range range_of(float scale, std::int32_t zero_point, bool unsigned_result) {
+    return {scale, static_cast<float>(zero_point), unsigned_result ? 0.0f : -128.0f,
+            unsigned_result ? 255.0f : 127.0f};
+}
+
+// Pixels per work item of the channels-last quantize: each channel's run is quantized with the
+// vector code into a scratch row, then the rows are interleaved into NHWC order.
+constexpr std::size_t kPixelBlock = 512;
+
+template <typename Result>
+void quantize_block_to_channels_last(const float* x, std::size_t channels, std::size_t pixels,
+                                     std::size_t begin, std::size_t end, const Range& range,
+                                     Result* out) {
+    const std::size_t count = end - begin;
+    std::vector<Result> rows(channels * count);
+    for (std::size_t c = 0; c < channels; ++c) {
+        quantize_range(x + c * pixels + begin, 0, count, range, rows.data() + c * count);
+    }
+    for (std::size_t p = 0; p < count; ++p) {
+        Result* pixel = out + (begin + p) * channels;
+        for (std::size_t c = 0; c < channels; ++c) {
+            pixel[c] = rows[c * count + p];
+        }
+    }
+}
+
 }  // namespace
 
 void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_point,
               bool unsigned_result, void* out, std::size_t threads) {
-    const Range range{scale, static_cast<float>(zero_point), unsigned_result ? 0.0f : -128.0f,
-                      unsigned_result ? 255.0f : 127.0f};
+    const Range range = range_of(scale, zero_point, unsigned_result);
     over_chunks(count, threads, [&](std::size_t begin, std::size_t end) {
         if (unsigned_result) {
             quantize_range(x, begin, end, range, static_cast<std::uint8_t*>(out));
         } else {
             quantize_range(x, begin, end, range, static_cast<std::int8_t*>(out));
+        }
+    });
+}
+
+void quantize_to_channels_last(const float* x, std::size_t batch, std::size_t channels,
+                               std::size_t pixels, float scale, std::int32_t zero_point,
+                               bool unsigned_result, void* out, std::size_t threads) {
+    const Range range = range_of(scale, zero_point, unsigned_result);
+    const std::size_t blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
+    parallel_for(batch * blocks, threads, [&](std::size_t item) {
+        const std::size_t image = item / blocks;
+        const std::size_t begin = item % blocks * kPixelBlock;
+        const std::size_t end = std::min(pixels, begin + kPixelBlock);
+        const float* plane = x + image * channels * pixels;
+        const std::size_t offset = image * pixels * channels;
+        if (unsigned_result) {
+            quantize_block_to_channels_last(plane, channels, pixels, begin, end, range,
+                                            static_cast<std::uint8_t*>(out) + offset);
+        } else {
+            quantize_block_to_channels_last(plane, channels, pixels, begin, end, range,
+                                            static_cast<std::int8_t*>(out) + offset);
         }
     });
 }

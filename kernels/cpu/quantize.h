@@ -12,6 +12,13 @@ namespace nimbus::kernels {
 void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_point,
               bool unsigned_result, void* out, std::size_t threads);
 
+// The same for x in NCHW [batch, channels, pixels], written to out in NHWC [batch, pixels,
+// channels] order: the layout an int8 convolution reads, so that the model's input is not
+// transposed a second time.
+void quantize_to_channels_last(const float* x, std::size_t batch, std::size_t channels,
+                               std::size_t pixels, float scale, std::int32_t zero_point,
+                               bool unsigned_result, void* out, std::size_t threads);
+
 // out[count] float32 from q[count] (uint8 when `unsigned_input`, else int8).
 void dequantize(const void* q, bool unsigned_input, std::size_t count, float scale,
                 std::int32_t zero_point, float* out, std::size_t threads);

@@ -278,8 +278,13 @@ def quantize(xs, a, types):
     if dtype is None or len(a["scale"]) != 1 or not np.issubdtype(x.dtype, np.floating):
         return quantize_reference(xs, a)
     zero_point = tuple(a["zero_point"]) or (0,)
-    return _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), float(a["scale"][0]),
-                             int(zero_point[0]), dtype, threads=NATIVE_THREADS.get())
+    # An image batch goes into NHWC memory, returned as an NCHW view: the layout the int8
+    # convolutions read, so they need not transpose it again (other ops take any strides).
+    channels_last = x.ndim == 4
+    q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), float(a["scale"][0]),
+                          int(zero_point[0]), dtype, channels_last=channels_last,
+                          threads=NATIVE_THREADS.get())
+    return q.transpose(0, 3, 1, 2) if channels_last else q
 
 
 @kernel("dequantize")

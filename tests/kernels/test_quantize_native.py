@@ -42,6 +42,34 @@ def test_matches_the_reference_bit_for_bit(shape, scale, zero_point, dtype, thre
                                   dequantize_array(expected, quant).view(np.int32))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 37, 41), (1, 1, 1, 1), (3, 17, 5, 3), (1, 64, 33, 33),
+                                   (2, 5, 0, 3)])
+def test_channels_last_writes_nhwc(shape, threads):
+    quant = _Quant((0.37,), (3,), None)
+    x = values(shape, 2)
+    with np.errstate(invalid="ignore"):
+        expected = quantize_array(x, quant, "u8").transpose(0, 2, 3, 1)
+    actual = _kernels.quantize(x, 0.37, 3, "u8", channels_last=True, threads=threads)
+    assert actual.shape == expected.shape and actual.flags.c_contiguous
+    np.testing.assert_array_equal(actual, expected)
+    signed = _kernels.quantize(x, 0.37, -3, "s8", channels_last=True, threads=threads)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(
+            signed, quantize_array(x, _Quant((0.37,), (-3,), None), "i8").transpose(0, 2, 3, 1))
+
+
+def test_the_quantize_op_hands_convolutions_nhwc_memory():
+    from nimbus.runtime.cpu_ops.quant import quantize as quantize_op
+
+    x = values((2, 3, 7, 9), 3)
+    attrs = {"scale": (0.25,), "zero_point": (128,), "axis": None, "dtype": "u8"}
+    with np.errstate(invalid="ignore"):
+        result = quantize_op([x], attrs, None)
+        np.testing.assert_array_equal(result, quantize_array(x, _Quant((0.25,), (128,), None), "u8"))
+    assert result.transpose(0, 2, 3, 1).flags.c_contiguous  # NCHW view of NHWC memory
+
+
 def test_bad_inputs_raise_clear_errors():
     x = np.zeros((4, 4), np.float32)
     with pytest.raises(TypeError, match="float32"):
@@ -55,6 +83,8 @@ def test_bad_inputs_raise_clear_errors():
         _kernels.quantize(x, 1.0, 200, "s8")
     with pytest.raises(ValueError, match="dtype"):
         _kernels.quantize(x, 1.0, 0, "i32")
+    with pytest.raises(ValueError, match="channels_last needs x as NCHW"):
+        _kernels.quantize(x, 1.0, 0, "u8", channels_last=True)
     with pytest.raises(TypeError, match="int8"):
         _kernels.dequantize(x, 1.0, 0)
     with pytest.raises(ValueError, match="zero_point"):
