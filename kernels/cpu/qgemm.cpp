@@ -60,21 +60,25 @@ const void* prepare_activations(const void* a, bool a_signed, std::size_t m, std
 // Rows per work tile: a multiple of every path's row block, and few enough that a tile of 64
 // columns is a small share of a large GEMM.
 constexpr std::size_t kTileRows = 48;
+// Packed weights up to this size stay in a core's L2 cache whatever the order of the tiles.
+constexpr std::size_t kCachedWeightBytes = 256 * 1024;
 
 // Runs kernel over tiles of kTileRows rows x 1 panel on up to `threads` threads (fewer when the
-// pool has fewer or is busy). Threads take
-// the next tile from a shared counter, so a thread that the OS preempts or wakes late delays no
-// fixed share; consecutive tiles share a panel of weights, which stays in cache.
+// pool has fewer or is busy). Threads take the next tile from a shared counter, so a thread
+// that the OS preempts or wakes late delays no fixed share. Consecutive tiles share a panel of
+// weights, which stays in cache; when all the weights fit in cache anyway (`rows_outer`, a
+// pointwise convolution's few output channels), consecutive tiles share their rows of
+// activations instead, which would otherwise stream from memory once per panel.
 void run_parallel(PathKernel kernel, const GemmTask& task, std::size_t m, std::size_t panels,
-                  std::size_t threads) {
+                  bool rows_outer, std::size_t threads) {
     const std::size_t row_tiles = (m + kTileRows - 1) / kTileRows;
     const std::size_t tiles = row_tiles * panels;
     const std::size_t count = std::min(threads, tiles);
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-            const std::size_t panel = tile / row_tiles;
-            const std::size_t row_begin = tile % row_tiles * kTileRows;
+            const std::size_t panel = rows_outer ? tile % panels : tile / row_tiles;
+            const std::size_t row_begin = (rows_outer ? tile / panels : tile % row_tiles) * kTileRows;
             const std::size_t row_end = std::min(m, row_begin + kTileRows);
             kernel(task, row_begin, row_end, panel, panel + 1);
         }
@@ -141,7 +145,8 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
                         column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
                         epilogue.lo, epilogue.hi, epilogue.residual, out};
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
-    run_parallel(path.kernel, task, m, panels, std::max<std::size_t>(threads, 1));
+    const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
+    run_parallel(path.kernel, task, m, panels, rows_outer, std::max<std::size_t>(threads, 1));
 }
 
 }  // namespace nimbus::kernels
