@@ -21,6 +21,7 @@
 #include "qgemm.h"
 #include "sconv.h"
 #include "sgemm.h"
+#include "worker_pool.h"
 
 namespace py = pybind11;
 
@@ -675,7 +676,7 @@ PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
 }
 
 // act(x) as a new float32 array of x's shape, for any C-contiguous float32 x.
-py::array activation(const py::object& x_object, const std::string& name) {
+py::array activation(const py::object& x_object, const std::string& name, long long threads) {
     if (!py::isinstance<py::array>(x_object)) {
         throw py::type_error("x must be a numpy.ndarray, got " +
                              std::string(Py_TYPE(x_object.ptr())->tp_name));
@@ -683,14 +684,23 @@ py::array activation(const py::object& x_object, const std::string& name) {
     const auto ndim = py::reinterpret_borrow<py::array>(x_object).ndim();
     const py::array x = checked_array<float>(x_object, "x", ndim, "(any shape)");
     const auto kind = nimbus::kernels::activation_from_name(name);
+    const std::size_t thread_count = checked_threads(threads);
     py::array out(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + ndim));
     const auto count = static_cast<std::size_t>(x.size());
     const auto* source = static_cast<const float*>(x.data());
     auto* target = static_cast<float*>(out.mutable_data());
+    // Chunks big enough that handing one to a pooled thread costs little beside it.
+    constexpr std::size_t kChunk = 16384;
     {
         py::gil_scoped_release release;
-        std::copy(source, source + count, target);
-        nimbus::kernels::activate(target, count, kind, nimbus::kernels::selected_isa());
+        const nimbus::kernels::Isa isa = nimbus::kernels::selected_isa();
+        nimbus::kernels::parallel_for((count + kChunk - 1) / kChunk, thread_count,
+                                      [&](std::size_t chunk) {
+            const std::size_t begin = chunk * kChunk;
+            const std::size_t length = std::min(kChunk, count - begin);
+            std::copy(source + begin, source + begin + length, target + begin);
+            nimbus::kernels::activate(target + begin, length, kind, isa);
+        });
     }
     return out;
 }
@@ -1266,7 +1276,8 @@ PYBIND11_MODULE(_kernels, module) {
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
                "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
                "threads and out as for sgemm.");
-    module.def("activation", &activation, py::arg("x"), py::arg("activation"),
+    module.def("activation", &activation, py::arg("x"), py::arg("activation"), py::kw_only(),
+               py::arg("threads") = 1,
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "
                "silu,\nsigmoid, tanh or hardswish, as the float kernels' epilogues compute it.");
     module.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import _kernels
 from .common import in_float32, numpy_dtype
-from .registry import kernel, without_types
+from .registry import NATIVE_THREADS, kernel, without_types
 
 # Attribute defaults of the elementwise ops that have attributes: fused expressions print only
 # attributes that differ from them (a test holds these to the op table).
@@ -172,7 +172,7 @@ def _native_activation(name: str, numpy_form):
     def run(x, a):
         native = name(a) if callable(name) else name
         if native and x.dtype == np.float32 and x.flags.c_contiguous and x.size:
-            return _kernels.activation(x, native)
+            return _kernels.activation(x, native, threads=NATIVE_THREADS.get())
         return numpy_form(x, a)
     return run
 

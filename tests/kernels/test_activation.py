@@ -19,6 +19,8 @@ def test_activation_matches_the_reference(name, shape):
     assert actual.shape == x.shape and actual is not x
     assert_matches(actual.astype(np.float64), ACTIVATIONS[name](x.astype(np.float64)),
                    name=name, rtol=1e-5)
+    # chunks over two threads (128 x 3072 is more than one chunk): the same bits
+    np.testing.assert_array_equal(_kernels.activation(x, name, threads=2), actual)
 
 
 def test_bad_arguments_are_clear_errors():
@@ -28,3 +30,5 @@ def test_bad_arguments_are_clear_errors():
         _kernels.activation(np.zeros(3), "relu")
     with pytest.raises(ValueError, match="C-contiguous"):
         _kernels.activation(np.zeros((4, 4), np.float32)[:, ::2], "relu")
+    with pytest.raises(ValueError, match="threads"):
+        _kernels.activation(np.zeros(3, np.float32), "relu", threads=0)
