@@ -22,6 +22,12 @@ def dequantize(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8], scale: float, ze
                threads: int = 1) -> npt.NDArray[np.float32]:
     """Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q."""
 
+def dequantize_channels(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+                        scales: npt.NDArray[np.float32], zero_points: npt.NDArray[np.int32], *,
+                        threads: int = 1) -> npt.NDArray[np.float32]:
+    """Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8 q [..., C],
+    c the index on the last axis; scales float32 [C], zero_points int32 [C]."""
+
 def kernels_version() -> str:
     """Return the nimbus version that the kernels were built from."""
 

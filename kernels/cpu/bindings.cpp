@@ -1123,6 +1123,41 @@ py::array dequantize(const py::object& q_object, double scale, long long zero_po
     return out;
 }
 
+py::array dequantize_channels(const py::object& q_object, const py::object& scales_object,
+                              const py::object& zero_points_object, long long threads) {
+    if (!py::isinstance<py::array>(q_object)) {
+        throw py::type_error("q must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(q_object.ptr())->tp_name));
+    }
+    const auto any = py::reinterpret_borrow<py::array>(q_object);
+    const bool is_unsigned = any.dtype().equal(py::dtype::of<std::uint8_t>());
+    const py::ssize_t ndim = std::max<py::ssize_t>(any.ndim(), 1);
+    const py::array q = is_unsigned ? checked_array<std::uint8_t>(q_object, "q", ndim, "[..., C]")
+                                    : checked_array<std::int8_t>(q_object, "q", ndim, "[..., C]");
+    const py::ssize_t channels = q.shape(q.ndim() - 1);
+    const py::array scales = checked_vector<float>(scales_object, "scales", channels);
+    const py::array zero_points =
+        checked_vector<std::int32_t>(zero_points_object, "zero_points", channels);
+    const auto* scale_data = static_cast<const float*>(scales.data());
+    const auto* zero_data = static_cast<const std::int32_t*>(zero_points.data());
+    for (py::ssize_t c = 0; c < channels; ++c) {
+        checked_scale(scale_data[c]);
+        checked_integer_type(is_unsigned ? "u8" : "s8", zero_data[c]);
+    }
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(py::dtype::of<float>(), shape_of(q));
+    const void* q_data = q.data();
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto rows = static_cast<std::size_t>(channels ? q.size() / channels : 0);
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::dequantize_channels(q_data, is_unsigned, rows,
+                                             static_cast<std::size_t>(channels), scale_data,
+                                             zero_data, out_data, thread_count);
+    }
+    return out;
+}
+
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
     module.def("gemm_u8s8s32", &gemm_u8s8s32, py::arg("a"), py::arg("b"),
@@ -1313,6 +1348,10 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
                py::kw_only(), py::arg("threads") = 1,
                "Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q.");
+    module.def("dequantize_channels", &dequantize_channels, py::arg("q"), py::arg("scales"),
+               py::arg("zero_points"), py::kw_only(), py::arg("threads") = 1,
+               "Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8\n"
+               "q [..., C], c the index on the last axis; scales float32 [C], zero_points int32 [C].");
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },
                "Return the nimbus version that the kernels were built from.");
 }

@@ -123,6 +123,19 @@ void dequantize_range(const Input* q, std::size_t begin, std::size_t end, float 
     }
 }
 
+template <typename Input>
+void dequantize_rows(const Input* q, std::size_t begin, std::size_t end, std::size_t channels,
+                     const float* scales, const std::int32_t* zero_points, float* out) {
+    for (std::size_t row = begin; row < end; ++row) {
+        const Input* source = q + row * channels;
+        float* target = out + row * channels;
+        for (std::size_t c = 0; c < channels; ++c) {
+            target[c] = static_cast<float>(static_cast<std::int32_t>(source[c]) - zero_points[c]) *
+                        scales[c];
+        }
+    }
+}
+
 template <typename Work>
 void over_chunks(std::size_t count, std::size_t threads, const Work& work) {
     parallel_for((count + kChunk - 1) / kChunk, threads, [&](std::size_t chunk) {
@@ -198,6 +211,24 @@ void dequantize(const void* q, bool unsigned_input, std::size_t count, float sca
             dequantize_range(static_cast<const std::uint8_t*>(q), begin, end, scale, zero_point, out);
         } else {
             dequantize_range(static_cast<const std::int8_t*>(q), begin, end, scale, zero_point, out);
+        }
+    });
+}
+
+void dequantize_channels(const void* q, bool unsigned_input, std::size_t rows,
+                         std::size_t channels, const float* scales,
+                         const std::int32_t* zero_points, float* out, std::size_t threads) {
+    // Whole rows per work item, about kChunk elements each.
+    const std::size_t rows_per_item = std::max<std::size_t>(kChunk / std::max<std::size_t>(channels, 1), 1);
+    parallel_for((rows + rows_per_item - 1) / rows_per_item, threads, [&](std::size_t item) {
+        const std::size_t begin = item * rows_per_item;
+        const std::size_t end = std::min(rows, begin + rows_per_item);
+        if (unsigned_input) {
+            dequantize_rows(static_cast<const std::uint8_t*>(q), begin, end, channels, scales,
+                            zero_points, out);
+        } else {
+            dequantize_rows(static_cast<const std::int8_t*>(q), begin, end, channels, scales,
+                            zero_points, out);
         }
     });
 }

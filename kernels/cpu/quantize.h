@@ -23,4 +23,10 @@ void quantize_to_channels_last(const float* x, std::size_t batch, std::size_t ch
 void dequantize(const void* q, bool unsigned_input, std::size_t count, float scale,
                 std::int32_t zero_point, float* out, std::size_t threads);
 
+// The same with a scale and zero point per index of the last axis, of size `channels`
+// (an embedding lookup's int8 rows, quantized per column).
+void dequantize_channels(const void* q, bool unsigned_input, std::size_t rows,
+                         std::size_t channels, const float* scales,
+                         const std::int32_t* zero_points, float* out, std::size_t threads);
+
 }  // namespace nimbus::kernels

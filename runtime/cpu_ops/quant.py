@@ -290,10 +290,16 @@ def quantize(xs, a, types):
 @kernel("dequantize")
 def dequantize(xs, a, types):
     q, quant = xs[0], types[0].quant
-    if q.dtype not in (np.uint8, np.int8) or len(quant.scale) != 1:
+    if q.dtype not in (np.uint8, np.int8) or q.ndim == 0:
         return dequantize_array(q, quant)
-    return _kernels.dequantize(np.ascontiguousarray(q), float(quant.scale[0]),
-                               int(quant.zero_point[0]), threads=NATIVE_THREADS.get())
+    if len(quant.scale) == 1:
+        return _kernels.dequantize(np.ascontiguousarray(q), float(quant.scale[0]),
+                                   int(quant.zero_point[0]), threads=NATIVE_THREADS.get())
+    if quant.axis == q.ndim - 1:  # per column, as int8 embedding rows come out of a lookup
+        return _kernels.dequantize_channels(
+            np.ascontiguousarray(q), np.asarray(quant.scale, np.float32),
+            np.asarray(quant.zero_point, np.int32), threads=NATIVE_THREADS.get())
+    return dequantize_array(q, quant)
 
 
 @kernel("qlinear")

@@ -70,6 +70,35 @@ def test_the_quantize_op_hands_convolutions_nhwc_memory():
     assert result.transpose(0, 2, 3, 1).flags.c_contiguous  # NCHW view of NHWC memory
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("shape", [(7,), (2, 5, 7), (3, 40000 // 768 + 1, 768), (0, 3)])
+def test_dequantize_per_last_axis_channel(shape, dtype, threads):
+    rng = np.random.default_rng([4, *shape])
+    info = np.iinfo(dtype)
+    q = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    channels = shape[-1]
+    scales = rng.uniform(1e-3, 2.0, channels).astype(np.float32)
+    zero_points = rng.integers(info.min, info.max, channels, endpoint=True).astype(np.int32)
+    quant = _Quant(tuple(scales), tuple(int(z) for z in zero_points), len(shape) - 1)
+    actual = _kernels.dequantize_channels(q, scales, zero_points, threads=threads)
+    expected = dequantize_array(q, quant)
+    assert actual.shape == expected.shape
+    np.testing.assert_array_equal(actual.view(np.int32), expected.view(np.int32))
+
+
+def test_dequantize_per_channel_checks_its_parameters():
+    q = np.zeros((2, 3), np.uint8)
+    with pytest.raises(ValueError, match="scales"):
+        _kernels.dequantize_channels(q, np.ones(2, np.float32), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="scale"):
+        _kernels.dequantize_channels(q, np.array([1, 0, 1], np.float32), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="zero_point"):
+        _kernels.dequantize_channels(q, np.ones(3, np.float32), np.array([0, 300, 0], np.int32))
+    with pytest.raises(TypeError, match="int32"):
+        _kernels.dequantize_channels(q, np.ones(3, np.float32), np.zeros(3, np.int64))
+
+
 def test_bad_inputs_raise_clear_errors():
     x = np.zeros((4, 4), np.float32)
     with pytest.raises(TypeError, match="float32"):
