@@ -1098,16 +1098,25 @@ py::array quantize(const py::object& x_object, double scale, long long zero_poin
     return out;
 }
 
+// `object` as a C-contiguous uint8 or int8 array of at least `min_ndim` dimensions, no copy;
+// `is_unsigned` says which.
+py::array checked_quantized_array(const py::object& object, py::ssize_t min_ndim,
+                                  const std::string& dims, bool& is_unsigned) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error("q must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    const auto any = py::reinterpret_borrow<py::array>(object);
+    is_unsigned = any.dtype().equal(py::dtype::of<std::uint8_t>());
+    const py::ssize_t ndim = std::max(any.ndim(), min_ndim);
+    return is_unsigned ? checked_array<std::uint8_t>(object, "q", ndim, dims)
+                       : checked_array<std::int8_t>(object, "q", ndim, dims);
+}
+
 py::array dequantize(const py::object& q_object, double scale, long long zero_point,
                      long long threads) {
-    if (!py::isinstance<py::array>(q_object)) {
-        throw py::type_error("q must be a numpy.ndarray, got " +
-                             std::string(Py_TYPE(q_object.ptr())->tp_name));
-    }
-    const auto any = py::reinterpret_borrow<py::array>(q_object);
-    const bool is_unsigned = any.dtype().equal(py::dtype::of<std::uint8_t>());
-    const py::array q = is_unsigned ? checked_array<std::uint8_t>(q_object, "q", any.ndim(), "any shape")
-                                    : checked_array<std::int8_t>(q_object, "q", any.ndim(), "any shape");
+    bool is_unsigned = false;
+    const py::array q = checked_quantized_array(q_object, 0, "any shape", is_unsigned);
     checked_integer_type(is_unsigned ? "u8" : "s8", zero_point);
     const float single_scale = checked_scale(scale);
     const std::size_t thread_count = checked_threads(threads);
@@ -1125,15 +1134,8 @@ py::array dequantize(const py::object& q_object, double scale, long long zero_po
 
 py::array dequantize_channels(const py::object& q_object, const py::object& scales_object,
                               const py::object& zero_points_object, long long threads) {
-    if (!py::isinstance<py::array>(q_object)) {
-        throw py::type_error("q must be a numpy.ndarray, got " +
-                             std::string(Py_TYPE(q_object.ptr())->tp_name));
-    }
-    const auto any = py::reinterpret_borrow<py::array>(q_object);
-    const bool is_unsigned = any.dtype().equal(py::dtype::of<std::uint8_t>());
-    const py::ssize_t ndim = std::max<py::ssize_t>(any.ndim(), 1);
-    const py::array q = is_unsigned ? checked_array<std::uint8_t>(q_object, "q", ndim, "[..., C]")
-                                    : checked_array<std::int8_t>(q_object, "q", ndim, "[..., C]");
+    bool is_unsigned = false;
+    const py::array q = checked_quantized_array(q_object, 1, "[..., C]", is_unsigned);
     const py::ssize_t channels = q.shape(q.ndim() - 1);
     const py::array scales = checked_vector<float>(scales_object, "scales", channels);
     const py::array zero_points =
