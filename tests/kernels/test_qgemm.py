@@ -19,6 +19,8 @@ ISAS = available_isas()
 SIZES = [1, 3, 17, 63, 64, 65, 127, 129, 255, 1000]
 SHAPES = [(SIZES[i], SIZES[(i + 3) % 10], SIZES[(i + 7) % 10]) for i in range(10)]
 SHAPES += [(1000, 17, 129), (5, 7, 2), (6, 64, 4), (12, 128, 66), (7, 200, 257)]
+# Last panels of 1 to 4 vectors of 16 columns, each with several row blocks and a partial one.
+SHAPES += [(37, 40, 45), (29, 100, 20), (51, 24, 12), (100, 6, 76)]
 
 A_RANGES = {"u8": (np.uint8, 0, 255), "s8": (np.int8, -128, 127)}
 
