@@ -44,38 +44,59 @@ NIMBUS_AVX512_VNNI __m512 residual_terms(const Residual& residual, std::size_t i
     return _mm512_mul_ps(_mm512_cvtepi32_ps(centered), _mm512_set1_ps(residual.scale));
 }
 
-// Finishes the 16 accumulators of row `row` that start at column `col` and stores those that
-// fall inside the n columns of the result.
-NIMBUS_AVX512_VNNI void store_vector(const GemmTask& task, std::size_t row, std::size_t col,
-                                     __m512i raw) {
+// Finishes the accumulators of one vector of 16 columns from `col` in each of Rows rows from
+// `row`, and stores those that fall inside the n columns of the result. The per-column terms
+// are loaded once for all rows and the output type is chosen once: a GEMM of small depth (a
+// 1x1 convolution over 16 channels) spends as long here as in its products.
+template <std::size_t Rows>
+NIMBUS_AVX512_VNNI inline void store_column(const GemmTask& task, std::size_t row,
+                                            std::size_t col, const __m512i (&sums)[Rows]) {
     if (col >= task.n) {
         return;
     }
     const std::size_t count = task.n - col < kLanes ? task.n - col : kLanes;
     const auto mask = static_cast<__mmask16>((1u << count) - 1);
-    const __m512i acc = _mm512_add_epi32(raw, _mm512_loadu_si512(task.column_offset + col));
-    const std::size_t index = row * task.n + col;
+    const __m512i offset = _mm512_loadu_si512(task.column_offset + col);
+    const std::size_t first = row * task.n + col;
     if (task.type == OutputType::s32) {
-        _mm512_mask_storeu_epi32(static_cast<std::int32_t*>(task.out) + index, mask, acc);
+        auto* out = static_cast<std::int32_t*>(task.out) + first;
+#pragma GCC unroll 12
+        for (std::size_t r = 0; r < Rows; ++r) {
+            _mm512_mask_storeu_epi32(out + r * task.n, mask, _mm512_add_epi32(sums[r], offset));
+        }
         return;
     }
     // cvtdq2ps and cvtps2dq round half to even under the default MXCSR, like the reference.
-    __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(task.scale + col));
-    if (task.residual.data != nullptr) {
-        scaled = _mm512_add_ps(scaled, residual_terms(task.residual, index, count));
+    const __m512 scale = _mm512_loadu_ps(task.scale + col);
+    __m512 scaled[Rows];
+#pragma GCC unroll 12
+    for (std::size_t r = 0; r < Rows; ++r) {
+        scaled[r] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(sums[r], offset)), scale);
+        if (task.residual.data != nullptr) {
+            scaled[r] = _mm512_add_ps(scaled[r],
+                                      residual_terms(task.residual, first + r * task.n, count));
+        }
     }
     if (task.type == OutputType::f32) {
-        _mm512_mask_storeu_ps(static_cast<float*>(task.out) + index, mask, scaled);
+        auto* out = static_cast<float*>(task.out) + first;
+#pragma GCC unroll 12
+        for (std::size_t r = 0; r < Rows; ++r) {
+            _mm512_mask_storeu_ps(out + r * task.n, mask, scaled[r]);
+        }
         return;
     }
     // Clamping before rounding equals clamping after it (the bounds are integers), and keeps
     // the value inside int32 for the conversion.
     const __m512 lo = _mm512_set1_ps(static_cast<float>(task.lo - task.zero_point));
     const __m512 hi = _mm512_set1_ps(static_cast<float>(task.hi - task.zero_point));
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo), hi);
-    const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(clamped),
-                                       _mm512_set1_epi32(task.zero_point));
-    _mm512_mask_cvtepi32_storeu_epi8(static_cast<std::uint8_t*>(task.out) + index, mask, q);
+    const __m512i zero_point = _mm512_set1_epi32(task.zero_point);
+    auto* out = static_cast<std::uint8_t*>(task.out) + first;
+#pragma GCC unroll 12
+    for (std::size_t r = 0; r < Rows; ++r) {
+        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled[r], lo), hi);
+        const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), zero_point);
+        _mm512_mask_cvtepi32_storeu_epi8(out + r * task.n, mask, q);
+    }
 }
 
 // Adds the products of depth group `group` with the first Vectors vectors of the panel's
@@ -130,17 +151,18 @@ NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const std::uint8_t* 
     for (; group < groups; ++group) {
         accumulate_group<Rows, Vectors>(acc[0], a, task.padded_k, b, group);
     }
-#pragma GCC unroll 12
-    for (std::size_t r = 0; r < Rows; ++r) {
 #pragma GCC unroll 4
-        for (std::size_t v = 0; v < Vectors; ++v) {
-            __m512i sum = acc[0][r][v];
+    for (std::size_t v = 0; v < Vectors; ++v) {
+        __m512i sums[Rows];
+#pragma GCC unroll 12
+        for (std::size_t r = 0; r < Rows; ++r) {
+            sums[r] = acc[0][r][v];
 #pragma GCC unroll 2
             for (std::size_t chain = 1; chain < kChains; ++chain) {
-                sum = _mm512_add_epi32(sum, acc[chain][r][v]);
+                sums[r] = _mm512_add_epi32(sums[r], acc[chain][r][v]);
             }
-            store_vector(task, row + r, col + v * kLanes, sum);
         }
+        store_column<Rows>(task, row, col + v * kLanes, sums);
     }
 }
 
