@@ -143,7 +143,14 @@ class _Quantizer:
             q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
         attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
         activation = node.attrs.get("activation", "none")
-        attrs["activation"] = activation if integer_epilogue else "none"
+        # A qlinear with an f32 result applies any activation to its tiles while they are in
+        # cache: a BERT FFN's GELU then costs no pass over its [tokens, 3072] result.
+        fused_float_activation = (not integer_epilogue and not quantized_output
+                                  and INTEGER_OPS[node.op] == "qlinear" and _residual(node) is None)
+        if integer_epilogue or fused_float_activation:
+            attrs["activation"], activation = activation, "none"
+        else:
+            attrs["activation"] = "none"
         if quantized_output:
             scale, zero_point = activation_params(*self.ranges[node.result], self.dtype)
             attrs.update(dtype=self.dtype, scale=scale, zero_point=zero_point)

@@ -92,8 +92,10 @@ def qgemm_f32(
     *,
     threads: int = 1,
     out: npt.NDArray[np.float32] | None = None,
+    activation: str = "none",
 ) -> npt.NDArray[np.float32]:
-    """Return f32(acc) * scale[n] as float32 [M, N]."""
+    """Return act(f32(acc) * scale[n]) as float32 [M, N]; act is a float kernels' activation
+    ("none", "relu", "gelu", ...), applied to each tile while it is in cache."""
 
 def qgemm_s32(
     a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],

@@ -43,10 +43,12 @@ from nimbus.runtime.cpu_ops.quant import quantize_reference as _quantize_referen
 from ..dtypes import DType
 from ..ir import QuantParams, TensorType
 from .common import elements, require_rank
+from .fused import ACTIVATIONS as FUSED_ACTIVATIONS
 from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
 ACTIVATIONS = ("none", "relu", "relu6")
+LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what a qlinear with an f32 result may apply
 QUANTIZED_DTYPES = (DType.u8, DType.i8)
 
 
@@ -95,11 +97,13 @@ INTEGER_OUTPUT_ATTRS = {
     "dtype": Attr("dtype", DType.u8, "u8 or i8 (requantized) or f32 (dequantized)"),
     "scale": Attr("float?", None, "result scale (quantized results only)"),
     "zero_point": Attr("int", 0, "result zero point"),
-    "activation": Attr("str", "none", "fused clamp: none, relu or relu6"),
+    "activation": Attr("str", "none", "fused clamp: none, relu or relu6; a qlinear with an f32 "
+                       "result also takes gelu, gelu_tanh, silu, sigmoid, tanh or hardswish"),
 }
 
 
-def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> TensorType:
+def _integer_result(types, shape, a, weight_axis: int, channel_axis: int,
+                    float_activations: bool = False) -> TensorType:
     x, w = types[0], types[1]
     for name, t in (("input", x), ("weight", w)):
         if t.dtype not in QUANTIZED_DTYPES or t.quant is None:
@@ -118,8 +122,12 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int) -> Ten
             raise ValueError(f"residual must be u8/i8 quantized per tensor, got {residual}")
         if tuple(residual.shape) != tuple(shape):
             raise ValueError(f"residual must have the result's shape {list(shape)}, got {residual}")
-    if a["activation"] not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
+    if a["dtype"] == DType.f32 and float_activations:
+        if a["activation"] not in LAYER_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(LAYER_ACTIVATIONS)}")
+    elif a["activation"] not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}"
+                         + (" (others need an f32 result)" if float_activations else ""))
     if a["dtype"] == DType.f32:
         if a["scale"] is not None or a["zero_point"]:
             raise ValueError("an f32 result takes no scale or zero point")
@@ -144,7 +152,7 @@ define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel,
 
 def _qlinear_infer(types, a):
     shape = linear_infer(types)
-    return _integer_result(types, shape, a, weight_axis=0, channel_axis=-1)
+    return _integer_result(types, shape, a, weight_axis=0, channel_axis=-1, float_activations=True)
 
 
 define("qlinear", "Integer linear: u8/i8 input, i8 [out, in] weight per output channel, i32 bias, "

@@ -393,9 +393,11 @@ py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_ze
 py::array qgemm_f32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
                     const py::object& bias, const py::object& scale_object, long long threads,
                     const py::object& out, const py::object& residual,
-                    long long residual_zero_point, double residual_scale) {
+                    long long residual_zero_point, double residual_scale,
+                    const std::string& activation) {
     Epilogue epilogue;
     epilogue.type = OutputType::f32;
+    epilogue.activation = nimbus::kernels::activation_from_name(activation);
     const py::array scale = checked_scales(scale_object, "scale", packed.n);
     epilogue.scale = static_cast<const float*>(scale.data());
     return run_qgemm<float>(a, packed, a_zero_point, bias, epilogue, threads, out,
@@ -1195,9 +1197,10 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("qgemm_f32", &qgemm_f32, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("scale"), py::kw_only(), py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
-               py::arg("residual_scale") = 0.0,
-               "Return f32(acc) * scale + t as float32 [M, N], acc = (a - a_zero_point) @ w.T + "
-               "bias.\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
+               py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
+               "Return act(f32(acc) * scale + t) as float32 [M, N], acc = (a - a_zero_point) @ "
+               "w.T + bias, act the named activation of the float kernels (applied to each tile "
+               "while it is in cache).\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_s32", &qgemm_s32, py::arg("a"), py::arg("packed"),
                py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
                py::arg("threads") = 1, py::arg("out") = py::none(),

@@ -69,18 +69,29 @@ constexpr std::size_t kCachedWeightBytes = 256 * 1024;
 // weights, which stays in cache; when all the weights fit in cache anyway (`rows_outer`, a
 // pointwise convolution's few output channels), consecutive tiles share their rows of
 // activations instead, which would otherwise stream from memory once per panel.
-void run_parallel(PathKernel kernel, const GemmTask& task, std::size_t m, std::size_t panels,
-                  bool rows_outer, std::size_t threads) {
+// An f32 result's activation runs over each tile as soon as the kernel has written it.
+void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::size_t panels,
+                  bool rows_outer, Activation activation, Isa isa, std::size_t threads) {
     const std::size_t row_tiles = (m + kTileRows - 1) / kTileRows;
     const std::size_t tiles = row_tiles * panels;
     const std::size_t count = std::min(threads, tiles);
+    const std::size_t width = path.layout.panel_width;
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
             const std::size_t panel = rows_outer ? tile % panels : tile / row_tiles;
             const std::size_t row_begin = (rows_outer ? tile / panels : tile % row_tiles) * kTileRows;
             const std::size_t row_end = std::min(m, row_begin + kTileRows);
-            kernel(task, row_begin, row_end, panel, panel + 1);
+            path.kernel(task, row_begin, row_end, panel, panel + 1);
+            if (activation == Activation::none) {
+                continue;
+            }
+            const std::size_t column = panel * width;
+            const std::size_t columns = std::min(width, task.n - std::min(task.n, column));
+            for (std::size_t row = row_begin; row < row_end && columns > 0; ++row) {
+                activate(static_cast<float*>(task.out) + row * task.n + column, columns,
+                         activation, isa);
+            }
         }
     };
     run_on_pool(count - 1, run_tiles);
@@ -146,7 +157,11 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
                         epilogue.lo, epilogue.hi, epilogue.residual, out};
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
     const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
-    run_parallel(path.kernel, task, m, panels, rows_outer, std::max<std::size_t>(threads, 1));
+    const Activation activation =
+        epilogue.type == OutputType::f32 ? epilogue.activation : Activation::none;
+    // The activation computed as this process's unfused activation kernel computes it.
+    run_parallel(path, task, m, panels, rows_outer, activation, selected_isa(),
+                 std::max<std::size_t>(threads, 1));
 }
 
 }  // namespace nimbus::kernels

@@ -6,9 +6,11 @@
 // and the result is one of
 //     s32: acc
 //     u8/s8: clamp(rint_f32(f32(acc) * scale[n] + t) + zero_point, lo, hi)   (half to even)
-//     f32: f32(acc) * scale[n] + t
-// where t = f32(r[m, n] - r_zp) * r_scale for an optional quantized residual r, else nothing;
-// which is the arithmetic of nimbus.compiler.ops.quant, bit for bit, on every path.
+//     f32: act(f32(acc) * scale[n] + t)
+// where t = f32(r[m, n] - r_zp) * r_scale for an optional quantized residual r, else nothing,
+// and act the epilogue's activation (sgemm.h), applied to each finished tile while it is in
+// cache; which is the arithmetic of nimbus.compiler.ops.quant, bit for bit, on every path (the
+// activation as the float kernels compute it).
 #pragma once
 
 #include <cstddef>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "sgemm.h"
 
 namespace nimbus::kernels {
 
@@ -56,6 +59,7 @@ struct Epilogue {
     std::int32_t lo = 0;                 // u8/s8: clamp bounds, within the output type
     std::int32_t hi = 0;
     Residual residual;                   // u8/s8/f32 results only
+    Activation activation = Activation::none;  // f32 results only
 };
 
 // Writes one finished accumulator (bias and zero-point terms already added) as element `index`

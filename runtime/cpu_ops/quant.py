@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import _kernels
 from .common import int_range, numpy_dtype
+from .fused import apply_activation
 from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
 from .registry import NATIVE_THREADS, kernel
@@ -131,10 +132,13 @@ def finish_integer_op(acc: np.ndarray, input_quant, weight_quant, a: dict, chann
 
 
 def _f32_activation(out: np.ndarray, activation: str) -> np.ndarray:
+    """The activation of an f32 result: a clamp, or (qlinear) one of the float activations."""
     if activation == "relu":
         out = np.maximum(out, 0)
     elif activation == "relu6":
         out = np.clip(out, 0, 6)
+    elif activation != "none":
+        out = apply_activation(out.astype(np.float32), activation)
     return out.astype(np.float32)
 
 
@@ -256,8 +260,8 @@ def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int
         "residual": native_residual, "residual_zero_point": int(rq.zero_point[0]),
         "residual_scale": float(residual_factor(rq, output_scale))}
     multiplier = _channel_multiplier(w, wq, channels, input_scale, output_scale)
-    if f32_result:
-        return _f32_activation(call("f32", multiplier, **with_residual), a["activation"])
+    if f32_result:  # the call applies the activation
+        return call("f32", multiplier, **with_residual)
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
     return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])],
                 **with_residual)
@@ -314,6 +318,8 @@ def qlinear(xs, a, types):
     zp, b = xq.zero_point[0], _bias(bias)
 
     def call(kind, *epilogue, **with_residual):
+        if kind == "f32":  # the kernel applies any activation to each tile while it is in cache
+            with_residual["activation"] = a["activation"]
         kernel = _kernels.qgemm_f32 if kind == "f32" else _kernels.qgemm
         out = kernel(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get(), **with_residual)
         return out.reshape(*x.shape[:-1], n)
@@ -346,9 +352,12 @@ def qconv2d(xs, a, types):
         return out.transpose(0, 3, 1, 2)
 
     def call(kind, *epilogue, **with_residual):
-        kernel = _kernels.qconv2d_f32 if kind == "f32" else _kernels.qconv2d
-        return nchw(kernel(nhwc, packed, zp, b, *epilogue, **geometry,
-                           threads=NATIVE_THREADS.get(), **with_residual))
+        if kind == "f32":
+            return _f32_activation(nchw(_kernels.qconv2d_f32(
+                nhwc, packed, zp, b, *epilogue, **geometry, threads=NATIVE_THREADS.get(),
+                **with_residual)), a["activation"])
+        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry,
+                                     threads=NATIVE_THREADS.get(), **with_residual))
 
     def acc():
         return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry,

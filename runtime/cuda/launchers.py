@@ -193,14 +193,16 @@ def _conv(step, ctx: Context) -> Launcher:
     return Launcher("triton:conv.conv2d", run, frozenset({1}) if packed is not None else frozenset())
 
 
-def _integer_layer(step) -> tuple[float, int, list, str]:
+def _integer_layer(step, float_activations: bool = False) -> tuple[float, int, list, str]:
     """(input scale, input zero point, weight scales, result dtype) of a qconv2d / qlinear step
-    whose result type and activation the integer kernels support."""
+    whose result type and activation the integer kernels support (with `float_activations`,
+    any activation of an f32 result)."""
     input_scale, input_zero = _input_quant(step)
     out_dtype = str(step.attrs["dtype"])
     if out_dtype not in ("u8", "i8", "f32"):
         raise Unsupported(f"result dtype {out_dtype} has no kernel")
-    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS:
+    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS and not (
+            float_activations and out_dtype == "f32"):
         raise Unsupported(f"activation {step.attrs['activation']} has no integer kernel")
     return input_scale, input_zero, _weight_quant(step), out_dtype
 
@@ -249,7 +251,7 @@ def _qconv(step, ctx: Context) -> Launcher:
 
 def _qlinear(step, ctx: Context) -> Launcher:
     a = step.attrs
-    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step)
+    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step, float_activations=True)
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
     packed = None if weight is None else tri_gemm.pack_weights(ctx.tensor(weight))

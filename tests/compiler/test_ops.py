@@ -299,6 +299,18 @@ def test_qlinear_f32_output_is_the_dequantized_accumulator():
     assert_matches(actual, expected, "qlinear f32", rtol=0)
 
 
+def test_qlinear_f32_output_takes_a_float_activation():
+    x, xq, w, wq = quantized_operands(3, 10, 4)
+    (plain,) = run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32"}, constants=(1,))
+    (actual,) = run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32", "activation": "gelu"},
+                       constants=(1,))
+    expected = F.gelu(torch.from_numpy(plain.astype(np.float64))).numpy().astype(np.float32)
+    assert_matches(actual, expected, "qlinear f32 gelu", rtol=1e-6)
+    with pytest.raises(Exception, match=r"none, relu, relu6 \(others need an f32 result\)"):
+        run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "u8", "scale": 0.1, "activation": "gelu"},
+               constants=(1,))
+
+
 def test_qconv2d_matches_integer_convolution():
     x = rng.integers(0, 256, size=(2, 4, 7, 6)).astype(np.uint8)
     w = rng.integers(-127, 128, size=(6, 2, 3, 3)).astype(np.int8)

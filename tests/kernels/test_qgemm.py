@@ -9,6 +9,7 @@ from nimbus.compiler.ir import QuantParams
 from nimbus.compiler.ops.quant import requant_multiplier, requantize
 from nimbus.runtime.cpu_ops.quant import residual_factor, residual_term
 from nimbus.runtime import available_isas, pack_weights, qgemm, qgemm_f32, qgemm_s32
+from nimbus.runtime._kernels import activation
 
 from checks import assert_matches
 from qgemm_reference import OUT_DTYPES, accumulators, dequantized, requantized
@@ -258,3 +259,24 @@ def test_residual_epilogue_matches_the_reference(problem, isa, residual_type):
                        residual_scale=float(residual_factor(quant, 1.0)))
     expected = (dequantized(acc, multiplier) + residual_term(residual, quant, 1.0)).astype(np.float32)
     assert_matches(actual.view(np.int32), expected.view(np.int32), name=f"{name} f32 bits")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_f32_result_activations_equal_the_float_kernels(problem, isa):
+    """An f32 result's activation, applied per tile in cache, is the float kernels' activation
+    of the unfused result, bit for bit (also after a residual)."""
+    m, n, k, rng, weights, bias = problem
+    a = activations(rng, (m, k), "u8")
+    packed = pack_weights(weights, isa)
+    scale = np.full(n, 0.01, np.float32)
+    residual = activations(rng, (m, n), "u8")
+    with_residual = {"residual": residual, "residual_zero_point": 7, "residual_scale": 0.05}
+    for name in ("gelu", "silu", "relu6"):
+        for extra in ({}, with_residual):
+            plain = qgemm_f32(a, packed, 3, bias, scale, **extra)
+            fused = qgemm_f32(a, packed, 3, bias, scale, threads=2, activation=name, **extra)
+            expected = activation(plain, name) if plain.size else plain
+            assert_matches(fused.view(np.int32), expected.view(np.int32),
+                           name=f"{isa} {name} residual={bool(extra)} M={m} N={n} K={k}")
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        qgemm_f32(a, packed, 3, bias, scale, activation="swish")

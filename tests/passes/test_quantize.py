@@ -243,3 +243,20 @@ def test_residual_blocks_stay_integer(name):
     expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
     for output_name in graph.output_names:
         assert cosine(actual[output_name], expected[output_name]) >= 0.99
+
+
+def test_gelu_after_an_f32_qlinear_runs_in_its_epilogue():
+    """A linear layer whose GELU keeps its result in float (the BERT FFN) becomes one qlinear
+    with an f32 result that applies the GELU itself: no separate gelu op."""
+    model, graph = converted("bert_encoder")
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    names = [value.name for value in graph.inputs]
+    batches = [dict(zip(names, (t.numpy() for t in CASES["bert_encoder"].make_inputs(
+        torch.Generator().manual_seed(seed), 2)))) for seed in range(4)]
+    quantized = run_passes(optimized, "quantize", calibration=batches)
+    fused = [n for n in quantized.nodes if n.op == "qlinear" and n.attrs["activation"] == "gelu"]
+    assert fused and all(n.attrs["dtype"] == DType.f32 for n in fused)
+    assert not any(n.op == "gelu" for n in quantized.nodes)
+    expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
+    for output_name in graph.output_names:
+        assert cosine(actual[output_name], expected[output_name]) >= 0.99

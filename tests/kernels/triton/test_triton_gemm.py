@@ -77,6 +77,18 @@ def test_f32_result_is_bit_exact(activation, device):
     assert_matches(actual, expected, "qgemm f32", rtol=0)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_f32_result_takes_float_activations(activation, device):
+    """A qlinear with an f32 result may apply any float activation (the CPU computes it with
+    its own vectorized functions, so the match is to float32 rounding)."""
+    x, xq, w, wq, _ = quantized_problem(9, 45, 17, False, 7)
+    expected = run_one_node("qlinear", [(x, xq), (w, wq)], {"dtype": "f32", "activation": activation})
+    scale = torch.from_numpy(requant_multiplier(xq.scale[0], wq.scale))
+    actual = launch(x, xq, w, None, {"out_dtype": "f32", "scale": scale,
+                                     "activation": activation}, device)
+    assert_matches(actual, expected, f"qgemm f32 {activation}", rtol=1e-5)
+
+
 def test_s32_result_is_the_exact_accumulator(device):
     x, xq, w, _, bias = quantized_problem(20, 300, 36, False, 200)
     acc = (x.astype(np.int64) - 200) @ w.astype(np.int64).T + bias
