@@ -114,6 +114,11 @@ private:
     std::size_t group_;
 };
 
+// Runs of output rows handed out per thread: several keep parallel_for's dynamic balance
+// between the threads, and each stays long enough that the kernel's prefetch of the next row
+// of its run rarely falls off the end.
+constexpr std::size_t kDepthwiseRunsPerThread = 8;
+
 void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                    const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
     std::vector<float> bias(w.padded_channels, 0.0f);
@@ -147,8 +152,13 @@ void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeigh
         kernel = run_sdepthwise_avx512;
     }
 #endif
-    parallel_for(g.batch * g.out_h, threads,
-                 [&](std::size_t row) { kernel(task, row, row + 1); });
+    // Runs of adjacent rows per thread: a thread reuses the input rows its previous output row
+    // left in its cache, and the kernel prefetches the rows of its next one.
+    const std::size_t rows = g.batch * g.out_h;
+    const std::size_t run = std::max<std::size_t>(1, rows / (threads * kDepthwiseRunsPerThread));
+    parallel_for((rows + run - 1) / run, threads, [&](std::size_t item) {
+        kernel(task, item * run, std::min(rows, (item + 1) * run));
+    });
 }
 
 }  // namespace
