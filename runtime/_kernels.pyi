@@ -28,6 +28,9 @@ def dequantize_channels(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
     """Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8 q [..., C],
     c the index on the last axis; scales float32 [C], zero_points int32 [C]."""
 
+def to_channels_last(x: npt.NDArray[np.float32], *, threads: int = 1) -> npt.NDArray[np.float32]:
+    """Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] array."""
+
 def kernels_version() -> str:
     """Return the nimbus version that the kernels were built from."""
 

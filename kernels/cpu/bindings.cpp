@@ -15,6 +15,7 @@
 #include "attention.h"
 #include "gemm.h"
 #include "isa.h"
+#include "layout.h"
 #include "pool.h"
 #include "quantize.h"
 #include "qconv.h"
@@ -677,6 +678,24 @@ PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
     return nimbus::kernels::pack_sgemm_weights(data, n, k, path);
 }
 
+// x [N, C, H, W] as a new C-contiguous [N, H, W, C] array.
+py::array to_channels_last(const py::object& x_object, long long threads) {
+    const py::array x = checked_array<float>(x_object, "x", 4, "[N, C, H, W]");
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(x.dtype(), std::vector<py::ssize_t>{x.shape(0), x.shape(2), x.shape(3),
+                                                      x.shape(1)});
+    const auto* source = static_cast<const float*>(x.data());
+    auto* target = static_cast<float*>(out.mutable_data());
+    const auto batch = static_cast<std::size_t>(x.shape(0));
+    const auto channels = static_cast<std::size_t>(x.shape(1));
+    const auto pixels = static_cast<std::size_t>(x.shape(2) * x.shape(3));
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::nchw_to_nhwc(source, batch, channels, pixels, target, thread_count);
+    }
+    return out;
+}
+
 // act(x) as a new float32 array of x's shape, for any C-contiguous float32 x.
 py::array activation(const py::object& x_object, const std::string& name, long long threads) {
     if (!py::isinstance<py::array>(x_object)) {
@@ -1316,6 +1335,10 @@ PYBIND11_MODULE(_kernels, module) {
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
                "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
                "threads and out as for sgemm.");
+    module.def("to_channels_last", &to_channels_last, py::arg("x"), py::kw_only(),
+               py::arg("threads") = 1,
+               "Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] "
+               "array.");
     module.def("activation", &activation, py::arg("x"), py::arg("activation"), py::kw_only(),
                py::arg("threads") = 1,
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "
