@@ -79,9 +79,10 @@ void for_row_blocks(std::size_t rows, std::size_t channels, std::size_t threads,
 
 }  // namespace
 
-void attention(const float* q, const float* k, const float* v, const AttentionMask& mask,
-               float scale, const AttentionShape& shape, float* out, std::size_t threads,
-               Isa isa) {
+void attention(const float* q, const MatrixLayout& q_layout, const float* k,
+               const MatrixLayout& k_layout, const float* v, const MatrixLayout& v_layout,
+               const AttentionMask& mask, float scale, const AttentionShape& shape, float* out,
+               const MatrixLayout& out_layout, std::size_t threads, Isa isa) {
     const auto [batch, l, s, d, dv] = shape;
     if (batch * l * dv == 0) {
         return;
@@ -107,15 +108,16 @@ void attention(const float* q, const float* k, const float* v, const AttentionMa
             const std::size_t first = item % blocks * kQueryBlock;
             const std::size_t rows = std::min(kQueryBlock, l - first);
             if (transposed != b) {
-                const float* keys = k + b * s * d;
+                const float* keys = k + k_layout.offsets[b];
                 for (std::size_t j = 0; j < s; ++j) {
                     for (std::size_t c = 0; c < d; ++c) {
-                        k_t[c * s + j] = keys[j * d + c];
+                        k_t[c * s + j] = keys[j * k_layout.row_stride + c];
                     }
                 }
                 transposed = b;
             }
-            path.gemm(q + (b * l + first) * d, d, k_t, s, scores, s, rows, s, d);
+            path.gemm(q + q_layout.offsets[b] + first * q_layout.row_stride, q_layout.row_stride,
+                      k_t, s, scores, s, rows, s, d);
             for (std::size_t i = 0; i < rows; ++i) {
                 float* row = scores + i * s;
                 scale_and_mask(row, s, scale, mask, b, first + i);
@@ -130,10 +132,12 @@ void attention(const float* q, const float* k, const float* v, const AttentionMa
                     inverse_sums[i] = 1.0f / path.exp_sum(row, row, s, peak);
                 }
             }
-            float* target = out + (b * l + first) * dv;
-            path.gemm(scores, s, v + b * s * dv, dv, target, dv, rows, dv, s);
+            const std::size_t out_stride = out_layout.row_stride;
+            float* target = out + out_layout.offsets[b] + first * out_stride;
+            path.gemm(scores, s, v + v_layout.offsets[b], v_layout.row_stride, target, out_stride,
+                      rows, dv, s);
             for (std::size_t i = 0; i < rows; ++i) {
-                path.scale(target + i * dv, dv, inverse_sums[i]);
+                path.scale(target + i * out_stride, dv, inverse_sums[i]);
             }
         }
     };

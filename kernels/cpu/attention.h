@@ -21,6 +21,14 @@ struct AttentionMask {
     std::size_t column_stride = 0;
 };
 
+// Where the matrices of a [batch, rows, columns] operand lie: matrix b starts at element
+// offsets[b], its rows row_stride elements apart, each row contiguous. Views such as the heads
+// of a [N, L, H, D] projection seen as [N, H, L, D] need no copy.
+struct MatrixLayout {
+    const std::size_t* offsets = nullptr;
+    std::size_t row_stride = 0;
+};
+
 struct AttentionShape {
     std::size_t batch;  // product of the leading dimensions
     std::size_t l;      // query rows
@@ -30,11 +38,13 @@ struct AttentionShape {
 };
 
 // out[b] = softmax(q[b] @ k[b]^T * scale + mask[b]) @ v[b] for q [batch, L, D], k [batch, S, D],
-// v [batch, S, Dv], out [batch, L, Dv], all contiguous. Rows whose scores are all -inf give
-// zeros; a row with a NaN or +inf score gives NaN, as numpy's max-shifted softmax does.
-void attention(const float* q, const float* k, const float* v, const AttentionMask& mask,
-               float scale, const AttentionShape& shape, float* out, std::size_t threads,
-               Isa isa);
+// v [batch, S, Dv], out [batch, L, Dv], each laid out as its MatrixLayout says (the matrices of
+// out must not overlap). Rows whose scores are all -inf give zeros; a row with a NaN or +inf
+// score gives NaN, as numpy's max-shifted softmax does.
+void attention(const float* q, const MatrixLayout& q_layout, const float* k,
+               const MatrixLayout& k_layout, const float* v, const MatrixLayout& v_layout,
+               const AttentionMask& mask, float scale, const AttentionShape& shape, float* out,
+               const MatrixLayout& out_layout, std::size_t threads, Isa isa);
 
 // out = (x - mean) / sqrt(var + eps) * weight + bias over each row of x [rows, channels], the
 // variance taken of x - mean (two passes); weight and bias [channels] or null.

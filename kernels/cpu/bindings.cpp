@@ -872,13 +872,70 @@ std::vector<py::ssize_t> shape_of(const py::array& array) {
     return {array.shape(), array.shape() + array.ndim()};
 }
 
+// Element offsets of the matrices of an array, in C order of the batch index, from the sizes of
+// its batch dimensions (those before the last two) and their element strides (0 broadcasts).
+std::vector<std::size_t> batch_offsets(const std::vector<py::ssize_t>& sizes,
+                                       const std::vector<std::size_t>& strides) {
+    std::size_t batch = 1;
+    for (const py::ssize_t size : sizes) {
+        batch *= static_cast<std::size_t>(size);
+    }
+    std::vector<std::size_t> offsets(batch, 0);
+    for (std::size_t b = 0; b < batch; ++b) {
+        std::size_t rest = b;
+        for (std::size_t axis = sizes.size(); axis-- > 0;) {
+            const auto size = static_cast<std::size_t>(sizes[axis]);
+            offsets[b] += rest % size * strides[axis];
+            rest /= size;
+        }
+    }
+    return offsets;
+}
+
+// A float32 array [..., rows, columns] of `ndim` dimensions that a kernel reads or writes in
+// place: rows contiguous, every other stride a non-negative whole number of elements (views
+// of transposed or broadcast batches included). Its layout points into `offsets`.
+nimbus::kernels::MatrixLayout strided_matrices(const py::object& object, const std::string& name,
+                                               py::ssize_t ndim, const std::string& dims,
+                                               py::array& array,
+                                               std::vector<std::size_t>& offsets) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    array = py::reinterpret_borrow<py::array>(object);
+    if (!array.dtype().equal(py::dtype::of<float>())) {
+        throw py::type_error(name + " must have dtype float32, got " +
+                             std::string(py::str(array.dtype())));
+    }
+    if (array.ndim() != ndim) {
+        throw py::value_error(name + " must be " + std::to_string(ndim) + "-D " + dims + ", got " +
+                              std::to_string(array.ndim()) + "-D shape " +
+                              attribute_text(array, "shape"));
+    }
+    constexpr auto element = static_cast<py::ssize_t>(sizeof(float));
+    std::vector<std::size_t> strides(static_cast<std::size_t>(ndim));
+    for (py::ssize_t axis = 0; axis < ndim; ++axis) {
+        const py::ssize_t stride = array.strides(axis);
+        const bool contiguous_rows = axis != ndim - 1 || stride == element || array.shape(axis) <= 1;
+        if (stride < 0 || stride % element != 0 || !contiguous_rows) {
+            throw py::value_error(name + " must have contiguous rows and non-negative strides, got "
+                                  "strides " + attribute_text(array, "strides") + "; pass "
+                                  "numpy.ascontiguousarray(" + name + ")");
+        }
+        strides[static_cast<std::size_t>(axis)] = static_cast<std::size_t>(stride / element);
+    }
+    const std::vector<py::ssize_t> sizes(array.shape(), array.shape() + ndim - 2);
+    offsets = batch_offsets(sizes, strides);
+    return {offsets.data(), strides[static_cast<std::size_t>(ndim - 2)]};
+}
+
 // The mask of attention() broadcast to scores [batch dims..., L, S] through strides: bool or
 // float32, C-contiguous, each dimension (aligned from the right) 1 or the scores'. Fills
-// `batch_offsets` with the mask offset of each of the `batch` flattened batch indices.
+// `offsets` with the mask offset of each flattened batch index.
 nimbus::kernels::AttentionMask checked_mask(const py::object& mask_object,
                                             const std::vector<py::ssize_t>& scores,
-                                            std::size_t batch,
-                                            std::vector<std::size_t>& batch_offsets,
+                                            std::vector<std::size_t>& offsets,
                                             py::array& mask) {
     nimbus::kernels::AttentionMask result;
     if (mask_object.is_none()) {
@@ -921,26 +978,25 @@ nimbus::kernels::AttentionMask checked_mask(const py::object& mask_object,
     result.data = mask.data();
     result.row_stride = strides[ndim - 2];
     result.column_stride = strides[ndim - 1];
-    batch_offsets.assign(batch, 0);
-    for (std::size_t b = 0; b < batch; ++b) {
-        std::size_t rest = b;
-        for (py::ssize_t axis = ndim - 3; axis >= 0; --axis) {
-            const auto size = static_cast<std::size_t>(scores[axis]);
-            batch_offsets[b] += rest % size * strides[axis];
-            rest /= size;
-        }
-    }
-    result.batch_offsets = batch_offsets.data();
+    offsets = batch_offsets({scores.begin(), scores.end() - 2}, strides);
+    result.batch_offsets = offsets.data();
     return result;
 }
 
 py::array attention(const py::object& q_object, const py::object& k_object,
                     const py::object& v_object, const py::object& mask_object,
-                    const std::optional<double>& scale, long long threads) {
-    const py::array q = checked_float_array(q_object, "q", 2, "[..., L, D]");
-    const py::ssize_t ndim = q.ndim();
-    const py::array k = checked_array<float>(k_object, "k", ndim, "[..., S, D] like q");
-    const py::array v = checked_array<float>(v_object, "v", ndim, "[..., S, Dv] like q");
+                    const std::optional<double>& scale, long long threads,
+                    const py::object& out_object) {
+    if (!py::isinstance<py::array>(q_object)) {
+        throw py::type_error("q must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(q_object.ptr())->tp_name));
+    }
+    const py::ssize_t ndim = std::max<py::ssize_t>(py::reinterpret_borrow<py::array>(q_object).ndim(), 2);
+    py::array q, k, v, out;
+    std::vector<std::size_t> q_offsets, k_offsets, v_offsets, out_offsets, mask_offsets;
+    const auto q_layout = strided_matrices(q_object, "q", ndim, "[..., L, D]", q, q_offsets);
+    const auto k_layout = strided_matrices(k_object, "k", ndim, "[..., S, D] like q", k, k_offsets);
+    const auto v_layout = strided_matrices(v_object, "v", ndim, "[..., S, Dv] like q", v, v_offsets);
     const py::ssize_t d = q.shape(ndim - 1);
     const py::ssize_t s = k.shape(ndim - 2);
     const bool same_batch = std::equal(q.shape(), q.shape() + ndim - 2, k.shape()) &&
@@ -955,21 +1011,34 @@ py::array attention(const py::object& q_object, const py::object& k_object,
         throw py::value_error("k and v must have at least one row (S >= 1): softmax over no "
                               "scores is undefined");
     }
-    nimbus::kernels::AttentionShape dims{};
-    dims.batch = 1;
-    for (py::ssize_t axis = 0; axis < ndim - 2; ++axis) {
-        dims.batch *= static_cast<std::size_t>(q.shape(axis));
-    }
     std::vector<py::ssize_t> scores = shape_of(q);
     scores.back() = s;
-    std::vector<std::size_t> batch_offsets;
     py::array mask;
-    const auto attention_mask =
-        checked_mask(mask_object, scores, dims.batch, batch_offsets, mask);
+    const auto attention_mask = checked_mask(mask_object, scores, mask_offsets, mask);
     const std::size_t thread_count = checked_threads(threads);
     std::vector<py::ssize_t> shape = shape_of(q);
     shape.back() = v.shape(ndim - 1);
-    py::array out(q.dtype(), shape);
+    const auto out_layout =
+        strided_matrices(out_object.is_none() ? py::array(q.dtype(), shape) : out_object, "out",
+                         ndim, "[..., L, Dv]", out, out_offsets);
+    if (!std::equal(shape.begin(), shape.end(), out.shape()) || !out.writeable()) {
+        throw py::value_error("out must be a writable array of shape " + shape_text(shape) +
+                              ", got shape " + attribute_text(out, "shape"));
+    }
+    // Threads write whole rows of out at once: rows that overlap (a broadcast dimension, rows
+    // closer than Dv) would race.
+    for (py::ssize_t axis = 0; axis < ndim - 1; ++axis) {
+        const bool overlaps = out.shape(axis) > 1 &&
+                              (out.strides(axis) == 0 ||
+                               (axis == ndim - 2 && out.strides(axis) < out.shape(ndim - 1) * 4));
+        if (overlaps) {
+            throw py::value_error("out must not overlap itself, got strides " +
+                                  attribute_text(out, "strides") + " for shape " +
+                                  attribute_text(out, "shape"));
+        }
+    }
+    nimbus::kernels::AttentionShape dims{};
+    dims.batch = q_offsets.size();
     dims.l = static_cast<std::size_t>(q.shape(ndim - 2));
     dims.s = static_cast<std::size_t>(s);
     dims.d = static_cast<std::size_t>(d);
@@ -982,8 +1051,9 @@ py::array attention(const py::object& q_object, const py::object& k_object,
     auto* out_data = static_cast<float*>(out.mutable_data());
     {
         py::gil_scoped_release release;
-        nimbus::kernels::attention(q_data, k_data, v_data, attention_mask, scale_value, dims,
-                                   out_data, thread_count, nimbus::kernels::selected_isa());
+        nimbus::kernels::attention(q_data, q_layout, k_data, k_layout, v_data, v_layout,
+                                   attention_mask, scale_value, dims, out_data, out_layout,
+                                   thread_count, nimbus::kernels::selected_isa());
     }
     return out;
 }
@@ -1345,9 +1415,11 @@ PYBIND11_MODULE(_kernels, module) {
                "silu,\nsigmoid, tanh or hardswish, as the float kernels' epilogues compute it.");
     module.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),
                py::arg("mask") = py::none(), py::arg("scale") = py::none(), py::kw_only(),
-               py::arg("threads") = 1,
+               py::arg("threads") = 1, py::arg("out") = py::none(),
                "Return softmax(q @ k^T * scale + mask) @ v as float32 [..., L, Dv] for float32 "
-               "q [..., L, D],\nk [..., S, D] and v [..., S, Dv] with the same batch dimensions."
+               "q [..., L, D],\nk [..., S, D] and v [..., S, Dv] with the same batch dimensions, "
+               "each with contiguous rows\n(any other non-negative strides: transposed heads are "
+               "read in place); the result goes\ninto `out` (any such layout) when given."
                "\n\nmask: None, bool (True = attend) or float32 (added to the scores), "
                "broadcastable to\n[..., L, S]; rows whose scores are all -inf give zeros. scale: "
                "default 1 / sqrt(D);\nthreads: at most this many threads.");

@@ -83,26 +83,52 @@ def attention_reference(xs, a):
     return np.matmul(weights.astype(np.float32), v)
 
 
+def _rows_contiguous(t: np.ndarray) -> np.ndarray:
+    """``t`` itself where the native kernels can read it in place (rows contiguous, other strides
+    non-negative whole elements: transposed heads, broadcast batches), else a C-contiguous copy."""
+    item = t.itemsize
+    if (t.shape[-1] <= 1 or t.strides[-1] == item) and all(
+            s >= 0 and s % item == 0 for s in t.strides):
+        return t
+    return np.ascontiguousarray(t)
+
+
+def _attention_result(q: np.ndarray, dv: int) -> np.ndarray:
+    """The result array, laid out like q: heads split from [..., L, H, D] rows (the view that
+    multi-head attention takes of its projections) give [..., H, L, Dv] over [..., L, H, Dv]
+    memory, which the usual merge of the heads then reshapes without a copy."""
+    if q.ndim >= 3 and 0 < q.strides[-3] < q.strides[-2]:
+        heads = np.empty(q.shape[:-3] + (q.shape[-2], q.shape[-3], dv), np.float32)
+        return np.swapaxes(heads, -2, -3)
+    return np.empty(q.shape[:-1] + (dv,), np.float32)
+
+
 def _native_attention(q, k, v, mask, scale):
-    """attention on the native kernel; None where it does not apply (other dtypes, batch
-    dimensions that broadcast, a mask wider than the scores, S = 0)."""
+    """attention on the native kernel, reading q, k and v in place where their strides allow;
+    None where it does not apply (other dtypes, a q that would broadcast, a mask wider than the
+    scores, S = 0)."""
     if any(t.dtype != np.float32 for t in (q, k, v)) or not 2 <= q.ndim == k.ndim == v.ndim:
         return None
-    if (k.shape[:-2] != q.shape[:-2] or v.shape[:-1] != k.shape[:-1]
-            or k.shape[-1] != q.shape[-1] or not k.shape[-2]):
+    if v.shape[:-1] != k.shape[:-1] or k.shape[-1] != q.shape[-1] or not k.shape[-2]:
         return None
-    if mask is not None:
-        scores = q.shape[:-1] + k.shape[-2:-1]
-        if mask.dtype not in (np.bool_, np.float32) or mask.ndim > q.ndim:
+    batch = q.shape[:-2]
+    try:
+        if np.broadcast_shapes(batch, k.shape[:-2]) != batch:
             return None
-        try:
+        if mask is not None:
+            scores = q.shape[:-1] + k.shape[-2:-1]
+            if mask.dtype not in (np.bool_, np.float32) or mask.ndim > q.ndim:
+                return None
             if np.broadcast_shapes(scores, mask.shape) != scores:
                 return None
-        except ValueError:
-            return None
-        mask = np.ascontiguousarray(mask)
-    q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))
-    return _kernels.attention(q, k, v, mask, scale, threads=NATIVE_THREADS.get())
+            mask = np.ascontiguousarray(mask)
+    except ValueError:
+        return None
+    # Keys and values shared across batch dimensions are read through zero strides.
+    k, v = (np.broadcast_to(t, batch + t.shape[-2:]) for t in (k, v))
+    q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    return _kernels.attention(q, k, v, mask, scale, threads=NATIVE_THREADS.get(),
+                              out=_attention_result(q, v.shape[-1]))
 
 
 def attention_kernel(xs, a):

@@ -81,20 +81,46 @@ def test_large_scores_saturate():
         assert_matches(actual, attention_reference([q, k, v, None], {"scale": scale}), rtol=1e-5)
 
 
-def test_the_attention_op_takes_views_and_falls_back_for_broadcast_batches():
+def test_the_attention_op_takes_views_and_broadcast_batches():
     q, k, v, mask = attention_problem((2, 3), 17, 33, 19, 19, "additive_keys", seed=3)
-    k_view = np.swapaxes(np.ascontiguousarray(np.swapaxes(k, 1, 2)), 1, 2)  # not C-contiguous
+    k_view = np.swapaxes(np.ascontiguousarray(np.swapaxes(k, 1, 2)), 1, 2)  # columns strided
     expected = attention_reference([q, k, v, mask], {"scale": None})
     token = NATIVE_THREADS.set(2)
     try:
         actual = attention_kernel([q, k_view, v, mask], {"scale": None})
         assert_matches(actual, expected, rtol=1e-5)
         assert actual.flags.c_contiguous and not any(np.shares_memory(actual, t) for t in (q, k, v))
-        # k and v broadcast over the batch: the numpy path.
+        # k and v shared by every batch element: read through zero strides.
         broadcast = attention_kernel([q, k[:1], v[:1], None], {"scale": None})
         assert_matches(broadcast, attention_reference([q, k[:1], v[:1], None], {"scale": None}))
+        # Heads split from [N, L, H, D] projections are read in place, and the result comes back
+        # as [N, H, L, Dv] over [N, L, H, Dv] memory, so merging the heads is a free reshape.
+        heads = [np.ascontiguousarray(np.swapaxes(t, 1, 2)).swapaxes(1, 2) for t in (q, k, v)]
+        split = attention_kernel(heads + [mask], {"scale": None})
+        assert_matches(split, expected, rtol=1e-5)
+        assert np.swapaxes(split, 1, 2).flags.c_contiguous
     finally:
         NATIVE_THREADS.reset(token)
+
+
+def test_attention_reads_and_writes_strided_matrices():
+    q, k, v, mask = attention_problem((2, 3), 9, 12, 8, 5, "bool", seed=4)
+    expected = attention_reference([q, k, v, mask], {"scale": None})
+    wide = np.zeros((3, 2, 9, 11), np.float32)  # rows 11 apart, batch dimensions swapped
+    out = np.swapaxes(wide, 0, 1)[..., 2:7]
+    result = _kernels.attention(np.swapaxes(np.ascontiguousarray(np.swapaxes(q, 0, 1)), 0, 1),
+                                k, v, mask, threads=2, out=out)
+    assert result is out and np.shares_memory(out, wide)
+    assert_matches(out, expected, rtol=1e-5)
+    assert not wide[..., :2].any() and not wide[..., 7:].any()
+    shared = np.lib.stride_tricks.as_strided(np.zeros((3, 9, 5), np.float32), (2, 3, 9, 5),
+                                             (0, 9 * 5 * 4, 5 * 4, 4))  # both images, one buffer
+    with pytest.raises(ValueError, match="must not overlap itself"):
+        _kernels.attention(q, k, v, mask, out=shared)
+    with pytest.raises(ValueError, match="writable array of shape"):
+        _kernels.attention(q, k, v, mask, out=np.zeros((2, 3, 9, 4), np.float32))
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _kernels.attention(q[..., ::2], k[..., ::2], v, mask)
 
 
 @pytest.mark.parametrize("affine", [False, True])
@@ -165,7 +191,7 @@ def test_bad_arguments_are_clear_errors():
         _kernels.attention(q, k, v, np.zeros((1, 2, 4, 6), np.float32))
     with pytest.raises(TypeError, match="bool or float32"):
         _kernels.attention(q, k, v, np.zeros((4, 6), np.int32))
-    with pytest.raises(ValueError, match="C-contiguous"):
+    with pytest.raises(ValueError, match="mask must be C-contiguous"):
         _kernels.attention(q, k, v, np.zeros((6, 4), np.float32).T)
     with pytest.raises(ValueError, match="S >= 1"):
         _kernels.attention(q, k[:, :0], v[:, :0])
