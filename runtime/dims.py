@@ -10,6 +10,7 @@ is never passed to eval. Division is exact (fractions), so ``floor(N/2)`` is wha
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from fractions import Fraction
@@ -33,14 +34,21 @@ def evaluate_dim(dim: int | str, bindings: Mapping[str, int]) -> int:
         return dim
     if not isinstance(dim, str) or len(dim) > MAX_TEXT:
         raise DimError(f"invalid dimension {str(dim)[:40]!r}")
-    try:
-        tree = ast.parse(dim, mode="eval")
-    except SyntaxError:
-        raise DimError(f"invalid dimension {dim!r}") from None
-    value = _evaluate(tree.body, bindings, dim)
+    if dim in bindings:  # a bare symbol, the usual dynamic dim: no parse on every run
+        return bindings[dim]
+    value = _evaluate(_parsed(dim), bindings, dim)
     if Fraction(value).denominator != 1:
         raise DimError(f"dimension {dim} is not an integer for {dict(bindings)}")
     return int(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(dim: str) -> ast.AST:
+    """The expression tree of a dimension's text, parsed once per text (a plan has a few)."""
+    try:
+        return ast.parse(dim, mode="eval").body
+    except SyntaxError:
+        raise DimError(f"invalid dimension {dim!r}") from None
 
 
 def bind_dim(dim: int | str, actual: int, bindings: dict[str, int]) -> str | None:

@@ -3,6 +3,8 @@ sliding-window sizes. The compiler's op table imports these, so both run one def
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # The IR's element types by name; bf16 is the one numpy lacks (see ``numpy_dtype``).
@@ -39,6 +41,11 @@ def numpy_dtype(name) -> np.dtype:
 
 def int_range(name) -> tuple[int, int]:
     """[min, max] of an integer element type given by name."""
+    return _int_range(str(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _int_range(name: str) -> tuple[int, int]:  # np.iinfo costs microseconds on every layer run
     info = np.iinfo(numpy_dtype(name))
     return int(info.min), int(info.max)
 

@@ -25,8 +25,7 @@ class PackedWeightCache:
         if w.flags.writeable:
             return pack(np.ascontiguousarray(w), *args)
         key = (id(w), kind, *args)
-        with self._lock:
-            entry = self._entries.get(key)
+        entry = self._entries.get(key)  # one dict read is atomic: no lock on the hot path
         if entry is not None and entry[0]() is w:
             return entry[1]
         packed = pack(np.ascontiguousarray(w), *args)
