@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .allocator import keep_freed_memory
 from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
-from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo, run_op
+from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
+from .cpu_ops.registry import missing_attribute
 from .dims import bind_dim, evaluate_dim
 
 PLAN_FORMAT = 1
@@ -51,6 +52,7 @@ class _Step:
     release: tuple
     source: str
     symbolic_attrs: tuple  # attributes holding dims that are text (symbolic) until run time
+    kernel: Callable  # KERNELS[op], looked up once
 
 
 class Session:
@@ -112,13 +114,20 @@ class Session:
         return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
 
     def _execute(self, values: list, bindings: dict) -> None:
+        # The body of run_op with the kernel looked up at load: this loop is the executor's
+        # fixed cost per step, which decides small models.
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
             attrs = bound_attrs(step, bindings)
             try:
-                results = run_op(step.op, operands, attrs, list(step.types))
+                results = step.kernel(operands, attrs, list(step.types))
+            except KeyError as err:
+                raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): "
+                                   f"{missing_attribute(step.op, err, attrs)}") from err
             except (ValueError, TypeError, IndexError, FloatingPointError) as err:
                 raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
+            if not isinstance(results, list):
+                results = [results]
             for slot, array in zip(step.results, results):
                 values[slot] = array
             for slot in step.release:
@@ -195,7 +204,7 @@ class Session:
             symbolic = tuple(name for name, v in entry["attrs"].items()
                              if isinstance(v, list) and any(isinstance(d, str) for d in v))
             steps.append(_Step(entry["op"], entry["attrs"], operands, results, types, release,
-                               str(entry.get("source", "")), symbolic))
+                               str(entry.get("source", "")), symbolic, KERNELS[entry["op"]]))
         self._outputs = []
         for entry in plan["outputs"]:
             index = slot(entry["value"], f"output '{entry['name']}'")

@@ -57,9 +57,14 @@ def run_op(op: str, inputs: list, attrs: dict, types: list) -> list[np.ndarray]:
     try:
         out = fn(list(inputs), attrs, list(types))
     except KeyError as err:
-        name = err.args[0] if err.args else None
-        if isinstance(name, str) and name not in attrs:
-            raise ValueError(f"{op}: attribute '{name}' is missing (plans record every "
-                             f"attribute, defaults included)") from None
-        raise
+        raise ValueError(missing_attribute(op, err, attrs)) from None
     return out if isinstance(out, list) else [out]
+
+
+def missing_attribute(op: str, err: KeyError, attrs: dict) -> str:
+    """What a kernel's KeyError means: an attribute the plan lacks (re-raised if it is not)."""
+    name = err.args[0] if err.args else None
+    if isinstance(name, str) and name not in attrs:
+        return (f"{op}: attribute '{name}' is missing (plans record every attribute, "
+                f"defaults included)")
+    raise err
