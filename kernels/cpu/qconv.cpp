@@ -206,18 +206,48 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
         bias[c] = epilogue.bias ? epilogue.bias[c] : 0;
         scale[c] = epilogue.scale ? epilogue.scale[c] : 0.0f;
     }
-    const DepthwiseTask task{x, x_signed, x_zero_point, &g, w.kernel_h, w.kernel_w,
-                             w.depthwise_weights.data(), w.padded_channels, bias.data(),
-                             scale.data(), epilogue.type, epilogue.zero_point, epilogue.lo,
-                             epilogue.hi, out};
     auto kernel = run_depthwise_portable;
+    std::vector<std::uint8_t> padding;
 #ifdef NIMBUS_X86_KERNELS
     if (w.isa == Isa::avx512_vnni) {
         kernel = run_depthwise_avx512;
+        // It sums u8 x * w over whole windows, padding read as x_zp (s8 x flipped to x + 128).
+        const auto u8_zero_point = static_cast<std::uint32_t>(x_zero_point + (x_signed ? 128 : 0));
+        for (std::size_t c = 0; c < w.out_channels; ++c) {
+            bias[c] = static_cast<std::int32_t>(
+                static_cast<std::uint32_t>(bias[c]) -
+                u8_zero_point * static_cast<std::uint32_t>(w.depthwise_weight_sums[c]));
+        }
+        padding.assign(w.padded_channels, static_cast<std::uint8_t>(x_zero_point));
     }
 #endif
+    const DepthwiseTask task{x, x_signed, x_zero_point, &g, w.kernel_h, w.kernel_w,
+                             w.depthwise_weights.data(), w.depthwise_vnni_weights.data(),
+                             padding.data(), w.padded_channels, bias.data(), scale.data(),
+                             epilogue.type, epilogue.zero_point, epilogue.lo, epilogue.hi, out};
     parallel_for(g.batch * g.out_h, threads,
                  [&](std::size_t row) { kernel(task, row, row + 1); });
+}
+
+// The AVX-512 VNNI depthwise weights (qconv.h) of w [C, KH * KW] and their per-channel sums.
+void pack_depthwise_vnni(const std::int8_t* w, std::size_t taps, PackedConvWeights& packed) {
+    const std::size_t slots = depthwise_tap_slots(packed.kernel_h, packed.kernel_w);
+    packed.depthwise_vnni_weights.assign(packed.padded_channels * slots, 0);
+    packed.depthwise_weight_sums.assign(packed.padded_channels, 0);
+    for (std::size_t c = 0; c < packed.out_channels; ++c) {
+        const std::size_t block = c / kDepthwiseChannelBlock;
+        const std::size_t lane = c % kDepthwiseChannelBlock / 16;  // 128-bit lane
+        const std::size_t vector = c % 16 / 4;
+        const std::size_t element = lane * 4 + c % 4;
+        for (std::size_t tap = 0; tap < taps; ++tap) {
+            const std::size_t group = tap / kDepthwiseTapGroup * kDepthwiseTapGroup;
+            const std::size_t index = ((block * slots + group + vector) * 16 + element) *
+                                          kDepthwiseTapGroup +
+                                      tap % kDepthwiseTapGroup;
+            packed.depthwise_vnni_weights[index] = w[c * taps + tap];
+            packed.depthwise_weight_sums[c] += w[c * taps + tap];
+        }
+    }
 }
 
 }  // namespace
@@ -249,6 +279,10 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
     packed.depthwise = group_channels == 1 && groups == out_channels && groups > 1;
     if (packed.depthwise) {
         packed.padded_channels = round_up(out_channels, kDepthwiseChannelBlock);
+        if (isa == Isa::avx512_vnni) {
+            pack_depthwise_vnni(w, taps, packed);
+            return packed;
+        }
         packed.depthwise_weights.assign(taps * packed.padded_channels, 0);
         for (std::size_t c = 0; c < out_channels; ++c) {
             for (std::size_t tap = 0; tap < taps; ++tap) {

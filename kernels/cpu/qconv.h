@@ -31,10 +31,18 @@ struct PackedConvWeights {
     // GEMM path: per group, [O / groups, conv_gemm_depth] with depth ordered (ky, kx, c) like
     // a gathered NHWC window.
     std::vector<PackedWeights> group_weights;
-    // Depthwise path: [KH * KW, padded_channels], zero past out_channels; each int32 holds the
-    // weight in its low 16 bits and zeros above, the operand that vpmaddwd multiplies exactly.
+    // Depthwise path, portable and AVX2: [KH * KW, padded_channels], zero past out_channels;
+    // each int32 holds the weight in its low 16 bits and zeros above.
     std::vector<std::int32_t> depthwise_weights;
     std::size_t padded_channels = 0;
+    // Depthwise path, AVX-512 VNNI: per 64 channels, depthwise_tap_slots (depthwise.h) taps in
+    // groups of 4, each group 4 vectors of 16 int32 lanes; int32 element e of 128-bit lane L of
+    // vector q holds the 4 taps of channel 16 * L + 4 * q + e (see depthwise_avx512.cpp). Zero
+    // past out_channels and KH * KW.
+    std::vector<std::int8_t> depthwise_vnni_weights;
+    // Depthwise path, AVX-512 VNNI: the sum of the weights of each channel, zero past
+    // out_channels.
+    std::vector<std::int32_t> depthwise_weight_sums;
 };
 
 struct ConvGeometry {

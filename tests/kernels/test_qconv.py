@@ -47,6 +47,17 @@ GEOMETRIES = {
     "depthwise 145 channels": (1, 145, 5, 3, 145, (3, 3), (2, 1), (1, 0, 1, 2), (1, 1), 145),
     "depthwise window wider than image": (1, 17, 1, 3, 17, (3, 3), (1, 1), (1, 1, 1, 1),
                                           (1, 1), 17),
+    # The AVX-512 VNNI path passes over 64 channels (full or masked) or over the last 32 or
+    # fewer, in strips of up to 4 output pixels, and groups the taps in fours.
+    "depthwise 2 channels 1x1": (1, 2, 5, 6, 2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),
+    "depthwise 15 channels 5x5": (1, 15, 9, 14, 15, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 15),
+    "depthwise 32 channels": (2, 32, 5, 13, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),
+    "depthwise 64 channels stride 2": (1, 64, 9, 18, 64, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1),
+                                       64),
+    "depthwise 65 channels 2x2": (1, 65, 4, 11, 65, (2, 2), (1, 1), (0, 1, 1, 0), (1, 1), 65),
+    "depthwise 96 channels 7x7 dilation": (1, 96, 11, 16, 96, (7, 7), (1, 2), (3, 6, 3, 6),
+                                           (1, 2), 96),
+    "depthwise 200 channels": (1, 200, 3, 9, 200, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 200),
 }
 
 
@@ -130,6 +141,14 @@ def test_extreme_values_stay_exact():
             actual = qconv2d_s32(x, packed, 0, padding=(2, 2, 2, 2))
             expected = 255 * -128 * channels_in * 25
             assert actual[0, 2, 2, 0] == expected, f"{isa} groups={groups}"
+    # Depthwise over s8 with a far zero point, at the centre and at a corner (9 of 25 taps).
+    x = np.full((1, 5, 5, 65), -128, dtype=np.int8)
+    w = np.full((65, 1, 5, 5), 127, dtype=np.int8)
+    for isa in ISAS:
+        packed = pack_conv_weights(w, 65, isa)
+        actual = qconv2d_s32(x, packed, 127, padding=(2, 2, 2, 2))
+        assert actual[0, 2, 2, 64] == -255 * 127 * 25, isa
+        assert actual[0, 0, 0, 64] == -255 * 127 * 9, isa
 
 
 def test_concurrent_calls_share_the_worker_pool_safely():
