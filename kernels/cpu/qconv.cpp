@@ -83,11 +83,19 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
     // A kernel row inside the image is one run of bytes when it takes every channel.
     const bool rows_are_contiguous = w.groups == 1 && g.dilation_w == 1;
     const std::size_t row_bytes = w.kernel_w * channels;
+    // Each row's position follows from the previous one's: three divisions per row cost as
+    // much as gathering a small window.
+    std::size_t image = first / pixels;
+    std::size_t oh = first % pixels / g.out_w;
+    std::size_t ow = first % g.out_w;
     for (std::size_t r = 0; r < rows; ++r) {
-        const std::size_t pixel = first + r;
-        const std::size_t image = pixel / pixels;
-        const std::size_t oh = pixel % pixels / g.out_w;
-        const std::size_t ow = pixel % g.out_w;
+        if (r > 0 && ++ow == g.out_w) {
+            ow = 0;
+            if (++oh == g.out_h) {
+                oh = 0;
+                ++image;
+            }
+        }
         // Unsigned wrap-around makes a position before the image look like one past its end.
         const std::size_t left = ow * g.stride_w - g.pad_left;
         const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
