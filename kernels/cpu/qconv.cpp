@@ -20,6 +20,8 @@ constexpr std::size_t kDepthGroup = 4;
 constexpr std::size_t kScratchBytes = 256 * 1024;
 // The fewest rows of a tile: a multiple of the row blocks of every GEMM path.
 constexpr std::size_t kRowQuantum = 48;
+// Tiles are whole blocks of this many rows, the VNNI kernel's block over a full panel.
+constexpr std::size_t kRowBlock = 6;
 
 std::size_t round_up(std::size_t value, std::size_t multiple) {
     return (value + multiple - 1) / multiple * multiple;
@@ -152,14 +154,19 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
     const std::size_t out_bytes = element_size(epilogue.type);
     const auto fill = static_cast<std::uint8_t>(x_zero_point + (x_signed ? 128 : 0));
 
-    // Tiles of about kScratchBytes, as many as a multiple of the thread count so that the
-    // threads finish together, with rows rounded to the row blocks of the VNNI kernel (6, 8 or
-    // 12 rows by the width of the weight panel).
+    // Tiles of about kScratchBytes, as many as a multiple of the thread count, each the same
+    // number of row blocks of the VNNI kernel (give or take one) so that the threads finish
+    // together: rounding tile sizes up instead left ResNet-18's last layers (49 rows at batch
+    // 1) a tile of 48 rows and one of 1, and half of the threads idle.
+    const std::size_t blocks = (m + kRowBlock - 1) / kRowBlock;
     const std::size_t largest_tile =
-        std::max(kRowQuantum, kScratchBytes / std::max<std::size_t>(depth, 1));
-    const std::size_t wanted_tiles = round_up((m + largest_tile - 1) / largest_tile, threads);
-    const std::size_t tile_rows = round_up((m + wanted_tiles - 1) / wanted_tiles, 24);
-    const std::size_t tiles = (m + tile_rows - 1) / tile_rows;
+        std::max(kRowQuantum, kScratchBytes / std::max<std::size_t>(depth, 1)) / kRowBlock;
+    const std::size_t tiles =
+        std::min(blocks, round_up((blocks + largest_tile - 1) / largest_tile, threads));
+    const std::size_t tile_rows = (blocks + tiles - 1) / tiles * kRowBlock;
+    const auto tile_first_row = [&](std::size_t tile) {
+        return std::min(m, tile * blocks / tiles * kRowBlock);
+    };
     const std::size_t count = std::min(threads, tiles);
 
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
@@ -174,8 +181,8 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
         std::uint8_t* rows_of_windows = scratch.data() + slot * tile_rows * depth;
         std::uint8_t* results = group_out.data() + slot * tile_rows * group_outputs * out_bytes;
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-            const std::size_t first = tile * tile_rows;
-            const std::size_t rows = std::min(tile_rows, m - first);
+            const std::size_t first = tile_first_row(tile);
+            const std::size_t rows = tile_first_row(tile + 1) - first;
             for (std::size_t group = 0; group < w.groups; ++group) {
                 gather_windows(x, x_signed, fill, g, w, group, first, rows, depth,
                                rows_of_windows);
