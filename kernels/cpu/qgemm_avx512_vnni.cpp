@@ -32,12 +32,14 @@ constexpr std::size_t kGroup = kAvx512VnniLayout.k_group;
 // Rows of a block that computes `vectors` vectors of columns: up to 24 accumulators.
 constexpr std::size_t row_block(std::size_t vectors) { return vectors == 1 ? 12 : 24 / vectors; }
 
-// The residual terms of `count` (at most 16) consecutive elements from `index`.
+// The residual terms of `count` (at most 16) consecutive elements from `index`. A masked load
+// reads exactly those bytes (a copy through a buffer called memcpy for every 16 outputs and
+// made a ResNet-18 residual convolution 20% slower than the same one without).
 NIMBUS_AVX512_VNNI __m512 residual_terms(const Residual& residual, std::size_t index,
                                          std::size_t count) {
-    alignas(16) std::uint8_t bytes[kLanes] = {};
-    std::memcpy(bytes, static_cast<const std::uint8_t*>(residual.data) + index, count);
-    const __m128i packed = _mm_load_si128(reinterpret_cast<const __m128i*>(bytes));
+    const auto mask = static_cast<__mmask64>((std::uint64_t{1} << count) - 1);
+    const __m128i packed = _mm512_castsi512_si128(_mm512_maskz_loadu_epi8(
+        mask, static_cast<const std::uint8_t*>(residual.data) + index));
     const __m512i values =
         residual.is_signed ? _mm512_cvtepi8_epi32(packed) : _mm512_cvtepu8_epi32(packed);
     const __m512i centered = _mm512_sub_epi32(values, _mm512_set1_epi32(residual.zero_point));
