@@ -85,11 +85,23 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
     // A kernel row inside the image is one run of bytes when it takes every channel.
     const bool rows_are_contiguous = w.groups == 1 && g.dilation_w == 1;
     const std::size_t row_bytes = w.kernel_w * channels;
-    // Each row's position follows from the previous one's: three divisions per row cost as
-    // much as gathering a small window.
+    // Each row's position follows from the previous one's, and the input lines of its kernel
+    // rows change only with the output row: three divisions and a line per kernel row for
+    // every pixel cost as much as gathering a small window.
     std::size_t image = first / pixels;
     std::size_t oh = first % pixels / g.out_w;
     std::size_t ow = first % g.out_w;
+    std::vector<const std::uint8_t*> lines(w.kernel_h);  // null: the kernel row is padding
+    const auto find_lines = [&] {
+        for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
+            // Unsigned wrap-around makes a row before the image look like one past its end.
+            const std::size_t ih = oh * g.stride_h + ky * g.dilation_h - g.pad_top;
+            lines[ky] = ih < g.height
+                            ? x + (image * g.height + ih) * g.width * g.channels + group * channels
+                            : nullptr;
+        }
+    };
+    find_lines();
     for (std::size_t r = 0; r < rows; ++r) {
         if (r > 0 && ++ow == g.out_w) {
             ow = 0;
@@ -97,20 +109,18 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
                 oh = 0;
                 ++image;
             }
+            find_lines();
         }
-        // Unsigned wrap-around makes a position before the image look like one past its end.
         const std::size_t left = ow * g.stride_w - g.pad_left;
         const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
         std::uint8_t* target = scratch + r * depth;
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
-            const std::size_t ih = oh * g.stride_h + ky * g.dilation_h - g.pad_top;
-            if (ih >= g.height) {
+            const std::uint8_t* line = lines[ky];
+            if (line == nullptr) {
                 std::memset(target, fill, row_bytes);
                 target += row_bytes;
                 continue;
             }
-            const std::uint8_t* line =
-                x + (image * g.height + ih) * g.width * g.channels + group * channels;
             if (rows_are_contiguous && row_inside) {
                 copy_activations(target, line + left * g.channels, row_bytes, flip);
             } else {
