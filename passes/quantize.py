@@ -71,6 +71,13 @@ def _integer_epilogue(node: Node, observed: set[Value]) -> bool:
                              and tuple(residual.type.shape) == tuple(node.result.type.shape)))
 
 
+def _applies_float_activation(node: Node) -> bool:
+    """A linear layer whose activation (gelu, silu, ...) the qlinear applies itself, on its f32
+    values before any quantization of its result, without a residual."""
+    return (INTEGER_OPS[node.op] == "qlinear" and _residual(node) is None
+            and node.attrs.get("activation", "none") not in INTEGER_ACTIVATIONS)
+
+
 def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:
     """(scale, zero point) for a real range: u8 asymmetric, or i8 symmetric. Scales are float32
     values, as every type stores them."""
@@ -143,11 +150,10 @@ class _Quantizer:
             q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
         attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
         activation = node.attrs.get("activation", "none")
-        # A qlinear with an f32 result applies any activation to its tiles while they are in
-        # cache: a BERT FFN's GELU then costs no pass over its [tokens, 3072] result.
-        fused_float_activation = (not integer_epilogue and not quantized_output
-                                  and INTEGER_OPS[node.op] == "qlinear" and _residual(node) is None)
-        if integer_epilogue or fused_float_activation:
+        # A qlinear applies any activation to its tiles while they are in cache, and quantizes
+        # them there for a quantized result: a BERT FFN's GELU and the quantize before the next
+        # layer then cost no pass over its [tokens, 3072] result.
+        if integer_epilogue or _applies_float_activation(node):
             attrs["activation"], activation = activation, "none"
         else:
             attrs["activation"] = "none"
@@ -398,7 +404,8 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     seen = {value for value, observer in observers.items() if observer.seen}
     integer_epilogues = {n for n in chosen if _integer_epilogue(n, seen)}
     integer_residual = {n for n in integer_epilogues if _residual(n) is not None}
-    quantized_outputs = {n: n in integer_epilogues and n.result in seen
+    quantized_outputs = {n: (n in integer_epilogues or _applies_float_activation(n))
+                         and n.result in seen
                          and _feeds_only_integer_layers(n.result, uses, chosen_set,
                                                         integer_residual)
                          for n in chosen}

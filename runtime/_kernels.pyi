@@ -80,11 +80,16 @@ def qgemm(
     *,
     threads: int = 1,
     out: npt.NDArray[np.uint8] | npt.NDArray[np.int8] | None = None,
+    activation: str = "none",
+    output_scale: float | None = None,
 ) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
     """Return clamp(rint_f32(f32(acc) * multiplier[n]) + out_zero_point, lo, hi) [M, N].
 
     out_dtype is "u8" or "s8"; out_zero_point, lo and hi lie in its range (a fused ReLU or
-    ReLU6 is only tighter bounds); multiplier holds one finite float32 per output channel."""
+    ReLU6 is only tighter bounds); multiplier holds one finite float32 per output channel.
+    With a float activation (gelu, silu, ...), multiplier is the f32 result's scale and the
+    result is quantize(act(f32(acc) * multiplier), output_scale, out_zero_point), with lo and
+    hi the type's range and no residual."""
 
 def qgemm_f32(
     a: npt.NDArray[np.uint8] | npt.NDArray[np.int8],

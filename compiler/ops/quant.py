@@ -16,6 +16,11 @@ the result's shape) before rounding, each step rounded to float32 in this order:
 
     q   = clamp(rint_f32(f32(acc) * M + f32(r - z_r) * R) + z_out, lo, hi),   R = f32(s_r / s_out)
     f32 = f32(acc) * f32(s_in * s_w) + f32(r - z_r) * f32(s_r)   (then the activation)
+
+qlinear also takes a float activation (gelu, silu, ...): on the f32 result, and a u8/i8 result
+(without a residual) is then that value quantized as the quantize op does it:
+
+    q   = clamp(rint_f32(act(f32) / s_out) + z_out)
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
 ACTIVATIONS = ("none", "relu", "relu6")
-LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what a qlinear with an f32 result may apply
+LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what a qlinear may apply
 QUANTIZED_DTYPES = (DType.u8, DType.i8)
 
 
@@ -97,8 +102,9 @@ INTEGER_OUTPUT_ATTRS = {
     "dtype": Attr("dtype", DType.u8, "u8 or i8 (requantized) or f32 (dequantized)"),
     "scale": Attr("float?", None, "result scale (quantized results only)"),
     "zero_point": Attr("int", 0, "result zero point"),
-    "activation": Attr("str", "none", "fused clamp: none, relu or relu6; a qlinear with an f32 "
-                       "result also takes gelu, gelu_tanh, silu, sigmoid, tanh or hardswish"),
+    "activation": Attr("str", "none", "fused clamp: none, relu or relu6; qlinear also takes "
+                       "gelu, gelu_tanh, silu, sigmoid, tanh or hardswish, applied to the f32 "
+                       "result, which a u8/i8 result then quantizes (no residual)"),
 }
 
 
@@ -122,12 +128,13 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int,
             raise ValueError(f"residual must be u8/i8 quantized per tensor, got {residual}")
         if tuple(residual.shape) != tuple(shape):
             raise ValueError(f"residual must have the result's shape {list(shape)}, got {residual}")
-    if a["dtype"] == DType.f32 and float_activations:
-        if a["activation"] not in LAYER_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(LAYER_ACTIVATIONS)}")
-    elif a["activation"] not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}"
-                         + (" (others need an f32 result)" if float_activations else ""))
+    allowed = LAYER_ACTIVATIONS if float_activations else ACTIVATIONS
+    if a["activation"] not in allowed:
+        raise ValueError(f"activation must be one of {', '.join(allowed)}")
+    if (a["activation"] not in ACTIVATIONS and a["dtype"] != DType.f32 and len(types) > 3
+            and types[3] is not None):
+        raise ValueError(f"a quantized result after activation {a['activation']} takes no "
+                         "residual")
     if a["dtype"] == DType.f32:
         if a["scale"] is not None or a["zero_point"]:
             raise ValueError("an f32 result takes no scale or zero point")

@@ -380,9 +380,31 @@ py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_ze
                 long long out_zero_point, long long lo, long long hi,
                 const std::string& out_dtype, long long threads, const py::object& out,
                 const py::object& residual, long long residual_zero_point,
-                double residual_scale) {
-    const Epilogue epilogue =
+                double residual_scale, const std::string& activation,
+                const std::optional<double>& output_scale) {
+    Epilogue epilogue =
         requantizing_epilogue(multiplier_object, packed.n, out_zero_point, lo, hi, out_dtype);
+    using nimbus::kernels::Activation;
+    epilogue.activation = nimbus::kernels::activation_from_name(activation);
+    if (epilogue.activation == Activation::relu || epilogue.activation == Activation::relu6) {
+        throw py::value_error("a quantized result takes relu and relu6 as its bounds lo and hi, "
+                              "not as activation='" + activation + "'");
+    }
+    if (epilogue.activation != Activation::none) {
+        if (!output_scale || !(*output_scale > 0.0) || !std::isfinite(*output_scale)) {
+            throw py::value_error("activation='" + activation + "' needs output_scale, the "
+                                  "result's scale (positive and finite)");
+        }
+        if (!residual.is_none()) {
+            throw py::value_error("activation='" + activation + "' takes no residual");
+        }
+        const bool unsigned_result = epilogue.type == OutputType::u8;
+        if (lo != (unsigned_result ? 0 : -128) || hi != (unsigned_result ? 255 : 127)) {
+            throw py::value_error("activation='" + activation + "' quantizes to the whole " +
+                                  out_dtype + " range: lo and hi must be its bounds");
+        }
+        epilogue.output_scale = static_cast<float>(*output_scale);
+    }
     const ResidualArguments with{residual, residual_zero_point, residual_scale};
     if (epilogue.type == OutputType::u8) {
         return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out,
@@ -1279,9 +1301,14 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
                py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
-               py::arg("residual_scale") = 0.0,
+               py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
+               py::arg("output_scale") = py::none(),
                "Return clamp(rint(f32(acc) * multiplier + t) + out_zero_point, lo, hi) as u8 or "
-               "s8 [M, N],\nwith acc = (a - a_zero_point) @ w.T + bias in int32."
+               "s8 [M, N],\nwith acc = (a - a_zero_point) @ w.T + bias in int32.\n\n"
+               "With a float activation (gelu, silu, ...), multiplier is the f32 result's scale "
+               "and the result\nis quantize(act(f32(acc) * multiplier), output_scale, "
+               "out_zero_point), each tile\nquantized while it is in cache (lo and hi are then "
+               "the type's range; no residual)."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_f32", &qgemm_f32, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("scale"), py::kw_only(), py::arg("threads") = 1,

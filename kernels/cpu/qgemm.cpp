@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "qgemm_paths.h"
+#include "quantize.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -63,34 +64,78 @@ constexpr std::size_t kTileRows = 48;
 // Packed weights up to this size stay in a core's L2 cache whatever the order of the tiles.
 constexpr std::size_t kCachedWeightBytes = 256 * 1024;
 
+// What follows the kernel on each tile while the tile is in cache: an f32 result's activation,
+// or (quantizing) a float activation and the quantization of a u8/s8 result.
+struct TileFinish {
+    Activation activation = Activation::none;
+    Isa isa = Isa::portable;        // the path of the activation
+    bool quantizing = false;
+    float output_scale = 0.0f;
+    std::int32_t zero_point = 0;
+    bool unsigned_result = true;
+};
+
+// A quantizing tile of `rows` rows from `row_begin` x the columns of `panel`: the kernel writes
+// it as f32 into `buffer` (rows x its columns, which stays in L1), the activation and the
+// quantization run there, and only the u8/s8 values reach the result.
+void run_quantizing_tile(const Path& path, const GemmTask& task, std::size_t row_begin,
+                         std::size_t rows, std::size_t panel, const TileFinish& finish,
+                         float* buffer) {
+    const std::size_t width = path.layout.panel_width;
+    const std::size_t column = panel * width;
+    GemmTask tile = task;  // the tile alone, as a GEMM of `rows` rows and one panel
+    tile.a = static_cast<const std::uint8_t*>(task.a) +
+             row_begin * task.padded_k * path.layout.activation_bytes;
+    tile.b = task.b + panel * task.padded_k * width;
+    tile.n = std::min(width, task.n - column);
+    tile.column_offset = task.column_offset + column;
+    tile.scale = task.scale + column;
+    tile.type = OutputType::f32;
+    tile.out = buffer;
+    path.kernel(tile, 0, rows, 0, 1);
+    activate(buffer, rows * tile.n, finish.activation, finish.isa);
+    quantize_rows(buffer, rows, tile.n, tile.n, finish.output_scale, finish.zero_point,
+                  finish.unsigned_result,
+                  static_cast<std::uint8_t*>(task.out) + row_begin * task.n + column, task.n);
+}
+
 // Runs kernel over tiles of kTileRows rows x 1 panel on up to `threads` threads (fewer when the
-// pool has fewer or is busy). Threads take the next tile from a shared counter, so a thread
-// that the OS preempts or wakes late delays no fixed share. Consecutive tiles share a panel of
-// weights, which stays in cache; when all the weights fit in cache anyway (`rows_outer`, a
-// pointwise convolution's few output channels), consecutive tiles share their rows of
-// activations instead, which would otherwise stream from memory once per panel.
-// An f32 result's activation runs over each tile as soon as the kernel has written it.
+// pool has fewer or is busy), each tile followed by `finish`. Threads take the next tile from a
+// shared counter, so a thread that the OS preempts or wakes late delays no fixed share.
+// Consecutive tiles share a panel of weights, which stays in cache; when all the weights fit in
+// cache anyway (`rows_outer`, a pointwise convolution's few output channels), consecutive tiles
+// share their rows of activations instead, which would otherwise stream from memory once per
+// panel.
 void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::size_t panels,
-                  bool rows_outer, Activation activation, Isa isa, std::size_t threads) {
+                  bool rows_outer, const TileFinish& finish, std::size_t threads) {
     const std::size_t row_tiles = (m + kTileRows - 1) / kTileRows;
     const std::size_t tiles = row_tiles * panels;
     const std::size_t count = std::min(threads, tiles);
     const std::size_t width = path.layout.panel_width;
+    // Allocated here, not on the pool threads, where a failed allocation could not be reported.
+    std::vector<float> buffers(finish.quantizing ? count * kTileRows * width : 0);
+    std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
+        float* const buffer = buffers.data() + next_slot++ * kTileRows * width;
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
             const std::size_t panel = rows_outer ? tile % panels : tile / row_tiles;
             const std::size_t row_begin = (rows_outer ? tile / panels : tile % row_tiles) * kTileRows;
             const std::size_t row_end = std::min(m, row_begin + kTileRows);
+            if (finish.quantizing) {
+                run_quantizing_tile(path, task, row_begin, row_end - row_begin, panel, finish,
+                                    buffer);
+                continue;
+            }
             path.kernel(task, row_begin, row_end, panel, panel + 1);
-            if (activation == Activation::none) {
+            if (finish.activation == Activation::none) {
                 continue;
             }
             const std::size_t column = panel * width;
             const std::size_t columns = std::min(width, task.n - std::min(task.n, column));
             for (std::size_t row = row_begin; row < row_end && columns > 0; ++row) {
                 activate(static_cast<float*>(task.out) + row * task.n + column, columns,
-                         activation, isa);
+                         finish.activation, finish.isa);
             }
         }
     };
@@ -157,11 +202,16 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
                         epilogue.lo, epilogue.hi, epilogue.residual, out};
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
     const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
-    const Activation activation =
-        epilogue.type == OutputType::f32 ? epilogue.activation : Activation::none;
+    TileFinish finish;
+    finish.activation = epilogue.activation;
     // The activation computed as this process's unfused activation kernel computes it.
-    run_parallel(path, task, m, panels, rows_outer, activation, selected_isa(),
-                 std::max<std::size_t>(threads, 1));
+    finish.isa = selected_isa();
+    finish.quantizing = epilogue.type != OutputType::f32 && epilogue.type != OutputType::s32 &&
+                        epilogue.activation != Activation::none;
+    finish.output_scale = epilogue.output_scale;
+    finish.zero_point = epilogue.zero_point;
+    finish.unsigned_result = epilogue.type == OutputType::u8;
+    run_parallel(path, task, m, panels, rows_outer, finish, std::max<std::size_t>(threads, 1));
 }
 
 }  // namespace nimbus::kernels

@@ -7,10 +7,12 @@
 //     s32: acc
 //     u8/s8: clamp(rint_f32(f32(acc) * scale[n] + t) + zero_point, lo, hi)   (half to even)
 //     f32: act(f32(acc) * scale[n] + t)
+//     u8/s8 after a float activation (gelu, silu, ...; output_scale set):
+//          clamp(rint_f32(act(f32(acc) * scale[n]) / output_scale) + zero_point)   (no residual)
 // where t = f32(r[m, n] - r_zp) * r_scale for an optional quantized residual r, else nothing,
 // and act the epilogue's activation (sgemm.h), applied to each finished tile while it is in
 // cache; which is the arithmetic of nimbus.compiler.ops.quant, bit for bit, on every path (the
-// activation as the float kernels compute it).
+// activation as the float kernels compute it; the quantization as quantize.h's).
 #pragma once
 
 #include <cstddef>
@@ -59,7 +61,10 @@ struct Epilogue {
     std::int32_t lo = 0;                 // u8/s8: clamp bounds, within the output type
     std::int32_t hi = 0;
     Residual residual;                   // u8/s8/f32 results only
-    Activation activation = Activation::none;  // f32 results only
+    // f32 results: any activation. u8/s8 results: none, or a float activation (not relu or
+    // relu6, which are lo and hi) with output_scale > 0 and no residual.
+    Activation activation = Activation::none;
+    float output_scale = 0.0f;
 };
 
 // Writes one finished accumulator (bias and zero-point terms already added) as element `index`

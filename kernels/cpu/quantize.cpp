@@ -183,6 +183,21 @@ void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_
     });
 }
 
+void quantize_rows(const float* x, std::size_t rows, std::size_t count, std::size_t x_stride,
+                   float scale, std::int32_t zero_point, bool unsigned_result, void* out,
+                   std::size_t out_stride) {
+    const Range range = range_of(scale, zero_point, unsigned_result);
+    for (std::size_t row = 0; row < rows; ++row) {
+        if (unsigned_result) {
+            quantize_range(x + row * x_stride, 0, count, range,
+                           static_cast<std::uint8_t*>(out) + row * out_stride);
+        } else {
+            quantize_range(x + row * x_stride, 0, count, range,
+                           static_cast<std::int8_t*>(out) + row * out_stride);
+        }
+    }
+}
+
 void quantize_to_channels_last(const float* x, std::size_t batch, std::size_t channels,
                                std::size_t pixels, float scale, std::int32_t zero_point,
                                bool unsigned_result, void* out, std::size_t threads) {

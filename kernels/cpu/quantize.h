@@ -12,6 +12,12 @@ namespace nimbus::kernels {
 void quantize(const float* x, std::size_t count, float scale, std::int32_t zero_point,
               bool unsigned_result, void* out, std::size_t threads);
 
+// The same for `rows` runs of `count` elements, x_stride and out_stride elements apart, on the
+// calling thread: a GEMM tile quantized while it is in cache.
+void quantize_rows(const float* x, std::size_t rows, std::size_t count, std::size_t x_stride,
+                   float scale, std::int32_t zero_point, bool unsigned_result, void* out,
+                   std::size_t out_stride);
+
 // The same for x in NCHW [batch, channels, pixels], written to out in NHWC [batch, pixels,
 // channels] order: the layout an int8 convolution reads, so that the model's input is not
 // transposed a second time.

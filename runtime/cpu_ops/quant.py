@@ -34,6 +34,9 @@ from .packing import PACKED_WEIGHTS
 from .registry import NATIVE_THREADS, kernel
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
+# Activations that a quantized result takes as clamp bounds; the others (gelu, silu, ...) run
+# in float on the dequantized values, which are then quantized.
+CLAMP_ACTIVATIONS = ("none", "relu", "relu6")
 
 
 # ---- the shared arithmetic ----------------------------------------------------------------------
@@ -118,13 +121,18 @@ def finish_integer_op(acc: np.ndarray, input_quant, weight_quant, a: dict, chann
                       residual: np.ndarray | None = None, residual_quant=None) -> np.ndarray:
     """The shared epilogue: int32 accumulators (+ a quantized residual) to the op's result."""
     weight_scales = np.asarray(weight_quant.scale)
-    if str(a["dtype"]) == "f32":
+    float_activation = a["activation"] not in CLAMP_ACTIVATIONS
+    if str(a["dtype"]) == "f32" or float_activation:
         m = along_axis(requant_multiplier(input_quant.scale[0], weight_scales), acc.ndim,
                        channel_axis)
         out = acc.astype(np.float32) * m
         if residual is not None:
             out = (out + residual_term(residual, residual_quant, 1.0)).astype(np.float32)
-        return _f32_activation(out, a["activation"])
+        out = _f32_activation(out, a["activation"])
+        if str(a["dtype"]) == "f32":
+            return out
+        # A float activation's values, quantized as a quantize op would.
+        return quantize_array(out, _Quant((a["scale"],), (a["zero_point"],)), a["dtype"])
     multiplier = requant_multiplier(input_quant.scale[0], weight_scales, a["scale"])
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
     term = None if residual is None else residual_term(residual, residual_quant, a["scale"])
@@ -259,12 +267,18 @@ def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int
     with_residual = {} if residual is None else {
         "residual": native_residual, "residual_zero_point": int(rq.zero_point[0]),
         "residual_scale": float(residual_factor(rq, output_scale))}
-    multiplier = _channel_multiplier(w, wq, channels, input_scale, output_scale)
     if f32_result:  # the call applies the activation
-        return call("f32", multiplier, **with_residual)
+        return call("f32", _channel_multiplier(w, wq, channels, input_scale, 1.0),
+                    **with_residual)
+    out_dtype = NATIVE_OUT_DTYPES[str(a["dtype"])]
+    if a["activation"] not in CLAMP_ACTIVATIONS:  # act(f32 result), quantized tile by tile
+        lo, hi = int_range(a["dtype"])
+        return call("q", _channel_multiplier(w, wq, channels, input_scale, 1.0),
+                    a["zero_point"], lo, hi, out_dtype, activation=a["activation"],
+                    output_scale=output_scale)
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    return call("q", multiplier, a["zero_point"], lo, hi, NATIVE_OUT_DTYPES[str(a["dtype"])],
-                **with_residual)
+    return call("q", _channel_multiplier(w, wq, channels, input_scale, output_scale),
+                a["zero_point"], lo, hi, out_dtype, **with_residual)
 
 
 def _bias(bias):

@@ -196,13 +196,12 @@ def _conv(step, ctx: Context) -> Launcher:
 def _integer_layer(step, float_activations: bool = False) -> tuple[float, int, list, str]:
     """(input scale, input zero point, weight scales, result dtype) of a qconv2d / qlinear step
     whose result type and activation the integer kernels support (with `float_activations`,
-    any activation of an f32 result)."""
+    any activation)."""
     input_scale, input_zero = _input_quant(step)
     out_dtype = str(step.attrs["dtype"])
     if out_dtype not in ("u8", "i8", "f32"):
         raise Unsupported(f"result dtype {out_dtype} has no kernel")
-    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS and not (
-            float_activations and out_dtype == "f32"):
+    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS and not float_activations:
         raise Unsupported(f"activation {step.attrs['activation']} has no integer kernel")
     return input_scale, input_zero, _weight_quant(step), out_dtype
 
@@ -255,9 +254,15 @@ def _qlinear(step, ctx: Context) -> Launcher:
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
     packed = None if weight is None else tri_gemm.pack_weights(ctx.tensor(weight))
+    # A float activation (gelu, ...) runs on the f32 result, which a quantized result's own
+    # quantize kernel then quantizes, as the op defines it.
+    quantized_after = None
+    if out_dtype != "f32" and a["activation"] not in tri_conv.INTEGER_ACTIVATIONS:
+        quantized_after = tri_quantize.QuantParameters(a["scale"], (a["zero_point"],), None,
+                                                       len(step.types[0].shape), ctx.device)
     residual_info = _residual_factor(step, 1.0 if out_dtype == "f32" else a["scale"])
     residual_zero, residual_scale = residual_info if residual_info else (0, 0.0)
-    if out_dtype == "f32":
+    if out_dtype == "f32" or quantized_after is not None:
         scale = requant_multiplier(input_scale, weight_scales)
         options = {"activation": a["activation"]}
     else:
@@ -271,10 +276,14 @@ def _qlinear(step, ctx: Context) -> Launcher:
         weights = packed if packed is not None else tri_gemm.pack_weights(w)
         if residual is not None:
             residual = torch.broadcast_to(residual, (*x.shape[:-1], channels))
-        epilogue = tri_gemm.QuantEpilogue(out_dtype=out_dtype, bias=bias, scale=scale,
-                                          residual=residual, residual_zero_point=residual_zero,
-                                          residual_scale=float(residual_scale), **options)
-        return [tri_gemm.qgemm(x, input_zero, weights, epilogue)]
+        epilogue = tri_gemm.QuantEpilogue(
+            out_dtype="f32" if quantized_after is not None else out_dtype, bias=bias,
+            scale=scale, residual=residual, residual_zero_point=residual_zero,
+            residual_scale=float(residual_scale), **options)
+        out = tri_gemm.qgemm(x, input_zero, weights, epilogue)
+        if quantized_after is not None:
+            out = tri_quantize.quantize(out, quantized_after, out_dtype)
+        return [out]
 
     return Launcher("triton:gemm.qgemm", run, frozenset({1}) if packed is not None else frozenset())
 

@@ -299,16 +299,29 @@ def test_qlinear_f32_output_is_the_dequantized_accumulator():
     assert_matches(actual, expected, "qlinear f32", rtol=0)
 
 
-def test_qlinear_f32_output_takes_a_float_activation():
+def test_qlinear_takes_a_float_activation_before_quantizing():
     x, xq, w, wq = quantized_operands(3, 10, 4)
     (plain,) = run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32"}, constants=(1,))
     (actual,) = run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32", "activation": "gelu"},
                        constants=(1,))
     expected = F.gelu(torch.from_numpy(plain.astype(np.float64))).numpy().astype(np.float32)
     assert_matches(actual, expected, "qlinear f32 gelu", rtol=1e-6)
-    with pytest.raises(Exception, match=r"none, relu, relu6 \(others need an f32 result\)"):
-        run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "u8", "scale": 0.1, "activation": "gelu"},
-               constants=(1,))
+    # A quantized result is the activation's f32 values quantized, as a quantize op would.
+    (quantized,) = run_op("qlinear", [(x, xq), (w, wq)],
+                          {"dtype": "u8", "scale": 0.05, "zero_point": 9, "activation": "gelu"},
+                          constants=(1,))
+    (requantized,) = run_op("quantize", [actual], {"scale": [0.05], "zero_point": [9],
+                                                   "dtype": "u8"})
+    assert_matches(quantized, requantized, "qlinear u8 gelu")
+    residual = (np.zeros((3, 4), np.uint8), QuantParams([0.1], [0]))
+    with pytest.raises(Exception, match="after activation gelu takes no residual"):
+        run_op("qlinear", [(x, xq), (w, wq), None, residual],
+               {"dtype": "u8", "scale": 0.1, "activation": "gelu"}, constants=(1,))
+    xc = np.random.default_rng(0).integers(0, 255, (1, 2, 5, 5), dtype=np.uint8)
+    wc = np.ones((3, 2, 3, 3), np.int8)
+    with pytest.raises(Exception, match="activation must be one of none, relu, relu6"):
+        run_op("qconv2d", [(xc, QuantParams([0.1], [3])), (wc, QuantParams([0.2], [0]))],
+               {"dtype": "f32", "activation": "gelu"}, constants=(1,))
 
 
 def test_qconv2d_matches_integer_convolution():

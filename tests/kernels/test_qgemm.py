@@ -9,7 +9,7 @@ from nimbus.compiler.ir import QuantParams
 from nimbus.compiler.ops.quant import requant_multiplier, requantize
 from nimbus.runtime.cpu_ops.quant import residual_factor, residual_term
 from nimbus.runtime import available_isas, pack_weights, qgemm, qgemm_f32, qgemm_s32
-from nimbus.runtime._kernels import activation
+from nimbus.runtime._kernels import activation, quantize
 
 from checks import assert_matches
 from qgemm_reference import OUT_DTYPES, accumulators, dequantized, requantized
@@ -280,3 +280,29 @@ def test_f32_result_activations_equal_the_float_kernels(problem, isa):
                            name=f"{isa} {name} residual={bool(extra)} M={m} N={n} K={k}")
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         qgemm_f32(a, packed, 3, bias, scale, activation="swish")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_quantized_result_after_a_float_activation(problem, isa):
+    """u8/s8 after a float activation: each tile goes to f32, through the activation and the
+    quantize kernel's arithmetic while in cache; equal to those three steps unfused."""
+    m, n, k, rng, weights, bias = problem
+    a = activations(rng, (m, k), "u8")
+    packed = pack_weights(weights, isa)
+    scale = np.full(n, 0.01, np.float32)
+    for name in ("gelu", "tanh"):
+        values = activation(qgemm_f32(a, packed, 3, bias, scale), name)
+        for out_dtype, lo, hi in (("u8", 0, 255), ("s8", -128, 127)):
+            fused = qgemm(a, packed, 3, bias, scale, 5, lo, hi, out_dtype, threads=2,
+                          activation=name, output_scale=0.03)
+            expected = quantize(values, 0.03, 5, out_dtype)
+            assert_matches(fused, expected, name=f"{isa} {name} {out_dtype} M={m} N={n} K={k}")
+    with pytest.raises(ValueError, match="relu and relu6 as its bounds"):
+        qgemm(a, packed, 3, bias, scale, 5, 0, 255, "u8", activation="relu")
+    with pytest.raises(ValueError, match="needs output_scale"):
+        qgemm(a, packed, 3, bias, scale, 5, 0, 255, "u8", activation="gelu")
+    with pytest.raises(ValueError, match="lo and hi must be its bounds"):
+        qgemm(a, packed, 3, bias, scale, 5, 5, 255, "u8", activation="gelu", output_scale=0.1)
+    with pytest.raises(ValueError, match="takes no residual"):
+        qgemm(a, packed, 3, bias, scale, 5, 0, 255, "u8", activation="gelu", output_scale=0.1,
+              residual=activations(rng, (m, n), "u8"), residual_zero_point=0, residual_scale=1.0)

@@ -245,9 +245,9 @@ def test_residual_blocks_stay_integer(name):
         assert cosine(actual[output_name], expected[output_name]) >= 0.99
 
 
-def test_gelu_after_an_f32_qlinear_runs_in_its_epilogue():
-    """A linear layer whose GELU keeps its result in float (the BERT FFN) becomes one qlinear
-    with an f32 result that applies the GELU itself: no separate gelu op."""
+def test_a_linear_layers_gelu_runs_in_the_qlinear():
+    """A linear layer's GELU (the BERT FFN) runs in its qlinear: on the f32 values, quantized
+    there for the next integer layer, or left f32 where float ops read the result."""
     model, graph = converted("bert_encoder")
     optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
     names = [value.name for value in graph.inputs]
@@ -255,8 +255,19 @@ def test_gelu_after_an_f32_qlinear_runs_in_its_epilogue():
         torch.Generator().manual_seed(seed), 2)))) for seed in range(4)]
     quantized = run_passes(optimized, "quantize", calibration=batches)
     fused = [n for n in quantized.nodes if n.op == "qlinear" and n.attrs["activation"] == "gelu"]
-    assert fused and all(n.attrs["dtype"] == DType.f32 for n in fused)
+    assert fused and all(n.attrs["dtype"] == DType.u8 for n in fused)
+    uses = quantized.uses()
+    assert all(user.op == "qlinear" for n in fused for user in uses[n.result])
     assert not any(n.op == "gelu" for n in quantized.nodes)
     expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
     for output_name in graph.output_names:
         assert cosine(actual[output_name], expected[output_name]) >= 0.99
+
+    head = from_torch(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU()).eval(),
+                      (torch.randn(2, 8),))
+    data = [{head.inputs[0].name: np.random.default_rng(seed).standard_normal((4, 8)).astype(
+        np.float32)} for seed in range(4)]
+    head_quantized = run_passes(run_passes(head, DEFAULT_OPTIMIZATION), "quantize",
+                                calibration=data)
+    (layer,) = [n for n in head_quantized.nodes if n.op == "qlinear"]
+    assert layer.attrs["activation"] == "gelu" and layer.attrs["dtype"] == DType.f32

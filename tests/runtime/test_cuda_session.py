@@ -209,3 +209,20 @@ def test_importing_the_runtime_and_the_cuda_backend_imports_neither_torch_nor_tr
             "heavy = sorted(m for m in ('torch', 'triton', 'nimbus.compiler') if m in sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_int8_gelu_layer_quantizes_after_its_activation():
+    """A qlinear that applies GELU and then quantizes (the BERT FFN) runs as the Triton qgemm's
+    f32 epilogue with the activation, then the quantize kernel. GELU's float rounding differs
+    between the backends, so a value may land one quantization step apart."""
+    model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8)).eval()
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((4, 16)).astype(np.float32) for _ in range(2)]
+    compiled = nimbus.compile(model, (torch.from_numpy(batches[0]),), calibration=batches)
+    assert any(n.op == "qlinear" and n.attrs["activation"] == "gelu"
+               and str(n.attrs["dtype"]) == "u8" for n in compiled.graph.nodes)
+    cpu, cuda = Session(compiled.data), Session(compiled.data, target="cuda")
+    feeds = {cpu.inputs[0].name: rng.standard_normal((3, 16)).astype(np.float32)}
+    (expected,), (actual,) = cpu.run(feeds).values(), cuda.run(feeds).values()
+    np.testing.assert_allclose(actual, expected, atol=0.02 * np.abs(expected).max())
+    assert cuda.kernel_table()["qlinear"] == "triton:gemm.qgemm"
