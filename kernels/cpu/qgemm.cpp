@@ -117,7 +117,8 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
-        float* const buffer = buffers.data() + next_slot++ * kTileRows * width;
+        float* const buffer =
+            finish.quantizing ? buffers.data() + next_slot++ * kTileRows * width : nullptr;
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
             const std::size_t panel = rows_outer ? tile % panels : tile / row_tiles;
             const std::size_t row_begin = (rows_outer ? tile / panels : tile % row_tiles) * kTileRows;
