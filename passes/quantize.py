@@ -11,7 +11,7 @@ from nimbus.compiler.dtypes import DType
 from nimbus.compiler.ir import Graph, Node, QuantParams, Value
 from nimbus.compiler.ops.fused import ACTIVATIONS
 from nimbus.compiler.interpreter import interpret
-from nimbus.compiler.ops.quant import dequantize_array, quantize_array
+from nimbus.compiler.ops.quant import CLAMP_ACTIVATIONS, dequantize_array, quantize_array
 
 from .calibration import OBSERVERS, CalibrationError, calibration_batches, observe, random_batches
 from .fuse import EPILOGUES
@@ -25,7 +25,6 @@ INTEGER_OPS = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d",
                "linear": "qlinear", "fused_linear": "qlinear"}
 # ops that move quantized values unchanged, so int8 data can flow through them
 PASS_THROUGH = {"max_pool2d", "reshape"}
-INTEGER_ACTIVATIONS = ("none", "relu", "relu6")
 WEIGHT_LEVELS = 127  # symmetric int8 weights use [-127, 127], so negation never overflows
 
 
@@ -66,7 +65,7 @@ def _integer_epilogue(node: Node, observed: set[Value]) -> bool:
     if not node.op.startswith("fused_"):
         return True
     residual = _residual(node)
-    return node.attrs["activation"] in INTEGER_ACTIVATIONS and (
+    return node.attrs["activation"] in CLAMP_ACTIVATIONS and (
         residual is None or (residual in observed and not residual.is_constant
                              and tuple(residual.type.shape) == tuple(node.result.type.shape)))
 
@@ -75,7 +74,7 @@ def _applies_float_activation(node: Node) -> bool:
     """A linear layer whose activation (gelu, silu, ...) the qlinear applies itself, on its f32
     values before any quantization of its result, without a residual."""
     return (INTEGER_OPS[node.op] == "qlinear" and _residual(node) is None
-            and node.attrs.get("activation", "none") not in INTEGER_ACTIVATIONS)
+            and node.attrs.get("activation", "none") not in CLAMP_ACTIVATIONS)
 
 
 def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:

@@ -31,6 +31,7 @@ from nimbus.runtime.cpu_ops import quant as _runtime_quant
 # The integer arithmetic is defined once, in the runtime's CPU ops; these names are this
 # module's public API as well (passes and kernel tests import them from here).
 from nimbus.runtime.cpu_ops.quant import (  # noqa: F401
+    CLAMP_ACTIVATIONS,
     activation_bounds,
     dequantize_array,
     finish_integer_op,
@@ -52,7 +53,7 @@ from .fused import ACTIVATIONS as FUSED_ACTIVATIONS
 from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
-ACTIVATIONS = ("none", "relu", "relu6")
+ACTIVATIONS = CLAMP_ACTIVATIONS  # what every integer op may apply, as clamp bounds
 LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what a qlinear may apply
 QUANTIZED_DTYPES = (DType.u8, DType.i8)
 

@@ -36,7 +36,7 @@ from nimbus.kernels.triton import softmax as tri_softmax
 from ..cpu_ops.common import normalize_axis, numpy_dtype
 from ..cpu_ops.elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
 from ..cpu_ops.nn import output_hw
-from ..cpu_ops.quant import activation_bounds, requant_multiplier
+from ..cpu_ops.quant import CLAMP_ACTIVATIONS, activation_bounds, requant_multiplier
 from ..cpu_ops.reduce import reduced_axes
 from ..cpu_ops.shape import SLICE_TO_END
 
@@ -257,7 +257,7 @@ def _qlinear(step, ctx: Context) -> Launcher:
     # A float activation (gelu, ...) runs on the f32 result, which a quantized result's own
     # quantize kernel then quantizes, as the op defines it.
     quantized_after = None
-    if out_dtype != "f32" and a["activation"] not in tri_conv.INTEGER_ACTIVATIONS:
+    if out_dtype != "f32" and a["activation"] not in CLAMP_ACTIVATIONS:
         quantized_after = tri_quantize.QuantParameters(a["scale"], (a["zero_point"],), None,
                                                        len(step.types[0].shape), ctx.device)
     residual_info = _residual_factor(step, 1.0 if out_dtype == "f32" else a["scale"])
