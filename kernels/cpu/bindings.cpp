@@ -1080,6 +1080,23 @@ py::array attention(const py::object& q_object, const py::object& k_object,
     return out;
 }
 
+// A new array like x from `kernel(x, rows, channels, out, threads, isa)` over the rows of x
+// (its last axis is C), run without the GIL.
+template <typename RowKernel>
+py::array over_rows(const py::array& x, long long threads, const RowKernel& kernel) {
+    const auto channels = static_cast<std::size_t>(x.shape(x.ndim() - 1));
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out(x.dtype(), shape_of(x));
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const std::size_t rows = channels ? static_cast<std::size_t>(x.size()) / channels : 0;
+    {
+        py::gil_scoped_release release;
+        kernel(x_data, rows, channels, out_data, thread_count, nimbus::kernels::selected_isa());
+    }
+    return out;
+}
+
 py::array layer_norm(const py::object& x_object, const py::object& weight_object,
                      const py::object& bias_object, double eps, long long threads) {
     const py::array x = checked_float_array(x_object, "x", 1, "[..., C]");
@@ -1095,18 +1112,11 @@ py::array layer_norm(const py::object& x_object, const py::object& weight_object
         bias_data =
             static_cast<const float*>(checked_vector<float>(bias_object, "bias", channels).data());
     }
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(x.dtype(), shape_of(x));
-    const auto* x_data = static_cast<const float*>(x.data());
-    auto* out_data = static_cast<float*>(out.mutable_data());
-    const auto rows = static_cast<std::size_t>(channels ? x.size() / channels : 0);
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::layer_norm(x_data, rows, static_cast<std::size_t>(channels),
-                                    weight_data, bias_data, static_cast<float>(eps), out_data,
-                                    thread_count, nimbus::kernels::selected_isa());
-    }
-    return out;
+    return over_rows(x, threads, [&](const float* rows_data, std::size_t rows, std::size_t c,
+                                     float* out, std::size_t thread_count, Isa isa) {
+        nimbus::kernels::layer_norm(rows_data, rows, c, weight_data, bias_data,
+                                    static_cast<float>(eps), out, thread_count, isa);
+    });
 }
 
 py::array softmax(const py::object& x_object, long long axis, long long threads) {
@@ -1116,18 +1126,7 @@ py::array softmax(const py::object& x_object, long long axis, long long threads)
                               std::to_string(x.ndim() - 1) + "), got axis " +
                               std::to_string(axis));
     }
-    const py::ssize_t channels = x.shape(x.ndim() - 1);
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(x.dtype(), shape_of(x));
-    const auto* x_data = static_cast<const float*>(x.data());
-    auto* out_data = static_cast<float*>(out.mutable_data());
-    const auto rows = static_cast<std::size_t>(channels ? x.size() / channels : 0);
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::softmax(x_data, rows, static_cast<std::size_t>(channels), out_data,
-                                 thread_count, nimbus::kernels::selected_isa());
-    }
-    return out;
+    return over_rows(x, threads, nimbus::kernels::softmax);
 }
 
 std::vector<std::string> available_isa_names() {
