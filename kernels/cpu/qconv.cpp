@@ -8,6 +8,7 @@
 #include <cstring>
 #include <functional>
 
+#include "copy_runs.h"
 #include "depthwise.h"
 #include "worker_pool.h"
 
@@ -37,33 +38,11 @@ bool is_pointwise(const ConvGeometry& g, const PackedConvWeights& w) {
            g.pad_right == 0;
 }
 
-// Copies `count` bytes. The runs of a window are short (a kernel row of a few channels): two
-// overlapping fixed-size moves cost a few instructions where a call of memcpy costs tens (LeNet's
-// 5x5 convolution over 3 channels, 15-byte runs, at batch 8: 196 -> 168 us).
-inline void copy_short(std::uint8_t* target, const std::uint8_t* source, std::size_t count) {
-    if (count >= 16) {
-        for (; count > 16; count -= 16, target += 16, source += 16) {
-            std::memcpy(target, source, 16);
-        }
-        std::memcpy(target + count - 16, source + count - 16, 16);
-    } else if (count >= 8) {
-        std::memcpy(target, source, 8);
-        std::memcpy(target + count - 8, source + count - 8, 8);
-    } else if (count >= 4) {
-        std::memcpy(target, source, 4);
-        std::memcpy(target + count - 4, source + count - 4, 4);
-    } else {
-        for (std::size_t i = 0; i < count; ++i) {
-            target[i] = source[i];
-        }
-    }
-}
-
 // Copies `count` activations, shifting s8 values to u8 when `flip` is 0x80.
 void copy_activations(std::uint8_t* target, const std::uint8_t* source, std::size_t count,
                       std::uint8_t flip) {
     if (flip == 0) {
-        copy_short(target, source, count);
+        copy_run(target, source, count);
         return;
     }
     for (std::size_t i = 0; i < count; ++i) {

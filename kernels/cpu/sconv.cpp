@@ -4,8 +4,8 @@
 #include "sconv.h"
 
 #include <algorithm>
-#include <cstring>
 
+#include "copy_runs.h"
 #include "sgemm_paths.h"
 #include "worker_pool.h"
 
@@ -14,30 +14,6 @@ namespace {
 
 std::size_t round_up(std::size_t value, std::size_t multiple) {
     return (value + multiple - 1) / multiple * multiple;
-}
-
-// Copies count >= Chunk floats in chunks of a fixed size, which compile to vector moves where
-// a call of memcpy would cost more than the copy; the last chunk overlaps the one before it
-// instead of a scalar tail.
-template <std::size_t Chunk>
-inline void copy_chunks(float* target, const float* source, std::size_t count) {
-    for (; count > Chunk; count -= Chunk, target += Chunk, source += Chunk) {
-        std::memcpy(target, source, Chunk * sizeof(float));
-    }
-    std::memcpy(target + count - Chunk, source + count - Chunk, Chunk * sizeof(float));
-}
-
-// Copies `count` floats: the runs of a window are short (a few channels, or a kernel row).
-inline void copy_floats(float* target, const float* source, std::size_t count) {
-    if (count >= 16) {
-        copy_chunks<16>(target, source, count);
-    } else if (count >= 4) {
-        copy_chunks<4>(target, source, count);
-    } else {
-        for (std::size_t i = 0; i < count; ++i) {
-            target[i] = source[i];
-        }
-    }
 }
 
 inline void zero_floats(float* target, std::size_t count) {
@@ -122,7 +98,7 @@ private:
                 }
             }
             if (source != nullptr) {
-                copy_floats(target, source, run);
+                copy_run(target, source, run * sizeof(float));
             } else {
                 zero_floats(target, run);
             }
