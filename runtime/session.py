@@ -23,7 +23,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
-from .cpu_ops.registry import missing_attribute
+from .cpu_ops.registry import call_kernel
 from .dims import bind_dim, evaluate_dim
 
 PLAN_FORMAT = 1
@@ -114,20 +114,15 @@ class Session:
         return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
 
     def _execute(self, values: list, bindings: dict) -> None:
-        # The body of run_op with the kernel looked up at load: this loop is the executor's
-        # fixed cost per step, which decides small models.
+        # Kernels are looked up at load: this loop is the executor's fixed cost per step, which
+        # decides small models.
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
             attrs = bound_attrs(step, bindings)
             try:
-                results = step.kernel(operands, attrs, list(step.types))
-            except KeyError as err:
-                raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): "
-                                   f"{missing_attribute(step.op, err, attrs)}") from err
+                results = call_kernel(step.kernel, step.op, operands, attrs, list(step.types))
             except (ValueError, TypeError, IndexError, FloatingPointError) as err:
                 raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
-            if not isinstance(results, list):
-                results = [results]
             for slot, array in zip(step.results, results):
                 values[slot] = array
             for slot in step.release:

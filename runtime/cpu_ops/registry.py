@@ -54,17 +54,18 @@ def run_op(op: str, inputs: list, attrs: dict, types: list) -> list[np.ndarray]:
         close = difflib.get_close_matches(str(op), list(KERNELS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnknownOpError(f"no CPU kernel for op '{op}'{hint}") from None
+    return call_kernel(fn, op, list(inputs), attrs, list(types))
+
+
+def call_kernel(fn: Kernel, op: str, inputs: list, attrs: dict, types: list) -> list[np.ndarray]:
+    """Run ``op``'s kernel ``fn``, already looked up (a Session does it once per step); results
+    come back as a list, and a KeyError for an attribute the plan lacks as a ValueError."""
     try:
-        out = fn(list(inputs), attrs, list(types))
+        out = fn(inputs, attrs, types)
     except KeyError as err:
-        raise ValueError(missing_attribute(op, err, attrs)) from None
+        name = err.args[0] if err.args else None
+        if isinstance(name, str) and name not in attrs:
+            raise ValueError(f"{op}: attribute '{name}' is missing (plans record every "
+                             f"attribute, defaults included)") from None
+        raise
     return out if isinstance(out, list) else [out]
-
-
-def missing_attribute(op: str, err: KeyError, attrs: dict) -> str:
-    """What a kernel's KeyError means: an attribute the plan lacks (re-raised if it is not)."""
-    name = err.args[0] if err.args else None
-    if isinstance(name, str) and name not in attrs:
-        return (f"{op}: attribute '{name}' is missing (plans record every attribute, "
-                f"defaults included)")
-    raise err
