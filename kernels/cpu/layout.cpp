@@ -12,16 +12,6 @@ namespace {
 // Pixels per block: kBlockFloats floats of output, at least one pixel.
 constexpr std::size_t kBlockFloats = 4096;
 
-// target[p, c] = planes[c * plane_stride + p] for `count` pixels.
-template <std::size_t Channels>
-void interleave(const float* planes, std::size_t plane_stride, std::size_t count, float* target) {
-    for (std::size_t p = 0; p < count; ++p) {
-        for (std::size_t c = 0; c < Channels; ++c) {
-            target[p * Channels + c] = planes[c * plane_stride + p];
-        }
-    }
-}
-
 }  // namespace
 
 void nchw_to_nhwc(const float* x, std::size_t batch, std::size_t channels, std::size_t pixels,
@@ -35,18 +25,8 @@ void nchw_to_nhwc(const float* x, std::size_t batch, std::size_t channels, std::
         const std::size_t image = item / blocks_per_image;
         const std::size_t first = item % blocks_per_image * block;
         const std::size_t count = std::min(block, pixels - first);
-        const float* planes = x + image * channels * pixels + first;
-        float* target = out + (image * pixels + first) * channels;
-        if (channels == 3) {  // an image: a fixed count lets the compiler vectorize the interleave
-            interleave<3>(planes, pixels, count, target);
-            return;
-        }
-        for (std::size_t c = 0; c < channels; ++c) {
-            const float* plane = planes + c * pixels;
-            for (std::size_t p = 0; p < count; ++p) {
-                target[p * channels + c] = plane[p];
-            }
-        }
+        interleave_planes(x + image * channels * pixels + first, pixels, channels, count,
+                          out + (image * pixels + first) * channels);
     });
 }
 
