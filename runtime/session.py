@@ -13,6 +13,7 @@ read-only arrays; so one session serves concurrent `run` calls from several thre
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
-from .cpu_ops.registry import call_kernel
+from .cpu_ops.registry import PREPARERS, RUNTIME, call_kernel
 from .dims import bind_dim, evaluate_dim
 
 PLAN_FORMAT = 1
@@ -53,6 +54,7 @@ class _Step:
     source: str
     symbolic_attrs: tuple  # attributes holding dims that are text (symbolic) until run time
     kernel: Callable  # KERNELS[op], looked up once
+    prepared: Callable | None = None  # the kernel prepared for this step (registry.PREPARERS)
 
 
 class Session:
@@ -78,7 +80,8 @@ class Session:
         plan = self.artifact.plan
         try:
             self._load_plan(plan)
-        except (KeyError, TypeError, ValueError, IndexError) as err:
+            self._prepare_steps()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
             if isinstance(err, ArtifactError):
                 raise
             raise ArtifactError(f"invalid plan: {err}") from None
@@ -118,9 +121,11 @@ class Session:
         # decides small models.
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
-            attrs = bound_attrs(step, bindings)
             try:
-                results = call_kernel(step.kernel, step.op, operands, attrs, list(step.types))
+                results = None if step.prepared is None else step.prepared(operands)
+                if results is None:
+                    results = call_kernel(step.kernel, step.op, operands,
+                                          bound_attrs(step, bindings), list(step.types))
             except (ValueError, TypeError, IndexError, FloatingPointError) as err:
                 raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
             for slot, array in zip(step.results, results):
@@ -208,6 +213,20 @@ class Session:
             self._outputs.append((str(entry["name"]), index, TensorInfo.from_json(entry["type"])))
         self._steps = steps
         self._constant_slots = constant_slots
+
+    def _prepare_steps(self) -> None:
+        """Prepares the kernel of each step whose attributes are known before a run (no symbolic
+        dims), given its constant operands: what a small layer's kernel would otherwise redo on
+        every run (packing lookups, multipliers, bounds) took longer than its native call."""
+        for index, step in enumerate(self._steps):
+            prepare = PREPARERS.get(step.op)
+            if prepare is None or step.symbolic_attrs:
+                continue
+            operands = [None if s is None else RUNTIME if self._constant_slots[s] is None
+                        else self._constant_slots[s] for s in step.operands]
+            prepared = prepare(step.attrs, list(step.types), operands)
+            if prepared is not None:
+                self._steps[index] = dataclasses.replace(step, prepared=prepared)
 
 
 def bound_attrs(step: _Step, bindings: Mapping[str, int]) -> dict:

@@ -18,8 +18,9 @@ import numpy as np
 from .. import _kernels
 from .common import in_float32
 from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
-from .nn import conv2d_any_layout, matmul_kernel, matmul_rows, native_conv2d, native_linear
-from .registry import KERNELS, NATIVE_THREADS, kernel, without_types
+from .nn import (conv2d_any_layout, layer_step, matmul_kernel, matmul_rows, native_conv2d,
+                 native_linear, prepare_native_conv2d, prepare_native_linear)
+from .registry import KERNELS, NATIVE_THREADS, kernel, preparer, without_types
 
 # activation name -> (op, attributes) applied after the layer, bias and residual
 ACTIVATIONS = {
@@ -177,6 +178,10 @@ def _fused_conv2d(xs, a):
 
 
 kernel("fused_conv2d")(without_types(in_float32(_fused_conv2d)))
+preparer("fused_conv2d")(lambda a, types, operands: layer_step(
+    operands, lambda w, bias: prepare_native_conv2d(w, bias, a, a["activation"])))
+
+
 def _fused_linear(xs, a):
     x, w, bias, residual = xs
     native = native_linear(x, w, bias, residual, a["activation"])
@@ -186,6 +191,8 @@ def _fused_linear(xs, a):
 
 
 kernel("fused_linear")(without_types(in_float32(_fused_linear)))
+preparer("fused_linear")(lambda a, types, operands: layer_step(
+    operands, lambda w, bias: prepare_native_linear(w, bias, a["activation"])))
 kernel("fused_matmul")(without_types(in_float32(lambda xs, a: layer_epilogue(
     matmul_kernel([xs[0], xs[1]], a), None, xs[2], a["activation"], None))))
 kernel("attention")(without_types(in_float32(attention_kernel)))

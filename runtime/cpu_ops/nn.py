@@ -14,7 +14,7 @@ import numpy as np
 from .. import _kernels
 from .common import in_float32, normalize_axis, window_output_size
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, kernel, without_types
+from .registry import NATIVE_THREADS, RUNTIME, kernel, preparer, without_types
 
 PAIR_ONES = (1, 1)
 NO_PADDING = (0, 0, 0, 0)
@@ -366,41 +366,83 @@ def _float32_vector(values):
     return None if values is None else np.ascontiguousarray(values, dtype=np.float32)
 
 
-def native_conv2d(x, w, bias, residual, a, activation: str = "none"):
-    """act(conv2d(x, w) + bias + residual) on the native float kernel with weights packed once,
-    as an NCHW view of NHWC memory (so a following convolution reads channels-last data without a
-    copy); None where that kernel does not apply (other dtypes, empty tensors, a residual that
-    broadcasts)."""
-    if x.dtype != np.float32 or w.dtype != np.float32 or not x.size or not w.size:
+def prepare_native_conv2d(w, bias, a, activation: str = "none"):
+    """act(conv2d(x, w) + bias + residual) on the native float kernel with weights packed once:
+    ``run(x, residual)`` returns an NCHW view of NHWC memory (so a following convolution reads
+    channels-last data without a copy), or None where that kernel does not apply (other dtypes,
+    empty tensors, a residual that broadcasts); None at once for such weights."""
+    if w.dtype != np.float32 or not w.size:
         return None
-    out_hw = output_hw(x.shape, w.shape[2:], a["stride"], a["padding"], a["dilation"])
-    if not out_hw[0] * out_hw[1]:
-        return None
-    if residual is not None:
-        if residual.shape != (x.shape[0], w.shape[0], *out_hw):
-            return None
-        residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1), dtype=np.float32)
     packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
-    out = _kernels.sconv2d(channels_last(x), packed,
-                           _float32_vector(bias), residual, activation, tuple(a["stride"]),
-                           tuple(a["padding"]), tuple(a["dilation"]), NATIVE_THREADS.get())
-    return out.transpose(0, 3, 1, 2)
+    bias = _float32_vector(bias)
+    kernel, stride, padding, dilation = w.shape[2:], tuple(a["stride"]), tuple(a["padding"]), \
+        tuple(a["dilation"])
+
+    def run(x, residual):
+        if x.dtype != np.float32 or not x.size:
+            return None
+        out_hw = output_hw(x.shape, kernel, stride, padding, dilation)
+        if not out_hw[0] * out_hw[1]:
+            return None
+        if residual is not None:
+            if residual.shape != (x.shape[0], w.shape[0], *out_hw):
+                return None
+            residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1), dtype=np.float32)
+        out = _kernels.sconv2d(channels_last(x), packed, bias, residual, activation, stride,
+                               padding, dilation, NATIVE_THREADS.get())
+        return out.transpose(0, 3, 1, 2)
+
+    return run
+
+
+def prepare_native_linear(w, bias, activation: str = "none"):
+    """act(x @ w.T + bias + residual) on the native float GEMM with weights packed once, as
+    prepare_native_conv2d."""
+    if w.dtype != np.float32 or not w.size:
+        return None
+    n, k = w.shape
+    packed = PACKED_WEIGHTS.get(w, "sgemm", _kernels.pack_sgemm_weights)
+    bias = _float32_vector(bias)
+
+    def run(x, residual):
+        if x.dtype != np.float32 or not x.size:
+            return None
+        shape = x.shape[:-1] + (n,)
+        if residual is not None:
+            if residual.shape != shape:
+                return None
+            residual = np.ascontiguousarray(residual.reshape(-1, n), dtype=np.float32)
+        return _kernels.sgemm(np.ascontiguousarray(x.reshape(-1, k)), packed, bias, residual,
+                              activation, NATIVE_THREADS.get()).reshape(shape)
+
+    return run
+
+
+def layer_step(operands, prepare):
+    """A float layer's prepared step: ``prepare(w, bias)`` (prepare_native_conv2d or
+    prepare_native_linear) for a constant w and bias; the operands are x, w, bias[, residual]."""
+    w, bias = operands[1], operands[2]
+    run = None if not isinstance(w, np.ndarray) or bias is RUNTIME else prepare(w, bias)
+    if run is None:
+        return None
+
+    def run_step(xs):
+        out = run(xs[0], xs[3] if len(xs) > 3 else None)
+        return None if out is None else [out]
+
+    return run_step
+
+
+def native_conv2d(x, w, bias, residual, a, activation: str = "none"):
+    """prepare_native_conv2d's result for one call (None where it does not apply)."""
+    run = prepare_native_conv2d(w, bias, a, activation)
+    return None if run is None else run(x, residual)
 
 
 def native_linear(x, w, bias, residual, activation: str = "none"):
-    """act(x @ w.T + bias + residual) on the native float GEMM with weights packed once; None
-    where it does not apply (as for native_conv2d)."""
-    if x.dtype != np.float32 or w.dtype != np.float32 or not x.size or not w.size:
-        return None
-    n, k = w.shape
-    shape = x.shape[:-1] + (n,)
-    if residual is not None:
-        if residual.shape != shape:
-            return None
-        residual = np.ascontiguousarray(residual.reshape(-1, n), dtype=np.float32)
-    packed = PACKED_WEIGHTS.get(w, "sgemm", _kernels.pack_sgemm_weights)
-    return _kernels.sgemm(np.ascontiguousarray(x.reshape(-1, k)), packed, _float32_vector(bias),
-                          residual, activation, NATIVE_THREADS.get()).reshape(shape)
+    """prepare_native_linear's result for one call (None where it does not apply)."""
+    run = prepare_native_linear(w, bias, activation)
+    return None if run is None else run(x, residual)
 
 
 def conv2d_kernel(xs, a):
@@ -445,6 +487,9 @@ def matmul_kernel(xs, a):
 
 kernel("conv2d")(without_types(in_float32(conv2d_kernel)))
 kernel("linear")(without_types(in_float32(linear_kernel)))
+preparer("conv2d")(lambda a, types, operands: layer_step(
+    operands, lambda w, bias: prepare_native_conv2d(w, bias, a)))
+preparer("linear")(lambda a, types, operands: layer_step(operands, prepare_native_linear))
 kernel("matmul")(without_types(in_float32(matmul_kernel)))
 kernel("batch_norm")(without_types(in_float32(batch_norm_reference)))
 kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))

@@ -31,7 +31,7 @@ from .common import int_range, numpy_dtype
 from .fused import apply_activation
 from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, kernel
+from .registry import NATIVE_THREADS, RUNTIME, kernel, prepared_or, preparer, without_types
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
 # Activations that a quantized result takes as clamp bounds; the others (gelu, silu, ...) run
@@ -257,31 +257,47 @@ def _channel_multiplier(w: np.ndarray, wq, channels: int, input_scale: float,
         requant_multiplier(scales[0], wq.scale, scales[1]), channels), input_scale, output_scale)
 
 
-def _native_epilogue(call, acc_call, w, a: dict, xq, wq, residual, rq, axis: int,
-                     native_residual=None):
-    """Run a native kernel with the op's epilogue. A residual goes into the kernel's epilogue
-    as ``native_residual`` (the residual laid out like the kernel's result), or where the kernel
-    cannot take one (None), through numpy on the int32 accumulators."""
-    if residual is not None and native_residual is None:
-        return finish_integer_op(acc_call(), xq, wq, a, axis, residual, rq)
+class NativeEpilogue(NamedTuple):
+    """An integer layer's epilogue as the native kernels take it, worked out once per layer:
+    ``f32`` picks the kernel form (f32 result, or u8/s8), ``args`` follow (rows, packed,
+    zero point, bias) and ``options`` are keywords, the residual array aside."""
+
+    f32: bool
+    args: tuple
+    options: dict
+
+
+def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
+    """The op's epilogue for the native kernels; None where they have none, a residual beside
+    a float activation before quantization (the numpy epilogue then finishes the accumulators).
+    An f32 result's activation is the caller's: the GEMM applies it, the convolution does not."""
     channels, input_scale = w.shape[0], float(xq.scale[0])
-    f32_result = str(a["dtype"]) == "f32"
-    output_scale = 1.0 if f32_result else float(a["scale"])
-    with_residual = {} if residual is None else {
-        "residual": native_residual, "residual_zero_point": int(rq.zero_point[0]),
-        "residual_scale": float(residual_factor(rq, output_scale))}
-    if f32_result:  # the call applies the activation
-        return call("f32", _channel_multiplier(w, wq, channels, input_scale, 1.0),
-                    **with_residual)
-    out_dtype = NATIVE_OUT_DTYPES[str(a["dtype"])]
+    if str(a["dtype"]) == "f32":
+        residual = {} if not with_residual else {
+            "residual_zero_point": int(rq.zero_point[0]),
+            "residual_scale": float(residual_factor(rq, 1.0))}
+        return NativeEpilogue(True, (_channel_multiplier(w, wq, channels, input_scale, 1.0),),
+                              residual)
+    out_dtype, output_scale = NATIVE_OUT_DTYPES[str(a["dtype"])], float(a["scale"])
     if a["activation"] not in CLAMP_ACTIVATIONS:  # act(f32 result), quantized tile by tile
+        if with_residual:
+            return None
         lo, hi = int_range(a["dtype"])
-        return call("q", _channel_multiplier(w, wq, channels, input_scale, 1.0),
-                    a["zero_point"], lo, hi, out_dtype, activation=a["activation"],
-                    output_scale=output_scale)
+        return NativeEpilogue(False, (_channel_multiplier(w, wq, channels, input_scale, 1.0),
+                                      a["zero_point"], lo, hi, out_dtype),
+                              {"activation": a["activation"], "output_scale": output_scale})
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    return call("q", _channel_multiplier(w, wq, channels, input_scale, output_scale),
-                a["zero_point"], lo, hi, out_dtype, **with_residual)
+    residual = {} if not with_residual else {
+        "residual_zero_point": int(rq.zero_point[0]),
+        "residual_scale": float(residual_factor(rq, output_scale))}
+    return NativeEpilogue(False, (_channel_multiplier(w, wq, channels, input_scale, output_scale),
+                                  a["zero_point"], lo, hi, out_dtype), residual)
+
+
+def _constant_weights(operands) -> bool:
+    """A layer's weight is a non-empty constant and its bias (if any) one too."""
+    w, bias = operands[1], operands[2]
+    return isinstance(w, np.ndarray) and w.size > 0 and bias is not RUNTIME
 
 
 def _bias(bias):
@@ -292,20 +308,30 @@ def _bias(bias):
 NATIVE_QUANTIZED = {"u8": "u8", "i8": "s8"}  # plan dtype -> the native kernels' name
 
 
+@preparer("quantize")
+def prepare_quantize(a, types, operands):
+    dtype = NATIVE_QUANTIZED.get(str(a["dtype"]))
+    if dtype is None or len(a["scale"]) != 1:
+        return None
+    scale, zero_point = float(a["scale"][0]), int((tuple(a["zero_point"]) or (0,))[0])
+
+    def run(xs):
+        x = xs[0]
+        if not np.issubdtype(x.dtype, np.floating):
+            return None
+        # An image batch goes into NHWC memory, returned as an NCHW view: the layout the int8
+        # convolutions read, so they need not transpose it again (other ops take any strides).
+        channels_last = x.ndim == 4
+        q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), scale, zero_point, dtype,
+                              channels_last=channels_last, threads=NATIVE_THREADS.get())
+        return [q.transpose(0, 3, 1, 2) if channels_last else q]
+
+    return run
+
+
 @kernel("quantize")
 def quantize(xs, a, types):
-    x = xs[0]
-    dtype = NATIVE_QUANTIZED.get(str(a["dtype"]))
-    if dtype is None or len(a["scale"]) != 1 or not np.issubdtype(x.dtype, np.floating):
-        return quantize_reference(xs, a)
-    zero_point = tuple(a["zero_point"]) or (0,)
-    # An image batch goes into NHWC memory, returned as an NCHW view: the layout the int8
-    # convolutions read, so they need not transpose it again (other ops take any strides).
-    channels_last = x.ndim == 4
-    q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), float(a["scale"][0]),
-                          int(zero_point[0]), dtype, channels_last=channels_last,
-                          threads=NATIVE_THREADS.get())
-    return q.transpose(0, 3, 1, 2) if channels_last else q
+    return prepared_or(prepare_quantize, without_types(quantize_reference), xs, a, types)
 
 
 @kernel("dequantize")
@@ -323,70 +349,102 @@ def dequantize(xs, a, types):
     return dequantize_array(q, quant)
 
 
+@preparer("qlinear")
+def prepare_qlinear(a, types, operands):
+    """qlinear on the native GEMM with its epilogue, for a symmetric int8 weight within the
+    accumulator bound; None otherwise (the numpy reference, which is exact)."""
+    xq, wq, rq = types[0].quant, types[1].quant, _residual_quant(types)
+    w, bias, with_residual = operands[1], operands[2], operands[3] is not None
+    if not _constant_weights(operands) or not _symmetric_int8(w, wq):
+        return None
+    packed = _packed_gemm(w)
+    if packed is None:
+        return None
+    n, k = w.shape
+    zp, b = xq.zero_point[0], _bias(bias)
+    epilogue = native_epilogue(w, a, xq, wq, rq, with_residual)
+    if epilogue is None:
+        def run(xs):
+            x = xs[0]
+            if not x.size:
+                return None
+            acc = _kernels.qgemm_s32(np.ascontiguousarray(x.reshape(-1, k)), packed, zp, b,
+                                     threads=NATIVE_THREADS.get())
+            return [finish_integer_op(acc.reshape(*x.shape[:-1], n), xq, wq, a, x.ndim - 1,
+                                      xs[3], rq)]
+        return run
+    kernel = _kernels.qgemm_f32 if epilogue.f32 else _kernels.qgemm
+    options = dict(epilogue.options, activation=a["activation"]) if epilogue.f32 else epilogue.options
+
+    def run(xs):
+        x, residual = xs[0], xs[3]
+        if not x.size:
+            return None
+        if residual is not None:
+            options_now = dict(options, residual=np.ascontiguousarray(residual.reshape(-1, n)))
+        else:
+            options_now = options
+        out = kernel(np.ascontiguousarray(x.reshape(-1, k)), packed, zp, b, *epilogue.args,
+                     threads=NATIVE_THREADS.get(), **options_now)
+        return [out.reshape(*x.shape[:-1], n)]
+
+    return run
+
+
 @kernel("qlinear")
 def qlinear(xs, a, types):
-    x, w, bias, residual = xs
-    xq, wq = types[0].quant, types[1].quant
-    packed = _packed_gemm(w) if _symmetric_int8(w, wq) and x.size and w.size else None
+    return prepared_or(prepare_qlinear, qlinear_reference, xs, a, types)
+
+
+@preparer("qconv2d")
+def prepare_qconv2d(a, types, operands):
+    """qconv2d on the native NHWC kernels, like prepare_qlinear. A result goes back as an NCHW
+    view of its NHWC memory, so a following convolution (or one fed by it) gets channels-last
+    data without a copy; other ops take any strides."""
+    xq, wq, rq = types[0].quant, types[1].quant, _residual_quant(types)
+    w, bias, with_residual = operands[1], operands[2], operands[3] is not None
+    if not _constant_weights(operands) or not _symmetric_int8(w, wq):
+        return None
+    packed = _packed_conv(w, a["groups"])
     if packed is None:
-        return qlinear_reference(xs, a, types)
-    n, k = w.shape
-    rows = np.ascontiguousarray(x.reshape(-1, k))
+        return None
     zp, b = xq.zero_point[0], _bias(bias)
+    geometry = {"stride": tuple(a["stride"]), "padding": tuple(a["padding"]),
+                "dilation": tuple(a["dilation"])}
+    # The kernel adds a residual in its epilogue for one group (not depthwise): NHWC, like its
+    # result, which a residual from an earlier int8 convolution already is.
+    epilogue = native_epilogue(w, a, xq, wq, rq, with_residual) if (
+        not with_residual or a["groups"] == 1) else None
+    if epilogue is None:
+        def run(xs):
+            x = xs[0]
+            if not x.size:
+                return None
+            acc = _kernels.qconv2d_s32(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), packed, zp,
+                                       b, **geometry, threads=NATIVE_THREADS.get())
+            return [finish_integer_op(acc.transpose(0, 3, 1, 2), xq, wq, a, 1, xs[3], rq)]
+        return run
+    kernel = _kernels.qconv2d_f32 if epilogue.f32 else _kernels.qconv2d
+    options = dict(epilogue.options, **geometry)
 
-    def call(kind, *epilogue, **with_residual):
-        if kind == "f32":  # the kernel applies any activation to each tile while it is in cache
-            with_residual["activation"] = a["activation"]
-        kernel = _kernels.qgemm_f32 if kind == "f32" else _kernels.qgemm
-        out = kernel(rows, packed, zp, b, *epilogue, threads=NATIVE_THREADS.get(), **with_residual)
-        return out.reshape(*x.shape[:-1], n)
+    def run(xs):
+        x, residual = xs[0], xs[3]
+        if not x.size:
+            return None
+        if residual is not None:
+            options_now = dict(options, residual=np.ascontiguousarray(residual.transpose(0, 2, 3, 1)))
+        else:
+            options_now = options
+        out = kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), packed, zp, b, *epilogue.args,
+                     threads=NATIVE_THREADS.get(), **options_now).transpose(0, 3, 1, 2)
+        return [_f32_activation(out, a["activation"]) if epilogue.f32 else out]
 
-    def acc():
-        return _kernels.qgemm_s32(rows, packed, zp, b, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
-
-    rows_of_residual = None if residual is None else np.ascontiguousarray(residual.reshape(-1, n))
-    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), x.ndim - 1,
-                            rows_of_residual)
+    return run
 
 
 @kernel("qconv2d")
 def qconv2d(xs, a, types):
-    x, w, bias, residual = xs
-    xq, wq = types[0].quant, types[1].quant
-    native = _symmetric_int8(w, wq) and x.size and w.size
-    packed = _packed_conv(w, a["groups"]) if native else None
-    if packed is None:
-        return qconv2d_reference(xs, a, types)
-    # The native kernels run NHWC. A result goes back as an NCHW view of its NHWC memory, so a
-    # following convolution (or one fed by it) gets channels-last data without a copy; other ops
-    # take any strides.
-    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    zp, b = xq.zero_point[0], _bias(bias)
-    geometry = {"stride": tuple(a["stride"]), "padding": tuple(a["padding"]),
-                "dilation": tuple(a["dilation"])}
-
-    def nchw(out):
-        return out.transpose(0, 3, 1, 2)
-
-    def call(kind, *epilogue, **with_residual):
-        if kind == "f32":
-            return _f32_activation(nchw(_kernels.qconv2d_f32(
-                nhwc, packed, zp, b, *epilogue, **geometry, threads=NATIVE_THREADS.get(),
-                **with_residual)), a["activation"])
-        return nchw(_kernels.qconv2d(nhwc, packed, zp, b, *epilogue, **geometry,
-                                     threads=NATIVE_THREADS.get(), **with_residual))
-
-    def acc():
-        return nchw(_kernels.qconv2d_s32(nhwc, packed, zp, b, **geometry,
-                                             threads=NATIVE_THREADS.get()))
-
-    # The kernel adds a residual in its epilogue for one group (not depthwise): NHWC, like its
-    # result, which a residual from an earlier int8 convolution already is.
-    native_residual = None
-    if residual is not None and a["groups"] == 1:
-        native_residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
-    return _native_epilogue(call, acc, w, a, xq, wq, residual, _residual_quant(types), 1,
-                            native_residual)
+    return prepared_or(prepare_qconv2d, qconv2d_reference, xs, a, types)
 
 
 @kernel("qmatmul")

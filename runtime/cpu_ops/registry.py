@@ -5,6 +5,14 @@ A kernel is ``fn(inputs, attrs, types) -> array | list[array]``: ``inputs`` are 
 every attribute present (the lowering writes defaults too; dtypes are names such as "u8",
 symbolic dims are already bound to ints), and ``types`` the operands' ``TensorInfo`` (None where
 nothing is recorded; the quantized ops read their parameters there).
+
+A kernel may also be prepared once per plan step when a Session loads (``preparer(op)``):
+``prepare(attrs, types, operands) -> run | None`` sees the step's constant operands (absent ones
+are None, those computed at run time ``RUNTIME``) and returns ``run(inputs) -> list | None``
+with everything that depends only on them worked out (packed weights, requantization
+multipliers, clamp bounds, geometry). That work, repeated on every run, took longer than the
+native call of a small layer. ``run`` returns None for inputs it does not handle (another
+dtype, an empty tensor), and the step then runs the kernel itself.
 """
 
 from __future__ import annotations
@@ -17,7 +25,21 @@ import numpy as np
 
 Kernel = Callable[[list, dict, list], "np.ndarray | list[np.ndarray]"]
 
+Prepared = Callable[[list], "list[np.ndarray] | None"]
+Preparer = Callable[[dict, list, list], "Prepared | None"]
+
 KERNELS: dict[str, Kernel] = {}
+PREPARERS: dict[str, Preparer] = {}
+
+
+class _Runtime:
+    """An operand computed at run time, as a preparer sees it."""
+
+    def __repr__(self) -> str:
+        return "RUNTIME"
+
+
+RUNTIME = _Runtime()
 
 # How many threads the native kernels may use in the current run. A Session sets it for the
 # length of one call; a context variable is private to each thread (and task), so sessions
@@ -41,9 +63,32 @@ def kernel(op_name: str) -> Callable[[Kernel], Kernel]:
     return register
 
 
+def preparer(op_name: str) -> Callable[[Preparer], Preparer]:
+    """Register the decorated function as the preparer of ``op_name``'s kernel (see above)."""
+
+    def register(fn: Preparer) -> Preparer:
+        if op_name in PREPARERS:
+            raise ValueError(f"CPU preparer for '{op_name}' is registered twice")
+        PREPARERS[op_name] = fn
+        return fn
+
+    return register
+
+
 def without_types(reference) -> Kernel:
     """A kernel from a reference-style ``fn(inputs, attrs)`` that ignores operand types."""
     return lambda inputs, attrs, types: reference(inputs, attrs)
+
+
+def prepared_or(prepare: Preparer, fallback: Kernel, inputs: list, attrs: dict, types: list):
+    """A kernel that has a preparer: prepared for these very operands and run, or ``fallback``
+    where the preparer or its run declines them. One result comes back as an array, as kernels
+    return it."""
+    run = prepare(attrs, types, inputs)
+    out = None if run is None else run(inputs)
+    if out is None:
+        return fallback(inputs, attrs, types)
+    return out[0] if len(out) == 1 else out
 
 
 def run_op(op: str, inputs: list, attrs: dict, types: list) -> list[np.ndarray]:

@@ -94,6 +94,9 @@ class CudaSession(Session):
                             and self._index_bounds is not None)
 
     # ---- loading ------------------------------------------------------------------------------
+    def _prepare_steps(self) -> None:
+        """Nothing: the CPU kernels' preparation (packed weights) is of no use to the launchers."""
+
     def _merge_tuning(self) -> None:
         data = self.artifact.manifest.get("tuning")
         if data is None and isinstance(self.artifact.plan, dict):

@@ -1,0 +1,113 @@
+"""Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
+the very results of the kernels run from scratch, float and int8, with residuals and fused
+activations; they decline what they do not handle, and the step then runs its kernel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from models.cases import CASES, converted
+
+import nimbus
+from nimbus.runtime.cpu_ops import KERNELS
+from nimbus.runtime.cpu_ops.info import TensorInfo
+from nimbus.runtime.cpu_ops.quant import qlinear_reference
+from nimbus.runtime.cpu_ops.registry import PREPARERS, RUNTIME
+from nimbus.runtime.session import Session
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+def feeds_for(name: str, graph, batch: int, seed: int) -> dict:
+    inputs = CASES[name].make_inputs(torch.Generator().manual_seed(seed), batch)
+    return {value.name: tensor.numpy() for value, tensor in zip(graph.inputs, inputs)}
+
+
+def run_unprepared(session: Session, feeds: dict) -> dict:
+    """The session's plan with every step's kernel run from scratch."""
+    steps = session._steps
+    session._steps = [dataclasses.replace(step, prepared=None) for step in steps]
+    try:
+        return session.run(feeds)
+    finally:
+        session._steps = steps
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("name", ["lenet", "small_resnet", "mobilenet_v2_block", "bert_encoder"])
+def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
+    _, graph = converted(name)
+    calibration = [feeds_for(name, graph, 4, seed) for seed in (100, 101)] if int8 else None
+    session = nimbus.compile(graph, calibration=calibration).session()
+    prepared = {step.op for step in session._steps if step.prepared is not None}
+    layers = {"qconv2d", "qlinear"} if int8 else {"fused_conv2d", "fused_linear", "linear"}
+    assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
+    assert prepared <= set(PREPARERS)
+    for batch in (1, 3):
+        feeds = feeds_for(name, graph, batch, seed=batch)
+        actual, expected = session.run(feeds), run_unprepared(session, feeds)
+        for key in expected:
+            np.testing.assert_array_equal(actual[key], expected[key], err_msg=f"{name} {key}")
+
+
+def quant_info(dtype: str, shape, scale, zero_point, axis=None) -> TensorInfo:
+    scale = tuple(float(s) for s in np.atleast_1d(scale))
+    zero_point = tuple(int(z) for z in np.atleast_1d(zero_point))
+    return TensorInfo(dtype, tuple(shape), scale, zero_point, axis)
+
+
+def qlinear_case(rng, activation="none", dtype="u8", with_residual=False):
+    x = rng.integers(0, 256, (5, 24), dtype=np.uint8)
+    w = rng.integers(-127, 128, (7, 24), dtype=np.int8)
+    w.flags.writeable = False  # a plan constant
+    bias = rng.integers(-500, 500, 7).astype(np.int32)
+    residual = rng.integers(0, 256, (5, 7), dtype=np.uint8) if with_residual else None
+    types = [quant_info("u8", x.shape, 0.02, 120), quant_info("i8", w.shape, np.full(7, 0.01), np.zeros(7), 0),
+             TensorInfo("i32", (7,)),
+             quant_info("u8", (5, 7), 0.05, 128) if with_residual else None]
+    attrs = {"dtype": dtype, "activation": activation,
+             "scale": None if dtype == "f32" else 0.04, "zero_point": 0 if dtype == "f32" else 10}
+    return [x, w, bias, residual], attrs, types
+
+
+@pytest.mark.parametrize("activation, dtype, with_residual", [
+    ("relu", "u8", True), ("relu6", "i8", False), ("gelu", "u8", False), ("silu", "f32", True),
+    ("none", "f32", False),
+    # Not a plan the compiler writes (the op refuses it): the numpy epilogue finishes it exactly.
+    ("gelu", "u8", True),
+])
+def test_a_prepared_qlinear_matches_the_reference(activation, dtype, with_residual):
+    operands, attrs, types = qlinear_case(np.random.default_rng(3), activation, dtype,
+                                          with_residual)
+    constants = [RUNTIME, operands[1], operands[2], RUNTIME if with_residual else None]
+    run = PREPARERS["qlinear"](attrs, types, constants)
+    assert run is not None
+    np.testing.assert_array_equal(run(operands)[0], qlinear_reference(operands, attrs, types))
+    np.testing.assert_array_equal(KERNELS["qlinear"](operands, attrs, types),
+                                  qlinear_reference(operands, attrs, types))
+
+
+def test_preparers_decline_weights_they_cannot_pack():
+    operands, attrs, types = qlinear_case(np.random.default_rng(4))
+    w, bias = operands[1], operands[2]
+    assert PREPARERS["qlinear"](attrs, types, [RUNTIME, RUNTIME, bias, None]) is None
+    assert PREPARERS["qlinear"](attrs, types, [RUNTIME, w, RUNTIME, None]) is None
+    asymmetric = types[:1] + [quant_info("i8", w.shape, np.full(7, 0.01), np.arange(7), 0)] + types[2:]
+    assert PREPARERS["qlinear"](attrs, asymmetric, [RUNTIME, w, bias, None]) is None
+    half = np.ones((4, 3), np.float16)
+    assert PREPARERS["fused_linear"]({"activation": "relu"}, [None] * 4,
+                                     [RUNTIME, half, None, None]) is None
+
+
+def test_a_prepared_float_layer_declines_other_input_dtypes_and_the_kernel_runs():
+    w = np.random.default_rng(5).standard_normal((4, 6)).astype(np.float32)
+    w.flags.writeable = False
+    run = PREPARERS["fused_linear"]({"activation": "relu"}, [None] * 4, [RUNTIME, w, None, None])
+    x16 = np.ones((2, 6), np.float16)
+    assert run([x16, w, None, None]) is None
+    out = KERNELS["fused_linear"]([x16, w, None, None], {"activation": "relu"}, [None] * 4)
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out, np.maximum(x16.astype(np.float32) @ w.T, 0), rtol=1e-3)
