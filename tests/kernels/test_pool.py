@@ -1,9 +1,11 @@
-"""The native NHWC max pooling against the numpy reference, exactly, for every element type."""
+"""The native NHWC max pooling against the numpy reference, exactly, for every element type, on
+every ISA path of this machine (the AVX-512 path keeps each window's maximum in a register)."""
 
 import numpy as np
 import pytest
 from nimbus.runtime import _kernels
 from nimbus.runtime.cpu_ops.nn import max_pool_reference, output_hw
+from other_isas import OTHER_ISAS, rerun_under
 
 # (N, C, H, W), kernel, stride, padding [top, left, bottom, right], dilation, ceil mode
 GEOMETRIES = [
@@ -13,6 +15,9 @@ GEOMETRIES = [
     ((3, 5, 6, 5), (2, 2), (2, 2), (1, 0, 0, 1), (1, 1), False),
     ((1, 33, 1, 1), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False),
     ((2, 7, 11, 4), (5, 2), (3, 1), (2, 0, 2, 1), (1, 2), True),
+    ((2, 6, 28, 28), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False),  # LeNet's first pooling
+    ((1, 130, 5, 6), (3, 2), (1, 2), (1, 1, 1, 0), (1, 1), False),  # 2 vectors and a part
+    ((1, 2, 20, 3), (17, 2), (1, 1), (0, 0, 0, 0), (1, 1), False),  # past 16 window rows
 ]
 TYPES = {"u8": (np.uint8, 0, 255), "i8": (np.int8, -128, 127), "f32": (np.float32, None, None)}
 
@@ -39,9 +44,10 @@ def test_max_pool_matches_the_reference(geometry, dtype_name, threads):
     np.testing.assert_array_equal(actual.transpose(0, 3, 1, 2), expected)
 
 
-def test_nan_wins_like_numpy():
+@pytest.mark.parametrize("nan_at", [0, 1, 3])
+def test_nan_wins_like_numpy(nan_at):
     x = np.zeros((1, 1, 2, 2), np.float32)
-    x[0, 0, 1, 1] = np.nan
+    x.reshape(-1)[nan_at] = np.nan
     out = _kernels.max_pool2d(x.transpose(0, 2, 3, 1).copy(), (2, 2), (1, 1), (0, 0, 0, 0),
                               (1, 1), (1, 1))
     assert np.isnan(out).all()
@@ -59,3 +65,8 @@ def test_bad_input_is_a_clear_error():
         _kernels.max_pool2d(x, (0, 2), (1, 1), (0, 0, 0, 0), (1, 1), (3, 3))
     with pytest.raises(ValueError, match="padding must hold 4"):
         _kernels.max_pool2d(x, (2, 2), (1, 1), (0, 0), (1, 1), (3, 3))
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_every_isa_path(isa):
+    rerun_under(__file__, isa, "test_every_isa_path")
