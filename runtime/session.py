@@ -22,8 +22,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .allocator import keep_freed_memory
-from .artifact import DTYPES, Artifact, ArtifactError, read_artifact
+from .artifact import Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
+from .cpu_ops.common import numpy_dtype
 from .cpu_ops.registry import PREPARERS, RUNTIME, call_kernel
 from .dims import bind_dim, evaluate_dim
 
@@ -135,6 +136,8 @@ class Session:
 
     def _check_names(self, feeds: Mapping) -> None:
         names = [name for name, _, _ in self._inputs]
+        if len(feeds) == len(names) and all(name in feeds for name in names):
+            return
         missing = [n for n in names if n not in feeds]
         unknown = [n for n in feeds if n not in names]
         if missing or unknown:
@@ -146,13 +149,15 @@ class Session:
         if len(shape) != len(info.shape):
             raise SessionError(f"input '{name}' must have shape {list(info.shape)}, got {list(shape)}")
         for axis, (dim, actual) in enumerate(zip(info.shape, shape)):
+            if type(dim) is int and dim == actual:  # a static dim: no call on every run
+                continue
             problem = bind_dim(dim, actual, bindings)
             if problem:
                 raise SessionError(f"input '{name}' axis {axis} ({list(info.shape)}): {problem}")
 
     def _checked_input(self, name: str, array, info: TensorInfo, bindings: dict) -> np.ndarray:
         array = np.asarray(array)
-        expected = np.dtype(DTYPES[info.dtype])
+        expected = numpy_dtype(info.dtype)
         if array.dtype != expected:
             raise SessionError(f"input '{name}' must be {info.dtype} ({expected}), got {array.dtype}")
         self._check_shape(name, array.shape, info, bindings)
