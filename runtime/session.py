@@ -24,6 +24,7 @@ import numpy as np
 from .allocator import keep_freed_memory
 from .artifact import Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
+from .cpu_ops.blocks import fuse_blocks
 from .cpu_ops.common import numpy_dtype
 from .cpu_ops.registry import PREPARERS, RUNTIME, call_kernel
 from .dims import bind_dim, evaluate_dim
@@ -222,7 +223,8 @@ class Session:
     def _prepare_steps(self) -> None:
         """Prepares the kernel of each step whose attributes are known before a run (no symbolic
         dims), given its constant operands: what a small layer's kernel would otherwise redo on
-        every run (packing lookups, multipliers, bounds) took longer than its native call."""
+        every run (packing lookups, multipliers, bounds) took longer than its native call. Then
+        fuses the steps that run better as one (cpu_ops.blocks)."""
         for index, step in enumerate(self._steps):
             prepare = PREPARERS.get(step.op)
             if prepare is None or step.symbolic_attrs:
@@ -232,6 +234,8 @@ class Session:
             prepared = prepare(step.attrs, list(step.types), operands)
             if prepared is not None:
                 self._steps[index] = dataclasses.replace(step, prepared=prepared)
+        self._steps = fuse_blocks(self._steps, self._constant_slots,
+                                  [slot for _, slot, _ in self._outputs])
 
 
 def bound_attrs(step: _Step, bindings: Mapping[str, int]) -> dict:

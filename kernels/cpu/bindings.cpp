@@ -21,6 +21,7 @@
 #include "qconv.h"
 #include "qgemm.h"
 #include "sconv.h"
+#include "sconv_block.h"
 #include "sgemm.h"
 #include "worker_pool.h"
 
@@ -480,7 +481,14 @@ void require_geometry(const std::string& name, const std::vector<long long>& val
 
 // The geometry of x [N, H, W, C] under the packed weights, stride (h, w), padding
 // [top, left, bottom, right] and dilation (h, w), or ValueError.
-ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packed,
+std::vector<py::ssize_t> shape_of(const py::array& array) {
+    return {array.shape(), array.shape() + array.ndim()};
+}
+
+// The geometry of the packed weights over an input of `shape` [N, H, W, C] (x itself, or what a
+// block computes from x inside a kernel).
+ConvGeometry checked_geometry(const py::array& x, const std::vector<py::ssize_t>& shape,
+                              const PackedConvWeights& packed,
                               const std::vector<long long>& stride,
                               const std::vector<long long>& padding,
                               const std::vector<long long>& dilation) {
@@ -488,18 +496,18 @@ ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packe
     require_geometry("padding", padding, 4, 0);
     require_geometry("dilation", dilation, 2, 1);
     const std::size_t channels = packed.group_channels * packed.groups;
-    if (static_cast<std::size_t>(x.shape(3)) != channels) {
+    if (static_cast<std::size_t>(shape[3]) != channels) {
         throw py::value_error("x must have shape [N, H, W, C] with C = " +
                               std::to_string(channels) +
                               " (the input channels of the packed weights), got shape " +
                               attribute_text(x, "shape"));
     }
-    require_in_range("x height", x.shape(1), 0, kMaxGeometryValue, "the range");
-    require_in_range("x width", x.shape(2), 0, kMaxGeometryValue, "the range");
+    require_in_range("x height", shape[1], 0, kMaxGeometryValue, "the range");
+    require_in_range("x width", shape[2], 0, kMaxGeometryValue, "the range");
     ConvGeometry g;
-    g.batch = static_cast<std::size_t>(x.shape(0));
-    g.height = static_cast<std::size_t>(x.shape(1));
-    g.width = static_cast<std::size_t>(x.shape(2));
+    g.batch = static_cast<std::size_t>(shape[0]);
+    g.height = static_cast<std::size_t>(shape[1]);
+    g.width = static_cast<std::size_t>(shape[2]);
     g.channels = channels;
     g.stride_h = static_cast<std::size_t>(stride[0]);
     g.stride_w = static_cast<std::size_t>(stride[1]);
@@ -522,6 +530,13 @@ ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packe
             std::to_string(g.width + g.pad_left + g.pad_right));
     }
     return g;
+}
+
+ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packed,
+                              const std::vector<long long>& stride,
+                              const std::vector<long long>& padding,
+                              const std::vector<long long>& dilation) {
+    return checked_geometry(x, shape_of(x), packed, stride, padding, dilation);
 }
 
 // Checks x [N, H, W, C] and the geometry against the packed weights, then runs the convolution
@@ -681,6 +696,7 @@ py::array max_pool2d(const py::object& x_object, const std::vector<long long>& k
 // ---- float32 GEMM and convolution ------------------------------------------------------------
 
 using nimbus::kernels::Activation;
+using nimbus::kernels::InvertedResidual;
 using nimbus::kernels::PackedSconvWeights;
 using nimbus::kernels::PackedSgemmWeights;
 using nimbus::kernels::SgemmEpilogue;
@@ -877,6 +893,74 @@ py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
     return out;
 }
 
+// `packed` as a 1x1 convolution of one group from `inputs` channels, for `role` of a block.
+void require_pointwise(const PackedSconvWeights& packed, std::size_t inputs,
+                       const std::string& role) {
+    if (packed.kernel_h != 1 || packed.kernel_w != 1 || packed.groups != 1 ||
+        packed.group_channels != inputs) {
+        throw py::value_error(role + " must be 1x1 weights of one group over " +
+                              std::to_string(inputs) + " channels");
+    }
+}
+
+py::array inverted_residual(const py::object& x_object, const PackedSconvWeights& expand,
+                            const py::object& expand_bias, const std::string& expand_activation,
+                            const PackedSconvWeights& depthwise,
+                            const py::object& depthwise_bias,
+                            const std::string& depthwise_activation,
+                            const std::vector<long long>& stride,
+                            const std::vector<long long>& padding,
+                            const std::vector<long long>& dilation,
+                            const PackedSconvWeights& project, const py::object& project_bias,
+                            const std::string& project_activation,
+                            const py::object& residual_object, long long threads) {
+    const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
+    const auto inputs = static_cast<std::size_t>(x.shape(3));
+    require_pointwise(expand, inputs, "expand");
+    const std::size_t expanded = expand.out_channels;
+    if (!depthwise.depthwise || depthwise.out_channels != expanded) {
+        throw py::value_error("depthwise must be depthwise weights over the " +
+                              std::to_string(expanded) + " expanded channels");
+    }
+    require_pointwise(project, expanded, "project");
+    PackedConvWeights shape_only;  // checked_geometry reads only the shape of the weights
+    shape_only.out_channels = expanded;
+    shape_only.group_channels = 1;
+    shape_only.kernel_h = depthwise.kernel_h;
+    shape_only.kernel_w = depthwise.kernel_w;
+    shape_only.groups = expanded;
+    const std::vector<py::ssize_t> expanded_shape{x.shape(0), x.shape(1), x.shape(2),
+                                                  static_cast<py::ssize_t>(expanded)};
+    InvertedResidual block;
+    block.depthwise_geometry =
+        checked_geometry(x, expanded_shape, shape_only, stride, padding, dilation);
+    const ConvGeometry& g = block.depthwise_geometry;
+    const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(g.out_h),
+                                         static_cast<py::ssize_t>(g.out_w),
+                                         static_cast<py::ssize_t>(project.out_channels)};
+    py::array biases[3];
+    py::array residual;
+    py::array none;
+    block.expand = &expand;
+    block.expand_epilogue = float_epilogue(expand_bias, py::none(), expand_activation,
+                                           expanded_shape, "", biases[0], none);
+    block.depthwise = &depthwise;
+    block.depthwise_epilogue = float_epilogue(depthwise_bias, py::none(), depthwise_activation,
+                                              expanded_shape, "", biases[1], none);
+    block.project = &project;
+    block.project_epilogue = float_epilogue(project_bias, residual_object, project_activation,
+                                            shape, "[N, OH, OW, O]", biases[2], residual);
+    const std::size_t thread_count = checked_threads(threads);
+    py::array out = float_result<float>(py::none(), shape, "[N, OH, OW, O]", x, residual);
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    {
+        py::gil_scoped_release release;
+        nimbus::kernels::inverted_residual(x_data, block, out_data, thread_count);
+    }
+    return out;
+}
+
 // ---- float32 attention and row normalizations ----------------------------------------------
 
 // `object` as a C-contiguous float32 array of at least `min_ndim` dimensions, no copy.
@@ -888,10 +972,6 @@ py::array checked_float_array(const py::object& object, const std::string& name,
     }
     const auto ndim = std::max(py::reinterpret_borrow<py::array>(object).ndim(), min_ndim);
     return checked_array<float>(object, name, ndim, dims);
-}
-
-std::vector<py::ssize_t> shape_of(const py::array& array) {
-    return {array.shape(), array.shape() + array.ndim()};
 }
 
 // Element offsets of the matrices of an array, in C order of the batch index, from the sizes of
@@ -1431,6 +1511,17 @@ PYBIND11_MODULE(_kernels, module) {
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
                "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
                "threads and out as for sgemm.");
+    module.def("inverted_residual", &inverted_residual, py::arg("x"), py::arg("expand"),
+               py::arg("expand_bias"), py::arg("expand_activation"), py::arg("depthwise"),
+               py::arg("depthwise_bias"), py::arg("depthwise_activation"), py::arg("stride"),
+               py::arg("padding"), py::arg("dilation"), py::arg("project"),
+               py::arg("project_bias"), py::arg("project_activation"), py::kw_only(),
+               py::arg("residual") = py::none(), py::arg("threads") = 1,
+               "Return an inverted residual block over NHWC x as float32 [N, OH, OW, O]:\n"
+               "e = act(conv1x1(x, expand) + bias), d = act(depthwise(e) + bias) with stride,\n"
+               "padding and dilation as for sconv2d, then act(conv1x1(d, project) + bias + "
+               "residual),\nrun band by band of output rows so that e stays in cache; each "
+               "value as sconv2d computes it.");
     module.def("to_channels_last", &to_channels_last, py::arg("x"), py::kw_only(),
                py::arg("threads") = 1,
                "Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] "

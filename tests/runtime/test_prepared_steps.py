@@ -1,6 +1,7 @@
 """Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
 the very results of the kernels run from scratch, float and int8, with residuals and fused
-activations; they decline what they do not handle, and the step then runs its kernel."""
+activations; they decline what they do not handle, and the step then runs its kernel. Float
+inverted residual blocks become one step (cpu_ops.blocks) with the results of their layers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from models.cases import CASES, converted
+from checks import assert_matches
+from models.cases import CASES, converted, randomize_batch_norm
+from models.mobilenet import InvertedResidual
+from torch import nn
 
 import nimbus
-from nimbus.runtime.cpu_ops import KERNELS
+from nimbus.runtime.cpu_ops import KERNELS, blocks
 from nimbus.runtime.cpu_ops.info import TensorInfo
 from nimbus.runtime.cpu_ops.quant import qlinear_reference
 from nimbus.runtime.cpu_ops.registry import PREPARERS, RUNTIME
@@ -43,9 +47,10 @@ def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
     calibration = [feeds_for(name, graph, 4, seed) for seed in (100, 101)] if int8 else None
     session = nimbus.compile(graph, calibration=calibration).session()
     prepared = {step.op for step in session._steps if step.prepared is not None}
-    layers = {"qconv2d", "qlinear"} if int8 else {"fused_conv2d", "fused_linear", "linear"}
+    layers = {"qconv2d", "qlinear"} if int8 else {"fused_conv2d", "fused_linear", "linear",
+                                                   "inverted_residual"}
     assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
-    assert prepared <= set(PREPARERS)
+    assert prepared <= set(PREPARERS) | {"inverted_residual"}
     for batch in (1, 3):
         feeds = feeds_for(name, graph, batch, seed=batch)
         actual, expected = session.run(feeds), run_unprepared(session, feeds)
@@ -111,3 +116,21 @@ def test_a_prepared_float_layer_declines_other_input_dtypes_and_the_kernel_runs(
     out = KERNELS["fused_linear"]([x16, w, None, None], {"activation": "relu"}, [None] * 4)
     assert out.dtype == np.float16
     np.testing.assert_allclose(out, np.maximum(x16.astype(np.float32) @ w.T, 0), rtol=1e-3)
+
+
+def test_inverted_residual_blocks_run_as_one_step_with_the_results_of_their_layers(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=6),
+                          InvertedResidual(16, 24, stride=2, expand_ratio=6))
+    randomize_batch_norm(model)
+    model.eval()
+    x = torch.randn(2, 16, 64, 64)  # expanded: 64 x 64 x 96 floats, past FUSED_MIN_BYTES
+    session = nimbus.compile(model, (x[:1],)).session()
+    assert [step.op for step in session._steps].count("inverted_residual") == 2
+    name = session.inputs[0].name
+    fused = session.run({name: x.numpy()})
+    monkeypatch.setattr(blocks, "FUSED_MIN_BYTES", 1 << 62)  # the same steps, layer by layer
+    for key, layered in session.run({name: x.numpy()}).items():
+        np.testing.assert_array_equal(fused[key], layered)
+    with torch.no_grad():
+        assert_matches(next(iter(fused.values())), model(x).numpy(), "blocks vs torch", rtol=1e-4)

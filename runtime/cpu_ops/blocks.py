@@ -1,0 +1,136 @@
+"""Plan steps that run better as one: a float inverted residual block (MobileNetV2's expand 1x1
+-> depthwise -> project 1x1, the last with an optional residual) becomes one step that runs
+the native kernels band by band of output rows, so that the expanded activations (six times
+the block's input) stay in cache instead of going to memory and back twice. Each value is
+computed as the three layers' kernels compute it, so results do not change.
+
+A Session fuses its steps when it loads, after preparing them (registry.PREPARERS); a fused
+step keeps the three steps it replaces and runs them one by one where the native block does
+not apply or would not pay off (small images, other dtypes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import numpy as np
+
+from .. import _kernels
+from .nn import _float32_vector, channels_last, output_hw
+from .packing import PACKED_WEIGHTS
+from .registry import NATIVE_THREADS, call_kernel
+
+LAYER_OPS = ("conv2d", "fused_conv2d")
+# The native block runs when the expanded activations of one image reach this size: below it
+# they stay in cache between the layers anyway, and the layers split over threads more finely.
+FUSED_MIN_BYTES = 1 << 20
+
+
+def fuse_blocks(steps: list, constants: list, outputs: list) -> list:
+    """``steps`` with every run of three that forms an inverted residual block replaced by one
+    step. ``constants`` holds each slot's constant array (None for computed values) and
+    ``outputs`` the model's output slots."""
+    readers = Counter(slot for step in steps for slot in step.operands if slot is not None)
+    readers.update(outputs)
+    fused, index = [], 0
+    while index < len(steps):
+        block = steps[index:index + 3]
+        if len(block) == 3 and _is_inverted_residual(block, constants, readers):
+            fused.append(_block_step(block, constants))
+            index += 3
+        else:
+            fused.append(steps[index])
+            index += 1
+    return fused
+
+
+def _layer(step, constants):
+    """(weight, bias, activation) of a float convolution step with constant weights and no
+    symbolic attributes, else None."""
+    if step.op not in LAYER_OPS or step.symbolic_attrs:
+        return None
+    slots = step.operands
+    weight = constants[slots[1]]
+    bias = None if slots[2] is None else constants[slots[2]]
+    if (not isinstance(weight, np.ndarray) or weight.dtype != np.float32 or weight.ndim != 4
+            or (slots[2] is not None and bias is None)):
+        return None
+    return weight, bias, step.attrs.get("activation", "none")
+
+
+def _is_pointwise(step, weight) -> bool:
+    a = step.attrs
+    return (weight.shape[2:] == (1, 1) and a["groups"] == 1 and list(a["stride"]) == [1, 1]
+            and not any(a["padding"]) and list(a["dilation"]) == [1, 1])
+
+
+def _is_inverted_residual(block, constants, readers) -> bool:
+    expand, depthwise, project = block
+    layers = [_layer(step, constants) for step in block]
+    if any(layer is None for layer in layers):
+        return False
+    (we, _, _), (wd, _, _), (wp, _, _) = layers
+    expanded = we.shape[0]
+    no_residual = all(len(step.operands) < 4 or step.operands[3] is None
+                      for step in (expand, depthwise))
+    return (no_residual and _is_pointwise(expand, we) and _is_pointwise(project, wp)
+            and wd.shape[:2] == (expanded, 1) and depthwise.attrs["groups"] == expanded
+            and wp.shape[1] == expanded
+            and depthwise.operands[0] == expand.results[0] and readers[expand.results[0]] == 1
+            and project.operands[0] == depthwise.results[0]
+            and readers[depthwise.results[0]] == 1)
+
+
+def _run_step(step, operands):
+    """One of the replaced steps, prepared or from scratch (its attributes hold no symbols)."""
+    out = None if step.prepared is None else step.prepared(operands)
+    return out if out is not None else call_kernel(step.kernel, step.op, operands, step.attrs,
+                                                   list(step.types))
+
+
+def _block_step(block, constants):
+    expand, depthwise, project = block
+    (we, be, act_e), (wd, bd, act_d), (wp, bp, act_p) = (_layer(s, constants) for s in block)
+    packed = [PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, step.attrs["groups"])
+              for w, step in zip((we, wd, wp), block)]
+    biases = [_float32_vector(b) for b in (be, bd, bp)]
+    a = depthwise.attrs
+    geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
+    has_residual = len(project.operands) > 3 and project.operands[3] is not None
+
+    def operands_of(step, x):
+        return [x if slot == step.operands[0] else constants[slot] if slot is not None else None
+                for slot in step.operands]
+
+    def in_sequence(x, residual):
+        e = _run_step(expand, operands_of(expand, x))[0]
+        d = _run_step(depthwise, operands_of(depthwise, e))[0]
+        layer = operands_of(project, d)
+        if has_residual:
+            layer[3] = residual
+        return _run_step(project, layer)
+
+    def run(xs):
+        x, residual = xs[0], xs[1] if has_residual else None
+        if (x.dtype != np.float32 or x.ndim != 4 or not x.size
+                or x.shape[2] * x.shape[3] * we.shape[0] * 4 < FUSED_MIN_BYTES):
+            return in_sequence(x, residual)
+        out_hw = output_hw(x.shape, wd.shape[2:], *geometry)
+        if residual is not None:
+            if residual.shape != (x.shape[0], wp.shape[0], *out_hw) or residual.dtype != np.float32:
+                return in_sequence(x, residual)
+            residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
+        out = _kernels.inverted_residual(
+            channels_last(x), packed[0], biases[0], act_e, packed[1], biases[1], act_d,
+            *geometry, packed[2], biases[2], act_p, residual=residual,
+            threads=NATIVE_THREADS.get())
+        return [out.transpose(0, 3, 1, 2)]
+
+    operands = (expand.operands[0],) + ((project.operands[3],) if has_residual else ())
+    types = (expand.types[0],) + ((project.types[3],) if has_residual else ())
+    return dataclasses.replace(
+        expand, op="inverted_residual", attrs={}, operands=operands, results=project.results,
+        types=types, release=tuple(dict.fromkeys(expand.release + depthwise.release + project.release)),
+        source=f"{expand.source} .. {project.source}", symbolic_attrs=(),
+        kernel=lambda xs, attrs, types: run(xs), prepared=run)
