@@ -1,11 +1,12 @@
-// The float32 convolution driver: packs OIHW weights for the GEMM or depthwise path, hands the
-// GEMM the windows of output pixels block by block (implicit im2col) and splits depthwise rows
-// over threads.
+// The float32 convolution driver: packs OIHW weights for the GEMM, depthwise or direct path,
+// hands the GEMM the windows of output pixels block by block (implicit im2col) and splits the
+// output rows of the direct kernels over threads.
 #include "sconv.h"
 
 #include <algorithm>
 
 #include "copy_runs.h"
+#include "sconv_direct.h"
 #include "sgemm_paths.h"
 #include "worker_pool.h"
 
@@ -120,8 +121,21 @@ private:
 
 // Runs of output rows handed out per thread: several keep parallel_for's dynamic balance
 // between the threads, and each stays long enough that the kernel's prefetch of the next row
-// of its run rarely falls off the end.
-constexpr std::size_t kDepthwiseRunsPerThread = 8;
+// of its run rarely falls off the end (depthwise), or that the input rows it copies serve
+// several output rows (direct).
+constexpr std::size_t kRowRunsPerThread = 8;
+
+// Calls kernel(row_begin, row_end) over runs of at least min_run of the `rows` output rows
+// (N * OH) on `threads` threads. Runs of adjacent rows let a thread reuse the input rows its
+// previous output row read.
+template <typename Kernel>
+void parallel_row_runs(std::size_t rows, std::size_t threads, std::size_t min_run,
+                       Kernel kernel) {
+    const std::size_t run = std::max(min_run, rows / (threads * kRowRunsPerThread));
+    parallel_for((rows + run - 1) / run, threads, [&](std::size_t item) {
+        kernel(item * run, std::min(rows, (item + 1) * run));
+    });
+}
 
 void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                    const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
@@ -156,14 +170,43 @@ void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeigh
         kernel = run_sdepthwise_avx512;
     }
 #endif
-    // Runs of adjacent rows per thread: a thread reuses the input rows its previous output row
-    // left in its cache, and the kernel prefetches the rows of its next one.
-    const std::size_t rows = g.batch * g.out_h;
-    const std::size_t run = std::max<std::size_t>(1, rows / (threads * kDepthwiseRunsPerThread));
-    parallel_for((rows + run - 1) / run, threads, [&](std::size_t item) {
-        kernel(task, item * run, std::min(rows, (item + 1) * run));
+    parallel_row_runs(g.batch * g.out_h, threads, 1, [&](std::size_t begin, std::size_t end) {
+        kernel(task, begin, end);
     });
 }
+
+#ifdef NIMBUS_X86_KERNELS
+// Per 16 pixels of a row the direct kernel spends one vector FMA per tap and output channel, at
+// least 4 when few channels leave too few accumulators to cover the latency of the FMA; the
+// GEMM one per pixel. Rows too narrow to gain from that stay on the GEMM.
+bool runs_direct(const ConvGeometry& g, const PackedSconvWeights& w) {
+    constexpr std::size_t kFmaLatency = 4;
+    const std::size_t chunks = (g.out_w + 15) / 16;
+    return !w.direct_weights.empty() && g.stride_w == 1 &&
+           chunks * std::max(w.out_channels, kFmaLatency) < g.out_w;
+}
+
+void run_direct(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
+                const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
+    const SconvDirectTask task{x,
+                               &g,
+                               w.kernel_h,
+                               w.kernel_w,
+                               w.out_channels,
+                               w.direct_weights.data(),
+                               epilogue.bias,
+                               epilogue.residual,
+                               epilogue.activation,
+                               out};
+    // A run copies the input rows of its first window before it reuses any: at least KH rows
+    // per run (while there are enough for every thread) keep those copies a small part of it.
+    const std::size_t rows = g.batch * g.out_h;
+    const std::size_t min_run = std::min(w.kernel_h, (rows + threads - 1) / threads);
+    parallel_row_runs(rows, threads, min_run, [&](std::size_t begin, std::size_t end) {
+        run_sconv_direct_avx512(task, begin, end);
+    });
+}
+#endif
 
 }  // namespace
 
@@ -188,6 +231,22 @@ PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
             }
         }
         return packed;
+    }
+    // A 1x1 kernel stays on the GEMM: copying its input into planar rows would cost about as
+    // much as the GEMM does in all.
+    if (packed.isa == Isa::avx512_vnni && groups == 1 && out_channels <= kSconvDirectMaxOutputs &&
+        taps > 1) {
+        packed.direct_weights.resize(taps * group_channels * out_channels);
+        float* target = packed.direct_weights.data();
+        for (std::size_t ky = 0; ky < kernel_h; ++ky) {
+            for (std::size_t c = 0; c < group_channels; ++c) {
+                for (std::size_t kx = 0; kx < kernel_w; ++kx) {
+                    for (std::size_t o = 0; o < out_channels; ++o) {
+                        *target++ = w[((o * group_channels + c) * kernel_h + ky) * kernel_w + kx];
+                    }
+                }
+            }
+        }
     }
     const std::size_t group_outputs = out_channels / groups;
     const std::size_t depth = taps * group_channels;
@@ -218,6 +277,12 @@ void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeig
         run_depthwise(x, geometry, weights, epilogue, out, threads);
         return;
     }
+#ifdef NIMBUS_X86_KERNELS
+    if (runs_direct(geometry, weights)) {
+        run_direct(x, geometry, weights, epilogue, out, threads);
+        return;
+    }
+#endif
     if (is_pointwise(geometry, weights)) {
         SgemmEpilogue pointwise = epilogue;
         pointwise.residual_stride = weights.out_channels;

@@ -5,10 +5,12 @@
 //                             + residual[n, oh, ow, o])
 // over the taps of the window of (oh, ow) inside the image (padding contributes zero).
 //
-// Depthwise convolutions (groups == C == O) run a direct kernel vectorized over channels; the
-// rest are GEMMs whose A rows are the windows of output pixels, gathered block by block into a
-// small buffer (implicit im2col, never the whole matrix), or the activations themselves for a
-// 1x1, stride-1, unpadded convolution.
+// Depthwise convolutions (groups == C == O) run a direct kernel vectorized over channels. On the
+// AVX-512 path, so do convolutions with few output channels and a horizontal stride of 1
+// (sconv_direct.h), vectorized over the pixels of a row instead. The rest are GEMMs whose A rows
+// are the windows of output pixels, gathered block by block into a small buffer (implicit
+// im2col, never the whole matrix), or the activations themselves for a 1x1, stride-1, unpadded
+// convolution.
 #pragma once
 
 #include <cstddef>
@@ -34,6 +36,10 @@ struct PackedSconvWeights {
     // Depthwise path: [KH * KW, padded_channels], zero past out_channels.
     std::vector<float> depthwise_weights;
     std::size_t padded_channels = 0;
+    // Direct path (AVX-512, groups == 1, out_channels <= kSconvDirectMaxOutputs, more than one
+    // tap; empty otherwise): [KH, C, KW, O], in the order the kernel walks the taps.
+    // group_weights stays for the horizontal strides that this path does not take.
+    std::vector<float> direct_weights;
 };
 
 // w is OIHW [out_channels, group_channels, kernel_h, kernel_w]; out_channels is a multiple of

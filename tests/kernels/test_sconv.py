@@ -70,6 +70,15 @@ GEOMETRIES = {
     "depthwise 3x3 long rows": (2, 20, 5, 40, 20, (3, 3), (1, 1), (1, 2, 0, 1), (1, 1), 20),
     "depthwise 5x5 stride 2 dilated rows": (1, 24, 9, 57, 24, (5, 5), (2, 2), (2, 3, 2, 1),
                                             (1, 2), 24),
+    # Few output channels: the direct kernel of the AVX-512 path (16 pixels of a row per vector)
+    # where the horizontal stride is 1 and rows are wide enough, else the GEMM.
+    "few outputs 5x5 LeNet": (2, 3, 32, 32, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "few outputs 3x3 one chunk": (3, 2, 6, 9, 3, (3, 3), (1, 1), (2, 0, 1, 1), (1, 1), 1),
+    "few outputs narrow rows": (2, 5, 7, 7, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "few outputs stride (2, 1) dilated": (1, 4, 13, 33, 8, (3, 5), (2, 1), (1, 3, 2, 0), (2, 2),
+                                          1),
+    "few outputs stride (1, 2)": (1, 3, 9, 17, 5, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 1),
+    "few outputs 1x1": (2, 5, 3, 17, 7, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 }
 
 
@@ -106,7 +115,7 @@ def test_matches_the_reference(isa, name):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
-                                  "groups 2"])
+                                  "groups 2", "few outputs stride (2, 1) dilated"])
 def test_every_activation(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
     x *= 3.0
@@ -119,7 +128,7 @@ def test_every_activation(isa, activation, name):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
-                                  "5x3 stride 2 dilated long rows"])
+                                  "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet"])
 def test_thread_counts_give_identical_results(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
@@ -127,6 +136,26 @@ def test_thread_counts_give_identical_results(isa, name):
     for threads in (2, 5):
         actual = _kernels.sconv2d(x, packed, bias, residual, "silu", threads=threads, **keywords)
         assert np.array_equal(actual, single), f"{isa} {name} threads={threads}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("out_channels", range(1, 10))
+@pytest.mark.parametrize("width", [5, 10, 17, 18, 34])
+def test_every_count_of_few_output_channels(isa, out_channels, width):
+    """Each output channel count of the direct kernel and one past it, on rows (one pixel
+    narrower than x) too narrow for it, of part of a chunk of 16 pixels, of one chunk, of a pair
+    with one pixel in the second chunk, and of a pair and one pixel; with padding, dilation and a
+    vertical stride."""
+    geometry = (2, 3, 9, width, out_channels, (3, 3), (2, 1), (1, 2, 0, 1), (1, 2), 1)
+    x, w, bias, residual, _, keywords = make_problem(geometry, seed=4)
+    packed = _kernels.pack_sconv_weights(w, isa=isa)
+    for b, r, activation, threads in ((None, None, "none", 1), (bias, residual, "relu", 2),
+                                      (bias, None, "hardswish", 2)):
+        actual = _kernels.sconv2d(x, packed, b, r, activation, threads=threads, **keywords)
+        expected = conv2d_nhwc(x, w, b, r, activation, **keywords)
+        assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
+                       name=f"{isa} {out_channels} outputs width {width} bias={b is not None} "
+                            f"residual={r is not None} {activation} threads={threads}")
 
 
 def test_resnet_sized_layer_matches_the_reference():
