@@ -11,24 +11,24 @@ def gemm_u8s8s32(a: npt.NDArray[np.uint8], b: npt.NDArray[np.int8]) -> npt.NDArr
 def gemm_s8s8s32(a: npt.NDArray[np.int8], b: npt.NDArray[np.int8]) -> npt.NDArray[np.int32]:
     """Return a @ b as int32 [M, N] for int8 a [M, K] and int8 b [K, N], both C-contiguous."""
 
-def quantize(x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: str, *,
+def quantize(x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: str,
              channels_last: bool = False,
              threads: int = 1) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
     """Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8 (dtype
     'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0); channels_last:
     x is NCHW and the result NHWC [N, H, W, C]."""
 
-def dequantize(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8], scale: float, zero_point: int, *,
+def dequantize(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8], scale: float, zero_point: int,
                threads: int = 1) -> npt.NDArray[np.float32]:
     """Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q."""
 
 def dequantize_channels(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
-                        scales: npt.NDArray[np.float32], zero_points: npt.NDArray[np.int32], *,
+                        scales: npt.NDArray[np.float32], zero_points: npt.NDArray[np.int32],
                         threads: int = 1) -> npt.NDArray[np.float32]:
     """Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8 q [..., C],
     c the index on the last axis; scales float32 [C], zero_points int32 [C]."""
 
-def to_channels_last(x: npt.NDArray[np.float32], *, threads: int = 1) -> npt.NDArray[np.float32]:
+def to_channels_last(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.float32]:
     """Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] array."""
 
 def kernels_version() -> str:
@@ -77,7 +77,6 @@ def qgemm(
     lo: int,
     hi: int,
     out_dtype: str,
-    *,
     threads: int = 1,
     out: npt.NDArray[np.uint8] | npt.NDArray[np.int8] | None = None,
     activation: str = "none",
@@ -97,7 +96,6 @@ def qgemm_f32(
     a_zero_point: int,
     bias: npt.NDArray[np.int32] | None,
     scale: npt.NDArray[np.float32],
-    *,
     threads: int = 1,
     out: npt.NDArray[np.float32] | None = None,
     activation: str = "none",
@@ -110,7 +108,6 @@ def qgemm_s32(
     packed: PackedWeights,
     a_zero_point: int = 0,
     bias: npt.NDArray[np.int32] | None = None,
-    *,
     threads: int = 1,
     out: npt.NDArray[np.int32] | None = None,
 ) -> npt.NDArray[np.int32]:
@@ -162,7 +159,6 @@ def qconv2d(
     lo: int,
     hi: int,
     out_dtype: str,
-    *,
     stride: Sequence[int] = (1, 1),
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
@@ -179,7 +175,6 @@ def qconv2d_f32(
     a_zero_point: int,
     bias: npt.NDArray[np.int32] | None,
     scale: npt.NDArray[np.float32],
-    *,
     stride: Sequence[int] = (1, 1),
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
@@ -193,7 +188,6 @@ def qconv2d_s32(
     packed: PackedConvWeights,
     a_zero_point: int = 0,
     bias: npt.NDArray[np.int32] | None = None,
-    *,
     stride: Sequence[int] = (1, 1),
     padding: Sequence[int] = (0, 0, 0, 0),
     dilation: Sequence[int] = (1, 1),
@@ -212,7 +206,6 @@ def attention(
     v: npt.NDArray[np.float32],
     mask: npt.NDArray[np.bool_] | npt.NDArray[np.float32] | None = None,
     scale: float | None = None,
-    *,
     threads: int = 1,
 ) -> npt.NDArray[np.float32]:
     """Return softmax(q @ k^T * scale + mask) @ v as float32 [..., L, Dv].
@@ -229,14 +222,13 @@ def layer_norm(
     weight: npt.NDArray[np.float32] | None = None,
     bias: npt.NDArray[np.float32] | None = None,
     eps: float = 1e-5,
-    *,
     threads: int = 1,
 ) -> npt.NDArray[np.float32]:
     """Return (x - mean) / sqrt(var + eps) * weight + bias over the last axis of C-contiguous
     x [..., C]; the variance is that of x - mean (two passes). weight, bias: [C] or None."""
 
 def softmax(
-    x: npt.NDArray[np.float32], axis: int = -1, *, threads: int = 1
+    x: npt.NDArray[np.float32], axis: int = -1, threads: int = 1
 ) -> npt.NDArray[np.float32]:
     """Return softmax over the last axis (axis -1 or x.ndim - 1 only) of C-contiguous x [..., C],
     shifted by the row maximum; a row with NaN or +-inf as its maximum gives NaN."""

@@ -1219,7 +1219,9 @@ std::vector<std::string> available_isa_names() {
 
 }  // namespace
 
-// The keyword arguments that every packed GEMM shares, for their docstrings.
+// The optional arguments that every packed GEMM shares, for their docstrings. No binding makes
+// them keyword-only: the runtime passes every argument by position, since a keyword argument
+// costs a pybind11 call about 2 us, as long as a small layer's arithmetic.
 #define NIMBUS_THREADS_AND_OUT_DOC \
     "threads: at most this many threads; out: a C-contiguous [M, N] array to write and return."
 
@@ -1228,7 +1230,7 @@ std::vector<std::string> available_isa_names() {
     "t = f32(residual - residual_zero_point) * residual_scale for a u8/s8 residual of the "     \
     "result's shape\n(one group for convolutions), else 0.\n"
 
-// The keyword arguments that every convolution shares, for their docstrings.
+// The optional arguments that every convolution shares, for their docstrings.
 #define NIMBUS_CONV_KEYWORDS_DOC                                                                 \
     "stride: (h, w); padding: [top, left, bottom, right], filled with a_zero_point; dilation: "  \
     "(h, w);\nthreads: at most this many threads; out: a C-contiguous [N, OH, OW, O] array to "   \
@@ -1378,7 +1380,7 @@ PYBIND11_MODULE(_kernels, module) {
                "Pack int8 weights w [N, K] for the ISA path `isa` (default: selected_isa()).");
     module.def("qgemm", &qgemm, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
-               py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("hi"), py::arg("out_dtype"), py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
                py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
                py::arg("output_scale") = py::none(),
@@ -1390,14 +1392,14 @@ PYBIND11_MODULE(_kernels, module) {
                "the type's range; no residual)."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_f32", &qgemm_f32, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
-               py::arg("bias"), py::arg("scale"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("bias"), py::arg("scale"), py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
                py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
                "Return act(f32(acc) * scale + t) as float32 [M, N], acc = (a - a_zero_point) @ "
                "w.T + bias, act the named activation of the float kernels (applied to each tile "
                "while it is in cache).\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_THREADS_AND_OUT_DOC);
     module.def("qgemm_s32", &qgemm_s32, py::arg("a"), py::arg("packed"),
-               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
+               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(),
                py::arg("threads") = 1, py::arg("out") = py::none(),
                "Return acc = (a - a_zero_point) @ w.T + bias as int32 [M, N]."
                "\n\n" NIMBUS_THREADS_AND_OUT_DOC);
@@ -1429,7 +1431,7 @@ PYBIND11_MODULE(_kernels, module) {
     const std::vector<long long> no_padding{0, 0, 0, 0};
     module.def("qconv2d", &qconv2d, py::arg("x"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
-               py::arg("hi"), py::arg("out_dtype"), py::kw_only(), py::arg("stride") = unit_pair,
+               py::arg("hi"), py::arg("out_dtype"), py::arg("stride") = unit_pair,
                py::arg("padding") = no_padding, py::arg("dilation") = unit_pair,
                py::arg("threads") = 1, py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
                py::arg("residual_scale") = 0.0,
@@ -1437,7 +1439,7 @@ PYBIND11_MODULE(_kernels, module) {
                "s8 [N, OH, OW, O]\nfor NHWC x, acc = conv2d(x - a_zero_point, w) + bias in int32."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_f32", &qconv2d_f32, py::arg("x"), py::arg("packed"),
-               py::arg("a_zero_point"), py::arg("bias"), py::arg("scale"), py::kw_only(),
+               py::arg("a_zero_point"), py::arg("bias"), py::arg("scale"),
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
                py::arg("dilation") = unit_pair, py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
@@ -1445,7 +1447,7 @@ PYBIND11_MODULE(_kernels, module) {
                "Return f32(acc) * scale + t as float32 [N, OH, OW, O] for NHWC x."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_s32", &qconv2d_s32, py::arg("x"), py::arg("packed"),
-               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(), py::kw_only(),
+               py::arg("a_zero_point") = 0, py::arg("bias") = py::none(),
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
                py::arg("dilation") = unit_pair, py::arg("threads") = 1,
                py::arg("out") = py::none(),
@@ -1470,7 +1472,7 @@ PYBIND11_MODULE(_kernels, module) {
                "(default: selected_isa()).");
     module.def("sgemm", &sgemm, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
                py::arg("residual") = py::none(), py::arg("activation") = "none",
-               py::arg("threads") = 1, py::kw_only(), py::arg("out") = py::none(),
+               py::arg("threads") = 1, py::arg("out") = py::none(),
                "Return act(x @ w.T + bias + residual) as float32 [M, N] for float32 x [M, K].\n\n"
                "bias: [N] or None; residual: [M, N] or None; activation: none, relu, relu6, gelu "
                "(erf),\ngelu_tanh, silu, sigmoid, tanh or hardswish; threads: at most this many "
@@ -1505,7 +1507,7 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("sconv2d", &sconv2d, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
                py::arg("residual") = py::none(), py::arg("activation") = "none",
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
-               py::arg("dilation") = unit_pair, py::arg("threads") = 1, py::kw_only(),
+               py::arg("dilation") = unit_pair, py::arg("threads") = 1,
                py::arg("out") = py::none(),
                "Return act(conv2d(x, w) + bias + residual) as float32 NHWC [N, OH, OW, O] for "
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
@@ -1515,23 +1517,23 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("expand_bias"), py::arg("expand_activation"), py::arg("depthwise"),
                py::arg("depthwise_bias"), py::arg("depthwise_activation"), py::arg("stride"),
                py::arg("padding"), py::arg("dilation"), py::arg("project"),
-               py::arg("project_bias"), py::arg("project_activation"), py::kw_only(),
+               py::arg("project_bias"), py::arg("project_activation"),
                py::arg("residual") = py::none(), py::arg("threads") = 1,
                "Return an inverted residual block over NHWC x as float32 [N, OH, OW, O]:\n"
                "e = act(conv1x1(x, expand) + bias), d = act(depthwise(e) + bias) with stride,\n"
                "padding and dilation as for sconv2d, then act(conv1x1(d, project) + bias + "
                "residual),\nrun band by band of output rows so that e stays in cache; each "
                "value as sconv2d computes it.");
-    module.def("to_channels_last", &to_channels_last, py::arg("x"), py::kw_only(),
+    module.def("to_channels_last", &to_channels_last, py::arg("x"),
                py::arg("threads") = 1,
                "Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] "
                "array.");
-    module.def("activation", &activation, py::arg("x"), py::arg("activation"), py::kw_only(),
+    module.def("activation", &activation, py::arg("x"), py::arg("activation"),
                py::arg("threads") = 1,
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "
                "silu,\nsigmoid, tanh or hardswish, as the float kernels' epilogues compute it.");
     module.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"),
-               py::arg("mask") = py::none(), py::arg("scale") = py::none(), py::kw_only(),
+               py::arg("mask") = py::none(), py::arg("scale") = py::none(),
                py::arg("threads") = 1, py::arg("out") = py::none(),
                "Return softmax(q @ k^T * scale + mask) @ v as float32 [..., L, Dv] for float32 "
                "q [..., L, D],\nk [..., S, D] and v [..., S, Dv] with the same batch dimensions, "
@@ -1541,32 +1543,32 @@ PYBIND11_MODULE(_kernels, module) {
                "broadcastable to\n[..., L, S]; rows whose scores are all -inf give zeros. scale: "
                "default 1 / sqrt(D);\nthreads: at most this many threads.");
     module.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = py::none(),
-               py::arg("bias") = py::none(), py::arg("eps") = 1e-5, py::kw_only(),
+               py::arg("bias") = py::none(), py::arg("eps") = 1e-5,
                py::arg("threads") = 1,
                "Return (x - mean) / sqrt(var + eps) * weight + bias over the last axis of "
                "float32 x [..., C].\n\nweight, bias: float32 [C] or None; threads: at most this "
                "many threads.");
-    module.def("softmax", &softmax, py::arg("x"), py::arg("axis") = -1, py::kw_only(),
+    module.def("softmax", &softmax, py::arg("x"), py::arg("axis") = -1,
                py::arg("threads") = 1,
                "Return softmax over the last axis of float32 x [..., C], shifted by the row "
                "maximum.\n\naxis: -1 (or x.ndim - 1) only; threads: at most this many threads.");
     module.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
-               py::arg("padding"), py::arg("dilation"), py::arg("out_hw"), py::kw_only(),
+               py::arg("padding"), py::arg("dilation"), py::arg("out_hw"),
                py::arg("threads") = 1,
                "Return the max over each window of NHWC x (uint8, int8 or float32) as\n"
                "[N, OH, OW, C]; taps in the padding [top, left, bottom, right] never win, NaN "
                "does;\nout_hw: (OH, OW) of the caller's floor or ceil mode.");
     module.def("quantize", &quantize, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
-               py::arg("dtype"), py::kw_only(), py::arg("channels_last") = false,
+               py::arg("dtype"), py::arg("channels_last") = false,
                py::arg("threads") = 1,
                "Return clamp(rint(x / scale) + zero_point) of C-contiguous float32 x as uint8\n"
                "(dtype 'u8') or int8 ('s8'), in float32 as the reference computes it (NaN -> 0);\n"
                "channels_last: x is NCHW and the result NHWC [N, H, W, C].");
     module.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
-               py::kw_only(), py::arg("threads") = 1,
+               py::arg("threads") = 1,
                "Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q.");
     module.def("dequantize_channels", &dequantize_channels, py::arg("q"), py::arg("scales"),
-               py::arg("zero_points"), py::kw_only(), py::arg("threads") = 1,
+               py::arg("zero_points"), py::arg("threads") = 1,
                "Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8\n"
                "q [..., C], c the index on the last axis; scales float32 [C], zero_points int32 [C].");
     module.def("kernels_version", [] { return std::string(NIMBUS_VERSION); },

@@ -123,8 +123,7 @@ def _block_step(block, constants):
             residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
         out = _kernels.inverted_residual(
             channels_last(x), packed[0], biases[0], act_e, packed[1], biases[1], act_d,
-            *geometry, packed[2], biases[2], act_p, residual=residual,
-            threads=NATIVE_THREADS.get())
+            *geometry, packed[2], biases[2], act_p, residual, NATIVE_THREADS.get())
         return [out.transpose(0, 3, 1, 2)]
 
     operands = (expand.operands[0],) + ((project.operands[3],) if has_residual else ())

@@ -172,7 +172,7 @@ def _native_activation(name: str, numpy_form):
     def run(x, a):
         native = name(a) if callable(name) else name
         if native and x.dtype == np.float32 and x.flags.c_contiguous and x.size:
-            return _kernels.activation(x, native, threads=NATIVE_THREADS.get())
+            return _kernels.activation(x, native, NATIVE_THREADS.get())
         return numpy_form(x, a)
     return run
 

@@ -128,8 +128,8 @@ def _native_attention(q, k, v, mask, scale):
     # Keys and values shared across batch dimensions are read through zero strides.
     k, v = (np.broadcast_to(t, batch + t.shape[-2:]) for t in (k, v))
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
-    return _kernels.attention(q, k, v, mask, scale, threads=NATIVE_THREADS.get(),
-                              out=_attention_result(q, v.shape[-1]))
+    return _kernels.attention(q, k, v, mask, scale, NATIVE_THREADS.get(),
+                              _attention_result(q, v.shape[-1]))
 
 
 def attention_kernel(xs, a):

@@ -241,7 +241,7 @@ def _native_layer_norm(x, weight, bias, axis, eps):
             return None
     rows = np.ascontiguousarray(x).reshape(-1, channels)
     weight, bias = (None if t is None else _float32_vector(t.reshape(-1)) for t in (weight, bias))
-    out = _kernels.layer_norm(rows, weight, bias, eps, threads=NATIVE_THREADS.get())
+    out = _kernels.layer_norm(rows, weight, bias, eps, NATIVE_THREADS.get())
     return out.reshape(x.shape)
 
 
@@ -274,7 +274,7 @@ def softmax_kernel(xs, a):
     x = xs[0]
     axis = a["axis"]
     if x.dtype == np.float32 and x.ndim and axis in (-1, x.ndim - 1):
-        return _kernels.softmax(np.ascontiguousarray(x), threads=NATIVE_THREADS.get())
+        return _kernels.softmax(np.ascontiguousarray(x), -1, NATIVE_THREADS.get())
     out = x - x.max(axis=axis, keepdims=True)
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)
@@ -318,7 +318,7 @@ def max_pool_kernel(xs, a):
                        a["ceil_mode"])
     out = _kernels.max_pool2d(channels_last(x), tuple(a["kernel"]),
                               tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
-                              out_hw, threads=NATIVE_THREADS.get())
+                              out_hw, NATIVE_THREADS.get())
     return out.transpose(0, 3, 1, 2)
 
 
@@ -359,7 +359,7 @@ def channels_last(x: np.ndarray) -> np.ndarray:
     nhwc = x.transpose(0, 2, 3, 1)
     if nhwc.flags.c_contiguous or x.dtype != np.float32 or not x.flags.c_contiguous:
         return np.ascontiguousarray(nhwc)
-    return _kernels.to_channels_last(x, threads=NATIVE_THREADS.get())
+    return _kernels.to_channels_last(x, NATIVE_THREADS.get())
 
 
 def _float32_vector(values):

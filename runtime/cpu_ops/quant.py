@@ -260,11 +260,16 @@ def _channel_multiplier(w: np.ndarray, wq, channels: int, input_scale: float,
 class NativeEpilogue(NamedTuple):
     """An integer layer's epilogue as the native kernels take it, worked out once per layer:
     ``f32`` picks the kernel form (f32 result, or u8/s8), ``args`` follow (rows, packed,
-    zero point, bias) and ``options`` are keywords, the residual array aside."""
+    zero point, bias), ``residual`` is (zero point, scale) of a quantized residual's term, and
+    ``activation`` and ``output_scale`` a float activation before quantization (qgemm only).
+    The runtime passes every argument by position: a keyword argument costs a pybind11 call
+    about 2 us, as long as a small layer's arithmetic."""
 
     f32: bool
     args: tuple
-    options: dict
+    residual: tuple = (0, 0.0)
+    activation: str = "none"
+    output_scale: float | None = None
 
 
 def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
@@ -273,9 +278,8 @@ def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
     An f32 result's activation is the caller's: the GEMM applies it, the convolution does not."""
     channels, input_scale = w.shape[0], float(xq.scale[0])
     if str(a["dtype"]) == "f32":
-        residual = {} if not with_residual else {
-            "residual_zero_point": int(rq.zero_point[0]),
-            "residual_scale": float(residual_factor(rq, 1.0))}
+        residual = (0, 0.0) if not with_residual else (
+            int(rq.zero_point[0]), float(residual_factor(rq, 1.0)))
         return NativeEpilogue(True, (_channel_multiplier(w, wq, channels, input_scale, 1.0),),
                               residual)
     out_dtype, output_scale = NATIVE_OUT_DTYPES[str(a["dtype"])], float(a["scale"])
@@ -285,11 +289,10 @@ def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
         lo, hi = int_range(a["dtype"])
         return NativeEpilogue(False, (_channel_multiplier(w, wq, channels, input_scale, 1.0),
                                       a["zero_point"], lo, hi, out_dtype),
-                              {"activation": a["activation"], "output_scale": output_scale})
+                              activation=a["activation"], output_scale=output_scale)
     lo, hi = activation_bounds(a["activation"], a["dtype"], a["scale"], a["zero_point"])
-    residual = {} if not with_residual else {
-        "residual_zero_point": int(rq.zero_point[0]),
-        "residual_scale": float(residual_factor(rq, output_scale))}
+    residual = (0, 0.0) if not with_residual else (
+        int(rq.zero_point[0]), float(residual_factor(rq, output_scale)))
     return NativeEpilogue(False, (_channel_multiplier(w, wq, channels, input_scale, output_scale),
                                   a["zero_point"], lo, hi, out_dtype), residual)
 
@@ -323,7 +326,7 @@ def prepare_quantize(a, types, operands):
         # convolutions read, so they need not transpose it again (other ops take any strides).
         channels_last = x.ndim == 4
         q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), scale, zero_point, dtype,
-                              channels_last=channels_last, threads=NATIVE_THREADS.get())
+                              channels_last, NATIVE_THREADS.get())
         return [q.transpose(0, 3, 1, 2) if channels_last else q]
 
     return run
@@ -341,11 +344,11 @@ def dequantize(xs, a, types):
         return dequantize_array(q, quant)
     if len(quant.scale) == 1:
         return _kernels.dequantize(np.ascontiguousarray(q), float(quant.scale[0]),
-                                   int(quant.zero_point[0]), threads=NATIVE_THREADS.get())
+                                   int(quant.zero_point[0]), NATIVE_THREADS.get())
     if quant.axis == q.ndim - 1:  # per column, as int8 embedding rows come out of a lookup
         return _kernels.dequantize_channels(
             np.ascontiguousarray(q), np.asarray(quant.scale, np.float32),
-            np.asarray(quant.zero_point, np.int32), threads=NATIVE_THREADS.get())
+            np.asarray(quant.zero_point, np.int32), NATIVE_THREADS.get())
     return dequantize_array(q, quant)
 
 
@@ -369,23 +372,23 @@ def prepare_qlinear(a, types, operands):
             if not x.size:
                 return None
             acc = _kernels.qgemm_s32(np.ascontiguousarray(x.reshape(-1, k)), packed, zp, b,
-                                     threads=NATIVE_THREADS.get())
+                                     NATIVE_THREADS.get())
             return [finish_integer_op(acc.reshape(*x.shape[:-1], n), xq, wq, a, x.ndim - 1,
                                       xs[3], rq)]
         return run
     kernel = _kernels.qgemm_f32 if epilogue.f32 else _kernels.qgemm
-    options = dict(epilogue.options, activation=a["activation"]) if epilogue.f32 else epilogue.options
+    head = (packed, zp, b, *epilogue.args)  # then threads, out, residual and the tail
+    tail = epilogue.residual + ((a["activation"],) if epilogue.f32 else
+                                (epilogue.activation, epilogue.output_scale))
 
     def run(xs):
         x, residual = xs[0], xs[3]
         if not x.size:
             return None
         if residual is not None:
-            options_now = dict(options, residual=np.ascontiguousarray(residual.reshape(-1, n)))
-        else:
-            options_now = options
-        out = kernel(np.ascontiguousarray(x.reshape(-1, k)), packed, zp, b, *epilogue.args,
-                     threads=NATIVE_THREADS.get(), **options_now)
+            residual = np.ascontiguousarray(residual.reshape(-1, n))
+        out = kernel(np.ascontiguousarray(x.reshape(-1, k)), *head, NATIVE_THREADS.get(), None,
+                     residual, *tail)
         return [out.reshape(*x.shape[:-1], n)]
 
     return run
@@ -409,8 +412,7 @@ def prepare_qconv2d(a, types, operands):
     if packed is None:
         return None
     zp, b = xq.zero_point[0], _bias(bias)
-    geometry = {"stride": tuple(a["stride"]), "padding": tuple(a["padding"]),
-                "dilation": tuple(a["dilation"])}
+    geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
     # The kernel adds a residual in its epilogue for one group (not depthwise): NHWC, like its
     # result, which a residual from an earlier int8 convolution already is.
     epilogue = native_epilogue(w, a, xq, wq, rq, with_residual) if (
@@ -421,22 +423,20 @@ def prepare_qconv2d(a, types, operands):
             if not x.size:
                 return None
             acc = _kernels.qconv2d_s32(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), packed, zp,
-                                       b, **geometry, threads=NATIVE_THREADS.get())
+                                       b, *geometry, NATIVE_THREADS.get())
             return [finish_integer_op(acc.transpose(0, 3, 1, 2), xq, wq, a, 1, xs[3], rq)]
         return run
     kernel = _kernels.qconv2d_f32 if epilogue.f32 else _kernels.qconv2d
-    options = dict(epilogue.options, **geometry)
+    head = (packed, zp, b, *epilogue.args, *geometry)  # then threads, out, residual, its terms
 
     def run(xs):
         x, residual = xs[0], xs[3]
         if not x.size:
             return None
         if residual is not None:
-            options_now = dict(options, residual=np.ascontiguousarray(residual.transpose(0, 2, 3, 1)))
-        else:
-            options_now = options
-        out = kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), packed, zp, b, *epilogue.args,
-                     threads=NATIVE_THREADS.get(), **options_now).transpose(0, 3, 1, 2)
+            residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
+        out = kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), *head, NATIVE_THREADS.get(),
+                     None, residual, *epilogue.residual).transpose(0, 3, 1, 2)
         return [_f32_activation(out, a["activation"]) if epilogue.f32 else out]
 
     return run
@@ -464,5 +464,5 @@ def dynamic_qlinear(xs, a, types):
     q = quantize_array(x, _Quant((scale,), (zero_point,)), "u8")
     multiplier = _channel_vector(requant_multiplier(scale, wq.scale), n)
     out = _kernels.qgemm_f32(np.ascontiguousarray(q.reshape(-1, k)), packed, zero_point, None,
-                             multiplier, threads=NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
+                             multiplier, NATIVE_THREADS.get()).reshape(*x.shape[:-1], n)
     return out if bias is None else out + bias
