@@ -9,12 +9,14 @@ values (float32 normalizations, one GEMM over all rows, strided convolution outp
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _kernels
 from .common import in_float32, normalize_axis, window_output_size
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, RUNTIME, kernel, preparer, without_types
+from .registry import NATIVE_THREADS, RUNTIME, kernel, prepared_or, preparer, without_types
 
 PAIR_ONES = (1, 1)
 NO_PADDING = (0, 0, 0, 0)
@@ -24,6 +26,13 @@ def output_hw(shape, kernel, stride, padding, dilation, ceil_mode=False) -> tupl
     """Output (H, W) of a 2-D sliding window over a static NCHW shape."""
     return tuple(window_output_size(shape[2 + i], kernel[i], stride[i], padding[i],
                                     padding[i + 2], dilation[i], ceil_mode) for i in range(2))
+
+
+def output_sizes(kernel, stride, padding, dilation, ceil_mode=False):
+    """output_hw of one window geometry as a function of the input shape, remembered for the
+    shapes a prepared step meets (a microsecond per run otherwise)."""
+    return functools.lru_cache(maxsize=64)(
+        lambda shape: output_hw(shape, kernel, stride, padding, dilation, ceil_mode))
 
 
 def pad_spatial(x: np.ndarray, padding, extra=(0, 0), value=0.0) -> np.ndarray:
@@ -308,18 +317,22 @@ def max_pool_reference(xs, a):
 NATIVE_POOL_DTYPES = (np.uint8, np.int8, np.float32)
 
 
-def max_pool_kernel(xs, a):
+@preparer("max_pool2d")
+def prepare_max_pool(a, types, operands):
     """max_pool_reference on the native NHWC kernel for u8/i8/f32, returned as an NCHW view of
     NHWC memory like the convolutions that feed it."""
-    x = xs[0]
-    if x.dtype not in NATIVE_POOL_DTYPES:
-        return max_pool_reference(xs, a)
-    out_hw = output_hw(x.shape, a["kernel"], a["stride"], a["padding"], a["dilation"],
-                       a["ceil_mode"])
-    out = _kernels.max_pool2d(channels_last(x), tuple(a["kernel"]),
-                              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]),
-                              out_hw, NATIVE_THREADS.get())
-    return out.transpose(0, 3, 1, 2)
+    geometry = tuple(tuple(a[name]) for name in ("kernel", "stride", "padding", "dilation"))
+    sizes = output_sizes(*geometry, a["ceil_mode"])
+
+    def run(xs):
+        x = xs[0]
+        if x.dtype not in NATIVE_POOL_DTYPES:
+            return None
+        out = _kernels.max_pool2d(channels_last(x), *geometry, sizes(x.shape),
+                                  NATIVE_THREADS.get())
+        return [out.transpose(0, 3, 1, 2)]
+
+    return run
 
 
 def avg_pool_reference(xs, a):
@@ -375,13 +388,13 @@ def prepare_native_conv2d(w, bias, a, activation: str = "none"):
         return None
     packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
     bias = _float32_vector(bias)
-    kernel, stride, padding, dilation = w.shape[2:], tuple(a["stride"]), tuple(a["padding"]), \
-        tuple(a["dilation"])
+    stride, padding, dilation = tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"])
+    sizes = output_sizes(w.shape[2:], stride, padding, dilation)
 
     def run(x, residual):
         if x.dtype != np.float32 or not x.size:
             return None
-        out_hw = output_hw(x.shape, kernel, stride, padding, dilation)
+        out_hw = sizes(x.shape)
         if not out_hw[0] * out_hw[1]:
             return None
         if residual is not None:
@@ -494,6 +507,7 @@ kernel("matmul")(without_types(in_float32(matmul_kernel)))
 kernel("batch_norm")(without_types(in_float32(batch_norm_reference)))
 kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))
 kernel("softmax")(without_types(in_float32(softmax_kernel)))
-kernel("max_pool2d")(without_types(max_pool_kernel))
+kernel("max_pool2d")(lambda xs, a, types: prepared_or(
+    prepare_max_pool, without_types(max_pool_reference), xs, a, types))
 kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))
