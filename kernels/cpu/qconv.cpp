@@ -1,6 +1,6 @@
-// The int8 convolution driver: packs OIHW weights for the GEMM or depthwise path, gathers
-// windows of NHWC activations into per-thread scratch rows (im2col) and splits the work over
-// threads.
+// The int8 convolution driver: packs OIHW weights for the GEMM, depthwise or direct path,
+// gathers windows of NHWC activations into per-thread scratch rows (im2col) and splits the work
+// over threads.
 #include "qconv.h"
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 
 #include "copy_runs.h"
 #include "depthwise.h"
+#include "qconv_direct.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -233,6 +234,110 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
                  [&](std::size_t row) { kernel(task, row, row + 1); });
 }
 
+#ifdef NIMBUS_X86_KERNELS
+// Per 16 pixels of a row and group of 4 taps of a kernel row, the direct kernel spends one
+// vpdpbusd per output channel, at least 4 when few channels leave too few accumulators to cover
+// its latency; the GEMM one per pixel and group of 4 depths, after gathering the window. Rows
+// too narrow to gain from that stay on the GEMM (measured over 1 and 3 channels, 3x3 and 5x5:
+// the direct kernel is as fast from about 5 pixels with 4 outputs, 7 with 6, 8 with 8), and so
+// do the epilogues the direct kernel does not have (s32 and f32 results, a residual, a float
+// activation).
+bool runs_direct(const ConvGeometry& g, const PackedConvWeights& w, const Epilogue& epilogue) {
+    constexpr std::size_t kDpbusdLatency = 4;
+    const std::size_t chunks = (g.out_w + 15) / 16;
+    return !w.direct_weights.empty() && g.stride_w == 1 &&
+           g.dilation_w <= kQconvDirectMaxDilation &&
+           (epilogue.type == OutputType::u8 || epilogue.type == OutputType::s8) &&
+           epilogue.residual.data == nullptr && epilogue.activation == Activation::none &&
+           chunks * std::max(w.out_channels, kDpbusdLatency) < g.out_w;
+}
+
+// Not inlined: inside qconv2d it made the GEMM path 4% slower for convolutions that do not take
+// this one ([8, 14, 14, 6] -> 16, 5x5, 1 thread: 23.2 -> 24.2 us).
+[[gnu::noinline]] void run_direct(const std::uint8_t* x, bool x_signed,
+                                  std::int32_t x_zero_point, const ConvGeometry& g,
+                                  const PackedConvWeights& w, const Epilogue& epilogue,
+                                  std::uint8_t* out, std::size_t threads) {
+    // acc = sum(x' * w) - x_zp' * sum(w) + bias over whole windows, padding read as x_zp'
+    // (x' = x + 128 for s8 activations), wrapping like the GEMM's column_offset (qgemm.cpp).
+    const auto zero_point = static_cast<std::uint32_t>(x_zero_point + (x_signed ? 128 : 0));
+    const std::vector<std::int32_t>& sums = w.group_weights[0].column_sums;
+    std::vector<std::int32_t> offset(w.out_channels);
+    std::vector<float> scale(w.out_channels);
+    for (std::size_t o = 0; o < w.out_channels; ++o) {
+        const auto bias = static_cast<std::uint32_t>(epilogue.bias ? epilogue.bias[o] : 0);
+        const auto sum = static_cast<std::uint32_t>(sums[o]);
+        offset[o] = static_cast<std::int32_t>(bias - zero_point * sum);
+        scale[o] = epilogue.scale ? epilogue.scale[o] : 0.0f;
+    }
+    const QconvDirectTask task{x,
+                               static_cast<std::uint8_t>(x_signed ? 0x80 : 0x00),
+                               static_cast<std::uint8_t>(zero_point),
+                               &g,
+                               w.kernel_h,
+                               w.kernel_w,
+                               w.out_channels,
+                               qconv_direct_layout(w.group_channels, w.kernel_w),
+                               w.direct_weights.data(),
+                               offset.data(),
+                               scale.data(),
+                               epilogue.zero_point,
+                               epilogue.lo,
+                               epilogue.hi,
+                               out};
+    parallel_row_runs(g.batch * g.out_h, threads, w.kernel_h,
+                      [&](std::size_t begin, std::size_t end) {
+                          run_qconv_direct_avx512(task, begin, end);
+                      });
+}
+#endif
+
+// The direct weights (qconv.h) of w [O, C, KH, KW]: per kernel row, the out_channels dwords
+// of each group of 4 weights of qconv_direct_layout, the first in the lowest byte.
+void pack_direct(const std::int8_t* w, PackedConvWeights& packed) {
+    const std::size_t outputs = packed.out_channels;
+    const std::size_t channels = packed.group_channels;
+    const std::size_t kernel_h = packed.kernel_h;
+    const std::size_t kernel_w = packed.kernel_w;
+    const QconvDirectLayout layout = qconv_direct_layout(channels, kernel_w);
+    const std::size_t first_packed = kernel_w - layout.packed_taps;
+    // The weight of tap (ky, kx) of channel c to output o, zero outside the kernel.
+    const auto weight = [&](std::size_t o, std::size_t c, std::size_t ky, std::size_t kx) {
+        const std::int8_t value =
+            c < channels && kx < kernel_w ? w[((o * channels + c) * kernel_h + ky) * kernel_w + kx]
+                                          : 0;
+        return static_cast<std::uint8_t>(value);
+    };
+    packed.direct_weights.clear();
+    for (std::size_t ky = 0; ky < kernel_h; ++ky) {
+        for (std::size_t c = 0; c < channels; ++c) {
+            for (std::size_t group = 0; group < layout.tap_groups; ++group) {
+                for (std::size_t o = 0; o < outputs; ++o) {
+                    std::uint32_t dword = 0;
+                    for (std::size_t j = 0; j < kQconvDirectGroup; ++j) {
+                        const std::size_t kx = group * kQconvDirectGroup + j;
+                        dword |= static_cast<std::uint32_t>(weight(o, c, ky, kx)) << (8 * j);
+                    }
+                    packed.direct_weights.push_back(static_cast<std::int32_t>(dword));
+                }
+            }
+        }
+        for (std::size_t tap = 0; tap < layout.packed_taps; ++tap) {
+            for (std::size_t group = 0; group < layout.channel_groups; ++group) {
+                for (std::size_t o = 0; o < outputs; ++o) {
+                    std::uint32_t dword = 0;
+                    for (std::size_t j = 0; j < kQconvDirectGroup; ++j) {
+                        const std::size_t c = group * kQconvDirectGroup + j;
+                        dword |= static_cast<std::uint32_t>(weight(o, c, ky, first_packed + tap))
+                                 << (8 * j);
+                    }
+                    packed.direct_weights.push_back(static_cast<std::int32_t>(dword));
+                }
+            }
+        }
+    }
+}
+
 // The AVX-512 VNNI depthwise weights (qconv.h) of w [C, KH * KW] and their per-channel sums.
 void pack_depthwise_vnni(const std::int8_t* w, std::size_t taps, PackedConvWeights& packed) {
     const std::size_t slots = depthwise_tap_slots(packed.kernel_h, packed.kernel_w);
@@ -296,6 +401,12 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
         }
         return packed;
     }
+    // A 1x1 kernel stays on the GEMM, as in sconv.cpp, which reads an unpadded one's
+    // activations in place.
+    if (isa == Isa::avx512_vnni && groups == 1 && out_channels <= kQconvDirectMaxOutputs &&
+        group_channels <= kQconvDirectMaxChannels && taps > 1) {
+        pack_direct(w, packed);
+    }
     const std::size_t group_outputs = out_channels / groups;
     const std::size_t depth = conv_gemm_depth(kernel_h, kernel_w, group_channels);
     std::vector<std::int8_t> matrix(group_outputs * depth);
@@ -323,6 +434,11 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
     threads = std::max<std::size_t>(threads, 1);
     if (weights.depthwise) {
         run_depthwise(x, x_signed, x_zero_point, geometry, weights, epilogue, out, threads);
+#ifdef NIMBUS_X86_KERNELS
+    } else if (runs_direct(geometry, weights, epilogue)) {
+        run_direct(static_cast<const std::uint8_t*>(x), x_signed, x_zero_point, geometry,
+                   weights, epilogue, static_cast<std::uint8_t*>(out), threads);
+#endif
     } else if (is_pointwise(geometry, weights)) {
         const std::size_t m = geometry.batch * geometry.height * geometry.width;
         qgemm(x, x_signed, m, x_zero_point, weights.group_weights[0], epilogue, out, threads);

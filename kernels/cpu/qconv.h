@@ -6,9 +6,10 @@
 // over the taps of the window of (oh, ow) inside the image (padding contributes nothing), and
 // the result [N, OH, OW, O] follows the Epilogue, like nimbus.compiler.ops.quant.qconv2d.
 //
-// Depthwise convolutions (groups == C == O) run a direct kernel; the rest become GEMMs over
-// rows of gathered windows (im2col), or over the activations themselves for a 1x1, stride-1,
-// unpadded convolution.
+// Depthwise convolutions (groups == C == O) run a direct kernel, and so do those with few output
+// channels on AVX-512 VNNI (qconv_direct.h); the rest become GEMMs over rows of gathered
+// windows (im2col), or over the activations themselves for a 1x1, stride-1, unpadded
+// convolution.
 #pragma once
 
 #include <cstddef>
@@ -43,6 +44,13 @@ struct PackedConvWeights {
     // Depthwise path, AVX-512 VNNI: the sum of the weights of each channel, zero past
     // out_channels.
     std::vector<std::int32_t> depthwise_weight_sums;
+    // Direct path (AVX-512 VNNI, groups == 1, out_channels <= kQconvDirectMaxOutputs, input
+    // channels <= kQconvDirectMaxChannels, more than one tap; empty otherwise): per kernel
+    // row, the O dwords of 4 weights of each group of qconv_direct_layout (qconv_direct.h):
+    // the tap groups of each channel, then the channel groups of each packed tap, zero past KW
+    // or C; in the order the kernel walks them. group_weights stays for what this path does
+    // not take; its column_sums serve both.
+    std::vector<std::int32_t> direct_weights;
 };
 
 struct ConvGeometry {

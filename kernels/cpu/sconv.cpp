@@ -119,24 +119,6 @@ private:
     std::size_t group_;
 };
 
-// Runs of output rows handed out per thread: several keep parallel_for's dynamic balance
-// between the threads, and each stays long enough that the kernel's prefetch of the next row
-// of its run rarely falls off the end (depthwise), or that the input rows it copies serve
-// several output rows (direct).
-constexpr std::size_t kRowRunsPerThread = 8;
-
-// Calls kernel(row_begin, row_end) over runs of at least min_run of the `rows` output rows
-// (N * OH) on `threads` threads. Runs of adjacent rows let a thread reuse the input rows its
-// previous output row read.
-template <typename Kernel>
-void parallel_row_runs(std::size_t rows, std::size_t threads, std::size_t min_run,
-                       Kernel kernel) {
-    const std::size_t run = std::max(min_run, rows / (threads * kRowRunsPerThread));
-    parallel_for((rows + run - 1) / run, threads, [&](std::size_t item) {
-        kernel(item * run, std::min(rows, (item + 1) * run));
-    });
-}
-
 void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                    const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
     std::vector<float> bias(w.padded_channels, 0.0f);
@@ -198,13 +180,10 @@ void run_direct(const float* x, const ConvGeometry& g, const PackedSconvWeights&
                                epilogue.residual,
                                epilogue.activation,
                                out};
-    // A run copies the input rows of its first window before it reuses any: at least KH rows
-    // per run (while there are enough for every thread) keep those copies a small part of it.
-    const std::size_t rows = g.batch * g.out_h;
-    const std::size_t min_run = std::min(w.kernel_h, (rows + threads - 1) / threads);
-    parallel_row_runs(rows, threads, min_run, [&](std::size_t begin, std::size_t end) {
-        run_sconv_direct_avx512(task, begin, end);
-    });
+    parallel_row_runs(g.batch * g.out_h, threads, w.kernel_h,
+                      [&](std::size_t begin, std::size_t end) {
+                          run_sconv_direct_avx512(task, begin, end);
+                      });
 }
 #endif
 

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "interleave.h"
 #include "sgemm_paths.h"
 #include "vector_math_avx512.h"
 
@@ -109,33 +110,6 @@ private:
     std::size_t* tags_;
     const float** window_;
 };
-
-// Permutes that turn Outputs vectors of 16 pixels (one per channel) into the Outputs vectors of
-// their NHWC floats: lane e of vector j is pixel (16 j + e) / Outputs of channel (16 j + e) %
-// Outputs. Each permute reads a pair of channel vectors; `pair_lanes` picks the lanes of each.
-template <std::size_t Outputs>
-struct Interleave {
-    static constexpr std::size_t kPairs = (Outputs + 1) / 2;
-    std::int32_t index[Outputs][kLanes];
-    std::uint16_t pair_lanes[Outputs][kPairs];
-};
-
-template <std::size_t Outputs>
-constexpr Interleave<Outputs> make_interleave() {
-    Interleave<Outputs> table{};
-    for (std::size_t j = 0; j < Outputs; ++j) {
-        for (std::size_t e = 0; e < kLanes; ++e) {
-            const std::size_t pixel = (j * kLanes + e) / Outputs;
-            const std::size_t channel = (j * kLanes + e) % Outputs;
-            table.index[j][e] = static_cast<std::int32_t>(channel % 2 * kLanes + pixel);
-            table.pair_lanes[j][channel / 2] |= static_cast<std::uint16_t>(1u << e);
-        }
-    }
-    return table;
-}
-
-template <std::size_t Outputs>
-constexpr Interleave<Outputs> kInterleave = make_interleave<Outputs>();
 
 inline bool clamps_in_registers(Activation activation) {
     return activation == Activation::none || activation == Activation::relu ||

@@ -2,6 +2,7 @@
 // as much as a whole small GEMM.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <functional>
 
@@ -19,5 +20,22 @@ void run_on_pool(std::size_t helpers, const std::function<void()>& task);
 // counter by the calling thread and up to threads - 1 pooled helpers.
 void parallel_for(std::size_t count, std::size_t threads,
                   const std::function<void(std::size_t)>& body);
+
+// Calls kernel(row_begin, row_end) over runs of `rows` output rows, about 8 runs per thread: a
+// run of adjacent rows lets a thread reuse the input rows that its previous row read (and a
+// kernel prefetch its next row's), and several runs per thread keep parallel_for's dynamic
+// balance between the threads. Runs take at least `min_run` rows (a direct convolution's kernel
+// height, so that the input rows of its first window are a small part of a run) while there are
+// enough rows for every thread.
+template <typename Kernel>
+void parallel_row_runs(std::size_t rows, std::size_t threads, std::size_t min_run,
+                       Kernel kernel) {
+    constexpr std::size_t kRunsPerThread = 8;
+    min_run = std::min(min_run, (rows + threads - 1) / threads);
+    const std::size_t run = std::max(min_run, rows / (threads * kRunsPerThread));
+    parallel_for((rows + run - 1) / run, threads, [&](std::size_t item) {
+        kernel(item * run, std::min(rows, (item + 1) * run));
+    });
+}
 
 }  // namespace nimbus::kernels

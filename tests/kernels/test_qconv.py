@@ -58,6 +58,40 @@ GEOMETRIES = {
     "depthwise 96 channels 7x7 dilation": (1, 96, 11, 16, 96, (7, 7), (1, 2), (3, 6, 3, 6),
                                            (1, 2), 96),
     "depthwise 200 channels": (1, 200, 3, 9, 200, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 200),
+    # The AVX-512 VNNI direct path for few output channels (qconv_direct.h), with s32, f32 and
+    # residual epilogues that it leaves to the GEMM.
+    "LeNet 5x5 over 3 channels to 6": (2, 3, 32, 32, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x2 over 4 channels to 8": (1, 4, 3, 21, 8, (1, 2), (1, 1), (0, 1, 0, 0), (1, 1), 1),
+}
+
+# Convolutions with few output channels over rows wide enough for the AVX-512 VNNI direct path
+# (qconv_direct.h), which takes 1 to 8 output channels from 1 to 4 input channels: output widths
+# in whole and partial chunks of 16 pixels, kernel rows of whole and partial groups of 4 taps,
+# the last taps of a row grouped by channels (qconv_direct_layout) or not, and horizontal
+# dilations up to 5; then the shapes just past its bounds, which the GEMM takes.
+DIRECT_GEOMETRIES = {
+    "1 output, out_w 5": (1, 3, 7, 9, 1, (3, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "2 outputs, out_w 9, asymmetric padding": (2, 1, 6, 7, 2, (3, 3), (1, 1), (1, 2, 0, 2),
+                                               (1, 1), 1),
+    "3 outputs, out_w 16": (1, 2, 5, 16, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "4 outputs, out_w 17, stride (2, 1)": (2, 4, 9, 19, 4, (3, 3), (2, 1), (0, 0, 1, 0), (1, 1),
+                                          1),
+    "4 outputs 3x1": (1, 3, 9, 20, 4, (3, 1), (1, 1), (1, 0, 1, 0), (1, 1), 1),
+    "5 outputs, out_w 33, dilation 2": (1, 3, 9, 33, 5, (3, 3), (1, 1), (2, 1, 0, 3), (2, 2), 1),
+    "6 outputs LeNet": (3, 3, 32, 32, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "7 outputs 3x8, dilation 5": (1, 4, 13, 52, 7, (3, 8), (1, 1), (2, 0, 1, 3), (2, 5), 1),
+    "8 outputs 4x4, stride (3, 1)": (1, 3, 11, 20, 8, (4, 4), (3, 1), (1, 1, 1, 1), (1, 1), 1),
+    "8 outputs, window wider than image": (1, 2, 2, 30, 8, (5, 3), (1, 1), (2, 1, 2, 0),
+                                           (1, 1), 1),
+    "3 outputs 2x5, dilation (1, 5)": (1, 3, 4, 40, 3, (2, 5), (1, 1), (0, 3, 1, 0), (1, 5), 1),
+    "4 outputs 3x2 over 4 channels, dilation (2, 5)": (1, 4, 9, 30, 4, (3, 2), (1, 1),
+                                                       (2, 0, 2, 4), (2, 5), 1),
+    # Just past the bounds of the direct path, and a row too narrow for it: the GEMM.
+    "9 outputs": (1, 3, 8, 20, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "6 outputs 5x5 over 5 channels": (1, 5, 7, 30, 6, (5, 5), (1, 1), (1, 2, 1, 2), (1, 1), 1),
+    "6 outputs 7x7 over 5 channels": (1, 5, 9, 24, 6, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 1),
+    "7 outputs 2x6, dilation (1, 6)": (1, 2, 6, 50, 7, (2, 6), (1, 1), (0, 0, 0, 0), (1, 6), 1),
+    "6 outputs, out_w 6": (1, 3, 8, 10, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 }
 
 
@@ -102,6 +136,60 @@ def test_all_epilogues_match_the_reference(geometry, isa, a_type):
         actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier,
                          zero_point, lo, hi, out_dtype, **keywords)
         assert_matches(actual, expected, name=f"{name} {out_dtype} {activation}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("zero_point", ["random", "lowest", "highest"])
+@pytest.mark.parametrize("a_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", DIRECT_GEOMETRIES.values(), ids=DIRECT_GEOMETRIES.keys())
+def test_few_output_channels_match_the_reference(geometry, isa, a_type, zero_point, threads):
+    problem = make_problem(geometry, a_type, [len(DIRECT_GEOMETRIES), *geometry[:5]])
+    if zero_point != "random":
+        _, low, high = A_RANGES[a_type]
+        problem = ConvProblem(**{**problem.__dict__,
+                                 "a_zero_point": low if zero_point == "lowest" else high})
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    keywords = geometry_keywords(problem)
+    name = f"{isa} {a_type} a_zp={problem.a_zero_point} threads={threads}"
+
+    dequantized = problem.reference("f32")
+    out_scale = float(np.abs(dequantized).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    for dtype, out_dtype, activation, out_zero_point in REQUANTIZED:
+        expected = problem.reference(dtype, out_scale, out_zero_point, activation)
+        lo, hi = activation_bounds(activation, DType(dtype), out_scale, out_zero_point)
+        actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier,
+                         out_zero_point, lo, hi, out_dtype, threads=threads, **keywords)
+        assert_matches(actual, expected, name=f"{name} {out_dtype} {activation}")
+    # Without a bias, and with the extreme output zero points.
+    no_bias = ConvProblem(**{**problem.__dict__, "bias": None})
+    for dtype, out_dtype, out_zero_point in [("u8", "u8", 0), ("u8", "u8", 255),
+                                             ("i8", "s8", -128), ("i8", "s8", 127)]:
+        expected = no_bias.reference(dtype, out_scale, out_zero_point)
+        lo, hi = activation_bounds("none", DType(dtype), out_scale, out_zero_point)
+        actual = qconv2d(no_bias.x, packed, no_bias.a_zero_point, None, multiplier,
+                         out_zero_point, lo, hi, out_dtype, threads=threads, **keywords)
+        assert_matches(actual, expected, name=f"{name} no bias {out_dtype} zp={out_zero_point}")
+
+
+def test_few_output_channels_with_extreme_values_stay_exact():
+    # Every activation and weight at its extreme, with a zero point at the other end, so that
+    # each of the 75 taps adds (x - x_zp) * -128 in full. A multiplier of 100 / acc of a whole
+    # window gives 100 in the window's middle and rint(100 * 27 / 75) = 36 at a corner, where
+    # 48 of the taps are padding, which adds nothing.
+    for a_type, a_value, a_zero_point in [("u8", 255, 0), ("s8", -128, 127), ("s8", 127, -128)]:
+        x = np.full((1, 8, 40, 3), a_value, dtype=A_RANGES[a_type][0])
+        w = np.full((6, 3, 5, 5), -128, dtype=np.int8)
+        multiplier = np.full(6, 100 / ((int(a_value) - a_zero_point) * -128 * 75), np.float32)
+        for isa in ISAS:
+            packed = pack_conv_weights(w, 1, isa)
+            for out_dtype, lo, hi in [("s8", -128, 127), ("u8", 0, 255)]:
+                actual = qconv2d(x, packed, a_zero_point, None, multiplier, 0, lo, hi,
+                                 out_dtype, padding=(2, 2, 2, 2))
+                name = f"{isa} {a_type} {out_dtype}"
+                assert (actual[0, 4, 20] == 100).all(), name
+                assert (actual[0, 0, 0] == 36).all(), name
 
 
 @pytest.mark.parametrize("isa", ISAS)
