@@ -83,7 +83,8 @@ class Session:
         try:
             self._load_plan(plan)
             self._prepare_steps()
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                ArithmeticError) as err:
             if isinstance(err, ArtifactError):
                 raise
             raise ArtifactError(f"invalid plan: {err}") from None
@@ -128,7 +129,7 @@ class Session:
                 if results is None:
                     results = call_kernel(step.kernel, step.op, operands,
                                           bound_attrs(step, bindings), list(step.types))
-            except (ValueError, TypeError, IndexError, FloatingPointError) as err:
+            except (ValueError, TypeError, IndexError, ArithmeticError) as err:
                 raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
             for slot, array in zip(step.results, results):
                 values[slot] = array

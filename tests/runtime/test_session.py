@@ -147,6 +147,28 @@ def test_hostile_plans_are_refused_when_loading(edit, message):
         Session(hostile_plan(edit))
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_hostile_attributes_of_prepared_int8_steps_are_refused_when_loading():
+    _, graph = converted("lenet")
+    calibration = [{"x": np.random.default_rng(i).standard_normal((4, 3, 32, 32), np.float32)}
+                   for i in range(2)]
+    artifact = read_artifact(nimbus.compile(graph, calibration=calibration).data)
+    tensors = {k: np.asarray(v) for k, v in artifact.tensors.items()}
+    manifest = {k: v for k, v in artifact.manifest.items() if k != "format_version"}
+    for edit in ({"activation": "relu6", "scale": 0.0}, {"groups": 0}, {"stride": "x"},
+                 {"zero_point": 10 ** 30}):
+        plan = json.loads(json.dumps(artifact.plan))
+        step = next(s for s in plan["steps"] if s["op"] == "qconv2d")
+        step["attrs"].update(edit)
+        try:
+            Session(write_artifact(manifest, plan, tensors)).run(
+                {"x": np.zeros((1, 3, 32, 32), np.float32)})
+        except ArtifactError as err:
+            assert "invalid plan" in str(err) or "qconv2d" in str(err), edit
+        except RuntimeError as err:  # refused when the step runs, naming it
+            assert "qconv2d failed" in str(err), edit
+
+
 def test_int8_advice_names_why_int8_may_not_pay_off():
     from nimbus.compiler.lowering import int8_advice
 
