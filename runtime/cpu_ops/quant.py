@@ -297,10 +297,32 @@ def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
                                   a["zero_point"], lo, hi, out_dtype), residual)
 
 
-def _constant_weights(operands) -> bool:
-    """A layer's weight is a non-empty constant and its bias (if any) one too."""
+class NativeLayer(NamedTuple):
+    """What a prepared integer layer reads from its types and constant operands."""
+
+    xq: object        # the input's quantization
+    wq: object        # the weight's
+    rq: object        # the residual's, or None
+    w: np.ndarray
+    packed: object    # the weight packed for the native kernel
+    zero_point: int   # the input's
+    bias: np.ndarray | None
+    with_residual: bool
+
+
+def native_layer(types, operands, pack):
+    """The NativeLayer of qlinear / qconv2d operands (x, w, bias, residual) with a constant,
+    non-empty, symmetric int8 weight (and a constant bias, if any) that ``pack(w)`` packs; None
+    otherwise, where the numpy reference runs."""
     w, bias = operands[1], operands[2]
-    return isinstance(w, np.ndarray) and w.size > 0 and bias is not RUNTIME
+    xq, wq = types[0].quant, types[1].quant
+    if not isinstance(w, np.ndarray) or not w.size or bias is RUNTIME or not _symmetric_int8(w, wq):
+        return None
+    packed = pack(w)
+    if packed is None:
+        return None
+    return NativeLayer(xq, wq, _residual_quant(types), w, packed, xq.zero_point[0], _bias(bias),
+                       operands[3] is not None)
 
 
 def _bias(bias):
@@ -356,15 +378,11 @@ def dequantize(xs, a, types):
 def prepare_qlinear(a, types, operands):
     """qlinear on the native GEMM with its epilogue, for a symmetric int8 weight within the
     accumulator bound; None otherwise (the numpy reference, which is exact)."""
-    xq, wq, rq = types[0].quant, types[1].quant, _residual_quant(types)
-    w, bias, with_residual = operands[1], operands[2], operands[3] is not None
-    if not _constant_weights(operands) or not _symmetric_int8(w, wq):
+    layer = native_layer(types, operands, _packed_gemm)
+    if layer is None:
         return None
-    packed = _packed_gemm(w)
-    if packed is None:
-        return None
+    xq, wq, rq, w, packed, zp, b, with_residual = layer
     n, k = w.shape
-    zp, b = xq.zero_point[0], _bias(bias)
     epilogue = native_epilogue(w, a, xq, wq, rq, with_residual)
     if epilogue is None:
         def run(xs):
@@ -404,14 +422,10 @@ def prepare_qconv2d(a, types, operands):
     """qconv2d on the native NHWC kernels, like prepare_qlinear. A result goes back as an NCHW
     view of its NHWC memory, so a following convolution (or one fed by it) gets channels-last
     data without a copy; other ops take any strides."""
-    xq, wq, rq = types[0].quant, types[1].quant, _residual_quant(types)
-    w, bias, with_residual = operands[1], operands[2], operands[3] is not None
-    if not _constant_weights(operands) or not _symmetric_int8(w, wq):
+    layer = native_layer(types, operands, lambda w: _packed_conv(w, a["groups"]))
+    if layer is None:
         return None
-    packed = _packed_conv(w, a["groups"])
-    if packed is None:
-        return None
-    zp, b = xq.zero_point[0], _bias(bias)
+    xq, wq, rq, w, packed, zp, b, with_residual = layer
     geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
     # The kernel adds a residual in its epilogue for one group (not depthwise): NHWC, like its
     # result, which a residual from an earlier int8 convolution already is.
