@@ -456,10 +456,10 @@ PackedConvWeights pack_conv_weights(const py::object& w_object, long long groups
     const auto kernel_w = static_cast<std::size_t>(w.shape(3));
     require_in_range("kernel height", w.shape(2), 1, kMaxGeometryValue, "the range");
     require_in_range("kernel width", w.shape(3), 1, kMaxGeometryValue, "the range");
-    const std::size_t depth =
-        nimbus::kernels::conv_gemm_depth(kernel_h, kernel_w, group_channels);
-    require_depth_fits(static_cast<py::ssize_t>(depth), kMaxDepthU8S8);
     const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
+    const std::size_t depth = nimbus::kernels::conv_gemm_depth(
+        kernel_h, kernel_w, group_channels, static_cast<std::size_t>(groups), path);
+    require_depth_fits(static_cast<py::ssize_t>(depth), kMaxDepthU8S8);
     const auto* data = static_cast<const std::int8_t*>(w.data());
     py::gil_scoped_release release;
     return nimbus::kernels::pack_conv_weights(data, static_cast<std::size_t>(out_channels),

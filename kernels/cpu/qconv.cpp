@@ -52,13 +52,14 @@ void copy_activations(std::uint8_t* target, const std::uint8_t* source, std::siz
 }
 
 // Writes the windows of output pixels [first, first + rows), restricted to the channels of
-// `group`, as rows of `depth` unsigned bytes (s8 values shifted by +128). Taps in the padding
-// get the activation zero point `fill`, so they add (fill - fill) * w = 0 to the GEMM, whose
-// zero-point correction counts every tap.
+// `group`, as rows of `depth` unsigned bytes (s8 values shifted by +128), kernel row ky at
+// ky * w.row_depth. Taps in the padding get the activation zero point `fill`, so they add
+// (fill - fill) * w = 0 to the GEMM, whose zero-point correction counts every tap. `lines` is
+// the caller's scratch.
 void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
                     const ConvGeometry& g, const PackedConvWeights& w, std::size_t group,
                     std::size_t first, std::size_t rows, std::size_t depth,
-                    std::uint8_t* scratch) {
+                    std::uint8_t* scratch, std::vector<const std::uint8_t*>& lines) {
     const std::size_t channels = w.group_channels;
     const std::uint8_t flip = x_signed ? 0x80 : 0x00;
     const std::size_t pixels = g.out_h * g.out_w;
@@ -71,7 +72,7 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
     std::size_t image = first / pixels;
     std::size_t oh = first % pixels / g.out_w;
     std::size_t ow = first % g.out_w;
-    std::vector<const std::uint8_t*> lines(w.kernel_h);  // null: the kernel row is padding
+    lines.resize(w.kernel_h);  // null: the kernel row is padding
     const auto find_lines = [&] {
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
             // Unsigned wrap-around makes a row before the image look like one past its end.
@@ -94,7 +95,11 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
         const std::size_t left = ow * g.stride_w - g.pad_left;
         const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
         std::uint8_t* target = scratch + r * depth;
-        for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
+        for (std::size_t ky = 0; ky < w.kernel_h; ++ky, target += w.row_depth - row_bytes) {
+            if (w.row_depth > row_bytes) {
+                // The bytes past row_bytes meet zero weights: zeros keep the rows defined.
+                std::memset(target + row_bytes, 0, w.row_depth - row_bytes);
+            }
             const std::uint8_t* line = lines[ky];
             if (line == nullptr) {
                 std::memset(target, fill, row_bytes);
@@ -135,29 +140,49 @@ Epilogue group_epilogue(const Epilogue& epilogue, std::size_t group, std::size_t
     return shifted;
 }
 
+// Output pixels in tiles of whole row blocks of the VNNI kernel, about kScratchBytes of
+// gathered windows each, as many as a multiple of the thread count and the same size give or
+// take one block, so that the threads finish together: rounding tile sizes up instead left
+// ResNet-18's last layers (49 rows at batch 1) a tile of 48 rows and one of 1, and half of the
+// threads idle.
+struct PixelTiles {
+    std::size_t pixels;
+    std::size_t blocks;
+    std::size_t tiles;
+    std::size_t tile_rows;  // the most of any tile
+
+    PixelTiles(std::size_t pixels, std::size_t depth, std::size_t threads)
+        : pixels(pixels), blocks((pixels + kRowBlock - 1) / kRowBlock) {
+        const std::size_t largest_tile =
+            std::max(kRowQuantum, kScratchBytes / std::max<std::size_t>(depth, 1)) / kRowBlock;
+        tiles = std::min(blocks, round_up((blocks + largest_tile - 1) / largest_tile, threads));
+        tile_rows = (blocks + tiles - 1) / tiles * kRowBlock;
+    }
+
+    std::size_t first(std::size_t tile) const {
+        return std::min(pixels, tile * blocks / tiles * kRowBlock);
+    }
+};
+
+// The epilogue of a tile of pixels from `first`, for one group: its residual moves with it.
+Epilogue tile_epilogue(const Epilogue& epilogue, std::size_t first, std::size_t outputs) {
+    Epilogue tile = epilogue;
+    if (tile.residual.data != nullptr) {
+        tile.residual.data = static_cast<const std::uint8_t*>(tile.residual.data) + first * outputs;
+    }
+    return tile;
+}
+
 void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero_point,
                        const ConvGeometry& g, const PackedConvWeights& w,
                        const Epilogue& epilogue, std::uint8_t* out, std::size_t threads) {
-    const std::size_t m = g.batch * g.out_h * g.out_w;
     const std::size_t depth = w.group_weights[0].k;
     const std::size_t group_outputs = w.out_channels / w.groups;
     const std::size_t out_bytes = element_size(epilogue.type);
     const auto fill = static_cast<std::uint8_t>(x_zero_point + (x_signed ? 128 : 0));
-
-    // Tiles of about kScratchBytes, as many as a multiple of the thread count, each the same
-    // number of row blocks of the VNNI kernel (give or take one) so that the threads finish
-    // together: rounding tile sizes up instead left ResNet-18's last layers (49 rows at batch
-    // 1) a tile of 48 rows and one of 1, and half of the threads idle.
-    const std::size_t blocks = (m + kRowBlock - 1) / kRowBlock;
-    const std::size_t largest_tile =
-        std::max(kRowQuantum, kScratchBytes / std::max<std::size_t>(depth, 1)) / kRowBlock;
-    const std::size_t tiles =
-        std::min(blocks, round_up((blocks + largest_tile - 1) / largest_tile, threads));
-    const std::size_t tile_rows = (blocks + tiles - 1) / tiles * kRowBlock;
-    const auto tile_first_row = [&](std::size_t tile) {
-        return std::min(m, tile * blocks / tiles * kRowBlock);
-    };
-    const std::size_t count = std::min(threads, tiles);
+    const PixelTiles tiles(g.batch * g.out_h * g.out_w, depth, threads);
+    const std::size_t tile_rows = tiles.tile_rows;
+    const std::size_t count = std::min(threads, tiles.tiles);
 
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     std::vector<std::uint8_t> scratch(count * tile_rows * depth);
@@ -167,24 +192,20 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
+        std::vector<const std::uint8_t*> lines;
         const std::size_t slot = next_slot++;
         std::uint8_t* rows_of_windows = scratch.data() + slot * tile_rows * depth;
         std::uint8_t* results = group_out.data() + slot * tile_rows * group_outputs * out_bytes;
-        for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-            const std::size_t first = tile_first_row(tile);
-            const std::size_t rows = tile_first_row(tile + 1) - first;
+        for (std::size_t tile = next_tile++; tile < tiles.tiles; tile = next_tile++) {
+            const std::size_t first = tiles.first(tile);
+            const std::size_t rows = tiles.first(tile + 1) - first;
             for (std::size_t group = 0; group < w.groups; ++group) {
                 gather_windows(x, x_signed, fill, g, w, group, first, rows, depth,
-                               rows_of_windows);
+                               rows_of_windows, lines);
                 const Epilogue shifted = group_epilogue(epilogue, group, group_outputs);
                 if (w.groups == 1) {
-                    Epilogue tile = shifted;
-                    if (tile.residual.data != nullptr) {
-                        tile.residual.data =
-                            static_cast<const std::uint8_t*>(tile.residual.data) +
-                            first * w.out_channels;
-                    }
-                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0], tile,
+                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0],
+                          tile_epilogue(shifted, first, w.out_channels),
                           out + first * w.out_channels * out_bytes, 1);
                     continue;
                 }
@@ -197,6 +218,103 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
                                 results + r * row_bytes, row_bytes);
                 }
             }
+        }
+    };
+    run_on_pool(count - 1, run_tiles);
+}
+
+// Whether the VNNI kernel can read this convolution's windows in place (qgemm_runs): one group,
+// u8 activations, kernel rows of whole depth groups, each a run of bytes.
+bool runs_implicit(bool x_signed, const ConvGeometry& g, const PackedConvWeights& w) {
+    return w.isa == Isa::avx512_vnni && w.groups == 1 && !x_signed && g.dilation_w == 1 &&
+           w.row_depth % kDepthGroup == 0;
+}
+
+// The implicit GEMM: each tile's pixels whose windows lie inside the image (and whose last run,
+// read to row_depth, inside x) point into x; runs of the others are gathered into scratch rows,
+// whose kernel rows are row_depth apart.
+void run_implicit_gemm(const std::uint8_t* x, std::int32_t x_zero_point, const ConvGeometry& g,
+                       const PackedConvWeights& w, const Epilogue& epilogue, std::uint8_t* out,
+                       std::size_t threads) {
+    const std::size_t depth = w.group_weights[0].k;
+    const std::size_t out_bytes = element_size(epilogue.type);
+    const auto fill = static_cast<std::uint8_t>(x_zero_point);
+    const PixelTiles tiles(g.batch * g.out_h * g.out_w, depth, threads);
+    const std::size_t tile_rows = tiles.tile_rows;
+    const std::size_t count = std::min(threads, tiles.tiles);
+    const std::size_t line_bytes = g.width * g.channels;
+    const std::size_t run_stride = g.dilation_h * line_bytes;
+    const std::uint8_t* const x_end = x + g.batch * g.height * line_bytes;
+    const std::size_t reach = (w.kernel_h - 1) * run_stride + w.row_depth;
+
+    // Allocated here, not on the pool threads, where a failed allocation could not be reported.
+    std::vector<std::uint8_t> scratch(count * tile_rows * depth);
+    std::vector<const std::uint8_t*> starts(count * tile_rows);
+    std::vector<std::size_t> strides(count * tile_rows);
+    std::atomic<std::size_t> next_slot{0};
+    std::atomic<std::size_t> next_tile{0};
+    const std::function<void()> run_tiles = [&] {
+        std::vector<const std::uint8_t*> lines;
+        const std::size_t slot = next_slot++;
+        std::uint8_t* gathered = scratch.data() + slot * tile_rows * depth;
+        const std::uint8_t** row_starts = starts.data() + slot * tile_rows;
+        std::size_t* row_strides = strides.data() + slot * tile_rows;
+        const ActivationRuns runs{row_starts, row_strides, w.kernel_h, w.row_depth};
+        for (std::size_t tile = next_tile++; tile < tiles.tiles; tile = next_tile++) {
+            const std::size_t first = tiles.first(tile);
+            const std::size_t rows = tiles.first(tile + 1) - first;
+            std::size_t used = 0;        // scratch rows
+            std::size_t edge_first = 0;  // the pending run of pixels to gather
+            std::size_t edge_rows = 0;
+            const auto gather_edge = [&] {
+                gather_windows(x, false, fill, g, w, 0, first + edge_first, edge_rows, depth,
+                               gathered + used * depth, lines);
+                for (std::size_t r = 0; r < edge_rows; ++r) {
+                    row_starts[edge_first + r] = gathered + (used + r) * depth;
+                    row_strides[edge_first + r] = w.row_depth;
+                }
+                used += edge_rows;
+                edge_rows = 0;
+            };
+            const std::size_t pixels = g.out_h * g.out_w;
+            std::size_t image = first / pixels;
+            std::size_t oh = first % pixels / g.out_w;
+            std::size_t ow = first % g.out_w;
+            for (std::size_t r = 0; r < rows; ++r) {
+                // Unsigned wrap-around makes a position before the image look like one past it.
+                const std::size_t top = oh * g.stride_h - g.pad_top;
+                const std::size_t left = ow * g.stride_w - g.pad_left;
+                const std::uint8_t* start = nullptr;
+                if (top < g.height && top + (w.kernel_h - 1) * g.dilation_h < g.height &&
+                    left < g.width && left + w.kernel_w <= g.width) {
+                    start = x + (image * g.height + top) * line_bytes + left * g.channels;
+                    if (reach > static_cast<std::size_t>(x_end - start)) {
+                        start = nullptr;
+                    }
+                }
+                if (start != nullptr) {
+                    if (edge_rows > 0) {
+                        gather_edge();
+                    }
+                    row_starts[r] = start;
+                    row_strides[r] = run_stride;
+                } else if (edge_rows++ == 0) {
+                    edge_first = r;
+                }
+                if (++ow == g.out_w) {
+                    ow = 0;
+                    if (++oh == g.out_h) {
+                        oh = 0;
+                        ++image;
+                    }
+                }
+            }
+            if (edge_rows > 0) {
+                gather_edge();
+            }
+            qgemm_runs(runs, rows, fill, w.group_weights[0],
+                       tile_epilogue(epilogue, first, w.out_channels),
+                       out + first * w.out_channels * out_bytes, 1);
         }
     };
     run_on_pool(count - 1, run_tiles);
@@ -361,9 +479,23 @@ void pack_depthwise_vnni(const std::int8_t* w, std::size_t taps, PackedConvWeigh
 
 }  // namespace
 
+std::size_t conv_row_depth(std::size_t kernel_h, std::size_t kernel_w, std::size_t group_channels,
+                           std::size_t groups, Isa isa) {
+    const std::size_t row_bytes = kernel_w * group_channels;
+    const std::size_t padded = round_up(row_bytes, kDepthGroup);
+    if (isa != Isa::avx512_vnni || groups != 1 || kernel_h * kernel_w == 1) {
+        return row_bytes;
+    }
+    // Up to a quarter more products cost less than gathering the windows (ResNet-18's stem,
+    // 7 rows of 21 bytes padded to 24: ... ).
+    const std::size_t flat = round_up(kernel_h * row_bytes, kDepthGroup);
+    return kernel_h * padded * 4 <= flat * 5 ? padded : row_bytes;
+}
+
 std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
-                            std::size_t group_channels) {
-    const std::size_t depth = kernel_h * kernel_w * group_channels;
+                            std::size_t group_channels, std::size_t groups, Isa isa) {
+    const std::size_t depth =
+        kernel_h * conv_row_depth(kernel_h, kernel_w, group_channels, groups, isa);
     return kernel_h * kernel_w == 1 ? depth : round_up(depth, kDepthGroup);
 }
 
@@ -408,15 +540,19 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
         pack_direct(w, packed);
     }
     const std::size_t group_outputs = out_channels / groups;
-    const std::size_t depth = conv_gemm_depth(kernel_h, kernel_w, group_channels);
+    packed.row_depth = conv_row_depth(kernel_h, kernel_w, group_channels, groups, isa);
+    const std::size_t depth = conv_gemm_depth(kernel_h, kernel_w, group_channels, groups, isa);
     std::vector<std::int8_t> matrix(group_outputs * depth);
     for (std::size_t group = 0; group < groups; ++group) {
         std::fill(matrix.begin(), matrix.end(), 0);
         for (std::size_t o = 0; o < group_outputs; ++o) {
             const std::int8_t* filter = w + (group * group_outputs + o) * group_channels * taps;
             for (std::size_t c = 0; c < group_channels; ++c) {
-                for (std::size_t tap = 0; tap < taps; ++tap) {
-                    matrix[o * depth + tap * group_channels + c] = filter[c * taps + tap];
+                for (std::size_t ky = 0; ky < kernel_h; ++ky) {
+                    for (std::size_t kx = 0; kx < kernel_w; ++kx) {
+                        matrix[o * depth + ky * packed.row_depth + kx * group_channels + c] =
+                            filter[(c * kernel_h + ky) * kernel_w + kx];
+                    }
                 }
             }
         }
@@ -442,6 +578,9 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
     } else if (is_pointwise(geometry, weights)) {
         const std::size_t m = geometry.batch * geometry.height * geometry.width;
         qgemm(x, x_signed, m, x_zero_point, weights.group_weights[0], epilogue, out, threads);
+    } else if (runs_implicit(x_signed, geometry, weights)) {
+        run_implicit_gemm(static_cast<const std::uint8_t*>(x), x_zero_point, geometry, weights,
+                          epilogue, static_cast<std::uint8_t*>(out), threads);
     } else {
         run_gathered_gemm(static_cast<const std::uint8_t*>(x), x_signed, x_zero_point, geometry,
                           weights, epilogue, static_cast<std::uint8_t*>(out), threads);

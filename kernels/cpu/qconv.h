@@ -9,7 +9,9 @@
 // Depthwise convolutions (groups == C == O) run a direct kernel, and so do those with few output
 // channels on AVX-512 VNNI (qconv_direct.h); the rest become GEMMs over rows of gathered
 // windows (im2col), or over the activations themselves for a 1x1, stride-1, unpadded
-// convolution.
+// convolution. On AVX-512 VNNI, a convolution of one group over u8 activations reads the
+// windows inside the image in place, each kernel row a run of bytes (an implicit GEMM), and
+// gathers only those that overlap the padding.
 #pragma once
 
 #include <cstddef>
@@ -30,8 +32,9 @@ struct PackedConvWeights {
     std::size_t groups = 1;
     bool depthwise = false;
     // GEMM path: per group, [O / groups, conv_gemm_depth] with depth ordered (ky, kx, c) like
-    // a gathered NHWC window.
+    // a gathered NHWC window, each kernel row taking row_depth bytes (conv_row_depth).
     std::vector<PackedWeights> group_weights;
+    std::size_t row_depth = 0;
     // Depthwise path, portable and AVX2: [KH * KW, padded_channels], zero past out_channels;
     // each int32 holds the weight in its low 16 bits and zeros above.
     std::vector<std::int32_t> depthwise_weights;
@@ -70,10 +73,17 @@ struct ConvGeometry {
     std::size_t out_w = 0;
 };
 
-// The depth of the GEMM of each group: the gathered window, padded with zero weights to the
-// 4-byte groups of vpdpbusd except for a 1x1 kernel, whose rows can be the activations.
+// The bytes of one kernel row of a window in the GEMM's rows: kernel_w * group_channels, or,
+// on the AVX-512 VNNI path with one group, that rounded up to the 4-byte groups of vpdpbusd
+// (zero weights) when it costs few products, so that windows can be read in place as runs of
+// whole groups.
+std::size_t conv_row_depth(std::size_t kernel_h, std::size_t kernel_w, std::size_t group_channels,
+                           std::size_t groups, Isa isa);
+
+// The depth of the GEMM of each group: kernel_h rows of conv_row_depth, padded with zero weights
+// to the 4-byte groups of vpdpbusd except for a 1x1 kernel, whose rows can be the activations.
 std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
-                            std::size_t group_channels);
+                            std::size_t group_channels, std::size_t groups, Isa isa);
 
 // Positions of a window of `kernel` taps spaced `dilation` apart, moved by `stride` over
 // `size` + padding; 0 when not even one window fits.

@@ -84,8 +84,16 @@ void run_quantizing_tile(const Path& path, const GemmTask& task, std::size_t row
     const std::size_t width = path.layout.panel_width;
     const std::size_t column = panel * width;
     GemmTask tile = task;  // the tile alone, as a GEMM of `rows` rows and one panel
-    tile.a = static_cast<const std::uint8_t*>(task.a) +
-             row_begin * task.padded_k * path.layout.activation_bytes;
+    ActivationRuns tile_runs{};
+    if (task.runs != nullptr) {
+        tile_runs = *task.runs;
+        tile_runs.rows += row_begin;
+        tile_runs.strides += row_begin;
+        tile.runs = &tile_runs;
+    } else {
+        tile.a = static_cast<const std::uint8_t*>(task.a) +
+                 row_begin * task.padded_k * path.layout.activation_bytes;
+    }
     tile.b = task.b + panel * task.padded_k * width;
     tile.n = std::min(width, task.n - column);
     tile.column_offset = task.column_offset + column;
@@ -143,6 +151,40 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
     run_on_pool(count - 1, run_tiles);
 }
 
+// The GEMM of `m` rows of prepared activations (`a`, or `runs`) whose zero point, as the path
+// reads them (u8), is `zero_point`.
+void run_gemm(const void* a, const ActivationRuns* runs, std::size_t m, std::uint32_t zero_point,
+              const PackedWeights& weights, const Epilogue& epilogue, void* out,
+              std::size_t threads) {
+    const Path path = path_of(weights.isa);
+    // acc = sum(a' * w) - a_zp' * column_sum + bias. Unsigned arithmetic wraps like the int32
+    // accumulators of the reference.
+    std::vector<std::int32_t> column_offset(weights.padded_n, 0);
+    std::vector<float> scale(weights.padded_n, 0.0f);
+    for (std::size_t col = 0; col < weights.n; ++col) {
+        const auto bias = static_cast<std::uint32_t>(epilogue.bias ? epilogue.bias[col] : 0);
+        const auto sum = static_cast<std::uint32_t>(weights.column_sums[col]);
+        column_offset[col] = static_cast<std::int32_t>(bias - zero_point * sum);
+        scale[col] = epilogue.scale ? epilogue.scale[col] : 0.0f;
+    }
+
+    const GemmTask task{a, runs, weights.data.data(), weights.padded_k, weights.n,
+                        column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
+                        epilogue.lo, epilogue.hi, epilogue.residual, out};
+    const std::size_t panels = weights.padded_n / path.layout.panel_width;
+    const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
+    TileFinish finish;
+    finish.activation = epilogue.activation;
+    // The activation computed as this process's unfused activation kernel computes it.
+    finish.isa = selected_isa();
+    finish.quantizing = epilogue.type != OutputType::f32 && epilogue.type != OutputType::s32 &&
+                        epilogue.activation != Activation::none;
+    finish.output_scale = epilogue.output_scale;
+    finish.zero_point = epilogue.zero_point;
+    finish.unsigned_result = epilogue.type == OutputType::u8;
+    run_parallel(path, task, m, panels, rows_outer, finish, std::max<std::size_t>(threads, 1));
+}
+
 }  // namespace
 
 PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, Isa isa) {
@@ -185,34 +227,19 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
         path.layout.activation_bytes == 1
             ? prepare_activations(a, a_signed, m, weights.k, weights.padded_k, bytes)
             : prepare_activations(a, a_signed, m, weights.k, weights.padded_k, words);
-
-    // acc = sum(a' * w) - a_zp' * column_sum + bias, with a' = a + 128 for s8 activations.
-    // Unsigned arithmetic wraps like the int32 accumulators of the reference.
+    // s8 activations are read as a' = a + 128.
     const auto zero_point = static_cast<std::uint32_t>(a_zero_point + (a_signed ? 128 : 0));
-    std::vector<std::int32_t> column_offset(weights.padded_n, 0);
-    std::vector<float> scale(weights.padded_n, 0.0f);
-    for (std::size_t col = 0; col < weights.n; ++col) {
-        const auto bias = static_cast<std::uint32_t>(epilogue.bias ? epilogue.bias[col] : 0);
-        const auto sum = static_cast<std::uint32_t>(weights.column_sums[col]);
-        column_offset[col] = static_cast<std::int32_t>(bias - zero_point * sum);
-        scale[col] = epilogue.scale ? epilogue.scale[col] : 0.0f;
-    }
+    run_gemm(prepared, nullptr, m, zero_point, weights, epilogue, out, threads);
+}
 
-    const GemmTask task{prepared, weights.data.data(), weights.padded_k, weights.n,
-                        column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
-                        epilogue.lo, epilogue.hi, epilogue.residual, out};
-    const std::size_t panels = weights.padded_n / path.layout.panel_width;
-    const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
-    TileFinish finish;
-    finish.activation = epilogue.activation;
-    // The activation computed as this process's unfused activation kernel computes it.
-    finish.isa = selected_isa();
-    finish.quantizing = epilogue.type != OutputType::f32 && epilogue.type != OutputType::s32 &&
-                        epilogue.activation != Activation::none;
-    finish.output_scale = epilogue.output_scale;
-    finish.zero_point = epilogue.zero_point;
-    finish.unsigned_result = epilogue.type == OutputType::u8;
-    run_parallel(path, task, m, panels, rows_outer, finish, std::max<std::size_t>(threads, 1));
+void qgemm_runs(const ActivationRuns& a, std::size_t m, std::int32_t a_zero_point,
+                const PackedWeights& weights, const Epilogue& epilogue, void* out,
+                std::size_t threads) {
+    if (m == 0 || weights.n == 0) {
+        return;
+    }
+    run_gemm(nullptr, &a, m, static_cast<std::uint32_t>(a_zero_point), weights, epilogue, out,
+             threads);
 }
 
 }  // namespace nimbus::kernels

@@ -80,4 +80,20 @@ void qgemm(const void* a, bool a_signed, std::size_t m, std::int32_t a_zero_poin
            const PackedWeights& weights, const Epilogue& epilogue, void* out,
            std::size_t threads);
 
+// u8 activation rows that are not one matrix but read in place, an implicit GEMM over the
+// windows of an image: row r is `runs` runs of `run_bytes` bytes (runs * run_bytes ==
+// padded_k), run j at rows[r] + j * strides[r].
+struct ActivationRuns {
+    const std::uint8_t* const* rows;
+    const std::size_t* strides;
+    std::size_t runs;
+    std::size_t run_bytes;  // a multiple of the VNNI depth group, 4
+};
+
+// qgemm over `m` rows of `a`, for weights packed for the AVX512-VNNI path (the only one that
+// reads activation runs) with padded_k == runs * run_bytes.
+void qgemm_runs(const ActivationRuns& a, std::size_t m, std::int32_t a_zero_point,
+                const PackedWeights& weights, const Epilogue& epilogue, void* out,
+                std::size_t threads);
+
 }  // namespace nimbus::kernels

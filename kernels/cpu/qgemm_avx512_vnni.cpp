@@ -101,12 +101,13 @@ NIMBUS_AVX512_VNNI inline void store_column(const GemmTask& task, std::size_t ro
     }
 }
 
-// Adds the products of depth group `group` with the first Vectors vectors of the panel's
-// columns to one chain of accumulators.
+// Adds the products of depth group `group` of the panel's weights, read at offset `offset` of
+// each row, with the first Vectors vectors of the panel's columns to one chain of accumulators.
 template <std::size_t Rows, std::size_t Vectors>
 NIMBUS_AVX512_VNNI inline void accumulate_group(__m512i (&acc)[Rows][Vectors],
-                                                const std::uint8_t* a, std::size_t padded_k,
-                                                const std::int8_t* b, std::size_t group) {
+                                                const std::uint8_t* const (&rows)[Rows],
+                                                std::size_t offset, const std::int8_t* b,
+                                                std::size_t group) {
     const std::int8_t* weights = b + group * kGroup * kVectors * kLanes;
     __m512i w[Vectors];
 #pragma GCC unroll 4
@@ -116,7 +117,7 @@ NIMBUS_AVX512_VNNI inline void accumulate_group(__m512i (&acc)[Rows][Vectors],
 #pragma GCC unroll 12
     for (std::size_t r = 0; r < Rows; ++r) {
         std::int32_t four_activations;
-        std::memcpy(&four_activations, a + r * padded_k + group * kGroup, kGroup);
+        std::memcpy(&four_activations, rows[r] + offset, kGroup);
         const __m512i x = _mm512_set1_epi32(four_activations);
 #pragma GCC unroll 4
         for (std::size_t v = 0; v < Vectors; ++v) {
@@ -125,10 +126,19 @@ NIMBUS_AVX512_VNNI inline void accumulate_group(__m512i (&acc)[Rows][Vectors],
     }
 }
 
+// Where the rows of a block start and how they go on: a matrix row is one run of padded_k
+// bytes; an implicit GEMM's row a few runs (kernel rows of a window) a stride apart.
+struct BlockRows {
+    const std::uint8_t* const* starts;
+    const std::size_t* strides;  // unread for one run
+    std::size_t runs;
+    std::size_t run_groups;  // depth groups per run
+};
+
 // Few rows leave too few independent accumulators to hide the latency of vpdpbusd, so they
 // alternate depth groups between two chains of accumulators.
 template <std::size_t Rows, std::size_t Vectors>
-NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const std::uint8_t* a,
+NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const BlockRows& source,
                                       const std::int8_t* b, std::size_t row, std::size_t col) {
     constexpr std::size_t kChains = Rows <= 2 ? 2 : 1;
     __m512i acc[kChains][Rows][Vectors];
@@ -142,16 +152,32 @@ NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const std::uint8_t* 
             }
         }
     }
-    const std::size_t groups = task.padded_k / kGroup;
-    std::size_t group = 0;
-    for (; group + kChains <= groups; group += kChains) {
-#pragma GCC unroll 2
-        for (std::size_t chain = 0; chain < kChains; ++chain) {
-            accumulate_group<Rows, Vectors>(acc[chain], a, task.padded_k, b, group + chain);
-        }
+    const std::uint8_t* rows[Rows];
+#pragma GCC unroll 12
+    for (std::size_t r = 0; r < Rows; ++r) {
+        rows[r] = source.starts[r];
     }
-    for (; group < groups; ++group) {
-        accumulate_group<Rows, Vectors>(acc[0], a, task.padded_k, b, group);
+    const std::size_t groups = source.run_groups;
+    const std::int8_t* run_weights = b;
+    for (std::size_t run = 0; run < source.runs; ++run) {
+        std::size_t group = 0;
+        for (; group + kChains <= groups; group += kChains) {
+#pragma GCC unroll 2
+            for (std::size_t chain = 0; chain < kChains; ++chain) {
+                accumulate_group<Rows, Vectors>(acc[chain], rows, (group + chain) * kGroup,
+                                                run_weights, group + chain);
+            }
+        }
+        for (; group < groups; ++group) {
+            accumulate_group<Rows, Vectors>(acc[0], rows, group * kGroup, run_weights, group);
+        }
+        run_weights += groups * kGroup * kVectors * kLanes;
+        if (run + 1 < source.runs) {
+#pragma GCC unroll 12
+            for (std::size_t r = 0; r < Rows; ++r) {
+                rows[r] += source.strides[r];
+            }
+        }
     }
 #pragma GCC unroll 4
     for (std::size_t v = 0; v < Vectors; ++v) {
@@ -168,8 +194,8 @@ NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const std::uint8_t* 
     }
 }
 
-using BlockKernel = void (*)(const GemmTask&, const std::uint8_t*, const std::int8_t*,
-                             std::size_t, std::size_t);
+using BlockKernel = void (*)(const GemmTask&, const BlockRows&, const std::int8_t*, std::size_t,
+                             std::size_t);
 
 // compute_block of Vectors vectors for 1 to sizeof...(Rows) rows, indexed by rows - 1.
 template <std::size_t Vectors, std::size_t... Rows>
@@ -190,6 +216,12 @@ void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t ro
                      std::size_t panel_begin, std::size_t panel_end) {
     const auto* a = static_cast<const std::uint8_t*>(task.a);
     const std::size_t panel_width = kAvx512VnniLayout.panel_width;
+    const std::uint8_t* starts[row_block(1)];
+    BlockRows block_rows{starts, nullptr, 1, task.padded_k / kGroup};
+    if (task.runs != nullptr) {
+        block_rows.runs = task.runs->runs;
+        block_rows.run_groups = task.runs->run_bytes / kGroup;
+    }
     for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
         const std::int8_t* b = task.b + panel * task.padded_k * panel_width;
         const std::size_t columns = task.n - panel * panel_width;
@@ -198,8 +230,15 @@ void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t ro
         const std::size_t block = row_block(vectors);
         for (std::size_t row = row_begin; row < row_end; row += block) {
             const std::size_t rows = row_end - row < block ? row_end - row : block;
-            kBlockKernels[vectors - 1][rows - 1](task, a + row * task.padded_k, b, row,
-                                                 panel * panel_width);
+            if (task.runs != nullptr) {
+                block_rows.starts = task.runs->rows + row;
+                block_rows.strides = task.runs->strides + row;
+            } else {
+                for (std::size_t r = 0; r < rows; ++r) {
+                    starts[r] = a + (row + r) * task.padded_k;
+                }
+            }
+            kBlockKernels[vectors - 1][rows - 1](task, block_rows, b, row, panel * panel_width);
         }
     }
 }

@@ -23,7 +23,8 @@ inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1};
 
 // One call, shared read-only by every thread. The per-column arrays cover padded_n columns.
 struct GemmTask {
-    const void* a;                       // prepared activations, rows of padded_k elements
+    const void* a;                       // prepared activations, rows of padded_k elements,
+    const ActivationRuns* runs;          // or, when not null, these rows (VNNI path only)
     const std::int8_t* b;                // PackedWeights::data
     std::size_t padded_k;
     std::size_t n;

@@ -1,6 +1,9 @@
 """The NHWC int8 convolutions on every ISA path of this machine, bit-exact against the op
 table's qconv2d (run through the interpreter on NCHW)."""
 
+import ctypes
+import mmap
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,6 +65,16 @@ GEOMETRIES = {
     # residual epilogues that it leaves to the GEMM.
     "LeNet 5x5 over 3 channels to 6": (2, 3, 32, 32, 6, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "1x2 over 4 channels to 8": (1, 4, 3, 21, 8, (1, 2), (1, 1), (0, 1, 0, 0), (1, 1), 1),
+    # The AVX-512 VNNI implicit GEMM over u8 windows read in place (kernel rows of 21 bytes
+    # padded to 24, of 64 bytes, 192 bytes; rows of the window spaced by a dilation), with the
+    # windows that overlap the padding gathered, over 1 to 3 panels of outputs.
+    "stem 7x7 stride 2 over 3 channels to 64": (1, 3, 23, 21, 64, (7, 7), (2, 2), (3, 3, 2, 3),
+                                                (1, 1), 1),
+    "3x3 over 64 channels to 70": (2, 64, 6, 9, 70, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3 dilation (2, 1) over 8 channels": (1, 8, 9, 10, 19, (3, 3), (1, 1), (2, 1, 2, 1),
+                                            (2, 1), 1),
+    "2x2 stride 2 over 32 channels to 130": (1, 32, 7, 9, 130, (2, 2), (2, 2), (0, 0, 1, 1),
+                                             (1, 1), 1),
 }
 
 # Convolutions with few output channels over rows wide enough for the AVX-512 VNNI direct path
@@ -206,17 +219,54 @@ def test_int32_accumulators_without_bias(geometry, isa):
                    rtol=0)
 
 
+@pytest.mark.parametrize("a_type", A_RANGES)
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("name", ["3x3", "groups 2", "depthwise 3x3 stride 2", "1x1"])
+@pytest.mark.parametrize("name", ["3x3", "groups 2", "depthwise 3x3 stride 2", "1x1",
+                                  "3x3 over 64 channels to 70"])
 @pytest.mark.parametrize("threads", [2, 3, 16])
-def test_threads_give_the_single_thread_result(isa, name, threads):
-    problem = make_problem(GEOMETRIES[name], "s8", [threads, 3])
+def test_threads_give_the_single_thread_result(isa, name, threads, a_type):
+    problem = make_problem(GEOMETRIES[name], a_type, [threads, 3])
     packed = pack_conv_weights(problem.w, problem.groups, isa)
     keywords = geometry_keywords(problem)
     expected = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias, **keywords)
     actual = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias,
                          threads=threads, **keywords)
     assert_matches(actual, expected, name=f"{isa} {name} threads={threads}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="places a guard page with mprotect")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", [
+    # Kernel rows of 15 bytes read as 16 and of 21 as 24: the last windows of the image would
+    # read past its end, so they are gathered instead.
+    (2, 3, 6, 7, 9, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (1, 3, 9, 11, 64, (7, 7), (2, 2), (3, 3, 0, 0), (1, 1), 1),
+    (1, 64, 4, 5, 16, (3, 3), (1, 1), (1, 1, 0, 0), (1, 1), 1),
+])
+def test_windows_never_read_past_the_activations(isa, geometry):
+    problem = make_problem(geometry, "u8", [11, *geometry[:5]])
+    page = mmap.PAGESIZE
+    size = -(-problem.x.nbytes // page) * page
+    region = mmap.mmap(-1, size + page)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    x = np.frombuffer(region, dtype=np.uint8, count=problem.x.nbytes,
+                      offset=size - problem.x.nbytes).reshape(problem.x.shape)
+    x[...] = problem.x
+    no_access = 0  # PROT_NONE
+    assert libc.mprotect(start + size, page, no_access) == 0, ctypes.get_errno()
+    try:
+        packed = pack_conv_weights(problem.w, problem.groups, isa)
+        actual = qconv2d_s32(x, packed, problem.a_zero_point, problem.bias,
+                             **geometry_keywords(problem))
+    finally:
+        libc.mprotect(start + size, page, mmap.PROT_READ | mmap.PROT_WRITE)
+    expected = qconv2d_s32(problem.x, packed, problem.a_zero_point, problem.bias,
+                           **geometry_keywords(problem))
+    assert_matches(actual, expected, name=isa)
+    del x
+    region.close()
 
 
 def test_extreme_values_stay_exact():
