@@ -1,6 +1,6 @@
 // The int8 convolution driver: packs OIHW weights for the GEMM, depthwise or direct path,
-// gathers windows of NHWC activations into per-thread scratch rows (im2col) and splits the work
-// over threads.
+// points the GEMM at windows of NHWC activations in place (implicit GEMM) or gathers them into
+// per-thread scratch rows (im2col), and splits the work over threads.
 #include "qconv.h"
 
 #include <algorithm>
@@ -487,7 +487,8 @@ std::size_t conv_row_depth(std::size_t kernel_h, std::size_t kernel_w, std::size
         return row_bytes;
     }
     // Up to a quarter more products cost less than gathering the windows (ResNet-18's stem,
-    // 7 rows of 21 bytes padded to 24: ... ).
+    // 7 rows of 21 bytes padded to 24: 1.0 -> 0.78 ms per image on one thread); MobileNetV2's,
+    // 3 rows of 9 bytes padded to 12, measured slower so.
     const std::size_t flat = round_up(kernel_h * row_bytes, kDepthGroup);
     return kernel_h * padded * 4 <= flat * 5 ? padded : row_bytes;
 }
