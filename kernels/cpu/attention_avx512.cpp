@@ -48,7 +48,9 @@ NIMBUS_AVX512F inline __m512 load(const float* x, std::size_t left) {
 }
 
 // c[Rows, columns] for columns <= kTileColumns; masked lanes load zeros and are not stored.
-template <std::size_t Rows>
+// Full tiles (columns == kTileColumns) load b without masks, which cost more in this loop
+// (BERT-base attention at batch 8 on one thread: 6.4 -> 6.2 ms).
+template <std::size_t Rows, bool Full>
 NIMBUS_AVX512F void gemm_tile(const float* a, std::size_t a_stride, const float* b,
                               std::size_t b_stride, float* c, std::size_t c_stride,
                               std::size_t columns, std::size_t k) {
@@ -62,8 +64,10 @@ NIMBUS_AVX512F void gemm_tile(const float* a, std::size_t a_stride, const float*
         acc[r][1] = _mm512_setzero_ps();
     }
     for (std::size_t p = 0; p < k; ++p) {
-        const __m512 b0 = _mm512_maskz_loadu_ps(low, b + p * b_stride);
-        const __m512 b1 = _mm512_maskz_loadu_ps(high, b + p * b_stride + kLanes);
+        const __m512 b0 = Full ? _mm512_loadu_ps(b + p * b_stride)
+                               : _mm512_maskz_loadu_ps(low, b + p * b_stride);
+        const __m512 b1 = Full ? _mm512_loadu_ps(b + p * b_stride + kLanes)
+                               : _mm512_maskz_loadu_ps(high, b + p * b_stride + kLanes);
 #pragma GCC unroll 8
         for (std::size_t r = 0; r < Rows; ++r) {
             const __m512 scalar = _mm512_set1_ps(a[r * a_stride + p]);
@@ -81,14 +85,15 @@ NIMBUS_AVX512F void gemm_tile(const float* a, std::size_t a_stride, const float*
 using TileKernel = void (*)(const float*, std::size_t, const float*, std::size_t, float*,
                             std::size_t, std::size_t, std::size_t);
 
-template <std::size_t... Index>
+template <bool Full, std::size_t... Index>
 constexpr std::array<TileKernel, sizeof...(Index)> tile_kernels(std::index_sequence<Index...>) {
-    return {gemm_tile<Index + 1>...};
+    return {gemm_tile<Index + 1, Full>...};
 }
 
-// (indexed by rows - 1)
-constexpr std::array<TileKernel, kTileRows> kTileKernels =
-    tile_kernels(std::make_index_sequence<kTileRows>());
+// (indexed by full tile, then rows - 1)
+constexpr std::array<TileKernel, kTileRows> kTileKernels[2] = {
+    tile_kernels<false>(std::make_index_sequence<kTileRows>()),
+    tile_kernels<true>(std::make_index_sequence<kTileRows>())};
 
 void gemm(const float* a, std::size_t a_stride, const float* b, std::size_t b_stride, float* c,
           std::size_t c_stride, std::size_t m, std::size_t n, std::size_t k) {
@@ -96,9 +101,11 @@ void gemm(const float* a, std::size_t a_stride, const float* b, std::size_t b_st
     for (std::size_t column = 0; column < n; column += kTileColumns) {
         for (std::size_t row = 0; row < m; row += kTileRows) {
             const std::size_t rows = std::min(kTileRows, m - row);
-            kTileKernels[rows - 1](a + row * a_stride, a_stride, b + column, b_stride,
-                                   c + row * c_stride + column, c_stride,
-                                   std::min(kTileColumns, n - column), k);
+            const std::size_t columns = std::min(kTileColumns, n - column);
+            kTileKernels[columns == kTileColumns][rows - 1](a + row * a_stride, a_stride,
+                                                            b + column, b_stride,
+                                                            c + row * c_stride + column,
+                                                            c_stride, columns, k);
         }
     }
 }
