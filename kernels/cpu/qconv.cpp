@@ -51,6 +51,34 @@ void copy_activations(std::uint8_t* target, const std::uint8_t* source, std::siz
     }
 }
 
+// The position (image, oh, ow) of output pixel `first` and of those after it. Each follows from
+// the previous one's: three divisions per pixel cost as much as gathering a small window.
+struct PixelCursor {
+    const ConvGeometry& g;
+    std::size_t image;
+    std::size_t oh;
+    std::size_t ow;
+
+    PixelCursor(const ConvGeometry& geometry, std::size_t first)
+        : g(geometry),
+          image(first / (g.out_h * g.out_w)),
+          oh(first % (g.out_h * g.out_w) / g.out_w),
+          ow(first % g.out_w) {}
+
+    // Moves to the next pixel; true when it starts a new output row.
+    bool next() {
+        if (++ow < g.out_w) {
+            return false;
+        }
+        ow = 0;
+        if (++oh == g.out_h) {
+            oh = 0;
+            ++image;
+        }
+        return true;
+    }
+};
+
 // Writes the windows of output pixels [first, first + rows), restricted to the channels of
 // `group`, as rows of `depth` unsigned bytes (s8 values shifted by +128), kernel row ky at
 // ky * w.row_depth. Taps in the padding get the activation zero point `fill`, so they add
@@ -62,37 +90,27 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
                     std::uint8_t* scratch, std::vector<const std::uint8_t*>& lines) {
     const std::size_t channels = w.group_channels;
     const std::uint8_t flip = x_signed ? 0x80 : 0x00;
-    const std::size_t pixels = g.out_h * g.out_w;
     // A kernel row inside the image is one run of bytes when it takes every channel.
     const bool rows_are_contiguous = w.groups == 1 && g.dilation_w == 1;
     const std::size_t row_bytes = w.kernel_w * channels;
-    // Each row's position follows from the previous one's, and the input lines of its kernel
-    // rows change only with the output row: three divisions and a line per kernel row for
-    // every pixel cost as much as gathering a small window.
-    std::size_t image = first / pixels;
-    std::size_t oh = first % pixels / g.out_w;
-    std::size_t ow = first % g.out_w;
+    // The input lines of a window's kernel rows change only with the output row.
+    PixelCursor pixel(g, first);
     lines.resize(w.kernel_h);  // null: the kernel row is padding
     const auto find_lines = [&] {
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
             // Unsigned wrap-around makes a row before the image look like one past its end.
-            const std::size_t ih = oh * g.stride_h + ky * g.dilation_h - g.pad_top;
-            lines[ky] = ih < g.height
-                            ? x + (image * g.height + ih) * g.width * g.channels + group * channels
-                            : nullptr;
+            const std::size_t ih = pixel.oh * g.stride_h + ky * g.dilation_h - g.pad_top;
+            lines[ky] = ih < g.height ? x + (pixel.image * g.height + ih) * g.width * g.channels +
+                                            group * channels
+                                      : nullptr;
         }
     };
     find_lines();
     for (std::size_t r = 0; r < rows; ++r) {
-        if (r > 0 && ++ow == g.out_w) {
-            ow = 0;
-            if (++oh == g.out_h) {
-                oh = 0;
-                ++image;
-            }
+        if (r > 0 && pixel.next()) {
             find_lines();
         }
-        const std::size_t left = ow * g.stride_w - g.pad_left;
+        const std::size_t left = pixel.ow * g.stride_w - g.pad_left;
         const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
         std::uint8_t* target = scratch + r * depth;
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky, target += w.row_depth - row_bytes) {
@@ -162,6 +180,24 @@ struct PixelTiles {
     std::size_t first(std::size_t tile) const {
         return std::min(pixels, tile * blocks / tiles * kRowBlock);
     }
+
+    // The threads that take part: scratch is allocated per slot, one per thread.
+    std::size_t slots(std::size_t threads) const { return std::min(threads, tiles); }
+
+    // Calls body(slot, first, rows) for every tile on up to slots(threads) threads, each
+    // thread with its own slot in [0, slots), taking the next tile from a shared counter.
+    template <typename Body>
+    void run(std::size_t threads, const Body& body) const {
+        std::atomic<std::size_t> next_slot{0};
+        std::atomic<std::size_t> next_tile{0};
+        const std::function<void()> run_tiles = [&] {
+            const std::size_t slot = next_slot++;
+            for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
+                body(slot, first(tile), first(tile + 1) - first(tile));
+            }
+        };
+        run_on_pool(slots(threads) - 1, run_tiles);
+    }
 };
 
 // The epilogue of a tile of pixels from `first`, for one group: its residual moves with it.
@@ -182,45 +218,37 @@ void run_gathered_gemm(const std::uint8_t* x, bool x_signed, std::int32_t x_zero
     const auto fill = static_cast<std::uint8_t>(x_zero_point + (x_signed ? 128 : 0));
     const PixelTiles tiles(g.batch * g.out_h * g.out_w, depth, threads);
     const std::size_t tile_rows = tiles.tile_rows;
-    const std::size_t count = std::min(threads, tiles.tiles);
+    const std::size_t count = tiles.slots(threads);
 
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     std::vector<std::uint8_t> scratch(count * tile_rows * depth);
     // With groups, one group's results go through here into their columns of the output.
     std::vector<std::uint8_t> group_out(w.groups > 1 ? count * tile_rows * group_outputs * out_bytes
                                                      : 0);
-    std::atomic<std::size_t> next_slot{0};
-    std::atomic<std::size_t> next_tile{0};
-    const std::function<void()> run_tiles = [&] {
-        std::vector<const std::uint8_t*> lines;
-        const std::size_t slot = next_slot++;
+    std::vector<std::vector<const std::uint8_t*>> lines(count);
+    tiles.run(threads, [&](std::size_t slot, std::size_t first, std::size_t rows) {
         std::uint8_t* rows_of_windows = scratch.data() + slot * tile_rows * depth;
         std::uint8_t* results = group_out.data() + slot * tile_rows * group_outputs * out_bytes;
-        for (std::size_t tile = next_tile++; tile < tiles.tiles; tile = next_tile++) {
-            const std::size_t first = tiles.first(tile);
-            const std::size_t rows = tiles.first(tile + 1) - first;
-            for (std::size_t group = 0; group < w.groups; ++group) {
-                gather_windows(x, x_signed, fill, g, w, group, first, rows, depth,
-                               rows_of_windows, lines);
-                const Epilogue shifted = group_epilogue(epilogue, group, group_outputs);
-                if (w.groups == 1) {
-                    qgemm(rows_of_windows, false, rows, fill, w.group_weights[0],
-                          tile_epilogue(shifted, first, w.out_channels),
-                          out + first * w.out_channels * out_bytes, 1);
-                    continue;
-                }
-                qgemm(rows_of_windows, false, rows, fill, w.group_weights[group], shifted,
-                      results, 1);
-                const std::size_t row_bytes = group_outputs * out_bytes;
-                for (std::size_t r = 0; r < rows; ++r) {
-                    std::memcpy(out + ((first + r) * w.out_channels + group * group_outputs) *
-                                          out_bytes,
-                                results + r * row_bytes, row_bytes);
-                }
+        for (std::size_t group = 0; group < w.groups; ++group) {
+            gather_windows(x, x_signed, fill, g, w, group, first, rows, depth, rows_of_windows,
+                           lines[slot]);
+            const Epilogue shifted = group_epilogue(epilogue, group, group_outputs);
+            if (w.groups == 1) {
+                qgemm(rows_of_windows, false, rows, fill, w.group_weights[0],
+                      tile_epilogue(shifted, first, w.out_channels),
+                      out + first * w.out_channels * out_bytes, 1);
+                continue;
+            }
+            qgemm(rows_of_windows, false, rows, fill, w.group_weights[group], shifted, results,
+                  1);
+            const std::size_t row_bytes = group_outputs * out_bytes;
+            for (std::size_t r = 0; r < rows; ++r) {
+                std::memcpy(
+                    out + ((first + r) * w.out_channels + group * group_outputs) * out_bytes,
+                    results + r * row_bytes, row_bytes);
             }
         }
-    };
-    run_on_pool(count - 1, run_tiles);
+    });
 }
 
 // Whether the VNNI kernel can read this convolution's windows in place (qgemm_runs): one group,
@@ -241,7 +269,7 @@ void run_implicit_gemm(const std::uint8_t* x, std::int32_t x_zero_point, const C
     const auto fill = static_cast<std::uint8_t>(x_zero_point);
     const PixelTiles tiles(g.batch * g.out_h * g.out_w, depth, threads);
     const std::size_t tile_rows = tiles.tile_rows;
-    const std::size_t count = std::min(threads, tiles.tiles);
+    const std::size_t count = tiles.slots(threads);
     const std::size_t line_bytes = g.width * g.channels;
     const std::size_t run_stride = g.dilation_h * line_bytes;
     const std::uint8_t* const x_end = x + g.batch * g.height * line_bytes;
@@ -251,73 +279,57 @@ void run_implicit_gemm(const std::uint8_t* x, std::int32_t x_zero_point, const C
     std::vector<std::uint8_t> scratch(count * tile_rows * depth);
     std::vector<const std::uint8_t*> starts(count * tile_rows);
     std::vector<std::size_t> strides(count * tile_rows);
-    std::atomic<std::size_t> next_slot{0};
-    std::atomic<std::size_t> next_tile{0};
-    const std::function<void()> run_tiles = [&] {
-        std::vector<const std::uint8_t*> lines;
-        const std::size_t slot = next_slot++;
+    std::vector<std::vector<const std::uint8_t*>> lines(count);
+    tiles.run(threads, [&](std::size_t slot, std::size_t first, std::size_t rows) {
         std::uint8_t* gathered = scratch.data() + slot * tile_rows * depth;
         const std::uint8_t** row_starts = starts.data() + slot * tile_rows;
         std::size_t* row_strides = strides.data() + slot * tile_rows;
-        const ActivationRuns runs{row_starts, row_strides, w.kernel_h, w.row_depth};
-        for (std::size_t tile = next_tile++; tile < tiles.tiles; tile = next_tile++) {
-            const std::size_t first = tiles.first(tile);
-            const std::size_t rows = tiles.first(tile + 1) - first;
-            std::size_t used = 0;        // scratch rows
-            std::size_t edge_first = 0;  // the pending run of pixels to gather
-            std::size_t edge_rows = 0;
-            const auto gather_edge = [&] {
-                gather_windows(x, false, fill, g, w, 0, first + edge_first, edge_rows, depth,
-                               gathered + used * depth, lines);
-                for (std::size_t r = 0; r < edge_rows; ++r) {
-                    row_starts[edge_first + r] = gathered + (used + r) * depth;
-                    row_strides[edge_first + r] = w.row_depth;
+        std::size_t used = 0;        // scratch rows
+        std::size_t edge_first = 0;  // the pending run of pixels to gather
+        std::size_t edge_rows = 0;
+        const auto gather_edge = [&] {
+            gather_windows(x, false, fill, g, w, 0, first + edge_first, edge_rows, depth,
+                           gathered + used * depth, lines[slot]);
+            for (std::size_t r = 0; r < edge_rows; ++r) {
+                row_starts[edge_first + r] = gathered + (used + r) * depth;
+                row_strides[edge_first + r] = w.row_depth;
+            }
+            used += edge_rows;
+            edge_rows = 0;
+        };
+        PixelCursor pixel(g, first);
+        for (std::size_t r = 0; r < rows; ++r, pixel.next()) {
+            // Unsigned wrap-around makes a position before the image look like one past it.
+            const std::size_t top = pixel.oh * g.stride_h - g.pad_top;
+            const std::size_t left = pixel.ow * g.stride_w - g.pad_left;
+            const std::uint8_t* start = nullptr;
+            if (top < g.height && top + (w.kernel_h - 1) * g.dilation_h < g.height &&
+                left < g.width && left + w.kernel_w <= g.width) {
+                start = x + (pixel.image * g.height + top) * line_bytes + left * g.channels;
+                if (reach > static_cast<std::size_t>(x_end - start)) {
+                    start = nullptr;
                 }
-                used += edge_rows;
-                edge_rows = 0;
-            };
-            const std::size_t pixels = g.out_h * g.out_w;
-            std::size_t image = first / pixels;
-            std::size_t oh = first % pixels / g.out_w;
-            std::size_t ow = first % g.out_w;
-            for (std::size_t r = 0; r < rows; ++r) {
-                // Unsigned wrap-around makes a position before the image look like one past it.
-                const std::size_t top = oh * g.stride_h - g.pad_top;
-                const std::size_t left = ow * g.stride_w - g.pad_left;
-                const std::uint8_t* start = nullptr;
-                if (top < g.height && top + (w.kernel_h - 1) * g.dilation_h < g.height &&
-                    left < g.width && left + w.kernel_w <= g.width) {
-                    start = x + (image * g.height + top) * line_bytes + left * g.channels;
-                    if (reach > static_cast<std::size_t>(x_end - start)) {
-                        start = nullptr;
-                    }
-                }
-                if (start != nullptr) {
-                    if (edge_rows > 0) {
-                        gather_edge();
-                    }
-                    row_starts[r] = start;
-                    row_strides[r] = run_stride;
-                } else if (edge_rows++ == 0) {
+            }
+            if (start == nullptr) {
+                if (edge_rows++ == 0) {
                     edge_first = r;
                 }
-                if (++ow == g.out_w) {
-                    ow = 0;
-                    if (++oh == g.out_h) {
-                        oh = 0;
-                        ++image;
-                    }
-                }
+                continue;
             }
             if (edge_rows > 0) {
                 gather_edge();
             }
-            qgemm_runs(runs, rows, fill, w.group_weights[0],
-                       tile_epilogue(epilogue, first, w.out_channels),
-                       out + first * w.out_channels * out_bytes, 1);
+            row_starts[r] = start;
+            row_strides[r] = run_stride;
         }
-    };
-    run_on_pool(count - 1, run_tiles);
+        if (edge_rows > 0) {
+            gather_edge();
+        }
+        const ActivationRuns runs{row_starts, row_strides, w.kernel_h, w.row_depth};
+        qgemm_runs(runs, rows, fill, w.group_weights[0],
+                   tile_epilogue(epilogue, first, w.out_channels),
+                   out + first * w.out_channels * out_bytes, 1);
+    });
 }
 
 void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
