@@ -232,3 +232,32 @@ def softmax(
 ) -> npt.NDArray[np.float32]:
     """Return softmax over the last axis (axis -1 or x.ndim - 1 only) of C-contiguous x [..., C],
     shifted by the row maximum; a row with NaN or +-inf as its maximum gives NaN."""
+
+# ---- programs -----------------------------------------------------------------------------------
+
+class Program:
+    """A fixed sequence of native calls over arrays allocated once, run in one call without the
+    GIL (runtime/native_plan.py). Each method checks its operands as the function of the same
+    name does and appends the call; its result goes into `out`, which is required. Runs must not
+    overlap: the calls share their arrays."""
+
+    def __init__(self) -> None: ...
+    def sconv2d(self, x: npt.NDArray[np.float32], packed: object,
+                bias: npt.NDArray[np.float32] | None, residual: npt.NDArray[np.float32] | None,
+                activation: str, stride: Sequence[int], padding: Sequence[int],
+                dilation: Sequence[int], out: npt.NDArray[np.float32]) -> None: ...
+    def sgemm(self, x: npt.NDArray[np.float32], packed: object,
+              bias: npt.NDArray[np.float32] | None, residual: npt.NDArray[np.float32] | None,
+              activation: str, out: npt.NDArray[np.float32]) -> None: ...
+    def max_pool2d(self, x: npt.NDArray, kernel: Sequence[int], stride: Sequence[int],
+                   padding: Sequence[int], dilation: Sequence[int], out_hw: Sequence[int],
+                   out: npt.NDArray) -> None: ...
+    def to_channels_last(self, x: npt.NDArray[np.float32],
+                         out: npt.NDArray[np.float32]) -> None:
+        """out [N, H, W, C] = x [N, C, H, W]."""
+    def to_channels_first(self, x: npt.NDArray[np.float32],
+                          out: npt.NDArray[np.float32]) -> None:
+        """out [N, C, H, W] = x [N, H, W, C]."""
+    def run(self, threads: int = 1) -> None:
+        """Run every call in order on at most `threads` threads."""
+    def __len__(self) -> int: ...

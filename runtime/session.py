@@ -28,6 +28,7 @@ from .cpu_ops.blocks import fuse_blocks
 from .cpu_ops.common import numpy_dtype
 from .cpu_ops.registry import PREPARERS, RUNTIME, call_kernel
 from .dims import bind_dim, evaluate_dim
+from .native_plan import MAX_PROGRAMS, Trace, build_native_plan
 
 PLAN_FORMAT = 1
 
@@ -108,20 +109,36 @@ class Session:
         values: list = list(self._constant_slots)
         bindings: dict[str, int] = {}
         self._check_names(feeds)
-        for name, slot, info in self._inputs:
-            values[slot] = self._checked_input(name, feeds[name], info, bindings)
+        inputs = [self._checked_input(name, feeds[name], info, bindings)
+                  for name, _, info in self._inputs]
+        # One native call for the whole plan once a run of this shape has been traced
+        # (native_plan.py); the executor for the first run, and whenever none applies.
+        shapes = tuple(array.shape for array in inputs)
+        native = self._native_plans.get(shapes)
+        if native is not None:
+            outputs = native.run(inputs, self.threads)
+            if outputs is not None:
+                return dict(zip(self._output_names, outputs))
+        trace = Trace() if shapes not in self._native_plans \
+            and len(self._native_plans) < self._native_plan_limit else None
+        for (_, slot, _), array in zip(self._inputs, inputs):
+            values[slot] = array
         token = NATIVE_THREADS.set(self.threads)
         try:
-            self._execute(values, bindings)
+            self._execute(values, bindings, trace)
         finally:
             NATIVE_THREADS.reset(token)
+        if trace is not None:
+            self._native_plans[shapes] = build_native_plan(
+                trace, self._constant_slots, [slot for _, slot, _ in self._inputs], inputs,
+                [slot for _, slot, _ in self._outputs])
         # Kernels may hand back views in another memory order (NCHW views of NHWC results);
         # callers get plain C-contiguous arrays.
         return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
 
-    def _execute(self, values: list, bindings: dict) -> None:
+    def _execute(self, values: list, bindings: dict, trace: Trace | None = None) -> None:
         # Kernels are looked up at load: this loop is the executor's fixed cost per step, which
-        # decides small models.
+        # decides small models. `trace` records what each step read and returned.
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
             try:
@@ -131,6 +148,8 @@ class Session:
                                           bound_attrs(step, bindings), list(step.types))
             except (ValueError, TypeError, IndexError, ArithmeticError) as err:
                 raise RuntimeError(f"{step.op} failed ({step.source or 'no source'}): {err}") from err
+            if trace is not None:
+                trace.record(step, bound_attrs(step, bindings), operands, results)
             for slot, array in zip(step.results, results):
                 values[slot] = array
             for slot in step.release:
@@ -220,6 +239,9 @@ class Session:
             self._outputs.append((str(entry["name"]), index, TensorInfo.from_json(entry["type"])))
         self._steps = steps
         self._constant_slots = constant_slots
+        self._output_names = [name for name, _, _ in self._outputs]
+        self._native_plans: dict[tuple, object] = {}  # input shapes -> NativePlan or None
+        self._native_plan_limit = MAX_PROGRAMS  # 0: every run on the executor
 
     def _prepare_steps(self) -> None:
         """Prepares the kernel of each step whose attributes are known before a run (no symbolic

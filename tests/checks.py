@@ -1,7 +1,10 @@
 """Comparison helpers shared by the tests: shape and dtype first, with a named message, then
-values (bit-exact for integers and bools, a relative tolerance for floats)."""
+values (bit-exact for integers and bools, a relative tolerance for floats); and concurrent
+calls."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -38,3 +41,12 @@ def assert_matches(actual, expected, name: str = "result", rtol: float = 1e-5) -
     mismatches = np.count_nonzero(actual != expected)
     assert mismatches == 0, f"{name}: {mismatches} of {expected.size} values differ (bit-exact check)"
     return 0.0
+
+
+def run_concurrently(worker, count: int) -> None:
+    """Calls worker(0) ... worker(count - 1) each on its own thread and waits for all."""
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -628,14 +629,36 @@ py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
                                      padding, dilation, threads, out);
 }
 
+// ---- prepared calls ---------------------------------------------------------------------------
+
+// A kernel call with its operands checked and its result allocated (or given as `out`): `run`
+// touches no Python object, so it runs without the GIL, now (run_now) or on every run of a
+// Program. `keep` holds the arrays and packed weights whose memory `run` reads and writes.
+struct PreparedCall {
+    std::function<void(std::size_t threads)> run;
+    py::array out;
+    std::vector<py::object> keep;
+};
+
+py::array run_now(const PreparedCall& call, long long threads) {
+    const std::size_t thread_count = checked_threads(threads);
+    {
+        py::gil_scoped_release release;
+        call.run(thread_count);
+    }
+    return call.out;
+}
+
 // ---- pooling ---------------------------------------------------------------------------------
 
 // out [N, OH, OW, C] of the dtype of x [N, H, W, C] (uint8, int8 or float32); out_hw comes from
 // the caller, which knows the ceil mode. Any geometry within the bounds reads inside x.
-py::array max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
-                     const std::vector<long long>& stride, const std::vector<long long>& padding,
-                     const std::vector<long long>& dilation,
-                     const std::vector<long long>& out_hw, long long threads) {
+PreparedCall prepare_max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
+                                const std::vector<long long>& stride,
+                                const std::vector<long long>& padding,
+                                const std::vector<long long>& dilation,
+                                const std::vector<long long>& out_hw,
+                                const py::object& out_object) {
     using nimbus::kernels::PoolElement;
     if (!py::isinstance<py::array>(x_object)) {
         throw py::type_error("x must be a numpy.ndarray, got " +
@@ -666,7 +689,6 @@ py::array max_pool2d(const py::object& x_object, const std::vector<long long>& k
         require_in_range("x dimension " + std::to_string(axis), x.shape(axis), 0,
                          kMaxGeometryValue, "the range");
     }
-    const std::size_t thread_count = checked_threads(threads);
     nimbus::kernels::PoolGeometry g;
     g.batch = static_cast<std::size_t>(x.shape(0));
     g.height = static_cast<std::size_t>(x.shape(1));
@@ -683,15 +705,32 @@ py::array max_pool2d(const py::object& x_object, const std::vector<long long>& k
     g.out_h = static_cast<std::size_t>(out_hw[0]);
     g.out_w = static_cast<std::size_t>(out_hw[1]);
     const std::vector<py::ssize_t> shape{x.shape(0), out_hw[0], out_hw[1], x.shape(3)};
-    py::array out(dtype, shape);
+    py::array out;
+    if (type == PoolElement::u8) {
+        out = result_array<std::uint8_t>(out_object, shape, dims, x, "x");
+    } else if (type == PoolElement::s8) {
+        out = result_array<std::int8_t>(out_object, shape, dims, x, "x");
+    } else {
+        out = result_array<float>(out_object, shape, dims, x, "x");
+    }
     const void* x_data = x.data();
     void* out_data = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::max_pool2d(x_data, type, g, out_data, thread_count);
-    }
-    return out;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::max_pool2d(x_data, type, g, out_data, threads);
+            },
+            out,
+            {x, out}};
 }
+
+py::array max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
+                     const std::vector<long long>& stride, const std::vector<long long>& padding,
+                     const std::vector<long long>& dilation,
+                     const std::vector<long long>& out_hw, long long threads) {
+    return run_now(prepare_max_pool2d(x_object, kernel, stride, padding, dilation, out_hw,
+                                      py::none()),
+                   threads);
+}
+
 
 // ---- float32 GEMM and convolution ------------------------------------------------------------
 
@@ -716,22 +755,34 @@ PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
     return nimbus::kernels::pack_sgemm_weights(data, n, k, path);
 }
 
-// x [N, C, H, W] as a new C-contiguous [N, H, W, C] array.
-py::array to_channels_last(const py::object& x_object, long long threads) {
-    const py::array x = checked_array<float>(x_object, "x", 4, "[N, C, H, W]");
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(x.dtype(), std::vector<py::ssize_t>{x.shape(0), x.shape(2), x.shape(3),
-                                                      x.shape(1)});
+// out[n, p, c] = x[n, c, p] for x [N, C, H, W] (channels_last) or [N, H, W, C] (not), both
+// C-contiguous: a model's NCHW input for the channels-last kernels, or their result for a
+// flatten in NCHW order.
+PreparedCall prepare_channel_move(const py::object& x_object, bool channels_last,
+                                  const py::object& out_object) {
+    const std::string dims = channels_last ? "[N, C, H, W]" : "[N, H, W, C]";
+    const py::array x = checked_array<float>(x_object, "x", 4, dims);
+    const std::vector<py::ssize_t> shape =
+        channels_last ? std::vector<py::ssize_t>{x.shape(0), x.shape(2), x.shape(3), x.shape(1)}
+                      : std::vector<py::ssize_t>{x.shape(0), x.shape(3), x.shape(1), x.shape(2)};
+    py::array out = result_array<float>(out_object, shape, channels_last ? "[N, H, W, C]"
+                                                                         : "[N, C, H, W]",
+                                        x, "x");
     const auto* source = static_cast<const float*>(x.data());
     auto* target = static_cast<float*>(out.mutable_data());
     const auto batch = static_cast<std::size_t>(x.shape(0));
-    const auto channels = static_cast<std::size_t>(x.shape(1));
-    const auto pixels = static_cast<std::size_t>(x.shape(2) * x.shape(3));
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::nchw_to_nhwc(source, batch, channels, pixels, target, thread_count);
-    }
-    return out;
+    // The planes and the pixels of each plane, in x's order.
+    const auto planes = static_cast<std::size_t>(channels_last ? x.shape(1) : x.shape(1) * x.shape(2));
+    const auto plane_size = static_cast<std::size_t>(channels_last ? x.shape(2) * x.shape(3) : x.shape(3));
+    return {[=](std::size_t threads) {
+                nimbus::kernels::nchw_to_nhwc(source, batch, planes, plane_size, target, threads);
+            },
+            out,
+            {x, out}};
+}
+
+py::array to_channels_last(const py::object& x_object, long long threads) {
+    return run_now(prepare_channel_move(x_object, true, py::none()), threads);
 }
 
 // act(x) as a new float32 array of x's shape, for any C-contiguous float32 x.
@@ -809,9 +860,15 @@ py::array float_result(const py::object& out_object, const std::vector<py::ssize
     return out;
 }
 
-py::array sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
-                const py::object& bias_object, const py::object& residual_object,
-                const std::string& activation, long long threads, const py::object& out_object) {
+// The Python object of packed weights that pybind11 passed by reference, for PreparedCall::keep.
+template <typename Packed>
+py::object owner_of(const Packed& packed) {
+    return py::cast(&packed, py::return_value_policy::reference);
+}
+
+PreparedCall prepare_sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
+                           const py::object& bias_object, const py::object& residual_object,
+                           const std::string& activation, const py::object& out_object) {
     const py::array x = checked_matrix<float>(x_object, "x", "[M, K]");
     if (static_cast<std::size_t>(x.shape(1)) != packed.k) {
         throw py::value_error("x must have shape [M, K] with K = " + std::to_string(packed.k) +
@@ -823,16 +880,24 @@ py::array sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
     py::array residual;
     const SgemmEpilogue epilogue =
         float_epilogue(bias_object, residual_object, activation, shape, "[M, N]", bias, residual);
-    const std::size_t thread_count = checked_threads(threads);
     py::array out = float_result<float>(out_object, shape, "[M, N]", x, residual);
     const auto* x_data = static_cast<const float*>(x.data());
     auto* out_data = static_cast<float*>(out.mutable_data());
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::sgemm(x_data, static_cast<std::size_t>(shape[0]), packed, epilogue,
-                               out_data, thread_count);
-    }
-    return out;
+    const auto rows = static_cast<std::size_t>(shape[0]);
+    const PackedSgemmWeights* weights = &packed;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::sgemm(x_data, rows, *weights, epilogue, out_data, threads);
+            },
+            out,
+            {x, owner_of(packed), bias, residual, out}};
+}
+
+py::array sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
+                const py::object& bias_object, const py::object& residual_object,
+                const std::string& activation, long long threads, const py::object& out_object) {
+    return run_now(prepare_sgemm(x_object, packed, bias_object, residual_object,
+                                 activation, out_object),
+                   threads);
 }
 
 PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long groups,
@@ -856,11 +921,12 @@ PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long grou
         static_cast<std::size_t>(groups), path);
 }
 
-py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
-                  const py::object& bias_object, const py::object& residual_object,
-                  const std::string& activation, const std::vector<long long>& stride,
-                  const std::vector<long long>& padding, const std::vector<long long>& dilation,
-                  long long threads, const py::object& out_object) {
+PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
+                             const py::object& bias_object, const py::object& residual_object,
+                             const std::string& activation, const std::vector<long long>& stride,
+                             const std::vector<long long>& padding,
+                             const std::vector<long long>& dilation,
+                             const py::object& out_object) {
     const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
     // checked_geometry reads only the shape of the weights.
     PackedConvWeights shape_only;
@@ -882,16 +948,27 @@ py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
     py::array residual;
     const SgemmEpilogue epilogue = float_epilogue(bias_object, residual_object, activation, shape,
                                                   "[N, OH, OW, O]", bias, residual);
-    const std::size_t thread_count = checked_threads(threads);
     py::array out = float_result<float>(out_object, shape, "[N, OH, OW, O]", x, residual);
     const auto* x_data = static_cast<const float*>(x.data());
     auto* out_data = static_cast<float*>(out.mutable_data());
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::sconv2d(x_data, geometry, packed, epilogue, out_data, thread_count);
-    }
-    return out;
+    const PackedSconvWeights* weights = &packed;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::sconv2d(x_data, geometry, *weights, epilogue, out_data, threads);
+            },
+            out,
+            {x, owner_of(packed), bias, residual, out}};
 }
+
+py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
+                  const py::object& bias_object, const py::object& residual_object,
+                  const std::string& activation, const std::vector<long long>& stride,
+                  const std::vector<long long>& padding, const std::vector<long long>& dilation,
+                  long long threads, const py::object& out_object) {
+    return run_now(prepare_sconv2d(x_object, packed, bias_object, residual_object, activation,
+                                   stride, padding, dilation, out_object),
+                   threads);
+}
+
 
 // `packed` as a 1x1 convolution of one group from `inputs` channels, for `role` of a block.
 void require_pointwise(const PackedSconvWeights& packed, std::size_t inputs,
@@ -1354,6 +1431,41 @@ py::array dequantize_channels(const py::object& q_object, const py::object& scal
     return out;
 }
 
+// ---- programs ---------------------------------------------------------------------------------
+
+// A fixed sequence of prepared calls over arrays allocated once: a small model's whole plan
+// for one input shape, which run() executes in one call from Python, without the GIL. Not for
+// concurrent runs: its calls share their arrays (the runtime lets one run at a time use it).
+class Program {
+public:
+    void add(PreparedCall call) {
+        steps_.push_back(std::move(call.run));
+        keep_.insert(keep_.end(), call.keep.begin(), call.keep.end());
+    }
+
+    void run(long long threads) const {
+        const std::size_t thread_count = checked_threads(threads);
+        py::gil_scoped_release release;
+        for (const auto& step : steps_) {
+            step(thread_count);
+        }
+    }
+
+    std::size_t size() const { return steps_.size(); }
+
+private:
+    std::vector<std::function<void(std::size_t)>> steps_;
+    std::vector<py::object> keep_;
+};
+
+// A step's `out`, which a program cannot allocate: nobody could read a result put elsewhere.
+const py::object& program_out(const py::object& out) {
+    if (out.is_none()) {
+        throw py::value_error("a program step needs its out array");
+    }
+    return out;
+}
+
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
     module.def("gemm_u8s8s32", &gemm_u8s8s32, py::arg("a"), py::arg("b"),
@@ -1528,6 +1640,60 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("threads") = 1,
                "Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] "
                "array.");
+    py::class_<Program>(module, "Program",
+                        "A fixed sequence of native calls over arrays allocated once, run in "
+                        "one call without the GIL.\nEach method checks its operands as the "
+                        "function of the same name does and appends the call;\nits result goes "
+                        "into `out`, which is required. Runs must not overlap.")
+        .def(py::init<>())
+        .def(
+            "sconv2d",
+            [](Program& program, const py::object& x, const PackedSconvWeights& packed,
+               const py::object& bias, const py::object& residual, const std::string& activation,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const py::object& out) {
+                program.add(prepare_sconv2d(x, packed, bias, residual, activation, stride,
+                                            padding, dilation, program_out(out)));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("residual"),
+            py::arg("activation"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+            py::arg("out"))
+        .def(
+            "sgemm",
+            [](Program& program, const py::object& x, const PackedSgemmWeights& packed,
+               const py::object& bias, const py::object& residual, const std::string& activation,
+               const py::object& out) {
+                program.add(prepare_sgemm(x, packed, bias, residual, activation,
+                                          program_out(out)));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("residual"),
+            py::arg("activation"), py::arg("out"))
+        .def(
+            "max_pool2d",
+            [](Program& program, const py::object& x, const std::vector<long long>& kernel,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const std::vector<long long>& out_hw,
+               const py::object& out) {
+                program.add(prepare_max_pool2d(x, kernel, stride, padding, dilation, out_hw,
+                                               program_out(out)));
+            },
+            py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+            py::arg("dilation"), py::arg("out_hw"), py::arg("out"))
+        .def(
+            "to_channels_last",
+            [](Program& program, const py::object& x, const py::object& out) {
+                program.add(prepare_channel_move(x, true, program_out(out)));
+            },
+            py::arg("x"), py::arg("out"), "out [N, H, W, C] = x [N, C, H, W] (float32).")
+        .def(
+            "to_channels_first",
+            [](Program& program, const py::object& x, const py::object& out) {
+                program.add(prepare_channel_move(x, false, program_out(out)));
+            },
+            py::arg("x"), py::arg("out"), "out [N, C, H, W] = x [N, H, W, C] (float32).")
+        .def("run", &Program::run, py::arg("threads") = 1,
+             "Run every call in order on at most `threads` threads.")
+        .def("__len__", &Program::size);
     module.def("activation", &activation, py::arg("x"), py::arg("activation"),
                py::arg("threads") = 1,
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "

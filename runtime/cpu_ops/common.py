@@ -108,3 +108,8 @@ def window_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_
     if ceil_mode and (out - 1) * stride >= size + pad_begin:
         out -= 1  # the last window must start inside the input or the left padding
     return out
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """The NHWC view of an NCHW array (C-contiguous when x is a view of NHWC memory)."""
+    return x.transpose(0, 2, 3, 1)

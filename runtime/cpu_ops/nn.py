@@ -14,9 +14,10 @@ import functools
 import numpy as np
 
 from .. import _kernels
-from .common import in_float32, normalize_axis, window_output_size
+from .common import in_float32, nhwc, normalize_axis, window_output_size
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, RUNTIME, kernel, prepared_or, preparer, without_types
+from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
+                       without_types)
 
 PAIR_ONES = (1, 1)
 NO_PADDING = (0, 0, 0, 0)
@@ -335,6 +336,21 @@ def prepare_max_pool(a, types, operands):
     return run
 
 
+@native_step("max_pool2d")
+def build_max_pool(program, a, operands, runtime, results):
+    """prepare_max_pool's call as a program step."""
+    x = operands[0]
+    if x.dtype not in NATIVE_POOL_DTYPES or not x.size:
+        return None
+    x_nhwc = channels_last_operand(program, x)
+    out = np.empty_like(results[0])
+    if x_nhwc is None or not nhwc(out).flags.c_contiguous:
+        return None
+    geometry = [a[name] for name in ("kernel", "stride", "padding", "dilation")]
+    program.max_pool2d(x_nhwc, *geometry, out.shape[2:], nhwc(out))
+    return [out]
+
+
 def avg_pool_reference(xs, a):
     x = xs[0]
     kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
@@ -365,13 +381,25 @@ def adaptive_avg_pool_reference(xs, a):
 
 
 # ---- float layers on the native kernels ---------------------------------------------------------
+def channels_last_operand(program, x: np.ndarray) -> np.ndarray | None:
+    """channels_last(x) for a program: x's NHWC memory itself, or an array that a step added to
+    ``program`` fills from C-contiguous float32 x; None for other layouts."""
+    if nhwc(x).flags.c_contiguous:
+        return nhwc(x)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        return None
+    out = np.empty(nhwc(x).shape, dtype=np.float32)
+    program.to_channels_last(x, out)
+    return out
+
+
 def channels_last(x: np.ndarray) -> np.ndarray:
     """x [N, C, H, W] as C-contiguous NHWC memory: free for the NCHW views of NHWC results that
     the native kernels return; a model's NCHW float input goes through the native transpose,
     several times faster than numpy's strided copy."""
-    nhwc = x.transpose(0, 2, 3, 1)
-    if nhwc.flags.c_contiguous or x.dtype != np.float32 or not x.flags.c_contiguous:
-        return np.ascontiguousarray(nhwc)
+    view = nhwc(x)
+    if view.flags.c_contiguous or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return np.ascontiguousarray(view)
     return _kernels.to_channels_last(x, NATIVE_THREADS.get())
 
 
@@ -379,16 +407,32 @@ def _float32_vector(values):
     return None if values is None else np.ascontiguousarray(values, dtype=np.float32)
 
 
+def native_conv_args(w, bias, a):
+    """(packed weights, float32 bias, stride, padding, dilation) of a float convolution on the
+    native kernel, or None for weights it does not take."""
+    if w.dtype != np.float32 or not w.size:
+        return None
+    packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
+    return (packed, _float32_vector(bias), tuple(a["stride"]), tuple(a["padding"]),
+            tuple(a["dilation"]))
+
+
+def native_linear_args(w, bias):
+    """(packed weights, float32 bias) of a float linear layer on the native GEMM, or None."""
+    if w.dtype != np.float32 or w.ndim != 2 or not w.size:
+        return None
+    return PACKED_WEIGHTS.get(w, "sgemm", _kernels.pack_sgemm_weights), _float32_vector(bias)
+
+
 def prepare_native_conv2d(w, bias, a, activation: str = "none"):
     """act(conv2d(x, w) + bias + residual) on the native float kernel with weights packed once:
     ``run(x, residual)`` returns an NCHW view of NHWC memory (so a following convolution reads
     channels-last data without a copy), or None where that kernel does not apply (other dtypes,
     empty tensors, a residual that broadcasts); None at once for such weights."""
-    if w.dtype != np.float32 or not w.size:
+    args = native_conv_args(w, bias, a)
+    if args is None:
         return None
-    packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
-    bias = _float32_vector(bias)
-    stride, padding, dilation = tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"])
+    packed, bias, stride, padding, dilation = args
     sizes = output_sizes(w.shape[2:], stride, padding, dilation)
 
     def run(x, residual):
@@ -411,11 +455,11 @@ def prepare_native_conv2d(w, bias, a, activation: str = "none"):
 def prepare_native_linear(w, bias, activation: str = "none"):
     """act(x @ w.T + bias + residual) on the native float GEMM with weights packed once, as
     prepare_native_conv2d."""
-    if w.dtype != np.float32 or not w.size:
+    args = native_linear_args(w, bias)
+    if args is None:
         return None
+    packed, bias = args
     n, k = w.shape
-    packed = PACKED_WEIGHTS.get(w, "sgemm", _kernels.pack_sgemm_weights)
-    bias = _float32_vector(bias)
 
     def run(x, residual):
         if x.dtype != np.float32 or not x.size:
@@ -444,6 +488,45 @@ def layer_step(operands, prepare):
         return None if out is None else [out]
 
     return run_step
+
+
+def build_native_conv2d(program, a, operands, runtime, results, activation: str = "none"):
+    """prepare_native_conv2d's call as a program step (a native_step builder): constant
+    weights and bias, float32 x and an NHWC-memory result as the traced run gave."""
+    x, w, bias = operands[:3]
+    residual = operands[3] if len(operands) > 3 else None
+    args = None if runtime[1] or (bias is not None and runtime[2]) else native_conv_args(w, bias, a)
+    if args is None or x.dtype != np.float32 or not x.size:
+        return None
+    packed, bias, stride, padding, dilation = args
+    x_nhwc = channels_last_operand(program, x)
+    out = np.empty_like(results[0])
+    if x_nhwc is None or not nhwc(out).flags.c_contiguous:
+        return None
+    if residual is not None and (residual.dtype != np.float32
+                                 or not nhwc(residual).flags.c_contiguous):
+        return None
+    program.sconv2d(x_nhwc, packed, bias, None if residual is None else nhwc(residual),
+                    activation, stride, padding, dilation, nhwc(out))
+    return [out]
+
+
+def build_native_linear(program, a, operands, runtime, results, activation: str = "none"):
+    """prepare_native_linear's call as a program step, for C-contiguous float32 x."""
+    x, w, bias = operands[:3]
+    residual = operands[3] if len(operands) > 3 else None
+    args = None if runtime[1] or (bias is not None and runtime[2]) else native_linear_args(w, bias)
+    if args is None or x.dtype != np.float32 or not x.size or not x.flags.c_contiguous:
+        return None
+    if residual is not None and (residual.dtype != np.float32 or not residual.flags.c_contiguous):
+        return None
+    packed, bias = args
+    n, k = w.shape
+    out = np.empty(results[0].shape, dtype=np.float32)
+    program.sgemm(x.reshape(-1, k), packed, bias,
+                  None if residual is None else residual.reshape(-1, n), activation,
+                  out.reshape(-1, n))
+    return [out]
 
 
 def native_conv2d(x, w, bias, residual, a, activation: str = "none"):
@@ -503,6 +586,8 @@ kernel("linear")(without_types(in_float32(linear_kernel)))
 preparer("conv2d")(lambda a, types, operands: layer_step(
     operands, lambda w, bias: prepare_native_conv2d(w, bias, a)))
 preparer("linear")(lambda a, types, operands: layer_step(operands, prepare_native_linear))
+native_step("conv2d")(build_native_conv2d)
+native_step("linear")(build_native_linear)
 kernel("matmul")(without_types(in_float32(matmul_kernel)))
 kernel("batch_norm")(without_types(in_float32(batch_norm_reference)))
 kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))

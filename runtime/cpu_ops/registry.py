@@ -13,6 +13,14 @@ with everything that depends only on them worked out (packed weights, requantiza
 multipliers, clamp bounds, geometry). That work, repeated on every run, took longer than the
 native call of a small layer. ``run`` returns None for inputs it does not handle (another
 dtype, an empty tensor), and the step then runs the kernel itself.
+
+A step may also become a call of a native program (``native_step(op)``), which runs a small
+model's whole plan in one call from Python (runtime/native_plan.py): ``build(program, attrs,
+operands, runtime, results) -> arrays | None`` sees the step as one traced run executed it
+(``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
+computed at run time; ``results``: the traced results, whose shapes and memory layouts the
+program's must match), appends its calls to the ``_kernels.Program`` and returns the arrays
+that will hold its results, or None for a step it cannot express.
 """
 
 from __future__ import annotations
@@ -28,8 +36,11 @@ Kernel = Callable[[list, dict, list], "np.ndarray | list[np.ndarray]"]
 Prepared = Callable[[list], "list[np.ndarray] | None"]
 Preparer = Callable[[dict, list, list], "Prepared | None"]
 
+NativeStep = Callable[[object, dict, list, tuple, list], "list[np.ndarray] | None"]
+
 KERNELS: dict[str, Kernel] = {}
 PREPARERS: dict[str, Preparer] = {}
+NATIVE_STEPS: dict[str, NativeStep] = {}
 
 
 class _Runtime:
@@ -51,28 +62,24 @@ class UnknownOpError(ValueError):
     """An op that the CPU backend has no kernel for."""
 
 
-def kernel(op_name: str) -> Callable[[Kernel], Kernel]:
-    """Register the decorated function as the CPU kernel of ``op_name`` (once per op)."""
+def _registrar(table: dict, what: str) -> Callable:
+    """A decorator factory: ``@decorator(op)`` puts the function in ``table`` (once per op)."""
 
-    def register(fn: Kernel) -> Kernel:
-        if op_name in KERNELS:
-            raise ValueError(f"CPU kernel for '{op_name}' is registered twice")
-        KERNELS[op_name] = fn
-        return fn
+    def decorator(op_name: str) -> Callable:
+        def register(fn):
+            if op_name in table:
+                raise ValueError(f"{what} for '{op_name}' is registered twice")
+            table[op_name] = fn
+            return fn
 
-    return register
+        return register
+
+    return decorator
 
 
-def preparer(op_name: str) -> Callable[[Preparer], Preparer]:
-    """Register the decorated function as the preparer of ``op_name``'s kernel (see above)."""
-
-    def register(fn: Preparer) -> Preparer:
-        if op_name in PREPARERS:
-            raise ValueError(f"CPU preparer for '{op_name}' is registered twice")
-        PREPARERS[op_name] = fn
-        return fn
-
-    return register
+kernel = _registrar(KERNELS, "CPU kernel")  # @kernel(op): the op's kernel
+preparer = _registrar(PREPARERS, "CPU preparer")  # @preparer(op): its preparer (see above)
+native_step = _registrar(NATIVE_STEPS, "native step")  # @native_step(op): its program builder
 
 
 def without_types(reference) -> Kernel:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import numpy_dtype
-from .registry import kernel, without_types
+from .common import nhwc, numpy_dtype
+from .registry import kernel, native_step, without_types
 
 # Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
 SLICE_TO_END = 2**62
@@ -48,6 +48,23 @@ def full_reference(xs, a):
 
 
 kernel("reshape")(lambda xs, a, types: xs[0].reshape(a["shape"]))
+
+
+@native_step("reshape")
+def build_reshape(program, a, operands, runtime, results):
+    """A reshape in a program: a view of C-contiguous x, or, for an NCHW view of NHWC float32
+    memory (a convolution's result flattened for a linear layer), a step that puts it in NCHW
+    order first."""
+    x = operands[0]
+    if x.flags.c_contiguous:
+        return [x.reshape(a["shape"])]
+    if x.ndim != 4 or x.dtype != np.float32 or not nhwc(x).flags.c_contiguous:
+        return None
+    out = np.empty(x.shape, dtype=np.float32)
+    program.to_channels_first(nhwc(x), out)
+    return [out.reshape(a["shape"])]
+
+
 kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))
 kernel("expand")(without_types(expand_reference))
 kernel("slice")(without_types(slice_reference))

@@ -31,13 +31,14 @@ def feeds_for(name: str, graph, batch: int, seed: int) -> dict:
 
 
 def run_unprepared(session: Session, feeds: dict) -> dict:
-    """The session's plan with every step's kernel run from scratch."""
-    steps = session._steps
-    session._steps = [dataclasses.replace(step, prepared=None) for step in steps]
+    """The session's plan with every step's kernel run from scratch, on the executor."""
+    saved = session._steps, session._native_plans, session._native_plan_limit
+    session._steps = [dataclasses.replace(step, prepared=None) for step in saved[0]]
+    session._native_plans, session._native_plan_limit = {}, 0
     try:
         return session.run(feeds)
     finally:
-        session._steps = steps
+        session._steps, session._native_plans, session._native_plan_limit = saved
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -1,0 +1,161 @@
+"""Native plans (runtime/native_plan.py): after the first run of an input shape, a small float
+model runs as one native program with the very results of the executor, bit for bit; outputs
+are fresh arrays; plans that a step cannot join, that are too large, or that another thread is
+running fall back to the executor; and a Program's steps check their operands."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+from checks import assert_matches, run_concurrently
+from torch import nn
+
+import nimbus
+from nimbus.runtime import _kernels, native_plan
+from nimbus.runtime.native_plan import MAX_PROGRAMS, NativePlan
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
+
+
+class OddCNN(nn.Module):
+    """Odd sizes, a strided padded stem, ceil-mode pooling, a residual convolution and a
+    residual linear layer: every native step the float builders have."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.conv = nn.Conv2d(5, 5, 3, padding=1)
+        self.fc1 = nn.Linear(5 * 5 * 4, 13)
+        self.fc2 = nn.Linear(13, 13)
+        self.head = nn.Linear(13, 3)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        x = torch.relu(self.conv(x) + x)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.head(torch.relu(self.fc2(x) + x))
+
+
+class WithSoftmax(OddCNN):
+    def forward(self, x):
+        return torch.softmax(super().forward(x), dim=-1)
+
+
+def session_of(model: nn.Module):
+    torch.manual_seed(0)
+    example = torch.randn(1, 3, 19, 15)
+    return nimbus.compile(model.eval(), (example,)).session(), model
+
+
+def executor_run(session, feeds: dict) -> dict:
+    """The session's executor alone, as runs were before native plans."""
+    saved = session._native_plans, session._native_plan_limit
+    session._native_plans, session._native_plan_limit = {}, 0
+    try:
+        return session.run(feeds)
+    finally:
+        session._native_plans, session._native_plan_limit = saved
+
+
+def images(batch: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((batch, 3, 19, 15)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_native_plan_gives_the_executor_results(batch):
+    torch.manual_seed(1)
+    session, model = session_of(OddCNN())
+    feeds = images(batch, seed=batch)
+    first = session.run(feeds)["output"]
+    plan = session._native_plans[(feeds["x"].shape,)]
+    assert isinstance(plan, NativePlan)
+    assert len(plan.program) >= 7  # the input's layout change, 2 convolutions, pool, 3 GEMMs
+    for seed in (batch, 10 + batch):
+        feeds = images(batch, seed)
+        native = session.run(feeds)["output"]
+        np.testing.assert_array_equal(native, executor_run(session, feeds)["output"])
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feeds["x"])).numpy()
+        assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
+    np.testing.assert_array_equal(session.run(images(batch, batch))["output"], first)
+
+
+def test_outputs_are_fresh_arrays():
+    session, _ = session_of(OddCNN())
+    feeds = images(2, seed=0)
+    session.run(feeds)
+    plan = session._native_plans[(feeds["x"].shape,)]
+    first = session.run(feeds)["output"]
+    assert first.flags.c_contiguous and first.flags.writeable
+    assert not np.shares_memory(first, plan.outputs[0])
+    kept = first.copy()
+    first[...] = 0
+    np.testing.assert_array_equal(session.run(feeds)["output"], kept)
+
+
+def test_each_input_shape_gets_a_plan_up_to_the_limit():
+    session, _ = session_of(OddCNN())
+    for batch in range(1, MAX_PROGRAMS + 3):
+        feeds = images(batch, seed=batch)
+        session.run(feeds)
+        np.testing.assert_array_equal(session.run(feeds)["output"],
+                                      executor_run(session, feeds)["output"])
+    assert len(session._native_plans) == MAX_PROGRAMS
+    assert all(isinstance(plan, NativePlan) for plan in session._native_plans.values())
+
+
+def test_a_step_without_a_native_form_keeps_the_executor():
+    session, model = session_of(WithSoftmax())
+    feeds = images(2, seed=0)
+    session.run(feeds)
+    assert session._native_plans[(feeds["x"].shape,)] is None
+    with torch.no_grad():
+        expected = model(torch.from_numpy(feeds["x"])).numpy()
+    assert_matches(session.run(feeds)["output"], expected, "executor", rtol=1e-4)
+
+
+def test_plans_past_the_size_limit_keep_the_executor(monkeypatch):
+    monkeypatch.setattr(native_plan, "MAX_PROGRAM_BYTES", 1000)
+    session, _ = session_of(OddCNN())
+    feeds = images(2, seed=0)
+    session.run(feeds)
+    assert session._native_plans[(feeds["x"].shape,)] is None
+
+
+def test_concurrent_runs_share_a_plan_safely():
+    session, _ = session_of(OddCNN())
+    batches = [images(2, seed) for seed in range(4)]
+    expected = [executor_run(session, feeds)["output"] for feeds in batches]
+    session.run(batches[0])  # traces: the plan every thread then uses, or waits out
+    failures = []
+
+    def worker(index: int):
+        for _ in range(30):
+            if not np.array_equal(session.run(batches[index])["output"], expected[index]):
+                failures.append(index)
+
+    run_concurrently(worker, len(batches))
+    assert not failures
+
+
+def test_program_steps_check_their_operands():
+    program = _kernels.Program()
+    x = np.zeros((2, 8), np.float32)
+    packed = _kernels.pack_sgemm_weights(np.zeros((4, 8), np.float32))
+    with pytest.raises(ValueError, match="needs its out array"):
+        program.sgemm(x, packed, None, None, "none", None)
+    with pytest.raises(ValueError, match="out must have shape"):
+        program.sgemm(x, packed, None, None, "none", np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"x must be 4-D \[N, H, W, C\]"):
+        program.to_channels_first(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+    assert len(program) == 0
+    out = np.full((2, 4), np.nan, np.float32)
+    program.sgemm(x + 1, packed, np.arange(4, dtype=np.float32), None, "relu", out)
+    program.run(threads=2)
+    np.testing.assert_array_equal(out, np.tile(np.arange(4, dtype=np.float32), (2, 1)))
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        program.run(threads=0)
