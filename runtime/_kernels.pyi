@@ -252,12 +252,32 @@ class Program:
     def max_pool2d(self, x: npt.NDArray, kernel: Sequence[int], stride: Sequence[int],
                    padding: Sequence[int], dilation: Sequence[int], out_hw: Sequence[int],
                    out: npt.NDArray) -> None: ...
-    def to_channels_last(self, x: npt.NDArray[np.float32],
-                         out: npt.NDArray[np.float32]) -> None:
-        """out [N, H, W, C] = x [N, C, H, W]."""
-    def to_channels_first(self, x: npt.NDArray[np.float32],
-                          out: npt.NDArray[np.float32]) -> None:
-        """out [N, C, H, W] = x [N, H, W, C]."""
+    def quantize(self, x: npt.NDArray[np.float32], scale: float, zero_point: int, dtype: str,
+                 channels_last: bool, out: npt.NDArray) -> None: ...
+    def qgemm(self, a: npt.NDArray, packed: PackedWeights, a_zero_point: int,
+              bias: npt.NDArray[np.int32] | None, multiplier: npt.NDArray[np.float32],
+              out_zero_point: int, lo: int, hi: int, out_dtype: str, out: npt.NDArray,
+              residual: npt.NDArray | None, residual_zero_point: int, residual_scale: float,
+              activation: str, output_scale: float | None) -> None: ...
+    def qgemm_f32(self, a: npt.NDArray, packed: PackedWeights, a_zero_point: int,
+                  bias: npt.NDArray[np.int32] | None, scale: npt.NDArray[np.float32],
+                  out: npt.NDArray[np.float32], residual: npt.NDArray | None,
+                  residual_zero_point: int, residual_scale: float, activation: str) -> None: ...
+    def qconv2d(self, x: npt.NDArray, packed: PackedConvWeights, a_zero_point: int,
+                bias: npt.NDArray[np.int32] | None, multiplier: npt.NDArray[np.float32],
+                out_zero_point: int, lo: int, hi: int, out_dtype: str, stride: Sequence[int],
+                padding: Sequence[int], dilation: Sequence[int], out: npt.NDArray,
+                residual: npt.NDArray | None, residual_zero_point: int,
+                residual_scale: float) -> None: ...
+    def qconv2d_f32(self, x: npt.NDArray, packed: PackedConvWeights, a_zero_point: int,
+                    bias: npt.NDArray[np.int32] | None, scale: npt.NDArray[np.float32],
+                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                    out: npt.NDArray[np.float32], residual: npt.NDArray | None,
+                    residual_zero_point: int, residual_scale: float) -> None: ...
+    def to_channels_last(self, x: npt.NDArray, out: npt.NDArray) -> None:
+        """out [N, H, W, C] = x [N, C, H, W] (float32, uint8 or int8)."""
+    def to_channels_first(self, x: npt.NDArray, out: npt.NDArray) -> None:
+        """out [N, C, H, W] = x [N, H, W, C] (float32, uint8 or int8)."""
     def run(self, threads: int = 1) -> None:
         """Run every call in order on at most `threads` threads."""
     def __len__(self) -> int: ...

@@ -280,6 +280,32 @@ nimbus::kernels::Residual checked_residual(const py::object& object, long long z
     return residual;
 }
 
+// ---- prepared calls ---------------------------------------------------------------------------
+
+// A kernel call with its operands checked and its result allocated (or given as `out`): `run`
+// touches no Python object, so it runs without the GIL, now (run_now) or on every run of a
+// Program. `keep` holds the arrays and packed weights whose memory `run` reads and writes.
+struct PreparedCall {
+    std::function<void(std::size_t threads)> run;
+    py::array out;
+    std::vector<py::object> keep;
+};
+
+py::array run_now(const PreparedCall& call, long long threads) {
+    const std::size_t thread_count = checked_threads(threads);
+    {
+        py::gil_scoped_release release;
+        call.run(thread_count);
+    }
+    return call.out;
+}
+
+// The Python object of packed weights that pybind11 passed by reference, for PreparedCall::keep.
+template <typename Packed>
+py::object owner_of(const Packed& packed) {
+    return py::cast(&packed, py::return_value_policy::reference);
+}
+
 // The residual arguments of the u8/s8 and f32 kernels.
 struct ResidualArguments {
     py::object array = py::none();
@@ -287,13 +313,13 @@ struct ResidualArguments {
     double scale = 0.0;
 };
 
-// Checks a [M, K] against the packed weights, then runs the GEMM without the GIL into `out` or
-// a new [M, N] array of `OutElement`.
+// Checks a [M, K] against the packed weights: the GEMM into `out` or a new [M, N] array of
+// `OutElement`, as a prepared call.
 template <typename OutElement>
-py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
-                    long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
-                    long long threads, const py::object& out_object,
-                    const ResidualArguments& residual_arguments = {}) {
+PreparedCall prepare_qgemm(const py::object& a_object, const PackedWeights& packed,
+                           long long a_zero_point, const py::object& bias_object,
+                           Epilogue epilogue, const py::object& out_object,
+                           const ResidualArguments& residual_arguments = {}) {
     bool a_signed = false;
     const py::array a =
         checked_activations(a_object, "a", 2, "[M, K]", a_zero_point, a_signed);
@@ -308,7 +334,6 @@ py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
         bias = checked_vector<std::int32_t>(bias_object, "bias", n);
         epilogue.bias = static_cast<const std::int32_t*>(bias.data());
     }
-    const std::size_t thread_count = checked_threads(threads);
     const py::ssize_t m = a.shape(0);
     const auto max_elements = static_cast<py::ssize_t>(PY_SSIZE_T_MAX / sizeof(OutElement));
     if (n != 0 && m > max_elements / n) {
@@ -322,13 +347,14 @@ py::array run_qgemm(const py::object& a_object, const PackedWeights& packed,
     py::array out = result_array<OutElement>(out_object, {m, n}, "[M, N]", a, "a");
     const void* a_data = a.data();
     void* out_data = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::qgemm(a_data, a_signed, static_cast<std::size_t>(m),
-                               static_cast<std::int32_t>(a_zero_point), packed, epilogue,
-                               out_data, thread_count);
-    }
-    return out;
+    const PackedWeights* weights = &packed;
+    const auto zero_point = static_cast<std::int32_t>(a_zero_point);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::qgemm(a_data, a_signed, static_cast<std::size_t>(m), zero_point,
+                                       *weights, epilogue, out_data, threads);
+            },
+            out,
+            {a, owner_of(packed), bias, residual, out}};
 }
 
 // Returns the float32 [N] vector `name` after checking that every value is finite.
@@ -377,13 +403,12 @@ Epilogue requantizing_epilogue(const py::object& multiplier_object, std::size_t 
     return epilogue;
 }
 
-py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
-                const py::object& bias, const py::object& multiplier_object,
-                long long out_zero_point, long long lo, long long hi,
-                const std::string& out_dtype, long long threads, const py::object& out,
-                const py::object& residual, long long residual_zero_point,
-                double residual_scale, const std::string& activation,
-                const std::optional<double>& output_scale) {
+PreparedCall prepare_qgemm_requantized(
+    const py::object& a, const PackedWeights& packed, long long a_zero_point,
+    const py::object& bias, const py::object& multiplier_object, long long out_zero_point,
+    long long lo, long long hi, const std::string& out_dtype, const py::object& out,
+    const py::object& residual, long long residual_zero_point, double residual_scale,
+    const std::string& activation, const std::optional<double>& output_scale) {
     Epilogue epilogue =
         requantizing_epilogue(multiplier_object, packed.n, out_zero_point, lo, hi, out_dtype);
     using nimbus::kernels::Activation;
@@ -408,11 +433,42 @@ py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_ze
         epilogue.output_scale = static_cast<float>(*output_scale);
     }
     const ResidualArguments with{residual, residual_zero_point, residual_scale};
-    if (epilogue.type == OutputType::u8) {
-        return run_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, threads, out,
-                                       with);
-    }
-    return run_qgemm<std::int8_t>(a, packed, a_zero_point, bias, epilogue, threads, out, with);
+    PreparedCall call =
+        epilogue.type == OutputType::u8
+            ? prepare_qgemm<std::uint8_t>(a, packed, a_zero_point, bias, epilogue, out, with)
+            : prepare_qgemm<std::int8_t>(a, packed, a_zero_point, bias, epilogue, out, with);
+    call.keep.push_back(multiplier_object);
+    return call;
+}
+
+py::array qgemm(const py::object& a, const PackedWeights& packed, long long a_zero_point,
+                const py::object& bias, const py::object& multiplier_object,
+                long long out_zero_point, long long lo, long long hi,
+                const std::string& out_dtype, long long threads, const py::object& out,
+                const py::object& residual, long long residual_zero_point,
+                double residual_scale, const std::string& activation,
+                const std::optional<double>& output_scale) {
+    return run_now(prepare_qgemm_requantized(a, packed, a_zero_point, bias, multiplier_object,
+                                             out_zero_point, lo, hi, out_dtype, out, residual,
+                                             residual_zero_point, residual_scale, activation,
+                                             output_scale),
+                   threads);
+}
+
+PreparedCall prepare_qgemm_f32(const py::object& a, const PackedWeights& packed,
+                               long long a_zero_point, const py::object& bias,
+                               const py::object& scale_object, const py::object& out,
+                               const py::object& residual, long long residual_zero_point,
+                               double residual_scale, const std::string& activation) {
+    Epilogue epilogue;
+    epilogue.type = OutputType::f32;
+    epilogue.activation = nimbus::kernels::activation_from_name(activation);
+    const py::array scale = checked_scales(scale_object, "scale", packed.n);
+    epilogue.scale = static_cast<const float*>(scale.data());
+    PreparedCall call = prepare_qgemm<float>(a, packed, a_zero_point, bias, epilogue, out,
+                                             {residual, residual_zero_point, residual_scale});
+    call.keep.push_back(scale);
+    return call;
 }
 
 py::array qgemm_f32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
@@ -420,18 +476,15 @@ py::array qgemm_f32(const py::object& a, const PackedWeights& packed, long long 
                     const py::object& out, const py::object& residual,
                     long long residual_zero_point, double residual_scale,
                     const std::string& activation) {
-    Epilogue epilogue;
-    epilogue.type = OutputType::f32;
-    epilogue.activation = nimbus::kernels::activation_from_name(activation);
-    const py::array scale = checked_scales(scale_object, "scale", packed.n);
-    epilogue.scale = static_cast<const float*>(scale.data());
-    return run_qgemm<float>(a, packed, a_zero_point, bias, epilogue, threads, out,
-                            {residual, residual_zero_point, residual_scale});
+    return run_now(prepare_qgemm_f32(a, packed, a_zero_point, bias, scale_object, out, residual,
+                                     residual_zero_point, residual_scale, activation),
+                   threads);
 }
 
 py::array qgemm_s32(const py::object& a, const PackedWeights& packed, long long a_zero_point,
                     const py::object& bias, long long threads, const py::object& out) {
-    return run_qgemm<std::int32_t>(a, packed, a_zero_point, bias, Epilogue{}, threads, out);
+    return run_now(prepare_qgemm<std::int32_t>(a, packed, a_zero_point, bias, Epilogue{}, out),
+                   threads);
 }
 
 // ---- int8 convolution ------------------------------------------------------------------------
@@ -540,15 +593,16 @@ ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packe
     return checked_geometry(x, shape_of(x), packed, stride, padding, dilation);
 }
 
-// Checks x [N, H, W, C] and the geometry against the packed weights, then runs the convolution
-// without the GIL into `out` or a new [N, OH, OW, O] array of `OutElement`.
+// Checks x [N, H, W, C] and the geometry against the packed weights: the convolution into
+// `out` or a new [N, OH, OW, O] array of `OutElement`, as a prepared call.
 template <typename OutElement>
-py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packed,
-                      long long a_zero_point, const py::object& bias_object, Epilogue epilogue,
-                      const std::vector<long long>& stride, const std::vector<long long>& padding,
-                      const std::vector<long long>& dilation, long long threads,
-                      const py::object& out_object,
-                      const ResidualArguments& residual_arguments = {}) {
+PreparedCall prepare_qconv2d(const py::object& x_object, const PackedConvWeights& packed,
+                             long long a_zero_point, const py::object& bias_object,
+                             Epilogue epilogue, const std::vector<long long>& stride,
+                             const std::vector<long long>& padding,
+                             const std::vector<long long>& dilation,
+                             const py::object& out_object,
+                             const ResidualArguments& residual_arguments = {}) {
     bool x_signed = false;
     const py::array x =
         checked_activations(x_object, "x", 4, "[N, H, W, C]", a_zero_point, x_signed);
@@ -559,7 +613,6 @@ py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packe
         bias = checked_vector<std::int32_t>(bias_object, "bias", channels);
         epilogue.bias = static_cast<const std::int32_t*>(bias.data());
     }
-    const std::size_t thread_count = checked_threads(threads);
     const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
                                          static_cast<py::ssize_t>(geometry.out_w), channels};
     const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(OutElement));
@@ -579,12 +632,34 @@ py::array run_qconv2d(const py::object& x_object, const PackedConvWeights& packe
     py::array out = result_array<OutElement>(out_object, shape, "[N, OH, OW, O]", x, "x");
     const void* x_data = x.data();
     void* out_data = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::qconv2d(x_data, x_signed, static_cast<std::int32_t>(a_zero_point),
-                                 geometry, packed, epilogue, out_data, thread_count);
-    }
-    return out;
+    const PackedConvWeights* weights = &packed;
+    const auto zero_point = static_cast<std::int32_t>(a_zero_point);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::qconv2d(x_data, x_signed, zero_point, geometry, *weights,
+                                         epilogue, out_data, threads);
+            },
+            out,
+            {x, owner_of(packed), bias, residual, out}};
+}
+
+PreparedCall prepare_qconv2d_requantized(
+    const py::object& x, const PackedConvWeights& packed, long long a_zero_point,
+    const py::object& bias, const py::object& multiplier_object, long long out_zero_point,
+    long long lo, long long hi, const std::string& out_dtype,
+    const std::vector<long long>& stride, const std::vector<long long>& padding,
+    const std::vector<long long>& dilation, const py::object& out, const py::object& residual,
+    long long residual_zero_point, double residual_scale) {
+    const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
+                                                    out_zero_point, lo, hi, out_dtype);
+    const ResidualArguments with{residual, residual_zero_point, residual_scale};
+    PreparedCall call =
+        epilogue.type == OutputType::u8
+            ? prepare_qconv2d<std::uint8_t>(x, packed, a_zero_point, bias, epilogue, stride,
+                                            padding, dilation, out, with)
+            : prepare_qconv2d<std::int8_t>(x, packed, a_zero_point, bias, epilogue, stride,
+                                           padding, dilation, out, with);
+    call.keep.push_back(multiplier_object);
+    return call;
 }
 
 py::array qconv2d(const py::object& x, const PackedConvWeights& packed, long long a_zero_point,
@@ -594,15 +669,30 @@ py::array qconv2d(const py::object& x, const PackedConvWeights& packed, long lon
                   const std::vector<long long>& padding, const std::vector<long long>& dilation,
                   long long threads, const py::object& out, const py::object& residual,
                   long long residual_zero_point, double residual_scale) {
-    const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
-                                                    out_zero_point, lo, hi, out_dtype);
-    const ResidualArguments with{residual, residual_zero_point, residual_scale};
-    if (epilogue.type == OutputType::u8) {
-        return run_qconv2d<std::uint8_t>(x, packed, a_zero_point, bias, epilogue, stride,
-                                         padding, dilation, threads, out, with);
-    }
-    return run_qconv2d<std::int8_t>(x, packed, a_zero_point, bias, epilogue, stride, padding,
-                                    dilation, threads, out, with);
+    return run_now(prepare_qconv2d_requantized(x, packed, a_zero_point, bias, multiplier_object,
+                                               out_zero_point, lo, hi, out_dtype, stride,
+                                               padding, dilation, out, residual,
+                                               residual_zero_point, residual_scale),
+                   threads);
+}
+
+PreparedCall prepare_qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
+                                 long long a_zero_point, const py::object& bias,
+                                 const py::object& scale_object,
+                                 const std::vector<long long>& stride,
+                                 const std::vector<long long>& padding,
+                                 const std::vector<long long>& dilation, const py::object& out,
+                                 const py::object& residual, long long residual_zero_point,
+                                 double residual_scale) {
+    Epilogue epilogue;
+    epilogue.type = OutputType::f32;
+    const py::array scale = checked_scales(scale_object, "scale", packed.out_channels);
+    epilogue.scale = static_cast<const float*>(scale.data());
+    PreparedCall call =
+        prepare_qconv2d<float>(x, packed, a_zero_point, bias, epilogue, stride, padding,
+                               dilation, out, {residual, residual_zero_point, residual_scale});
+    call.keep.push_back(scale);
+    return call;
 }
 
 py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
@@ -612,12 +702,10 @@ py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
                       const std::vector<long long>& dilation, long long threads,
                       const py::object& out, const py::object& residual,
                       long long residual_zero_point, double residual_scale) {
-    Epilogue epilogue;
-    epilogue.type = OutputType::f32;
-    const py::array scale = checked_scales(scale_object, "scale", packed.out_channels);
-    epilogue.scale = static_cast<const float*>(scale.data());
-    return run_qconv2d<float>(x, packed, a_zero_point, bias, epilogue, stride, padding,
-                              dilation, threads, out, {residual, residual_zero_point, residual_scale});
+    return run_now(prepare_qconv2d_f32(x, packed, a_zero_point, bias, scale_object, stride,
+                                       padding, dilation, out, residual, residual_zero_point,
+                                       residual_scale),
+                   threads);
 }
 
 py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
@@ -625,28 +713,9 @@ py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
                       const std::vector<long long>& stride, const std::vector<long long>& padding,
                       const std::vector<long long>& dilation, long long threads,
                       const py::object& out) {
-    return run_qconv2d<std::int32_t>(x, packed, a_zero_point, bias, Epilogue{}, stride,
-                                     padding, dilation, threads, out);
-}
-
-// ---- prepared calls ---------------------------------------------------------------------------
-
-// A kernel call with its operands checked and its result allocated (or given as `out`): `run`
-// touches no Python object, so it runs without the GIL, now (run_now) or on every run of a
-// Program. `keep` holds the arrays and packed weights whose memory `run` reads and writes.
-struct PreparedCall {
-    std::function<void(std::size_t threads)> run;
-    py::array out;
-    std::vector<py::object> keep;
-};
-
-py::array run_now(const PreparedCall& call, long long threads) {
-    const std::size_t thread_count = checked_threads(threads);
-    {
-        py::gil_scoped_release release;
-        call.run(thread_count);
-    }
-    return call.out;
+    return run_now(prepare_qconv2d<std::int32_t>(x, packed, a_zero_point, bias, Epilogue{},
+                                                 stride, padding, dilation, out),
+                   threads);
 }
 
 // ---- pooling ---------------------------------------------------------------------------------
@@ -756,32 +825,55 @@ PackedSgemmWeights pack_sgemm_weights(const py::object& w_object,
 }
 
 // out[n, p, c] = x[n, c, p] for x [N, C, H, W] (channels_last) or [N, H, W, C] (not), both
-// C-contiguous: a model's NCHW input for the channels-last kernels, or their result for a
-// flatten in NCHW order.
+// C-contiguous float32, uint8 or int8: a model's NCHW input for the channels-last kernels, or
+// their result for a flatten in NCHW order.
 PreparedCall prepare_channel_move(const py::object& x_object, bool channels_last,
                                   const py::object& out_object) {
     const std::string dims = channels_last ? "[N, C, H, W]" : "[N, H, W, C]";
-    const py::array x = checked_array<float>(x_object, "x", 4, dims);
+    const std::string out_dims = channels_last ? "[N, H, W, C]" : "[N, C, H, W]";
+    if (!py::isinstance<py::array>(x_object)) {
+        throw py::type_error("x must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(x_object.ptr())->tp_name));
+    }
+    const py::dtype dtype = py::reinterpret_borrow<py::array>(x_object).dtype();
+    const bool bytes = dtype.equal(py::dtype::of<std::uint8_t>()) ||
+                       dtype.equal(py::dtype::of<std::int8_t>());
+    const py::array x = bytes ? (dtype.equal(py::dtype::of<std::uint8_t>())
+                                     ? checked_array<std::uint8_t>(x_object, "x", 4, dims)
+                                     : checked_array<std::int8_t>(x_object, "x", 4, dims))
+                              : checked_array<float>(x_object, "x", 4, dims);
     const std::vector<py::ssize_t> shape =
         channels_last ? std::vector<py::ssize_t>{x.shape(0), x.shape(2), x.shape(3), x.shape(1)}
                       : std::vector<py::ssize_t>{x.shape(0), x.shape(3), x.shape(1), x.shape(2)};
-    py::array out = result_array<float>(out_object, shape, channels_last ? "[N, H, W, C]"
-                                                                         : "[N, C, H, W]",
-                                        x, "x");
-    const auto* source = static_cast<const float*>(x.data());
-    auto* target = static_cast<float*>(out.mutable_data());
+    py::array out = !bytes ? result_array<float>(out_object, shape, out_dims, x, "x")
+                    : dtype.equal(py::dtype::of<std::uint8_t>())
+                        ? result_array<std::uint8_t>(out_object, shape, out_dims, x, "x")
+                        : result_array<std::int8_t>(out_object, shape, out_dims, x, "x");
+    const void* source = x.data();
+    void* target = out.mutable_data();
     const auto batch = static_cast<std::size_t>(x.shape(0));
     // The planes and the pixels of each plane, in x's order.
-    const auto planes = static_cast<std::size_t>(channels_last ? x.shape(1) : x.shape(1) * x.shape(2));
-    const auto plane_size = static_cast<std::size_t>(channels_last ? x.shape(2) * x.shape(3) : x.shape(3));
+    const auto planes =
+        static_cast<std::size_t>(channels_last ? x.shape(1) : x.shape(1) * x.shape(2));
+    const auto plane_size =
+        static_cast<std::size_t>(channels_last ? x.shape(2) * x.shape(3) : x.shape(3));
     return {[=](std::size_t threads) {
-                nimbus::kernels::nchw_to_nhwc(source, batch, planes, plane_size, target, threads);
+                if (bytes) {
+                    nimbus::kernels::nchw_to_nhwc(static_cast<const std::uint8_t*>(source),
+                                                  batch, planes, plane_size,
+                                                  static_cast<std::uint8_t*>(target), threads);
+                } else {
+                    nimbus::kernels::nchw_to_nhwc(static_cast<const float*>(source), batch,
+                                                  planes, plane_size,
+                                                  static_cast<float*>(target), threads);
+                }
             },
             out,
             {x, out}};
 }
 
 py::array to_channels_last(const py::object& x_object, long long threads) {
+    checked_array<float>(x_object, "x", 4, "[N, C, H, W]");
     return run_now(prepare_channel_move(x_object, true, py::none()), threads);
 }
 
@@ -858,12 +950,6 @@ py::array float_result(const py::object& out_object, const std::vector<py::ssize
         }
     }
     return out;
-}
-
-// The Python object of packed weights that pybind11 passed by reference, for PreparedCall::keep.
-template <typename Packed>
-py::object owner_of(const Packed& packed) {
-    return py::cast(&packed, py::return_value_policy::reference);
 }
 
 PreparedCall prepare_sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
@@ -1334,8 +1420,9 @@ float checked_scale(double scale) {
     return single;
 }
 
-py::array quantize(const py::object& x_object, double scale, long long zero_point,
-                   const std::string& dtype, bool channels_last, long long threads) {
+PreparedCall prepare_quantize(const py::object& x_object, double scale, long long zero_point,
+                              const std::string& dtype, bool channels_last,
+                              const py::object& out_object) {
     const py::array x = checked_float_array(x_object, "x", 0, "any shape");
     if (channels_last && x.ndim() != 4) {
         throw py::value_error("channels_last needs x as NCHW [N, C, H, W], got shape " +
@@ -1343,30 +1430,38 @@ py::array quantize(const py::object& x_object, double scale, long long zero_poin
     }
     const bool is_unsigned = checked_integer_type(dtype, zero_point);
     const float single_scale = checked_scale(scale);
-    const std::size_t thread_count = checked_threads(threads);
     std::vector<py::ssize_t> shape = shape_of(x);
     if (channels_last) {
         shape = {x.shape(0), x.shape(2), x.shape(3), x.shape(1)};
     }
-    py::array out(is_unsigned ? py::dtype::of<std::uint8_t>() : py::dtype::of<std::int8_t>(),
-                  shape);
+    const std::string dims = channels_last ? "[N, H, W, C]" : "(x's shape)";
+    py::array out = is_unsigned ? result_array<std::uint8_t>(out_object, shape, dims, x, "x")
+                                : result_array<std::int8_t>(out_object, shape, dims, x, "x");
     const auto* x_data = static_cast<const float*>(x.data());
     void* out_data = out.mutable_data();
     const auto count = static_cast<std::size_t>(x.size());
     const auto zp = static_cast<std::int32_t>(zero_point);
-    {
-        py::gil_scoped_release release;
-        if (channels_last) {
-            nimbus::kernels::quantize_to_channels_last(
-                x_data, static_cast<std::size_t>(shape[0]), static_cast<std::size_t>(shape[3]),
-                static_cast<std::size_t>(shape[1] * shape[2]), single_scale, zp, is_unsigned,
-                out_data, thread_count);
-        } else {
-            nimbus::kernels::quantize(x_data, count, single_scale, zp, is_unsigned, out_data,
-                                      thread_count);
-        }
-    }
-    return out;
+    return {[=](std::size_t threads) {
+                if (channels_last) {
+                    nimbus::kernels::quantize_to_channels_last(
+                        x_data, static_cast<std::size_t>(shape[0]),
+                        static_cast<std::size_t>(shape[3]),
+                        static_cast<std::size_t>(shape[1] * shape[2]), single_scale, zp,
+                        is_unsigned, out_data, threads);
+                } else {
+                    nimbus::kernels::quantize(x_data, count, single_scale, zp, is_unsigned,
+                                              out_data, threads);
+                }
+            },
+            out,
+            {x, out}};
+}
+
+py::array quantize(const py::object& x_object, double scale, long long zero_point,
+                   const std::string& dtype, bool channels_last, long long threads) {
+    return run_now(prepare_quantize(x_object, scale, zero_point, dtype, channels_last,
+                                    py::none()),
+                   threads);
 }
 
 // `object` as a C-contiguous uint8 or int8 array of at least `min_ndim` dimensions, no copy;
@@ -1684,13 +1779,90 @@ PYBIND11_MODULE(_kernels, module) {
             [](Program& program, const py::object& x, const py::object& out) {
                 program.add(prepare_channel_move(x, true, program_out(out)));
             },
-            py::arg("x"), py::arg("out"), "out [N, H, W, C] = x [N, C, H, W] (float32).")
+            py::arg("x"), py::arg("out"),
+            "out [N, H, W, C] = x [N, C, H, W] (float32, uint8 or int8).")
         .def(
             "to_channels_first",
             [](Program& program, const py::object& x, const py::object& out) {
                 program.add(prepare_channel_move(x, false, program_out(out)));
             },
-            py::arg("x"), py::arg("out"), "out [N, C, H, W] = x [N, H, W, C] (float32).")
+            py::arg("x"), py::arg("out"),
+            "out [N, C, H, W] = x [N, H, W, C] (float32, uint8 or int8).")
+        .def(
+            "quantize",
+            [](Program& program, const py::object& x, double scale, long long zero_point,
+               const std::string& dtype, bool channels_last, const py::object& out) {
+                program.add(prepare_quantize(x, scale, zero_point, dtype, channels_last,
+                                             program_out(out)));
+            },
+            py::arg("x"), py::arg("scale"), py::arg("zero_point"), py::arg("dtype"),
+            py::arg("channels_last"), py::arg("out"))
+        .def(
+            "qgemm",
+            [](Program& program, const py::object& a, const PackedWeights& packed,
+               long long a_zero_point, const py::object& bias, const py::object& multiplier,
+               long long out_zero_point, long long lo, long long hi, const std::string& out_dtype,
+               const py::object& out, const py::object& residual, long long residual_zero_point,
+               double residual_scale, const std::string& activation,
+               const std::optional<double>& output_scale) {
+                program.add(prepare_qgemm_requantized(
+                    a, packed, a_zero_point, bias, multiplier, out_zero_point, lo, hi, out_dtype,
+                    program_out(out), residual, residual_zero_point, residual_scale, activation,
+                    output_scale));
+            },
+            py::arg("a"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+            py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"), py::arg("hi"),
+            py::arg("out_dtype"), py::arg("out"), py::arg("residual"),
+            py::arg("residual_zero_point"), py::arg("residual_scale"), py::arg("activation"),
+            py::arg("output_scale"))
+        .def(
+            "qgemm_f32",
+            [](Program& program, const py::object& a, const PackedWeights& packed,
+               long long a_zero_point, const py::object& bias, const py::object& scale,
+               const py::object& out, const py::object& residual, long long residual_zero_point,
+               double residual_scale, const std::string& activation) {
+                program.add(prepare_qgemm_f32(a, packed, a_zero_point, bias, scale,
+                                              program_out(out), residual, residual_zero_point,
+                                              residual_scale, activation));
+            },
+            py::arg("a"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+            py::arg("scale"), py::arg("out"), py::arg("residual"),
+            py::arg("residual_zero_point"), py::arg("residual_scale"), py::arg("activation"))
+        .def(
+            "qconv2d",
+            [](Program& program, const py::object& x, const PackedConvWeights& packed,
+               long long a_zero_point, const py::object& bias, const py::object& multiplier,
+               long long out_zero_point, long long lo, long long hi, const std::string& out_dtype,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const py::object& out,
+               const py::object& residual, long long residual_zero_point,
+               double residual_scale) {
+                program.add(prepare_qconv2d_requantized(
+                    x, packed, a_zero_point, bias, multiplier, out_zero_point, lo, hi, out_dtype,
+                    stride, padding, dilation, program_out(out), residual, residual_zero_point,
+                    residual_scale));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+            py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"), py::arg("hi"),
+            py::arg("out_dtype"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+            py::arg("out"), py::arg("residual"), py::arg("residual_zero_point"),
+            py::arg("residual_scale"))
+        .def(
+            "qconv2d_f32",
+            [](Program& program, const py::object& x, const PackedConvWeights& packed,
+               long long a_zero_point, const py::object& bias, const py::object& scale,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const py::object& out,
+               const py::object& residual, long long residual_zero_point,
+               double residual_scale) {
+                program.add(prepare_qconv2d_f32(x, packed, a_zero_point, bias, scale, stride,
+                                                padding, dilation, program_out(out), residual,
+                                                residual_zero_point, residual_scale));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+            py::arg("scale"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+            py::arg("out"), py::arg("residual"), py::arg("residual_zero_point"),
+            py::arg("residual_scale"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);

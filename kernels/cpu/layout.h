@@ -29,8 +29,9 @@ void interleave_planes(const T* planes, std::size_t plane_stride, std::size_t ch
 }
 
 // out[n, p, c] = x[n, c, p] for x [batch, channels, pixels], both contiguous, on at most
-// `threads` threads.
-void nchw_to_nhwc(const float* x, std::size_t batch, std::size_t channels, std::size_t pixels,
-                  float* out, std::size_t threads);
+// `threads` threads; for float32 and for bytes (u8 or s8).
+template <typename T>
+void nchw_to_nhwc(const T* x, std::size_t batch, std::size_t channels, std::size_t pixels,
+                  T* out, std::size_t threads);
 
 }  // namespace nimbus::kernels

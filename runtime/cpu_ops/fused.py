@@ -181,8 +181,8 @@ def _fused_conv2d(xs, a):
 kernel("fused_conv2d")(without_types(in_float32(_fused_conv2d)))
 preparer("fused_conv2d")(lambda a, types, operands: layer_step(
     operands, lambda w, bias: prepare_native_conv2d(w, bias, a, a["activation"])))
-native_step("fused_conv2d")(lambda program, a, operands, runtime, results: build_native_conv2d(
-    program, a, operands, runtime, results, a["activation"]))
+native_step("fused_conv2d")(lambda program, a, types, operands, runtime, results: (
+    build_native_conv2d(program, a, types, operands, runtime, results, a["activation"])))
 
 
 def _fused_linear(xs, a):
@@ -196,8 +196,8 @@ def _fused_linear(xs, a):
 kernel("fused_linear")(without_types(in_float32(_fused_linear)))
 preparer("fused_linear")(lambda a, types, operands: layer_step(
     operands, lambda w, bias: prepare_native_linear(w, bias, a["activation"])))
-native_step("fused_linear")(lambda program, a, operands, runtime, results: build_native_linear(
-    program, a, operands, runtime, results, a["activation"]))
+native_step("fused_linear")(lambda program, a, types, operands, runtime, results: (
+    build_native_linear(program, a, types, operands, runtime, results, a["activation"])))
 kernel("fused_matmul")(without_types(in_float32(lambda xs, a: layer_epilogue(
     matmul_kernel([xs[0], xs[1]], a), None, xs[2], a["activation"], None))))
 kernel("attention")(without_types(in_float32(attention_kernel)))

@@ -337,7 +337,7 @@ def prepare_max_pool(a, types, operands):
 
 
 @native_step("max_pool2d")
-def build_max_pool(program, a, operands, runtime, results):
+def build_max_pool(program, a, types, operands, runtime, results):
     """prepare_max_pool's call as a program step."""
     x = operands[0]
     if x.dtype not in NATIVE_POOL_DTYPES or not x.size:
@@ -490,7 +490,7 @@ def layer_step(operands, prepare):
     return run_step
 
 
-def build_native_conv2d(program, a, operands, runtime, results, activation: str = "none"):
+def build_native_conv2d(program, a, types, operands, runtime, results, activation: str = "none"):
     """prepare_native_conv2d's call as a program step (a native_step builder): constant
     weights and bias, float32 x and an NHWC-memory result as the traced run gave."""
     x, w, bias = operands[:3]
@@ -511,7 +511,7 @@ def build_native_conv2d(program, a, operands, runtime, results, activation: str 
     return [out]
 
 
-def build_native_linear(program, a, operands, runtime, results, activation: str = "none"):
+def build_native_linear(program, a, types, operands, runtime, results, activation: str = "none"):
     """prepare_native_linear's call as a program step, for C-contiguous float32 x."""
     x, w, bias = operands[:3]
     residual = operands[3] if len(operands) > 3 else None

@@ -27,11 +27,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _kernels
-from .common import int_range, numpy_dtype
+from .common import int_range, nhwc, numpy_dtype
 from .fused import apply_activation
 from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, RUNTIME, kernel, prepared_or, preparer, without_types
+from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
+                       without_types)
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
 # Activations that a quantized result takes as clamp bounds; the others (gelu, silu, ...) run
@@ -333,12 +334,20 @@ def _bias(bias):
 NATIVE_QUANTIZED = {"u8": "u8", "i8": "s8"}  # plan dtype -> the native kernels' name
 
 
-@preparer("quantize")
-def prepare_quantize(a, types, operands):
+def native_quantize_args(a):
+    """(scale, zero point, native dtype name) of a per-tensor quantize to u8/i8, or None."""
     dtype = NATIVE_QUANTIZED.get(str(a["dtype"]))
     if dtype is None or len(a["scale"]) != 1:
         return None
-    scale, zero_point = float(a["scale"][0]), int((tuple(a["zero_point"]) or (0,))[0])
+    return float(a["scale"][0]), int((tuple(a["zero_point"]) or (0,))[0]), dtype
+
+
+@preparer("quantize")
+def prepare_quantize(a, types, operands):
+    args = native_quantize_args(a)
+    if args is None:
+        return None
+    scale, zero_point, dtype = args
 
     def run(xs):
         x = xs[0]
@@ -352,6 +361,22 @@ def prepare_quantize(a, types, operands):
         return [q.transpose(0, 3, 1, 2) if channels_last else q]
 
     return run
+
+
+@native_step("quantize")
+def build_quantize(program, a, types, operands, runtime, results):
+    """prepare_quantize's call as a program step, for C-contiguous float32 x."""
+    args = native_quantize_args(a)
+    x = operands[0]
+    if args is None or x.dtype != np.float32 or not x.flags.c_contiguous:
+        return None
+    out = np.empty_like(results[0])
+    channels_last = x.ndim == 4
+    target = nhwc(out) if channels_last else out
+    if not target.flags.c_contiguous:
+        return None
+    program.quantize(x, *args, channels_last, target)
+    return [out]
 
 
 @kernel("quantize")
@@ -412,6 +437,34 @@ def prepare_qlinear(a, types, operands):
     return run
 
 
+def _constants(operands, runtime) -> list:
+    """A program step's operands as a preparer sees them: RUNTIME for values computed at run
+    time."""
+    return [RUNTIME if is_runtime else operand for operand, is_runtime in zip(operands, runtime)]
+
+
+@native_step("qlinear")
+def build_qlinear(program, a, types, operands, runtime, results):
+    """prepare_qlinear's native call as a program step, for C-contiguous x (and residual)."""
+    layer = native_layer(types, _constants(operands, runtime), _packed_gemm)
+    if layer is None:
+        return None
+    xq, wq, rq, w, packed, zp, b, with_residual = layer
+    epilogue = native_epilogue(w, a, xq, wq, rq, with_residual)
+    x, residual = operands[0], operands[3]
+    if epilogue is None or not x.size or not x.flags.c_contiguous or (
+            residual is not None and not residual.flags.c_contiguous):
+        return None
+    n, k = w.shape
+    out = np.empty(results[0].shape, dtype=results[0].dtype)
+    method = program.qgemm_f32 if epilogue.f32 else program.qgemm
+    tail = epilogue.residual + ((a["activation"],) if epilogue.f32 else
+                                (epilogue.activation, epilogue.output_scale))
+    method(x.reshape(-1, k), packed, zp, b, *epilogue.args, out.reshape(-1, n),
+           None if residual is None else residual.reshape(-1, n), *tail)
+    return [out]
+
+
 @kernel("qlinear")
 def qlinear(xs, a, types):
     return prepared_or(prepare_qlinear, qlinear_reference, xs, a, types)
@@ -454,6 +507,30 @@ def prepare_qconv2d(a, types, operands):
         return [_f32_activation(out, a["activation"]) if epilogue.f32 else out]
 
     return run
+
+
+@native_step("qconv2d")
+def build_qconv2d(program, a, types, operands, runtime, results):
+    """prepare_qconv2d's native call as a program step, for x (and a residual) in NHWC memory
+    and results without a float activation after them."""
+    layer = native_layer(types, _constants(operands, runtime), lambda w: _packed_conv(w, a["groups"]))
+    if layer is None:
+        return None
+    xq, wq, rq, w, packed, zp, b, with_residual = layer
+    epilogue = native_epilogue(w, a, xq, wq, rq, with_residual) if (
+        not with_residual or a["groups"] == 1) else None
+    x, residual = operands[0], operands[3]
+    out = np.empty_like(results[0])
+    if epilogue is None or (epilogue.f32 and a["activation"] != "none") or not x.size:
+        return None
+    if not nhwc(x).flags.c_contiguous or not nhwc(out).flags.c_contiguous or (
+            residual is not None and not nhwc(residual).flags.c_contiguous):
+        return None
+    method = program.qconv2d_f32 if epilogue.f32 else program.qconv2d
+    method(nhwc(x), packed, zp, b, *epilogue.args, tuple(a["stride"]), tuple(a["padding"]),
+           tuple(a["dilation"]), nhwc(out), None if residual is None else nhwc(residual),
+           *epilogue.residual)
+    return [out]
 
 
 @kernel("qconv2d")

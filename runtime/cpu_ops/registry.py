@@ -16,8 +16,8 @@ dtype, an empty tensor), and the step then runs the kernel itself.
 
 A step may also become a call of a native program (``native_step(op)``), which runs a small
 model's whole plan in one call from Python (runtime/native_plan.py): ``build(program, attrs,
-operands, runtime, results) -> arrays | None`` sees the step as one traced run executed it
-(``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
+types, operands, runtime, results) -> arrays | None`` sees the step as one traced run executed
+it (``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
 computed at run time; ``results``: the traced results, whose shapes and memory layouts the
 program's must match), appends its calls to the ``_kernels.Program`` and returns the arrays
 that will hold its results, or None for a step it cannot express.
@@ -36,7 +36,7 @@ Kernel = Callable[[list, dict, list], "np.ndarray | list[np.ndarray]"]
 Prepared = Callable[[list], "list[np.ndarray] | None"]
 Preparer = Callable[[dict, list, list], "Prepared | None"]
 
-NativeStep = Callable[[object, dict, list, tuple, list], "list[np.ndarray] | None"]
+NativeStep = Callable[[object, dict, list, list, tuple, list], "list[np.ndarray] | None"]
 
 KERNELS: dict[str, Kernel] = {}
 PREPARERS: dict[str, Preparer] = {}

@@ -50,17 +50,20 @@ def full_reference(xs, a):
 kernel("reshape")(lambda xs, a, types: xs[0].reshape(a["shape"]))
 
 
+CHANNEL_MOVE_DTYPES = (np.float32, np.uint8, np.int8)  # what Program.to_channels_first moves
+
+
 @native_step("reshape")
-def build_reshape(program, a, operands, runtime, results):
-    """A reshape in a program: a view of C-contiguous x, or, for an NCHW view of NHWC float32
-    memory (a convolution's result flattened for a linear layer), a step that puts it in NCHW
-    order first."""
+def build_reshape(program, a, types, operands, runtime, results):
+    """A reshape in a program: a view of C-contiguous x, or, for an NCHW view of NHWC memory
+    (a convolution's result flattened for a linear layer), a step that puts it in NCHW order
+    first."""
     x = operands[0]
     if x.flags.c_contiguous:
         return [x.reshape(a["shape"])]
-    if x.ndim != 4 or x.dtype != np.float32 or not nhwc(x).flags.c_contiguous:
+    if x.ndim != 4 or x.dtype not in CHANNEL_MOVE_DTYPES or not nhwc(x).flags.c_contiguous:
         return None
-    out = np.empty(x.shape, dtype=np.float32)
+    out = np.empty(x.shape, dtype=x.dtype)
     program.to_channels_first(nhwc(x), out)
     return [out.reshape(a["shape"])]
 

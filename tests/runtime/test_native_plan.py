@@ -1,5 +1,6 @@
 """Native plans (runtime/native_plan.py): after the first run of an input shape, a small float
-model runs as one native program with the very results of the executor, bit for bit; outputs
+or int8 model runs as one native program with the very results of the executor, bit for bit
+(int8 ones with residual convolutions and GEMMs); outputs
 are fresh arrays; plans that a step cannot join, that are too large, or that another thread is
 running fall back to the executor; and a Program's steps check their operands."""
 
@@ -44,10 +45,11 @@ class WithSoftmax(OddCNN):
         return torch.softmax(super().forward(x), dim=-1)
 
 
-def session_of(model: nn.Module):
+def session_of(model: nn.Module, int8: bool = False):
     torch.manual_seed(0)
     example = torch.randn(1, 3, 19, 15)
-    return nimbus.compile(model.eval(), (example,)).session(), model
+    calibration = [images(4, seed)["x"] for seed in range(3)] if int8 else None
+    return nimbus.compile(model.eval(), (example,), calibration=calibration).session(), model
 
 
 def executor_run(session, feeds: dict) -> dict:
@@ -65,22 +67,27 @@ def images(batch: int, seed: int) -> dict:
     return {"x": rng.standard_normal((batch, 3, 19, 15)).astype(np.float32)}
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_a_native_plan_gives_the_executor_results(batch):
+def test_a_native_plan_gives_the_executor_results(batch, int8):
     torch.manual_seed(1)
-    session, model = session_of(OddCNN())
+    session, model = session_of(OddCNN(), int8)
+    ops = [step.op for step in session._steps]
+    assert ("qconv2d" in ops) == int8
     feeds = images(batch, seed=batch)
     first = session.run(feeds)["output"]
     plan = session._native_plans[(feeds["x"].shape,)]
     assert isinstance(plan, NativePlan)
-    assert len(plan.program) >= 7  # the input's layout change, 2 convolutions, pool, 3 GEMMs
+    # The input's layout change (float) or quantization (int8), 2 convolutions, a pooling, a
+    # flatten in NCHW order and 3 GEMMs.
+    assert len(plan.program) == 8
     for seed in (batch, 10 + batch):
         feeds = images(batch, seed)
         native = session.run(feeds)["output"]
         np.testing.assert_array_equal(native, executor_run(session, feeds)["output"])
         with torch.no_grad():
             expected = model(torch.from_numpy(feeds["x"])).numpy()
-        assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
+        assert_matches(native, expected, "native plan vs torch", rtol=0.1 if int8 else 1e-4)
     np.testing.assert_array_equal(session.run(images(batch, batch))["output"], first)
 
 
