@@ -32,9 +32,9 @@ Per model it also reports compile time, artifact size (beside the float32 parame
 the ONNX files), cold start (load the file to the first answer at batch 1), peak memory (the
 resident high-water mark above the starting point while opening the file and running batch 8
 once, for every runtime; for nimbus also tracemalloc's peak, i.e. Python objects and numpy
-buffers) and the share of a batch-1 run that the executor's fixed cost per step accounts for.
-The fixed cost per step is measured once: a plan of K relu steps on a 1-element tensor against
-a plan of one.
+buffers) and the share of a batch-1 run that the executor's fixed cost per step accounts for,
+unless batch 1 runs as one native call (a small model's native plan). The fixed cost per step
+is measured once: a plan of K relu steps on a 1-element tensor against a plan of one.
 
     python benchmarks/models.py [--threads 2] [--models lenet,resnet18,mobilenet_v2,bert]
                                 [--repeats 20] [--quick] [--json FILE] [--no-pytorch-int8]
@@ -561,6 +561,7 @@ def benchmark_model(name: str, options, out: Path, executor_us: float | None) ->
         per[key]["memory"] = measure_memory(work, python_side=key.startswith("nimbus"))
 
     runners: dict[str, Callable] = {}
+    sessions = {}  # nimbus's, to ask afterwards which batches ran as one native call
     for key in RUNTIMES[:4]:
         if key in errors:
             continue
@@ -570,6 +571,7 @@ def benchmark_model(name: str, options, out: Path, executor_us: float | None) ->
             memory(key)
             session = open_session(key)
             if key.startswith("nimbus"):
+                sessions[key] = session
                 per[key]["plan_steps"] = len(session.artifact.plan["steps"])
                 memory_plan = session.manifest.get("memory", {})
                 per[key]["planned_peak_activation_bytes_batch_1"] = memory_plan.get(
@@ -616,11 +618,15 @@ def benchmark_model(name: str, options, out: Path, executor_us: float | None) ->
         for kind, ours, peer in PAIRS:
             if row[ours] and row[peer]:
                 ratios[f"{kind} batch {batch}"] = row[peer] / row[ours]
+    for key, session in sessions.items():
+        native = {shapes[0][0] for shapes in session.native_shapes}
+        per[key]["native_plan_batches"] = [batch for batch in BATCHES if batch in native]
     if executor_us is not None:
         for key in ("nimbus int8", "nimbus float"):
             steps = per[key].get("plan_steps")
             ms = latency["1"][key]
-            if steps and ms:
+            # A native plan runs batch 1 without the executor's cost per step.
+            if steps and ms and 1 not in per[key].get("native_plan_batches", []):
                 per[key]["executor_share_batch_1"] = steps * executor_us / 1e3 / ms
     return {"info": info, "latency_ms": latency, "runs": runs, "spread_ms": spread,
             "ratios": ratios,
@@ -708,7 +714,8 @@ def print_report(results: dict, config: dict) -> None:
     print("running batch 8 once (VmHWM after /proc/self/clear_refs; memory that the process")
     print("had freed earlier and reuses is not counted); nimbus py MB = tracemalloc peak of the")
     print("same (Python objects and numpy buffers; excludes the memory-mapped weights and native")
-    print("packed int8 weights); plan steps and the executor's fixed-cost share of batch 1")
+    print("packed int8 weights); plan steps and the executor's fixed-cost share of batch 1, or")
+    print("'native' where batch 1 ran as one native call (runtime/native_plan.py)")
     header = (f"{'model':<13} {'runtime':<17} {'cold ms':>9} {'peak RSS MB':>11} "
               f"{'py MB':>7} {'steps':>6} {'exec share':>10}")
     print(header)
@@ -721,9 +728,11 @@ def print_report(results: dict, config: dict) -> None:
             steps, share = per.get("plan_steps"), per.get("executor_share_batch_1")
             if cold is None and not mem:
                 continue
+            share_text = ("native" if 1 in per.get("native_plan_batches", [])
+                          else "-" if share is None else f"{100 * share:.1f}%")
             print(f"{name:<13} {key:<17} {_ms(cold):>9} {_mb(mem.get('rss_peak_delta_bytes')):>11} "
                   f"{_mb(mem.get('tracemalloc_peak_bytes')):>7} {'-' if steps is None else steps:>6} "
-                  f"{'-' if share is None else f'{100 * share:.1f}%':>10}")
+                  f"{share_text:>10}")
 
 
 # ---- main -----------------------------------------------------------------------------------------

@@ -103,6 +103,12 @@ class Session:
     def manifest(self) -> dict:
         return self.artifact.manifest
 
+    @property
+    def native_shapes(self) -> list[tuple]:
+        """The input shapes (one tuple per input) whose runs are one native call
+        (native_plan.py): those run once already, whose plan every step could join."""
+        return [shapes for shapes, plan in self._native_plans.items() if plan is not None]
+
     # ---- running ------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; returns its outputs by name."""

@@ -1,5 +1,6 @@
 """benchmarks/models.py runs end to end: a quick run on LeNet alone writes every runtime's
-latency for both batches to its JSON and prints the tables. No timing is asserted."""
+latency for both batches to its JSON (and which batches ran as one native call) and prints the
+tables. No timing is asserted."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def test_quick_benchmark_on_lenet_reports_every_runtime_for_both_batches(tmp_pat
     for runtime in ("nimbus int8", "nimbus float"):
         assert runtimes[runtime]["memory"]["tracemalloc_peak_bytes"] > 0
         assert runtimes[runtime]["plan_steps"] > 0
+        # LeNet's plan runs as one native call at both batches (runtime/native_plan.py).
+        assert runtimes[runtime]["native_plan_batches"] == [1, 8]
     assert lenet["info"]["float32_parameter_bytes"] > 0
 
     table = completed.stdout

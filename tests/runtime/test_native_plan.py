@@ -113,6 +113,7 @@ def test_each_input_shape_gets_a_plan_up_to_the_limit():
                                       executor_run(session, feeds)["output"])
     assert len(session._native_plans) == MAX_PROGRAMS
     assert all(isinstance(plan, NativePlan) for plan in session._native_plans.values())
+    assert session.native_shapes == [((batch, 3, 19, 15),) for batch in range(1, MAX_PROGRAMS + 1)]
 
 
 def test_a_step_without_a_native_form_keeps_the_executor():
@@ -120,6 +121,7 @@ def test_a_step_without_a_native_form_keeps_the_executor():
     feeds = images(2, seed=0)
     session.run(feeds)
     assert session._native_plans[(feeds["x"].shape,)] is None
+    assert session.native_shapes == []
     with torch.no_grad():
         expected = model(torch.from_numpy(feeds["x"])).numpy()
     assert_matches(session.run(feeds)["output"], expected, "executor", rtol=1e-4)
