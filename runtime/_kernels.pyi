@@ -31,6 +31,10 @@ def dequantize_channels(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
 def to_channels_last(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.float32]:
     """Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] array."""
 
+def mean_axis(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.float32]:
+    """Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 [O, I],
+    summed in float64 (a global average pool over NHWC pixels)."""
+
 def kernels_version() -> str:
     """Return the nimbus version that the kernels were built from."""
 
@@ -274,6 +278,7 @@ class Program:
                     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                     out: npt.NDArray[np.float32], residual: npt.NDArray | None,
                     residual_zero_point: int, residual_scale: float) -> None: ...
+    def mean_axis(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None: ...
     def to_channels_last(self, x: npt.NDArray, out: npt.NDArray) -> None:
         """out [N, H, W, C] = x [N, C, H, W] (float32, uint8 or int8)."""
     def to_channels_first(self, x: npt.NDArray, out: npt.NDArray) -> None:

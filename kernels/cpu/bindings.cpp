@@ -19,6 +19,7 @@
 #include "layout.h"
 #include "pool.h"
 #include "quantize.h"
+#include "reduce.h"
 #include "qconv.h"
 #include "qgemm.h"
 #include "sconv.h"
@@ -875,6 +876,30 @@ PreparedCall prepare_channel_move(const py::object& x_object, bool channels_last
 py::array to_channels_last(const py::object& x_object, long long threads) {
     checked_array<float>(x_object, "x", 4, "[N, C, H, W]");
     return run_now(prepare_channel_move(x_object, true, py::none()), threads);
+}
+
+// out [O, I] = mean over L of x [O, L, I] (float32, C-contiguous, L >= 1), summed in float64.
+PreparedCall prepare_mean_axis(const py::object& x_object, const py::object& out_object) {
+    const py::array x = checked_array<float>(x_object, "x", 3, "[O, L, I]");
+    if (x.shape(1) < 1) {
+        throw py::value_error("x must have at least one value to average over (axis 1), got "
+                              "shape " + attribute_text(x, "shape"));
+    }
+    py::array out = result_array<float>(out_object, {x.shape(0), x.shape(2)}, "[O, I]", x, "x");
+    const auto* source = static_cast<const float*>(x.data());
+    auto* target = static_cast<float*>(out.mutable_data());
+    const auto outer = static_cast<std::size_t>(x.shape(0));
+    const auto length = static_cast<std::size_t>(x.shape(1));
+    const auto inner = static_cast<std::size_t>(x.shape(2));
+    return {[=](std::size_t threads) {
+                nimbus::kernels::mean_axis(source, outer, length, inner, target, threads);
+            },
+            out,
+            {x, out}};
+}
+
+py::array mean_axis(const py::object& x_object, long long threads) {
+    return run_now(prepare_mean_axis(x_object, py::none()), threads);
 }
 
 // act(x) as a new float32 array of x's shape, for any C-contiguous float32 x.
@@ -1863,9 +1888,18 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("scale"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
             py::arg("out"), py::arg("residual"), py::arg("residual_zero_point"),
             py::arg("residual_scale"))
+        .def(
+            "mean_axis",
+            [](Program& program, const py::object& x, const py::object& out) {
+                program.add(prepare_mean_axis(x, program_out(out)));
+            },
+            py::arg("x"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);
+    module.def("mean_axis", &mean_axis, py::arg("x"), py::arg("threads") = 1,
+               "Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 "
+               "[O, I],\nsummed in float64 (a global average pool over NHWC pixels).");
     module.def("activation", &activation, py::arg("x"), py::arg("activation"),
                py::arg("threads") = 1,
                "Return act(x) for float32 x of any shape: relu, relu6, gelu (erf), gelu_tanh, "

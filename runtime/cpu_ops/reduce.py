@@ -1,11 +1,13 @@
-"""Reductions over a set of axes: mean, sum, max, min (floats accumulate in float64)."""
+"""Reductions over a set of axes: mean, sum, max, min (floats accumulate in float64); a float
+global average pool runs on the native mean_axis."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .common import normalize_axis
-from .registry import kernel, without_types
+from .. import _kernels
+from .common import nhwc, normalize_axis
+from .registry import NATIVE_THREADS, kernel, native_step, without_types
 
 
 def reduced_axes(axes, rank: int) -> set[int]:
@@ -39,4 +41,43 @@ REDUCTIONS = {
 }
 
 for _name, _fn in REDUCTIONS.items():
-    kernel(_name)(without_types(lambda xs, a, fn=_fn: reduce_reference(xs, a, fn)))
+    if _name != "mean":
+        kernel(_name)(without_types(lambda xs, a, fn=_fn: reduce_reference(xs, a, fn)))
+
+
+def native_mean_view(x: np.ndarray, a: dict):
+    """(x's memory as [O, L, I] with the averaged values on L, the result's shape) for a float32
+    mean over the spatial axes of 4-D x, a global average pool: over NHWC memory (a
+    convolution's result) or NCHW; None otherwise."""
+    if x.dtype != np.float32 or x.ndim != 4 or not x.size or reduced_axes(a["axes"], 4) != {2, 3}:
+        return None
+    n, c, h, w = x.shape
+    shape = (n, c, 1, 1) if a["keepdim"] else (n, c)
+    if nhwc(x).flags.c_contiguous:
+        return nhwc(x).reshape(n, h * w, c), shape
+    if x.flags.c_contiguous:
+        return x.reshape(n * c, h * w, 1), shape
+    return None
+
+
+@kernel("mean")
+def mean(xs, a, types):
+    """The native mean_axis for a global average pool (float64 sums, like numpy's here), numpy
+    otherwise."""
+    view = native_mean_view(xs[0], a)
+    if view is None:
+        return reduce_reference(xs, a, REDUCTIONS["mean"])
+    source, shape = view
+    return _kernels.mean_axis(source, NATIVE_THREADS.get()).reshape(shape)
+
+
+@native_step("mean")
+def build_mean(program, a, types, operands, runtime, results):
+    """The native global average pool as a program step."""
+    view = native_mean_view(operands[0], a)
+    if view is None:
+        return None
+    source, shape = view
+    out = np.empty(shape, dtype=np.float32)
+    program.mean_axis(source, out.reshape(source.shape[0], source.shape[2]))
+    return [out]

@@ -136,6 +136,11 @@ def cases() -> list[Case]:
         add(op, [randn(3, 7)], {"axes": [-1]}, label="last")
         add(op, [randn(2, 3)], {}, label="all")
     add("sum", [integers(-9, 9, 3, 4, dtype=np.int32)], {"axes": [1]}, label="i32")
+    # A global average pool on the native mean_axis: over NHWC memory (as convolutions return
+    # it) and over NCHW, keeping the dims or not.
+    add("mean", [randn(2, 5, 3, 17).transpose(0, 3, 1, 2)], {"axes": [2, 3], "keepdim": True},
+        label="pool-nhwc")
+    add("mean", [randn(3, 6, 5, 1)], {"axes": [-1, -2]}, label="pool-nchw")
     add("reduce_max", [u8(2, 5)], {"axes": [0]}, label="u8")
     # ---- data movement
     add("reshape", [randn(2, 3, 4)], {"shape": [4, -1]})
