@@ -34,7 +34,8 @@ resident high-water mark above the starting point while opening the file and run
 once, for every runtime; for nimbus also tracemalloc's peak, i.e. Python objects and numpy
 buffers) and the share of a batch-1 run that the executor's fixed cost per step accounts for,
 unless batch 1 runs as one native call (a small model's native plan). The fixed cost per step
-is measured once: a plan of K relu steps on a 1-element tensor against a plan of one.
+is measured once: a plan of K relu steps on a 1-element tensor against a plan of one; and a
+native plan's, from K 4x4 linear layers on one row against one.
 
     python benchmarks/models.py [--threads 2] [--models lenet,resnet18,mobilenet_v2,bert]
                                 [--repeats 20] [--quick] [--json FILE] [--no-pytorch-int8]
@@ -457,22 +458,42 @@ class ReluChain(nn.Module):
         return x
 
 
-def executor_cost(steps: int, repeats: int) -> dict:
-    """The executor's cost per plan step (a relu on a 1-element tensor, its kernel included):
-    a plan of `steps` relu steps
-    against a plan of one, both compiled without passes so that no step is fused away."""
-    x = np.ones((1,), np.float32)
+class LinearChain(nn.Module):
+    def __init__(self, steps: int):
+        super().__init__()
+        self.layers = nn.Sequential(*(nn.Linear(4, 4) for _ in range(steps)))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def step_cost(model_of: Callable[[int], nn.Module], x: np.ndarray, steps: int, repeats: int,
+              pipeline: str) -> dict:
+    """The cost per plan step of a plan of `steps` steps of model_of(steps) against a plan of
+    one, both compiled with `pipeline` (no fusion, so that no step goes away); ``native`` says
+    whether both ran as one native call (runtime/native_plan.py)."""
     sessions = {}
     for count in (1, steps):
         with quiet():
-            compiled = nimbus.compile(ReluChain(count), (torch.from_numpy(x),), pipeline="")
+            compiled = nimbus.compile(model_of(count), (torch.from_numpy(x),), pipeline=pipeline)
         sessions[count] = compiled.session()
     counts = {count: len(s.artifact.plan["steps"]) for count, s in sessions.items()}
     ms = {count: timed_ms(lambda s=s: s.run({s.inputs[0].name: x}), repeats * 10, 0.2, 5)[0]
           for count, s in sessions.items()}
     per_step_us = (ms[steps] - ms[1]) * 1e3 / (counts[steps] - counts[1])
     return {"plan_steps": counts[steps], "run_ms": ms[steps], "one_step_run_ms": ms[1],
-            "per_step_us": per_step_us}
+            "per_step_us": per_step_us,
+            "native": all(s.native_shapes for s in sessions.values())}
+
+
+def executor_cost(steps: int, repeats: int) -> dict:
+    """The executor's cost per plan step: relu steps on a 1-element tensor (their kernel
+    included), which no native plan takes; and a native plan's, from 4x4 linear layers on one
+    row (their GEMMs included)."""
+    cost = step_cost(ReluChain, np.ones((1,), np.float32), steps, repeats, pipeline="")
+    cost["native_plan"] = step_cost(LinearChain, np.ones((1, 4), np.float32), steps, repeats,
+                                    pipeline="canonicalize")
+    return cost
 
 
 # ---- one model ------------------------------------------------------------------------------------
@@ -805,10 +826,14 @@ def main(argv=None) -> dict:
         executor = Recorder(errors)("executor", lambda: executor_cost(executor_steps,
                                                                       options.repeats))
         if executor:
+            native = executor["native_plan"]
             print(f"executor fixed cost: {executor['per_step_us']:.2f} us per plan step "
                   f"({executor['plan_steps']} relu steps on 1 element: "
-                  f"{executor['run_ms']:.3f} ms; 1 step: {executor['one_step_run_ms']:.3f} ms)",
-                  flush=True)
+                  f"{executor['run_ms']:.3f} ms; 1 step: {executor['one_step_run_ms']:.3f} ms); "
+                  f"a native plan's: {native['per_step_us']:.2f} us per step "
+                  f"({native['plan_steps']} 4x4 linear steps on one row: "
+                  f"{native['run_ms']:.3f} ms; 1 step: {native['one_step_run_ms']:.3f} ms"
+                  f"{'' if native['native'] else ', NOT native'})", flush=True)
         else:
             print(f"executor fixed cost: failed ({errors['executor']})", flush=True)
         results = {}

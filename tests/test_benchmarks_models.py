@@ -25,6 +25,8 @@ def test_quick_benchmark_on_lenet_reports_every_runtime_for_both_batches(tmp_pat
 
     assert report["config"]["models"] == ["lenet"]
     assert report["executor"]["per_step_us"] > 0
+    assert report["executor"]["native_plan"]["native"]
+    assert report["executor"]["native_plan"]["per_step_us"] > 0
     lenet = report["models"]["lenet"]
     assert lenet["errors"] == {}
     assert lenet["latency_ms"]["1"]["pytorch int8"] is None  # left out on request
