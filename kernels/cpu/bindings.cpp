@@ -684,9 +684,10 @@ PreparedCall prepare_qconv2d_f32(const py::object& x, const PackedConvWeights& p
                                  const std::vector<long long>& padding,
                                  const std::vector<long long>& dilation, const py::object& out,
                                  const py::object& residual, long long residual_zero_point,
-                                 double residual_scale) {
+                                 double residual_scale, const std::string& activation) {
     Epilogue epilogue;
     epilogue.type = OutputType::f32;
+    epilogue.activation = nimbus::kernels::activation_from_name(activation);
     const py::array scale = checked_scales(scale_object, "scale", packed.out_channels);
     epilogue.scale = static_cast<const float*>(scale.data());
     PreparedCall call =
@@ -702,10 +703,11 @@ py::array qconv2d_f32(const py::object& x, const PackedConvWeights& packed,
                       const std::vector<long long>& padding,
                       const std::vector<long long>& dilation, long long threads,
                       const py::object& out, const py::object& residual,
-                      long long residual_zero_point, double residual_scale) {
+                      long long residual_zero_point, double residual_scale,
+                      const std::string& activation) {
     return run_now(prepare_qconv2d_f32(x, packed, a_zero_point, bias, scale_object, stride,
                                        padding, dilation, out, residual, residual_zero_point,
-                                       residual_scale),
+                                       residual_scale, activation),
                    threads);
 }
 
@@ -1675,8 +1677,9 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,
                py::arg("dilation") = unit_pair, py::arg("threads") = 1,
                py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
-               py::arg("residual_scale") = 0.0,
-               "Return f32(acc) * scale + t as float32 [N, OH, OW, O] for NHWC x."
+               py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
+               "Return act(f32(acc) * scale + t) as float32 [N, OH, OW, O] for NHWC x; act as "
+               "for sgemm."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_s32", &qconv2d_s32, py::arg("x"), py::arg("packed"),
                py::arg("a_zero_point") = 0, py::arg("bias") = py::none(),
@@ -1879,15 +1882,16 @@ PYBIND11_MODULE(_kernels, module) {
                const std::vector<long long>& stride, const std::vector<long long>& padding,
                const std::vector<long long>& dilation, const py::object& out,
                const py::object& residual, long long residual_zero_point,
-               double residual_scale) {
+               double residual_scale, const std::string& activation) {
                 program.add(prepare_qconv2d_f32(x, packed, a_zero_point, bias, scale, stride,
                                                 padding, dilation, program_out(out), residual,
-                                                residual_zero_point, residual_scale));
+                                                residual_zero_point, residual_scale,
+                                                activation));
             },
             py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
             py::arg("scale"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
             py::arg("out"), py::arg("residual"), py::arg("residual_zero_point"),
-            py::arg("residual_scale"))
+            py::arg("residual_scale"), py::arg("activation"))
         .def(
             "mean_axis",
             [](Program& program, const py::object& x, const py::object& out) {

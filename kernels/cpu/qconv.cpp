@@ -583,6 +583,12 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
     threads = std::max<std::size_t>(threads, 1);
     if (weights.depthwise) {
         run_depthwise(x, x_signed, x_zero_point, geometry, weights, epilogue, out, threads);
+        if (epilogue.type == OutputType::f32 && epilogue.activation != Activation::none) {
+            // The depthwise kernels' epilogue has no float activation: one pass after them.
+            activate(static_cast<float*>(out),
+                     geometry.batch * geometry.out_h * geometry.out_w * weights.out_channels,
+                     epilogue.activation, selected_isa());
+        }
 #ifdef NIMBUS_X86_KERNELS
     } else if (runs_direct(geometry, weights, epilogue)) {
         run_direct(static_cast<const std::uint8_t*>(x), x_signed, x_zero_point, geometry,

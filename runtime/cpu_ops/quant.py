@@ -494,7 +494,9 @@ def prepare_qconv2d(a, types, operands):
             return [finish_integer_op(acc.transpose(0, 3, 1, 2), xq, wq, a, 1, xs[3], rq)]
         return run
     kernel = _kernels.qconv2d_f32 if epilogue.f32 else _kernels.qconv2d
-    head = (packed, zp, b, *epilogue.args, *geometry)  # then threads, out, residual, its terms
+    head = (packed, zp, b, *epilogue.args, *geometry)  # then threads, out, residual, the tail
+    tail = conv_epilogue_tail(epilogue, a["activation"])
+    after = a["activation"] if epilogue.f32 and a["activation"] not in CLAMP_ACTIVATIONS else None
 
     def run(xs):
         x, residual = xs[0], xs[3]
@@ -503,16 +505,25 @@ def prepare_qconv2d(a, types, operands):
         if residual is not None:
             residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
         out = kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), *head, NATIVE_THREADS.get(),
-                     None, residual, *epilogue.residual).transpose(0, 3, 1, 2)
-        return [_f32_activation(out, a["activation"]) if epilogue.f32 else out]
+                     None, residual, *tail).transpose(0, 3, 1, 2)
+        return [out if after is None else _f32_activation(out, after)]
 
     return run
+
+
+def conv_epilogue_tail(epilogue: NativeEpilogue, activation: str) -> tuple:
+    """The last arguments of the native convolution: the residual's terms, and for an f32
+    result a clamp activation, which the kernel applies exactly as numpy clamps (the float
+    activations run in numpy after it, as the reference computes them)."""
+    if not epilogue.f32:
+        return epilogue.residual
+    return epilogue.residual + (activation if activation in CLAMP_ACTIVATIONS else "none",)
 
 
 @native_step("qconv2d")
 def build_qconv2d(program, a, types, operands, runtime, results):
     """prepare_qconv2d's native call as a program step, for x (and a residual) in NHWC memory
-    and results without a float activation after them."""
+    and results without a float activation after them (clamps are the kernel's)."""
     layer = native_layer(types, _constants(operands, runtime), lambda w: _packed_conv(w, a["groups"]))
     if layer is None:
         return None
@@ -521,7 +532,8 @@ def build_qconv2d(program, a, types, operands, runtime, results):
         not with_residual or a["groups"] == 1) else None
     x, residual = operands[0], operands[3]
     out = np.empty_like(results[0])
-    if epilogue is None or (epilogue.f32 and a["activation"] != "none") or not x.size:
+    if epilogue is None or not x.size or (
+            epilogue.f32 and a["activation"] not in CLAMP_ACTIVATIONS):
         return None
     if not nhwc(x).flags.c_contiguous or not nhwc(out).flags.c_contiguous or (
             residual is not None and not nhwc(residual).flags.c_contiguous):
@@ -529,7 +541,7 @@ def build_qconv2d(program, a, types, operands, runtime, results):
     method = program.qconv2d_f32 if epilogue.f32 else program.qconv2d
     method(nhwc(x), packed, zp, b, *epilogue.args, tuple(a["stride"]), tuple(a["padding"]),
            tuple(a["dilation"]), nhwc(out), None if residual is None else nhwc(residual),
-           *epilogue.residual)
+           *conv_epilogue_tail(epilogue, a["activation"]))
     return [out]
 
 

@@ -139,6 +139,13 @@ def test_all_epilogues_match_the_reference(geometry, isa, a_type):
     dequantized = problem.reference("f32")
     actual = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale, **keywords)
     assert_matches(bits(actual), bits(dequantized), name=f"{name} f32 bits")
+    # Clamps in the f32 epilogue (every path, the depthwise one after its kernel) are exact.
+    for activation, clamped in (("relu", np.maximum(dequantized, 0)),
+                                ("relu6", np.clip(dequantized, 0, 6))):
+        actual = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale,
+                             **keywords, activation=activation)
+        assert_matches(bits(actual), bits(clamped.astype(np.float32)),
+                       name=f"{name} f32 {activation}")
 
     # A result scale that spreads the values over about twice the output range before clamping.
     out_scale = float(np.abs(dequantized).max() / 250 + 1e-6)
