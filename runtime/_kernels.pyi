@@ -279,6 +279,14 @@ class Program:
                     out: npt.NDArray[np.float32], residual: npt.NDArray | None,
                     residual_zero_point: int, residual_scale: float) -> None: ...
     def mean_axis(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> None: ...
+    def inverted_residual(self, x: npt.NDArray[np.float32], expand: object,
+                          expand_bias: npt.NDArray[np.float32] | None, expand_activation: str,
+                          depthwise: object, depthwise_bias: npt.NDArray[np.float32] | None,
+                          depthwise_activation: str, stride: Sequence[int],
+                          padding: Sequence[int], dilation: Sequence[int], project: object,
+                          project_bias: npt.NDArray[np.float32] | None, project_activation: str,
+                          residual: npt.NDArray[np.float32] | None,
+                          out: npt.NDArray[np.float32]) -> None: ...
     def to_channels_last(self, x: npt.NDArray, out: npt.NDArray) -> None:
         """out [N, H, W, C] = x [N, C, H, W] (float32, uint8 or int8)."""
     def to_channels_first(self, x: npt.NDArray, out: npt.NDArray) -> None:

@@ -1093,17 +1093,14 @@ void require_pointwise(const PackedSconvWeights& packed, std::size_t inputs,
     }
 }
 
-py::array inverted_residual(const py::object& x_object, const PackedSconvWeights& expand,
-                            const py::object& expand_bias, const std::string& expand_activation,
-                            const PackedSconvWeights& depthwise,
-                            const py::object& depthwise_bias,
-                            const std::string& depthwise_activation,
-                            const std::vector<long long>& stride,
-                            const std::vector<long long>& padding,
-                            const std::vector<long long>& dilation,
-                            const PackedSconvWeights& project, const py::object& project_bias,
-                            const std::string& project_activation,
-                            const py::object& residual_object, long long threads) {
+PreparedCall prepare_inverted_residual(
+    const py::object& x_object, const PackedSconvWeights& expand, const py::object& expand_bias,
+    const std::string& expand_activation, const PackedSconvWeights& depthwise,
+    const py::object& depthwise_bias, const std::string& depthwise_activation,
+    const std::vector<long long>& stride, const std::vector<long long>& padding,
+    const std::vector<long long>& dilation, const PackedSconvWeights& project,
+    const py::object& project_bias, const std::string& project_activation,
+    const py::object& residual_object, const py::object& out_object) {
     const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
     const auto inputs = static_cast<std::size_t>(x.shape(3));
     require_pointwise(expand, inputs, "expand");
@@ -1140,15 +1137,33 @@ py::array inverted_residual(const py::object& x_object, const PackedSconvWeights
     block.project = &project;
     block.project_epilogue = float_epilogue(project_bias, residual_object, project_activation,
                                             shape, "[N, OH, OW, O]", biases[2], residual);
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out = float_result<float>(py::none(), shape, "[N, OH, OW, O]", x, residual);
+    py::array out = float_result<float>(out_object, shape, "[N, OH, OW, O]", x, residual);
     const auto* x_data = static_cast<const float*>(x.data());
     auto* out_data = static_cast<float*>(out.mutable_data());
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::inverted_residual(x_data, block, out_data, thread_count);
-    }
-    return out;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::inverted_residual(x_data, block, out_data, threads);
+            },
+            out,
+            {x, owner_of(expand), owner_of(depthwise), owner_of(project), biases[0],
+             biases[1], biases[2], residual, out}};
+}
+
+py::array inverted_residual(const py::object& x_object, const PackedSconvWeights& expand,
+                            const py::object& expand_bias, const std::string& expand_activation,
+                            const PackedSconvWeights& depthwise,
+                            const py::object& depthwise_bias,
+                            const std::string& depthwise_activation,
+                            const std::vector<long long>& stride,
+                            const std::vector<long long>& padding,
+                            const std::vector<long long>& dilation,
+                            const PackedSconvWeights& project, const py::object& project_bias,
+                            const std::string& project_activation,
+                            const py::object& residual_object, long long threads) {
+    return run_now(prepare_inverted_residual(x_object, expand, expand_bias, expand_activation,
+                                             depthwise, depthwise_bias, depthwise_activation,
+                                             stride, padding, dilation, project, project_bias,
+                                             project_activation, residual_object, py::none()),
+                   threads);
 }
 
 // ---- float32 attention and row normalizations ----------------------------------------------
@@ -1898,6 +1913,26 @@ PYBIND11_MODULE(_kernels, module) {
                 program.add(prepare_mean_axis(x, program_out(out)));
             },
             py::arg("x"), py::arg("out"))
+        .def(
+            "inverted_residual",
+            [](Program& program, const py::object& x, const PackedSconvWeights& expand,
+               const py::object& expand_bias, const std::string& expand_activation,
+               const PackedSconvWeights& depthwise, const py::object& depthwise_bias,
+               const std::string& depthwise_activation, const std::vector<long long>& stride,
+               const std::vector<long long>& padding, const std::vector<long long>& dilation,
+               const PackedSconvWeights& project, const py::object& project_bias,
+               const std::string& project_activation, const py::object& residual,
+               const py::object& out) {
+                program.add(prepare_inverted_residual(
+                    x, expand, expand_bias, expand_activation, depthwise, depthwise_bias,
+                    depthwise_activation, stride, padding, dilation, project, project_bias,
+                    project_activation, residual, program_out(out)));
+            },
+            py::arg("x"), py::arg("expand"), py::arg("expand_bias"),
+            py::arg("expand_activation"), py::arg("depthwise"), py::arg("depthwise_bias"),
+            py::arg("depthwise_activation"), py::arg("stride"), py::arg("padding"),
+            py::arg("dilation"), py::arg("project"), py::arg("project_bias"),
+            py::arg("project_activation"), py::arg("residual"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);

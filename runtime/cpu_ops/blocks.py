@@ -17,9 +17,10 @@ from collections import Counter
 import numpy as np
 
 from .. import _kernels
-from .nn import _float32_vector, channels_last, output_hw
+from .common import nhwc
+from .nn import _float32_vector, channels_last, channels_last_operand, output_hw
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, call_kernel
+from .registry import NATIVE_THREADS, call_kernel, native_step
 
 LAYER_OPS = ("conv2d", "fused_conv2d")
 # The native block runs when the expanded activations of one image reach this size: below it
@@ -89,47 +90,105 @@ def _run_step(step, operands):
                                                    list(step.types))
 
 
-def _block_step(block, constants):
-    expand, depthwise, project = block
-    (we, be, act_e), (wd, bd, act_d), (wp, bp, act_p) = (_layer(s, constants) for s in block)
-    packed = [PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, step.attrs["groups"])
-              for w, step in zip((we, wd, wp), block)]
-    biases = [_float32_vector(b) for b in (be, bd, bp)]
-    a = depthwise.attrs
-    geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
-    has_residual = len(project.operands) > 3 and project.operands[3] is not None
+class InvertedResidualBlock:
+    """The fused step's run function: the native block for large images, else its three
+    steps one by one; and its program steps (``build``), likewise."""
 
-    def operands_of(step, x):
-        return [x if slot == step.operands[0] else constants[slot] if slot is not None else None
-                for slot in step.operands]
+    def __init__(self, block, constants):
+        self.steps = block
+        self.constants = constants
+        (we, be, self.act_e), (wd, bd, self.act_d), (wp, bp, self.act_p) = (
+            _layer(step, constants) for step in block)
+        self.expanded, self.outputs, self.kernel = we.shape[0], wp.shape[0], wd.shape[2:]
+        self.packed = [PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights,
+                                          step.attrs["groups"])
+                       for w, step in zip((we, wd, wp), block)]
+        self.biases = [_float32_vector(b) for b in (be, bd, bp)]
+        a = block[1].attrs
+        self.geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
+        project = block[2]
+        self.has_residual = len(project.operands) > 3 and project.operands[3] is not None
 
-    def in_sequence(x, residual):
-        e = _run_step(expand, operands_of(expand, x))[0]
-        d = _run_step(depthwise, operands_of(depthwise, e))[0]
-        layer = operands_of(project, d)
-        if has_residual:
+    def _operands_of(self, step, x):
+        return [x if slot == step.operands[0] else self.constants[slot] if slot is not None
+                else None for slot in step.operands]
+
+    def _in_sequence(self, x, residual):
+        expand, depthwise, project = self.steps
+        e = _run_step(expand, self._operands_of(expand, x))[0]
+        d = _run_step(depthwise, self._operands_of(depthwise, e))[0]
+        layer = self._operands_of(project, d)
+        if self.has_residual:
             layer[3] = residual
         return _run_step(project, layer)
 
-    def run(xs):
-        x, residual = xs[0], xs[1] if has_residual else None
+    def _fused(self, x, residual) -> bool:
+        """Whether the native block takes x (and the residual) rather than the three layers."""
         if (x.dtype != np.float32 or x.ndim != 4 or not x.size
-                or x.shape[2] * x.shape[3] * we.shape[0] * 4 < FUSED_MIN_BYTES):
-            return in_sequence(x, residual)
-        out_hw = output_hw(x.shape, wd.shape[2:], *geometry)
+                or x.shape[2] * x.shape[3] * self.expanded * 4 < FUSED_MIN_BYTES):
+            return False
+        out_hw = output_hw(x.shape, self.kernel, *self.geometry)
+        return residual is None or (residual.dtype == np.float32 and residual.shape == (
+            x.shape[0], self.outputs, *out_hw))
+
+    def _arguments(self):
+        (pe, pd, pp), (be, bd, bp) = self.packed, self.biases
+        return (pe, be, self.act_e, pd, bd, self.act_d, *self.geometry, pp, bp, self.act_p)
+
+    def __call__(self, xs):
+        x, residual = xs[0], xs[1] if self.has_residual else None
+        if not self._fused(x, residual):
+            return self._in_sequence(x, residual)
         if residual is not None:
-            if residual.shape != (x.shape[0], wp.shape[0], *out_hw) or residual.dtype != np.float32:
-                return in_sequence(x, residual)
             residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
-        out = _kernels.inverted_residual(
-            channels_last(x), packed[0], biases[0], act_e, packed[1], biases[1], act_d,
-            *geometry, packed[2], biases[2], act_p, residual, NATIVE_THREADS.get())
+        out = _kernels.inverted_residual(channels_last(x), *self._arguments(), residual,
+                                         NATIVE_THREADS.get())
         return [out.transpose(0, 3, 1, 2)]
 
-    operands = (expand.operands[0],) + ((project.operands[3],) if has_residual else ())
-    types = (expand.types[0],) + ((project.types[3],) if has_residual else ())
+    def build(self, program, operands, results):
+        """The block's calls in a native plan: the native block or the three convolutions, as
+        __call__ runs them, over x (and a residual) in NHWC memory."""
+        x, residual = operands[0], operands[1] if self.has_residual else None
+        out = np.empty_like(results[0])
+        if x.dtype != np.float32 or not x.size or not nhwc(out).flags.c_contiguous:
+            return None
+        fused = self._fused(x, residual)
+        x_nhwc = channels_last_operand(program, x)
+        if residual is not None:
+            residual = channels_last_operand(program, residual)
+            if residual is None:
+                return None
+        if x_nhwc is None:
+            return None
+        if fused:
+            program.inverted_residual(x_nhwc, *self._arguments(), residual, nhwc(out))
+            return [out]
+        pointwise = ((1, 1), (0, 0, 0, 0), (1, 1))
+        n, _, h, w = x.shape
+        e = np.empty((n, h, w, self.expanded), dtype=np.float32)
+        d = np.empty((n, *out.shape[2:], self.expanded), dtype=np.float32)
+        (pe, pd, pp), (be, bd, bp) = self.packed, self.biases
+        program.sconv2d(x_nhwc, pe, be, None, self.act_e, *pointwise, e)
+        program.sconv2d(e, pd, bd, None, self.act_d, *self.geometry, d)
+        program.sconv2d(d, pp, bp, residual, self.act_p, *pointwise, nhwc(out))
+        return [out]
+
+
+def _block_step(block, constants):
+    expand, _, project = block
+    run = InvertedResidualBlock(block, constants)
+    operands = (expand.operands[0],) + ((project.operands[3],) if run.has_residual else ())
+    types = (expand.types[0],) + ((project.types[3],) if run.has_residual else ())
+    # The attributes hold the block itself, for its native_step builder: a fused step exists
+    # only in a loaded session, never in an artifact.
     return dataclasses.replace(
-        expand, op="inverted_residual", attrs={}, operands=operands, results=project.results,
-        types=types, release=tuple(dict.fromkeys(expand.release + depthwise.release + project.release)),
+        expand, op="inverted_residual", attrs={"block": run}, operands=operands,
+        results=project.results, types=types,
+        release=tuple(dict.fromkeys(expand.release + block[1].release + project.release)),
         source=f"{expand.source} .. {project.source}", symbolic_attrs=(),
         kernel=lambda xs, attrs, types: run(xs), prepared=run)
+
+
+native_step("inverted_residual")(
+    lambda program, a, types, operands, runtime, results: a["block"].build(program, operands,
+                                                                           results))

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 from checks import assert_matches, run_concurrently
+from models.cases import randomize_batch_norm
+from models.mobilenet import InvertedResidual
 from torch import nn
 
 import nimbus
 from nimbus.runtime import _kernels, native_plan
+from nimbus.runtime.cpu_ops import blocks
 from nimbus.runtime.native_plan import MAX_PROGRAMS, NativePlan
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
@@ -89,6 +92,30 @@ def test_a_native_plan_gives_the_executor_results(batch, int8):
             expected = model(torch.from_numpy(feeds["x"])).numpy()
         assert_matches(native, expected, "native plan vs torch", rtol=0.1 if int8 else 1e-4)
     np.testing.assert_array_equal(session.run(images(batch, batch))["output"], first)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["native block", "layers"])
+def test_inverted_residual_blocks_join_native_plans(fused, monkeypatch):
+    if not fused:
+        monkeypatch.setattr(blocks, "FUSED_MIN_BYTES", 1 << 62)
+    torch.manual_seed(0)
+    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=6),
+                          InvertedResidual(16, 24, stride=2, expand_ratio=6))
+    randomize_batch_norm(model)
+    x = torch.randn(1, 16, 64, 64)  # expanded: 64 x 64 x 96 floats, past FUSED_MIN_BYTES
+    session = nimbus.compile(model.eval(), (x,)).session()
+    assert [step.op for step in session._steps] == ["inverted_residual"] * 2
+    feeds = {session.inputs[0].name: x.numpy()}
+    session.run(feeds)
+    plan = session._native_plans[(x.shape,)]
+    # The layout changes of the input (x, and the first block's residual), then 1 or 3 per block.
+    assert len(plan.program) == (4 if fused else 8)
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        feeds = {session.inputs[0].name: rng.standard_normal((1, 16, 64, 64), np.float32)}
+        native = session.run(feeds)
+        for key, value in executor_run(session, feeds).items():
+            np.testing.assert_array_equal(native[key], value)
 
 
 def test_outputs_are_fresh_arrays():
