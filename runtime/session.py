@@ -8,7 +8,9 @@ The plan (nimbus.compiler.lowering) is validated when the session is made: every
 constant and type is checked, so running it can only fail on bad inputs, which get an error
 naming the input, the expected and the given dtype or shape. A run keeps its activations in a
 list local to the call and releases each after its last use; the weights are the artifact's
-read-only arrays; so one session serves concurrent `run` calls from several threads.
+read-only arrays; so one session serves concurrent `run` calls from several threads. After the
+first run of an input shape, a small model runs as one native call (native_plan.py), whose
+arrays one run at a time uses: concurrent runs of that shape take the executor meanwhile.
 """
 
 from __future__ import annotations
@@ -112,7 +114,6 @@ class Session:
     # ---- running ------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; returns its outputs by name."""
-        values: list = list(self._constant_slots)
         bindings: dict[str, int] = {}
         self._check_names(feeds)
         inputs = [self._checked_input(name, feeds[name], info, bindings)
@@ -127,6 +128,7 @@ class Session:
                 return dict(zip(self._output_names, outputs))
         trace = Trace() if shapes not in self._native_plans \
             and len(self._native_plans) < self._native_plan_limit else None
+        values: list = list(self._constant_slots)
         for (_, slot, _), array in zip(self._inputs, inputs):
             values[slot] = array
         token = NATIVE_THREADS.set(self.threads)
