@@ -1,11 +1,12 @@
 """Native plans (runtime/native_plan.py): after the first run of an input shape, a small float
 or int8 model runs as one native program with the very results of the executor, bit for bit
-(int8 ones with residual convolutions and GEMMs); outputs
-are fresh arrays; plans that a step cannot join, that are too large, or that another thread is
-running fall back to the executor; and a Program's steps check their operands."""
+(int8 ones with residual convolutions and GEMMs, inverted residual blocks); outputs are fresh
+arrays; plans that a step cannot join, that are too large, or that another thread is running
+fall back to the executor; a Program's steps check their operands and keep them alive."""
 
 from __future__ import annotations
 
+import gc
 
 import numpy as np
 import pytest
@@ -195,3 +196,17 @@ def test_program_steps_check_their_operands():
     np.testing.assert_array_equal(out, np.tile(np.arange(4, dtype=np.float32), (2, 1)))
     with pytest.raises(ValueError, match="threads must be at least 1"):
         program.run(threads=0)
+
+
+def test_a_program_keeps_its_arrays_and_weights_alive():
+    program = _kernels.Program()
+    x = np.ones((3, 8), np.float32)
+    packed = _kernels.pack_sgemm_weights(np.full((4, 8), 2, np.float32))
+    bias = np.arange(4, dtype=np.float32)
+    out = np.zeros((3, 4), np.float32)
+    program.sgemm(x, packed, bias, None, "none", out)
+    x[...] = 0.5  # the step reads x's memory at run time
+    del x, packed, bias
+    gc.collect()
+    program.run()
+    np.testing.assert_array_equal(out, np.tile(8 + np.arange(4, dtype=np.float32), (3, 1)))
