@@ -7,12 +7,15 @@
 
 #ifdef NIMBUS_X86_KERNELS
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace nimbus::kernels {
 namespace {
 
-constexpr Isa kAllIsas[] = {Isa::avx512_vnni, Isa::avx2, Isa::portable};
+constexpr Isa kAllIsas[] = {Isa::amx, Isa::avx512_vnni, Isa::avx2, Isa::portable,
+                             Isa::amx_emulated};
 
 std::string known_names() {
     std::string names;
@@ -36,10 +39,17 @@ std::string available_names() {
 // XCR0 bits: the register state that the operating system saves on context switches.
 constexpr std::uint64_t kXmmYmmState = 0x6;
 constexpr std::uint64_t kZmmState = 0xE0;  // opmask, upper halves of zmm0-15, zmm16-31
+constexpr std::uint64_t kTileState = 0x60000;  // XTILECFG and XTILEDATA
+
+// Linux keeps the 8 KiB of tile data out of a process's saved state until it asks for it
+// (arch/x86/include/uapi/asm/prctl.h); without that, the first AMX instruction faults.
+constexpr int kArchRequestStatePermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+constexpr int kTileDataFeature = 18;                 // XFEATURE_XTILEDATA
 
 struct CpuFeatures {
     bool avx2 = false;
     bool avx512_vnni = false;
+    bool amx = false;
 };
 
 std::uint64_t enabled_register_state() {
@@ -66,8 +76,13 @@ CpuFeatures detect_features() {
     const bool avx512f = (ebx >> 16) & 1;
     const bool avx512bw = (ebx >> 30) & 1;
     const bool avx512_vnni = (ecx >> 11) & 1;
+    const bool amx_tile = (edx >> 24) & 1;
+    const bool amx_int8 = (edx >> 25) & 1;
     features.avx2 = ymm_saved && avx2;
     features.avx512_vnni = zmm_saved && avx512f && avx512bw && avx512_vnni;
+    features.amx = features.avx512_vnni && amx_tile && amx_int8 &&
+                   (state & kTileState) == kTileState &&
+                   syscall(SYS_arch_prctl, kArchRequestStatePermission, kTileDataFeature) == 0;
     return features;
 }
 #endif
@@ -76,6 +91,9 @@ std::vector<Isa> detect_isas() {
     std::vector<Isa> isas;
 #ifdef NIMBUS_X86_KERNELS
     const CpuFeatures features = detect_features();
+    if (features.amx) {
+        isas.push_back(Isa::amx);
+    }
     if (features.avx512_vnni) {
         isas.push_back(Isa::avx512_vnni);
     }
@@ -105,6 +123,10 @@ Isa choose_process_isa() {
 
 const char* isa_name(Isa isa) {
     switch (isa) {
+        case Isa::amx:
+            return "amx";
+        case Isa::amx_emulated:
+            return "amx_emulated";
         case Isa::avx512_vnni:
             return "avx512_vnni";
         case Isa::avx2:
@@ -128,12 +150,17 @@ Isa supported_isa(const std::string& name) {
                                     known_names());
     }
     const std::vector<Isa> available = available_isas();
-    if (std::find(available.begin(), available.end(), *known) == available.end()) {
+    const Isa needed = *known == Isa::amx_emulated ? Isa::avx512_vnni : *known;
+    if (std::find(available.begin(), available.end(), needed) == available.end()) {
         throw std::runtime_error("ISA path '" + name +
                                  "' is not supported by this CPU and operating system; "
                                  "available: " + available_names());
     }
     return *known;
+}
+
+Isa vector_isa(Isa isa) {
+    return isa == Isa::amx || isa == Isa::amx_emulated ? Isa::avx512_vnni : isa;
 }
 
 Isa selected_isa() {

@@ -1,4 +1,9 @@
 // Run-time choice of the instruction-set path of the int8 GEMM.
+//
+// The AMX path multiplies int8 tiles with AMX and runs everything else (the GEMM's epilogue,
+// the float kernels, depthwise convolutions) with AVX512-VNNI, which it requires. Its kernel
+// also runs over tiles emulated in software ("amx_emulated"): the same code, checkable on any
+// AVX512-VNNI CPU, slow, and never chosen unless named.
 #pragma once
 
 #include <string>
@@ -11,15 +16,21 @@
 
 namespace nimbus::kernels {
 
-enum class Isa { portable, avx2, avx512_vnni };
+enum class Isa { portable, avx2, avx512_vnni, amx, amx_emulated };
 
 const char* isa_name(Isa isa);
 
 // The paths that this CPU and operating system run, fastest first; "portable" is always last.
+// "amx_emulated" is not among them.
 std::vector<Isa> available_isas();
 
+// The vector path of `isa`: what kernels other than the int8 GEMM run on it (avx512_vnni for
+// the AMX paths).
+Isa vector_isa(Isa isa);
+
 // The path named `name`. Throws std::invalid_argument for an unknown name and
-// std::runtime_error for a path that this machine cannot run.
+// std::runtime_error for a path that this machine cannot run ("amx_emulated" runs where
+// "avx512_vnni" does).
 Isa supported_isa(const std::string& name);
 
 // The process-wide path: NIMBUS_ISA when set (an error if unknown or unsupported), else the

@@ -160,7 +160,7 @@ template <typename Element>
 void pool_rows(const void* x, const PoolGeometry& g, void* out, std::size_t threads) {
     auto row_kernel = pool_row<Element>;
 #ifdef NIMBUS_X86_KERNELS
-    if (selected_isa() == Isa::avx512_vnni && g.kernel_h <= 16) {
+    if (vector_isa(selected_isa()) == Isa::avx512_vnni && g.kernel_h <= 16) {
         row_kernel = pool_row_avx512<Element>;
     }
 #endif

@@ -344,7 +344,7 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
     auto kernel = run_depthwise_portable;
     std::vector<std::uint8_t> padding;
 #ifdef NIMBUS_X86_KERNELS
-    if (w.isa == Isa::avx512_vnni) {
+    if (vector_isa(w.isa) == Isa::avx512_vnni) {
         kernel = run_depthwise_avx512;
         // It sums u8 x * w over whole windows, padding read as x_zp (s8 x flipped to x + 128).
         const auto u8_zero_point = static_cast<std::uint32_t>(x_zero_point + (x_signed ? 128 : 0));
@@ -509,7 +509,8 @@ std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
                             std::size_t group_channels, std::size_t groups, Isa isa) {
     const std::size_t depth =
         kernel_h * conv_row_depth(kernel_h, kernel_w, group_channels, groups, isa);
-    return kernel_h * kernel_w == 1 ? depth : round_up(depth, kDepthGroup);
+    // A gathered window row is padded to what the GEMM reads in place.
+    return kernel_h * kernel_w == 1 ? depth : packed_depth(round_up(depth, kDepthGroup), isa);
 }
 
 std::size_t conv_output_size(std::size_t size, std::size_t kernel, std::size_t stride,
@@ -533,7 +534,7 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
     packed.depthwise = group_channels == 1 && groups == out_channels && groups > 1;
     if (packed.depthwise) {
         packed.padded_channels = round_up(out_channels, kDepthwiseChannelBlock);
-        if (isa == Isa::avx512_vnni) {
+        if (vector_isa(isa) == Isa::avx512_vnni) {
             pack_depthwise_vnni(w, taps, packed);
             return packed;
         }
@@ -548,7 +549,8 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
     }
     // A 1x1 kernel stays on the GEMM, as in sconv.cpp, which reads an unpadded one's
     // activations in place.
-    if (isa == Isa::avx512_vnni && groups == 1 && out_channels <= kQconvDirectMaxOutputs &&
+    if (vector_isa(isa) == Isa::avx512_vnni && groups == 1 &&
+        out_channels <= kQconvDirectMaxOutputs &&
         group_channels <= kQconvDirectMaxChannels && taps > 1) {
         pack_direct(w, packed);
     }

@@ -81,7 +81,8 @@ std::size_t conv_row_depth(std::size_t kernel_h, std::size_t kernel_w, std::size
                            std::size_t groups, Isa isa);
 
 // The depth of the GEMM of each group: kernel_h rows of conv_row_depth, padded with zero weights
-// to the 4-byte groups of vpdpbusd except for a 1x1 kernel, whose rows can be the activations.
+// to the 4-byte groups of vpdpbusd (to 64 bytes, a tile row, for AMX) except for a 1x1 kernel,
+// whose rows can be the activations.
 std::size_t conv_gemm_depth(std::size_t kernel_h, std::size_t kernel_w,
                             std::size_t group_channels, std::size_t groups, Isa isa);
 

@@ -23,6 +23,10 @@ struct Path {
 Path path_of(Isa isa) {
     switch (isa) {
 #ifdef NIMBUS_X86_KERNELS
+        case Isa::amx:
+            return {kAmxLayout, run_amx};
+        case Isa::amx_emulated:
+            return {kAmxLayout, run_amx_emulated};
         case Isa::avx512_vnni:
             return {kAvx512VnniLayout, run_avx512_vnni};
         case Isa::avx2:
@@ -187,6 +191,10 @@ void run_gemm(const void* a, const ActivationRuns* runs, std::size_t m, std::uin
 
 }  // namespace
 
+std::size_t packed_depth(std::size_t k, Isa isa) {
+    return round_up(k, path_of(isa).layout.depth_multiple);
+}
+
 PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, Isa isa) {
     const PathLayout layout = path_of(isa).layout;
     PackedWeights packed;
@@ -194,7 +202,7 @@ PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, I
     packed.n = n;
     packed.k = k;
     packed.padded_n = round_up(n, layout.panel_width);
-    packed.padded_k = round_up(k, layout.k_group);
+    packed.padded_k = round_up(k, layout.depth_multiple);
     packed.data.assign(packed.padded_n * packed.padded_k, 0);
     packed.column_sums.assign(packed.padded_n, 0);
     const std::size_t panel_size = packed.padded_k * layout.panel_width;

@@ -32,10 +32,14 @@ struct PackedWeights {
     std::size_t n = 0;
     std::size_t k = 0;
     std::size_t padded_n = 0;  // n rounded up to the panel width; padding is zero
-    std::size_t padded_k = 0;  // k rounded up to the depth group; padding is zero
+    std::size_t padded_k = 0;  // k rounded up to the depth group (64 for AMX); padding is zero
     std::vector<std::int8_t> data;
     std::vector<std::int32_t> column_sums;  // sum_k w[n, k], which folds in a_zp at run time
 };
+
+// The padded_k of k depths packed for `isa`: activation rows of that many bytes are read in
+// place.
+std::size_t packed_depth(std::size_t k, Isa isa);
 
 // w is row-major [n, k]; k must not exceed kMaxDepthU8S8 (checked by the caller).
 PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, Isa isa);

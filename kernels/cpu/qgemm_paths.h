@@ -10,16 +10,20 @@
 namespace nimbus::kernels {
 
 // How a path wants its operands: the weight layout of PackedWeights and the activation rows it
-// reads (u8, or u16 for the AVX2 path, which multiplies 16-bit pairs), padded to padded_k.
+// reads (u8, or u16 for the AVX2 path, which multiplies 16-bit pairs), padded to padded_k, a
+// multiple of depth_multiple.
 struct PathLayout {
     std::size_t panel_width;
     std::size_t k_group;
     std::size_t activation_bytes;
+    std::size_t depth_multiple;
 };
 
-inline constexpr PathLayout kPortableLayout{32, 1, 1};
-inline constexpr PathLayout kAvx2Layout{16, 2, 2};
-inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1};
+inline constexpr PathLayout kPortableLayout{32, 1, 1, 1};
+inline constexpr PathLayout kAvx2Layout{16, 2, 2, 2};
+inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1, 4};
+// Two tiles of 16 columns side by side; a tile row holds 64 bytes of depth.
+inline constexpr PathLayout kAmxLayout{32, 4, 1, 64};
 
 // One call, shared read-only by every thread. The per-column arrays cover padded_n columns.
 struct GemmTask {
@@ -46,6 +50,11 @@ void run_avx2(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
               std::size_t panel_begin, std::size_t panel_end);
 void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
                      std::size_t panel_begin, std::size_t panel_end);
+// Both read matrix rows only (task.runs is null).
+void run_amx(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+             std::size_t panel_begin, std::size_t panel_end);
+void run_amx_emulated(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                      std::size_t panel_begin, std::size_t panel_end);
 #endif
 
 }  // namespace nimbus::kernels

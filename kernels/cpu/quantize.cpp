@@ -103,7 +103,7 @@ template <typename Result>
 void quantize_range(const float* x, std::size_t begin, std::size_t end, const Range& r,
                     Result* out) {
 #ifdef NIMBUS_X86_KERNELS
-    switch (selected_isa()) {
+    switch (vector_isa(selected_isa())) {
         case Isa::avx512_vnni:
             return quantize_avx512(x, begin, end, r, out);
         case Isa::avx2:

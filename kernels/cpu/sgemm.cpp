@@ -140,7 +140,8 @@ const char* activation_name(Activation activation) {
 
 Isa sgemm_path(Isa isa) {
     static const bool fma = cpu_has_fma();
-    return isa == Isa::avx2 && !fma ? Isa::portable : isa;
+    const Isa vector = vector_isa(isa);
+    return vector == Isa::avx2 && !fma ? Isa::portable : vector;
 }
 
 void activate(float* data, std::size_t count, Activation activation, Isa isa) {

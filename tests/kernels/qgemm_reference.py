@@ -6,8 +6,13 @@ import numpy as np
 
 from nimbus.compiler.dtypes import DType
 from nimbus.compiler.ops.quant import requantize
+from nimbus.runtime import available_isas
 
 OUT_DTYPES = {"u8": DType.u8, "s8": DType.i8}
+
+# Every path this machine runs, and the AMX kernel over emulated tiles wherever AVX512-VNNI runs:
+# the AMX code, its blocking and its tails, checked on CPUs without AMX too.
+INT8_ISAS = available_isas() + (["amx_emulated"] if "avx512_vnni" in available_isas() else [])
 
 
 def accumulators(a: np.ndarray, w: np.ndarray, a_zero_point: int, bias) -> np.ndarray:

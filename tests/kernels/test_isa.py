@@ -10,7 +10,7 @@ import pytest
 
 from nimbus.runtime import available_isas, pack_weights, selected_isa
 
-KNOWN_ISAS = ["avx512_vnni", "avx2", "portable"]
+KNOWN_ISAS = ["amx", "avx512_vnni", "avx2", "portable"]
 
 CHILD_SCRIPT = """
 import numpy as np
@@ -64,3 +64,12 @@ def test_forcing_an_unsupported_path_is_an_error():
         child = run_child(isa)
         assert child.returncode != 0
         assert f"RuntimeError: NIMBUS_ISA: {message}" in child.stderr
+
+
+def test_the_emulated_amx_path_runs_only_when_named():
+    assert "amx_emulated" not in available_isas()
+    if "avx512_vnni" not in available_isas():
+        pytest.skip("the emulated AMX path needs AVX512-VNNI")
+    child = run_child("amx_emulated")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split("\n")[:2] == ["amx_emulated amx_emulated", "[[3 3]]"]

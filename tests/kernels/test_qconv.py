@@ -13,7 +13,6 @@ from nimbus.compiler.dtypes import DType
 from nimbus.compiler.ir import QuantParams
 from nimbus.compiler.ops.quant import activation_bounds, requant_multiplier
 from nimbus.runtime import (
-    available_isas,
     pack_conv_weights,
     qconv2d,
     qconv2d_f32,
@@ -21,8 +20,7 @@ from nimbus.runtime import (
 )
 from nimbus.runtime.cpu_ops.quant import residual_factor
 from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
-
-ISAS = available_isas()
+from qgemm_reference import INT8_ISAS as ISAS
 
 # name: (N, C, H, W, O, (KH, KW), stride, padding [top, left, bottom, right], dilation, groups).
 # Sizes are odd and no multiple of any block; depthwise rows have groups == C == O.

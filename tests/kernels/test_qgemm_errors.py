@@ -28,7 +28,7 @@ BAD_WEIGHTS = {
     "K too deep": (lambda: pack_weights(np.zeros((1, MAX_DEPTH + 1), dtype=np.int8)), ValueError,
                    f"K = {MAX_DEPTH + 1} is larger than {MAX_DEPTH}"),
     "unknown isa": (lambda: pack_weights(W, "sse9"), ValueError,
-                    "unknown ISA path 'sse9'; the paths are avx512_vnni, avx2, portable"),
+                    "unknown ISA path 'sse9'; the paths are amx, avx512_vnni, avx2, portable, amx_emulated"),
 }
 
 

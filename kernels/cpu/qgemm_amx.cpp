@@ -1,0 +1,303 @@
+// The AMX path of the int8 GEMM. tdpbusd multiplies a tile of 16 rows x 64 u8 activations by a
+// tile of 64 depths x 16 columns of s8 weights (16 rows of 4-byte depth groups, the panel layout
+// of vpdpbusd) and adds the products to 16 x 16 int32 sums, exactly. A block of 32 rows x 32
+// columns keeps four tiles of sums over the whole depth (two tiles of activations, two of
+// weights: all eight tile registers), then stores them to L1 for the AVX-512 epilogue that the
+// VNNI path runs on its registers.
+//
+// The kernel is written once over a tile interface, compiled for the hardware (Isa::amx) and
+// for tiles emulated in software with the checks the hardware makes (Isa::amx_emulated), so
+// that its blocking, packing and tails are tested bit-exactly on CPUs without AMX.
+#include "qgemm_paths.h"
+
+#ifdef NIMBUS_X86_KERNELS
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "qgemm_store_avx512.h"
+
+namespace nimbus::kernels {
+namespace {
+
+using avx512::kLanes;
+using avx512::store_column;
+
+constexpr std::size_t kTileRows = 16;    // rows of a tile of activations or sums
+constexpr std::size_t kTileBytes = 64;   // bytes of a tile row: 64 depths, or 16 int32 sums
+constexpr std::size_t kTileCount = 8;
+constexpr std::size_t kPanelWidth = kAmxLayout.panel_width;
+constexpr std::size_t kBlockRows = 2 * kTileRows;
+// Bytes from one depth group of a panel's weights to the next: the row stride of a weight tile.
+constexpr std::size_t kPanelGroupBytes = kPanelWidth * kAmxLayout.k_group;
+static_assert(kPanelWidth == 2 * kLanes && kTileBytes == kLanes * kAmxLayout.k_group);
+
+// What ldtilecfg reads: palette 1, then per tile its bytes per row and its rows.
+struct alignas(64) TileConfig {
+    std::uint8_t palette = 1;
+    std::uint8_t start_row = 0;
+    std::uint8_t reserved[14] = {};
+    std::uint16_t bytes_per_row[16] = {};
+    std::uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64);
+
+// The tile registers: sums of the block's low and high 16 rows for columns 0-15 and 16-31,
+// the two 16-row halves of its activations, and the weights of the two column halves.
+constexpr int kSumsLowLeft = 0;
+constexpr int kSumsLowRight = 1;
+constexpr int kSumsHighLeft = 2;
+constexpr int kSumsHighRight = 3;
+constexpr int kActivationsLow = 4;
+constexpr int kActivationsHigh = 5;
+constexpr int kWeightsLeft = 6;
+constexpr int kWeightsRight = 7;
+
+// Tiles for a block whose halves have low_rows and high_rows rows (both 1 to 16).
+TileConfig block_config(std::size_t low_rows, std::size_t high_rows) {
+    TileConfig config;
+    for (std::size_t tile = 0; tile < kTileCount; ++tile) {
+        config.bytes_per_row[tile] = kTileBytes;
+        config.rows[tile] = kTileRows;
+    }
+    for (const int tile : {kSumsLowLeft, kSumsLowRight, kActivationsLow}) {
+        config.rows[tile] = static_cast<std::uint8_t>(low_rows);
+    }
+    for (const int tile : {kSumsHighLeft, kSumsHighRight, kActivationsHigh}) {
+        config.rows[tile] = static_cast<std::uint8_t>(high_rows);
+    }
+    return config;
+}
+
+// The instructions. The tile number is an immediate in the mnemonic (%c: a bare constant);
+// loads and stores name "memory" so that the compiler orders them with plain accesses.
+struct HardwareTiles {
+    static void configure(const TileConfig& config) {
+        __asm__ volatile("ldtilecfg %0" ::"m"(config));
+    }
+    template <int Tile>
+    static void zero() {
+        __asm__ volatile("tilezero %%tmm%c0" ::"i"(Tile));
+    }
+    template <int Tile>
+    static void load(const void* base, std::size_t stride) {
+        __asm__ volatile("tileloadd (%0,%1,1), %%tmm%c2" ::"r"(base), "r"(stride), "i"(Tile)
+                         : "memory");
+    }
+    template <int Tile>
+    static void store(void* base, std::size_t stride) {
+        __asm__ volatile("tilestored %%tmm%c2, (%0,%1,1)" ::"r"(base), "r"(stride), "i"(Tile)
+                         : "memory");
+    }
+    // sums += activations . weights
+    template <int Sums, int Activations, int Weights>
+    static void multiply() {
+        __asm__ volatile("tdpbusd %%tmm%c2, %%tmm%c1, %%tmm%c0" ::"i"(Sums), "i"(Activations),
+                         "i"(Weights));
+    }
+    static void release() { __asm__ volatile("tilerelease" ::: "memory"); }
+};
+
+// The tile registers of a thread in software. What would fault on the hardware (a bad
+// configuration, tiles used unconfigured, shapes that do not chain) aborts with its reason.
+struct EmulatedState {
+    TileConfig config;
+    bool configured = false;
+    std::uint8_t tiles[kTileCount][kTileRows][kTileBytes];
+};
+thread_local EmulatedState emulated;
+
+[[noreturn]] void fault(const char* reason) {
+    std::fprintf(stderr, "nimbus: emulated AMX fault: %s\n", reason);
+    std::abort();
+}
+
+struct EmulatedTiles {
+    static void configure(const TileConfig& config) {
+        bool valid = config.palette == 1 && config.start_row == 0;
+        for (std::size_t tile = 0; tile < 16; ++tile) {
+            const std::size_t rows = config.rows[tile];
+            const std::size_t bytes = config.bytes_per_row[tile];
+            valid = valid && (tile < kTileCount ? rows <= kTileRows && bytes <= kTileBytes &&
+                                                      (rows == 0) == (bytes == 0)
+                                                : rows == 0 && bytes == 0);
+        }
+        for (const std::uint8_t byte : config.reserved) {
+            valid = valid && byte == 0;
+        }
+        if (!valid) {
+            fault("invalid tile configuration");
+        }
+        emulated.config = config;
+        emulated.configured = true;
+        std::memset(emulated.tiles, 0, sizeof(emulated.tiles));
+    }
+    template <int Tile>
+    static void zero() {
+        shape(Tile);
+        std::memset(emulated.tiles[Tile], 0, sizeof(emulated.tiles[Tile]));
+    }
+    template <int Tile>
+    static void load(const void* base, std::size_t stride) {
+        const auto [rows, bytes] = shape(Tile);
+        std::memset(emulated.tiles[Tile], 0, sizeof(emulated.tiles[Tile]));
+        for (std::size_t row = 0; row < rows; ++row) {
+            std::memcpy(emulated.tiles[Tile][row],
+                        static_cast<const std::uint8_t*>(base) + row * stride, bytes);
+        }
+    }
+    template <int Tile>
+    static void store(void* base, std::size_t stride) {
+        const auto [rows, bytes] = shape(Tile);
+        for (std::size_t row = 0; row < rows; ++row) {
+            std::memcpy(static_cast<std::uint8_t*>(base) + row * stride,
+                        emulated.tiles[Tile][row], bytes);
+        }
+    }
+    template <int Sums, int Activations, int Weights>
+    static void multiply() {
+        const auto [rows, sum_bytes] = shape(Sums);
+        const auto [activation_rows, depth] = shape(Activations);
+        const auto [groups, weight_bytes] = shape(Weights);
+        if (activation_rows != rows || weight_bytes != sum_bytes || depth != groups * 4 ||
+            sum_bytes % 4 != 0) {
+            fault("tdpbusd on tiles whose shapes do not chain");
+        }
+        for (std::size_t row = 0; row < rows; ++row) {
+            const std::uint8_t* activations = emulated.tiles[Activations][row];
+            for (std::size_t column = 0; column < sum_bytes / 4; ++column) {
+                std::uint32_t sum = 0;
+                std::memcpy(&sum, emulated.tiles[Sums][row] + 4 * column, 4);
+                for (std::size_t group = 0; group < groups; ++group) {
+                    for (std::size_t byte = 0; byte < 4; ++byte) {
+                        const auto weight =
+                            static_cast<std::int8_t>(emulated.tiles[Weights][group][4 * column + byte]);
+                        sum += static_cast<std::uint32_t>(activations[4 * group + byte] * weight);
+                    }
+                }
+                std::memcpy(emulated.tiles[Sums][row] + 4 * column, &sum, 4);
+            }
+        }
+    }
+    static void release() { emulated.configured = false; }
+
+   private:
+    struct Shape {
+        std::size_t rows;
+        std::size_t bytes;
+    };
+    static Shape shape(int tile) {
+        if (!emulated.configured) {
+            fault("tile instruction without a tile configuration");
+        }
+        return {emulated.config.rows[tile], emulated.config.bytes_per_row[tile]};
+    }
+};
+
+// Sums of the block's rows (one or two halves) and both column halves over the whole depth.
+template <typename Tiles, bool kBothHalves>
+void multiply_block(const std::uint8_t* a, std::size_t depth, const std::int8_t* b) {
+    Tiles::template zero<kSumsLowLeft>();
+    Tiles::template zero<kSumsLowRight>();
+    if constexpr (kBothHalves) {
+        Tiles::template zero<kSumsHighLeft>();
+        Tiles::template zero<kSumsHighRight>();
+    }
+    for (std::size_t offset = 0; offset < depth; offset += kTileBytes) {
+        // 16 depth groups of the panel, 128 bytes each; the right half 64 bytes in.
+        const std::int8_t* weights = b + offset * kPanelWidth;
+        Tiles::template load<kWeightsLeft>(weights, kPanelGroupBytes);
+        Tiles::template load<kWeightsRight>(weights + kTileBytes, kPanelGroupBytes);
+        Tiles::template load<kActivationsLow>(a + offset, depth);
+        Tiles::template multiply<kSumsLowLeft, kActivationsLow, kWeightsLeft>();
+        Tiles::template multiply<kSumsLowRight, kActivationsLow, kWeightsRight>();
+        if constexpr (kBothHalves) {
+            Tiles::template load<kActivationsHigh>(a + kTileRows * depth + offset, depth);
+            Tiles::template multiply<kSumsHighLeft, kActivationsHigh, kWeightsLeft>();
+            Tiles::template multiply<kSumsHighRight, kActivationsHigh, kWeightsRight>();
+        }
+    }
+}
+
+// The epilogue of `rows` rows x the panel's columns from `col`, whose sums are in `sums`.
+NIMBUS_AVX512_VNNI void finish_block(const GemmTask& task, const std::int32_t (*sums)[kPanelWidth],
+                                     std::size_t row, std::size_t rows, std::size_t col) {
+    for (std::size_t half = 0; half < rows; half += kTileRows) {
+        const std::size_t count = std::min(kTileRows, rows - half);
+        for (std::size_t vector = 0; vector < kPanelWidth / kLanes; ++vector) {
+            const std::size_t offset = vector * kLanes;
+            if (count == kTileRows) {
+                __m512i values[kTileRows];
+                for (std::size_t r = 0; r < kTileRows; ++r) {
+                    values[r] = _mm512_load_si512(sums[half + r] + offset);
+                }
+                store_column<kTileRows>(task, row + half, col + offset, values);
+                continue;
+            }
+            for (std::size_t r = 0; r < count; ++r) {
+                const __m512i values[1] = {_mm512_load_si512(sums[half + r] + offset)};
+                store_column<1>(task, row + half + r, col + offset, values);
+            }
+        }
+    }
+}
+
+template <typename Tiles>
+NIMBUS_AVX512_VNNI void run_tiles(const GemmTask& task, std::size_t row_begin,
+                                  std::size_t row_end, std::size_t panel_begin,
+                                  std::size_t panel_end) {
+    const auto* a = static_cast<const std::uint8_t*>(task.a);
+    const std::size_t depth = task.padded_k;
+    alignas(64) std::int32_t sums[kBlockRows][kPanelWidth];
+    constexpr std::size_t kSumsStride = sizeof(sums[0]);
+    std::size_t configured_low = 0;
+    std::size_t configured_high = 0;
+    for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
+        const std::int8_t* b = task.b + panel * depth * kPanelWidth;
+        for (std::size_t row = row_begin; row < row_end; row += kBlockRows) {
+            const std::size_t rows = std::min(kBlockRows, row_end - row);
+            const std::size_t low = std::min(kTileRows, rows);
+            const std::size_t high = rows - low;
+            // Configuring zeroes the tiles and costs about as much as a few multiplies: once
+            // per call, and again for a last block of other rows. An unused half keeps 16.
+            const std::size_t high_rows = high > 0 ? high : kTileRows;
+            if (low != configured_low || high_rows != configured_high) {
+                configured_low = low;
+                configured_high = high_rows;
+                Tiles::configure(block_config(low, high_rows));
+            }
+            const std::uint8_t* rows_a = a + row * depth;
+            if (high > 0) {
+                multiply_block<Tiles, true>(rows_a, depth, b);
+                Tiles::template store<kSumsHighLeft>(sums[kTileRows], kSumsStride);
+                Tiles::template store<kSumsHighRight>(sums[kTileRows] + kLanes, kSumsStride);
+            } else {
+                multiply_block<Tiles, false>(rows_a, depth, b);
+            }
+            Tiles::template store<kSumsLowLeft>(sums[0], kSumsStride);
+            Tiles::template store<kSumsLowRight>(sums[0] + kLanes, kSumsStride);
+            finish_block(task, sums, row, rows, panel * kPanelWidth);
+        }
+    }
+    if (configured_low > 0) {
+        Tiles::release();
+    }
+}
+
+}  // namespace
+
+void run_amx(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+             std::size_t panel_begin, std::size_t panel_end) {
+    run_tiles<HardwareTiles>(task, row_begin, row_end, panel_begin, panel_end);
+}
+
+void run_amx_emulated(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
+                      std::size_t panel_begin, std::size_t panel_end) {
+    run_tiles<EmulatedTiles>(task, row_begin, row_end, panel_begin, panel_end);
+}
+
+}  // namespace nimbus::kernels
+
+#endif  // NIMBUS_X86_KERNELS
