@@ -48,7 +48,8 @@ def kernels_version() -> str:
 
 def available_isas() -> list[str]:
     """Return the ISA paths that this CPU and OS run, fastest first, from
-    "avx512_vnni", "avx2", "portable"."""
+    "amx", "avx512_vnni", "avx2", "portable". "amx_emulated" (the AMX kernel over tiles
+    emulated in software, for tests) runs where "avx512_vnni" does but is never listed."""
 
 def selected_isa() -> str:
     """Return the process-wide path: NIMBUS_ISA when set, else the fastest available.
