@@ -441,7 +441,9 @@ def main() -> None:
         rows += benchmark_convs(isas, options.threads, repeats, min_seconds)
     if "sgemm" in ops or "sconv" in ops:
         # --quick times the float ops on the selected path only; the others trail it by design.
-        float_isas = [kernels.selected_isa()] if options.quick else isas
+        # The AMX path runs its float kernels on AVX512-VNNI, which has rows of its own.
+        float_isas = [isa for isa in isas if isa != "amx"]
+        float_isas = [kernels.selected_isa()] if options.quick else float_isas
         rows += benchmark_float(ops, float_isas, options.threads, repeats, min_seconds)
     if options.json:
         with open(options.json, "w") as file:
