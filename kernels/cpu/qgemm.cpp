@@ -62,9 +62,6 @@ const void* prepare_activations(const void* a, bool a_signed, std::size_t m, std
     return storage.data();
 }
 
-// Rows per work tile: a multiple of every path's row block, and few enough that a tile of 64
-// columns is a small share of a large GEMM.
-constexpr std::size_t kTileRows = 48;
 // Packed weights up to this size stay in a core's L2 cache whatever the order of the tiles.
 constexpr std::size_t kCachedWeightBytes = 256 * 1024;
 
@@ -111,30 +108,32 @@ void run_quantizing_tile(const Path& path, const GemmTask& task, std::size_t row
                   static_cast<std::uint8_t*>(task.out) + row_begin * task.n + column, task.n);
 }
 
-// Runs kernel over tiles of kTileRows rows x 1 panel on up to `threads` threads (fewer when the
-// pool has fewer or is busy), each tile followed by `finish`. Threads take the next tile from a
-// shared counter, so a thread that the OS preempts or wakes late delays no fixed share.
+// Runs kernel over tiles of the path's tile_rows rows x 1 panel on up to `threads` threads
+// (fewer when the pool has fewer or is busy), each tile followed by `finish`. Threads take the
+// next tile from a shared counter, so a thread that the OS preempts or wakes late delays no fixed share.
 // Consecutive tiles share a panel of weights, which stays in cache; when all the weights fit in
 // cache anyway (`rows_outer`, a pointwise convolution's few output channels), consecutive tiles
 // share their rows of activations instead, which would otherwise stream from memory once per
 // panel.
 void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::size_t panels,
                   bool rows_outer, const TileFinish& finish, std::size_t threads) {
-    const std::size_t row_tiles = (m + kTileRows - 1) / kTileRows;
+    const std::size_t tile_rows = path.layout.tile_rows;
+    const std::size_t row_tiles = (m + tile_rows - 1) / tile_rows;
     const std::size_t tiles = row_tiles * panels;
     const std::size_t count = std::min(threads, tiles);
     const std::size_t width = path.layout.panel_width;
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
-    std::vector<float> buffers(finish.quantizing ? count * kTileRows * width : 0);
+    std::vector<float> buffers(finish.quantizing ? count * tile_rows * width : 0);
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_tile{0};
     const std::function<void()> run_tiles = [&] {
         float* const buffer =
-            finish.quantizing ? buffers.data() + next_slot++ * kTileRows * width : nullptr;
+            finish.quantizing ? buffers.data() + next_slot++ * tile_rows * width : nullptr;
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
             const std::size_t panel = rows_outer ? tile % panels : tile / row_tiles;
-            const std::size_t row_begin = (rows_outer ? tile / panels : tile % row_tiles) * kTileRows;
-            const std::size_t row_end = std::min(m, row_begin + kTileRows);
+            const std::size_t row_begin =
+                (rows_outer ? tile / panels : tile % row_tiles) * tile_rows;
+            const std::size_t row_end = std::min(m, row_begin + tile_rows);
             if (finish.quantizing) {
                 run_quantizing_tile(path, task, row_begin, row_end - row_begin, panel, finish,
                                     buffer);

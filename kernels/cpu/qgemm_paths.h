@@ -11,19 +11,22 @@ namespace nimbus::kernels {
 
 // How a path wants its operands: the weight layout of PackedWeights and the activation rows it
 // reads (u8, or u16 for the AVX2 path, which multiplies 16-bit pairs), padded to padded_k, a
-// multiple of depth_multiple.
+// multiple of depth_multiple; and the rows of the work tiles that threads take, a multiple of
+// the kernel's row block.
 struct PathLayout {
     std::size_t panel_width;
     std::size_t k_group;
     std::size_t activation_bytes;
     std::size_t depth_multiple;
+    std::size_t tile_rows;
 };
 
-inline constexpr PathLayout kPortableLayout{32, 1, 1, 1};
-inline constexpr PathLayout kAvx2Layout{16, 2, 2, 2};
-inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1, 4};
-// Two tiles of 16 columns side by side; a tile row holds 64 bytes of depth.
-inline constexpr PathLayout kAmxLayout{32, 4, 1, 64};
+inline constexpr PathLayout kPortableLayout{32, 1, 1, 1, 48};
+inline constexpr PathLayout kAvx2Layout{16, 2, 2, 2, 48};
+inline constexpr PathLayout kAvx512VnniLayout{64, 4, 1, 4, 48};
+// Two tiles of 16 columns side by side; a tile row holds 64 bytes of depth. Work tiles of two
+// whole blocks of 32 rows: a block of 16 would use half the tiles of sums per weight tile.
+inline constexpr PathLayout kAmxLayout{32, 4, 1, 64, 64};
 
 // One call, shared read-only by every thread. The per-column arrays cover padded_n columns.
 struct GemmTask {
