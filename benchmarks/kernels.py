@@ -21,6 +21,9 @@ im2col + matmul + bias (NHWC), the path the runtime took before the native kerne
 
     python benchmarks/kernels.py [--threads 2] [--quick] [--ops gemm,conv,sgemm,sconv]
                                  [--json FILE]
+
+Without onnxruntime (a host that has only numpy and nimbus, e.g. to time the AMX path where it
+runs), the int8 ops are timed on every path with empty ORT columns and the float ops are skipped.
 """
 
 from __future__ import annotations
@@ -30,10 +33,14 @@ import json
 import time
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 from nimbus.runtime import _kernels as native
-from onnx import TensorProto, helper, numpy_helper
+
+try:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:
+    ort = None
 
 from nimbus import runtime as kernels
 
@@ -154,14 +161,14 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
     w_scales = rng.uniform(0.001, 0.01, size=n).astype(np.float32)
     multiplier = (np.float64(a_scale) * w_scales / out_scale).astype(np.float32)
 
-    feeds = {"a": a}
-    integer = matmul_integer_session(w, a_zero_point, threads)
-    qlinear = qlinear_matmul_session(w, a_zero_point, a_scale, w_scales, out_scale,
-                                     out_zero_point, threads)
-    calls = {
-        ("ort", "gemm"): lambda: integer.run(None, feeds),
-        ("ort", "qgemm_u8"): lambda: qlinear.run(None, feeds),
-    }
+    calls = {}
+    if ort is not None:
+        feeds = {"a": a}
+        integer = matmul_integer_session(w, a_zero_point, threads)
+        qlinear = qlinear_matmul_session(w, a_zero_point, a_scale, w_scales, out_scale,
+                                         out_zero_point, threads)
+        calls["ort", "gemm"] = lambda: integer.run(None, feeds)
+        calls["ort", "qgemm_u8"] = lambda: qlinear.run(None, feeds)
     # Results go into buffers allocated once, as ORT's arena allocator reuses its own.
     out_s32 = np.empty((m, n), dtype=np.int32)
     out_u8 = np.empty((m, n), dtype=np.uint8)
@@ -176,10 +183,10 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
     rows = []
     for isa in isas:
         for op in ("gemm", "qgemm_u8"):
-            nimbus_ms, ort_ms = ms[isa, op], ms["ort", op]
+            nimbus_ms, ort_ms = ms[isa, op], ms.get(("ort", op))
             rows.append({
                 "op": op, "shape": [m, n, k], "isa": isa, "threads": threads,
-                "nimbus_ms": nimbus_ms, "ort_ms": ort_ms, "speedup": ort_ms / nimbus_ms,
+                "nimbus_ms": nimbus_ms, "ort_ms": ort_ms, "speedup": speedup(ort_ms, nimbus_ms),
                 "gops": gops(shape, nimbus_ms),
                 "percent_of_peak": 100 * gops(shape, nimbus_ms) / peaks[isa],
             })
@@ -218,12 +225,14 @@ def benchmark_conv(batch: int, layer, isas, threads: int, repeats: int, min_seco
     a_zero_point, a_scale, out_scale, out_zero_point = 128, 0.02, 0.5, 128
     w_scales = rng.uniform(0.001, 0.01, size=k).astype(np.float32)
     multiplier = (np.float64(a_scale) * w_scales / out_scale).astype(np.float32)
-    session = qlinear_conv_session(w, a_zero_point, a_scale, w_scales, out_scale,
-                                   out_zero_point, stride, pad, groups, threads)
     out_h = (h + 2 * pad - r) // stride + 1
     out_w = (w_size + 2 * pad - r) // stride + 1
     out = np.empty((batch, out_h, out_w, k), dtype=np.uint8)
-    calls = {"ort": lambda: session.run(None, {"x": x_nchw})}
+    calls = {}
+    if ort is not None:
+        session = qlinear_conv_session(w, a_zero_point, a_scale, w_scales, out_scale,
+                                       out_zero_point, stride, pad, groups, threads)
+        calls["ort"] = lambda: session.run(None, {"x": x_nchw})
     for isa in isas:
         packed = kernels.pack_conv_weights(w, groups, isa)
         calls[isa] = lambda packed=packed: kernels.qconv2d(
@@ -233,21 +242,31 @@ def benchmark_conv(batch: int, layer, isas, threads: int, repeats: int, min_seco
     operations = 2 * batch * out_h * out_w * k * (c // groups) * r * r
     return [{
         "op": "conv", "shape": [batch, c, h, w_size, k, r, r, stride, pad, groups], "isa": isa,
-        "threads": threads, "nimbus_ms": ms[isa], "ort_ms": ms["ort"],
-        "speedup": ms["ort"] / ms[isa], "gops": operations / (ms[isa] * 1e6),
+        "threads": threads, "nimbus_ms": ms[isa], "ort_ms": ms.get("ort"),
+        "speedup": speedup(ms.get("ort"), ms[isa]), "gops": operations / (ms[isa] * 1e6),
     } for isa in isas]
+
+
+def speedup(ort_ms: float | None, nimbus_ms: float) -> float | None:
+    return None if ort_ms is None else ort_ms / nimbus_ms
+
+
+def cell(value: float | None, width: int, digits: int) -> str:
+    """A number of the table, or '-' where ONNX Runtime did not run."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
 def print_conv_row(row) -> None:
     shape = ",".join(str(size) for size in row["shape"])
     print(f"{row['op']:<5} {shape:>30} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
-          f"{row['ort_ms']:>10.3f} {row['speedup']:>8.2f} {row['gops']:>8.1f}", flush=True)
+          f"{cell(row['ort_ms'], 10, 3)} {cell(row['speedup'], 8, 2)} {row['gops']:>8.1f}",
+          flush=True)
 
 
 def print_row(row) -> None:
     shape = "x".join(str(size) for size in row["shape"])
     print(f"{row['op']:<9} {shape:>16} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
-          f"{row['ort_ms']:>10.3f} {row['speedup']:>8.2f} {row['gops']:>8.1f} "
+          f"{cell(row['ort_ms'], 10, 3)} {cell(row['speedup'], 8, 2)} {row['gops']:>8.1f} "
           f"{row['percent_of_peak']:>7.0f}%", flush=True)
 
 
@@ -439,7 +458,9 @@ def main() -> None:
         rows += gemm_rows
     if "conv" in ops:
         rows += benchmark_convs(isas, options.threads, repeats, min_seconds)
-    if "sgemm" in ops or "sconv" in ops:
+    if ort is None:
+        print("onnxruntime is not installed: no ORT times, and no float ops (sgemm, sconv)")
+    elif "sgemm" in ops or "sconv" in ops:
         # --quick times the float ops on the selected path only; the others trail it by design.
         # The AMX path runs its float kernels on AVX512-VNNI, which has rows of its own.
         float_isas = [isa for isa in isas if isa != "amx"]
