@@ -5,7 +5,7 @@ For each shape (M, N, K) and each ISA path that this machine runs, it compares
     qgemm (u8 x s8 -> u8, requantized)     with ORT's QLinearMatMul (per-column weight scales),
 both with constant, pre-packed weights and the same thread count. Times are medians over
 repeats. A small GEMM that fits in L2 gives each path's "peak", and every row reports the share
-of it that the shape reaches.
+of it that the shape reaches, and whether its result equals the first path's bit for bit.
 
 Convolutions (op "conv": the distinct layers of ResNet-18 and the depthwise 3x3 layers of
 MobileNetV2, at batch 1 and 8) compare qconv2d (u8 -> u8, requantized per channel) on NHWC
@@ -141,6 +141,16 @@ def gops(shape, ms: float) -> float:
     return 2 * m * n * k / (ms * 1e6)
 
 
+def same_as_first_path(run, isas, out: np.ndarray) -> dict[str, bool]:
+    """Whether each path's result (`run(isa)` writes it to `out`) equals the first path's, bit
+    for bit: on a host with AMX, the AMX kernel checked at the benchmark's sizes."""
+    results = {}
+    for isa in isas:
+        run(isa)
+        results[isa] = out.copy()
+    return {isa: bool(np.array_equal(results[isa], results[isas[0]])) for isa in isas}
+
+
 def peak_gops(isa: str, threads: int, repeats: int, min_seconds: float) -> float:
     m, n, k = PEAK_SHAPE
     rng = np.random.default_rng(0)
@@ -180,12 +190,15 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
             a, packed, a_zero_point, None, multiplier, out_zero_point, 0, 255, "u8",
             threads=threads, out=out_u8)
     ms = {name: median_ms(call, repeats, min_seconds) for name, call in calls.items()}
+    exact = {op: same_as_first_path(lambda isa, op=op: calls[isa, op](), isas, out)
+             for op, out in (("gemm", out_s32), ("qgemm_u8", out_u8))}
     rows = []
     for isa in isas:
         for op in ("gemm", "qgemm_u8"):
             nimbus_ms, ort_ms = ms[isa, op], ms.get(("ort", op))
             rows.append({
                 "op": op, "shape": [m, n, k], "isa": isa, "threads": threads,
+                "same_as_first_path": exact[op][isa],
                 "nimbus_ms": nimbus_ms, "ort_ms": ort_ms, "speedup": speedup(ort_ms, nimbus_ms),
                 "gops": gops(shape, nimbus_ms),
                 "percent_of_peak": 100 * gops(shape, nimbus_ms) / peaks[isa],
@@ -239,10 +252,11 @@ def benchmark_conv(batch: int, layer, isas, threads: int, repeats: int, min_seco
             x_nhwc, packed, a_zero_point, None, multiplier, out_zero_point, 0, 255, "u8",
             stride=(stride, stride), padding=(pad,) * 4, threads=threads, out=out)
     ms = {name: median_ms(call, repeats, min_seconds) for name, call in calls.items()}
+    exact = same_as_first_path(lambda isa: calls[isa](), isas, out)
     operations = 2 * batch * out_h * out_w * k * (c // groups) * r * r
     return [{
         "op": "conv", "shape": [batch, c, h, w_size, k, r, r, stride, pad, groups], "isa": isa,
-        "threads": threads, "nimbus_ms": ms[isa], "ort_ms": ms.get("ort"),
+        "threads": threads, "same_as_first_path": exact[isa], "nimbus_ms": ms[isa], "ort_ms": ms.get("ort"),
         "speedup": speedup(ms.get("ort"), ms[isa]), "gops": operations / (ms[isa] * 1e6),
     } for isa in isas]
 
@@ -256,18 +270,22 @@ def cell(value: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
+def mismatch(row) -> str:
+    return "" if row["same_as_first_path"] else "  RESULT DIFFERS FROM THE FIRST PATH"
+
+
 def print_conv_row(row) -> None:
     shape = ",".join(str(size) for size in row["shape"])
     print(f"{row['op']:<5} {shape:>30} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
-          f"{cell(row['ort_ms'], 10, 3)} {cell(row['speedup'], 8, 2)} {row['gops']:>8.1f}",
-          flush=True)
+          f"{cell(row['ort_ms'], 10, 3)} {cell(row['speedup'], 8, 2)} {row['gops']:>8.1f}"
+          f"{mismatch(row)}", flush=True)
 
 
 def print_row(row) -> None:
     shape = "x".join(str(size) for size in row["shape"])
     print(f"{row['op']:<9} {shape:>16} {row['isa']:>12} {row['nimbus_ms']:>10.3f} "
           f"{cell(row['ort_ms'], 10, 3)} {cell(row['speedup'], 8, 2)} {row['gops']:>8.1f} "
-          f"{row['percent_of_peak']:>7.0f}%", flush=True)
+          f"{row['percent_of_peak']:>7.0f}%{mismatch(row)}", flush=True)
 
 
 def benchmark_convs(isas, threads: int, repeats: int, min_seconds: float):

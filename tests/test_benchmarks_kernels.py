@@ -1,6 +1,7 @@
 """benchmarks/kernels.py measures what its table prints: rows of a small GEMM and a small
-convolution on every ISA path, with ONNX Runtime beside them, and without it on a host that has
-only numpy and nimbus (where the AMX path is timed). No timing is asserted."""
+convolution on every ISA path, each checked bit for bit against the first path, with ONNX
+Runtime beside them, and without it on a host that has only numpy and nimbus (where the AMX path
+is timed). No timing is asserted."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def test_rows_cover_every_path_beside_onnxruntime(kernels_benchmark, capsys):
     for row in rows:
         assert row["nimbus_ms"] > 0 and row["ort_ms"] > 0 and row["gops"] > 0
         assert row["speedup"] == pytest.approx(row["ort_ms"] / row["nimbus_ms"])
+        assert row["same_as_first_path"] is True
     assert rows[-1]["shape"] == [1, 17, 9, 9, 40, 3, 3, 2, 1, 1]
     kernels_benchmark.print_row(rows[0])
     assert "5x33x70" in capsys.readouterr().out
@@ -56,3 +58,14 @@ def test_without_onnxruntime_the_int8_rows_leave_its_columns_empty(kernels_bench
     kernels_benchmark.print_conv_row(rows[-1])
     printed = capsys.readouterr().out.split()
     assert printed.count("-") == 4
+
+
+def test_a_path_whose_result_differs_is_reported(kernels_benchmark):
+    outputs = {"first": 1, "second": 2}
+    out = kernels_benchmark.np.zeros(1)
+
+    def run(isa):
+        out[0] = outputs[isa]
+
+    assert kernels_benchmark.same_as_first_path(run, ["first", "second"], out) == {
+        "first": True, "second": False}
