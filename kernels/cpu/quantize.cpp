@@ -115,25 +115,70 @@ void quantize_range(const float* x, std::size_t begin, std::size_t end, const Ra
     quantize_portable(x, begin, end, r, out);
 }
 
-// (q - zero_point) * scale: one exact conversion and one rounding, which compilers vectorize.
+// (q - zero_point) * scale: one exact conversion and one rounding, which compilers vectorize,
+// so any ISA gives the same bits. Always inlined, so that the AVX-512 wrappers below compile the
+// loops with 16 lanes and vpmovsxbd; at the baseline ISA the per-channel form ran at 2 cycles per
+// element (57 us for a BERT-base activation of 128 tokens).
 template <typename Input>
-void dequantize_range(const Input* q, std::size_t begin, std::size_t end, float scale,
-                      std::int32_t zero_point, float* out) {
+[[gnu::always_inline]] inline void dequantize_range(const Input* q, std::size_t begin,
+                                                    std::size_t end, float scale,
+                                                    std::int32_t zero_point, float* out) {
     for (std::size_t i = begin; i < end; ++i) {
         out[i] = static_cast<float>(static_cast<std::int32_t>(q[i]) - zero_point) * scale;
     }
 }
 
 template <typename Input>
-void dequantize_rows(const Input* q, std::size_t begin, std::size_t end, std::size_t channels,
-                     const float* scales, const std::int32_t* zero_points, float* out) {
+[[gnu::always_inline]] inline void dequantize_rows(const Input* q, std::size_t begin,
+                                                   std::size_t end, std::size_t channels,
+                                                   const float* scales,
+                                                   const std::int32_t* zero_points, float* out) {
+    // The result shares no memory with the inputs (the bindings allocate it); said so, the
+    // compiler vectorizes the loop without checks for overlap.
+    const float* __restrict row_scales = scales;
+    const std::int32_t* __restrict row_zero_points = zero_points;
     for (std::size_t row = begin; row < end; ++row) {
-        const Input* source = q + row * channels;
-        float* target = out + row * channels;
+        const Input* __restrict source = q + row * channels;
+        float* __restrict target = out + row * channels;
         for (std::size_t c = 0; c < channels; ++c) {
-            target[c] = static_cast<float>(static_cast<std::int32_t>(source[c]) - zero_points[c]) *
-                        scales[c];
+            target[c] =
+                static_cast<float>(static_cast<std::int32_t>(source[c]) - row_zero_points[c]) *
+                row_scales[c];
         }
+    }
+}
+
+#ifdef NIMBUS_X86_KERNELS
+template <typename Input>
+NIMBUS_AVX512 void dequantize_range_avx512(const Input* q, std::size_t begin, std::size_t end,
+                                           float scale, std::int32_t zero_point, float* out) {
+    dequantize_range(q, begin, end, scale, zero_point, out);
+}
+
+template <typename Input>
+NIMBUS_AVX512 void dequantize_rows_avx512(const Input* q, std::size_t begin, std::size_t end,
+                                          std::size_t channels, const float* scales,
+                                          const std::int32_t* zero_points, float* out) {
+    dequantize_rows(q, begin, end, channels, scales, zero_points, out);
+}
+#endif
+
+// dequantize_range or dequantize_rows (`Rows`) on the selected path.
+template <bool Rows, typename Input, typename... Args>
+void dequantize_on_path(const Input* q, Args... args) {
+#ifdef NIMBUS_X86_KERNELS
+    if (vector_isa(selected_isa()) == Isa::avx512_vnni) {
+        if constexpr (Rows) {
+            return dequantize_rows_avx512(q, args...);
+        } else {
+            return dequantize_range_avx512(q, args...);
+        }
+    }
+#endif
+    if constexpr (Rows) {
+        dequantize_rows(q, args...);
+    } else {
+        dequantize_range(q, args...);
     }
 }
 
@@ -219,9 +264,11 @@ void dequantize(const void* q, bool unsigned_input, std::size_t count, float sca
                 std::int32_t zero_point, float* out, std::size_t threads) {
     over_chunks(count, threads, [&](std::size_t begin, std::size_t end) {
         if (unsigned_input) {
-            dequantize_range(static_cast<const std::uint8_t*>(q), begin, end, scale, zero_point, out);
+            dequantize_on_path<false>(static_cast<const std::uint8_t*>(q), begin, end, scale,
+                                      zero_point, out);
         } else {
-            dequantize_range(static_cast<const std::int8_t*>(q), begin, end, scale, zero_point, out);
+            dequantize_on_path<false>(static_cast<const std::int8_t*>(q), begin, end, scale,
+                                      zero_point, out);
         }
     });
 }
@@ -235,11 +282,11 @@ void dequantize_channels(const void* q, bool unsigned_input, std::size_t rows,
         const std::size_t begin = item * rows_per_item;
         const std::size_t end = std::min(rows, begin + rows_per_item);
         if (unsigned_input) {
-            dequantize_rows(static_cast<const std::uint8_t*>(q), begin, end, channels, scales,
-                            zero_points, out);
+            dequantize_on_path<true>(static_cast<const std::uint8_t*>(q), begin, end, channels,
+                                     scales, zero_points, out);
         } else {
-            dequantize_rows(static_cast<const std::int8_t*>(q), begin, end, channels, scales,
-                            zero_points, out);
+            dequantize_on_path<true>(static_cast<const std::int8_t*>(q), begin, end, channels,
+                                     scales, zero_points, out);
         }
     });
 }
