@@ -7,6 +7,8 @@
 
 #ifdef NIMBUS_X86_KERNELS
 #include <cpuid.h>
+#endif
+#if defined(NIMBUS_X86_KERNELS) && defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -42,9 +44,17 @@ constexpr std::uint64_t kZmmState = 0xE0;  // opmask, upper halves of zmm0-15, z
 constexpr std::uint64_t kTileState = 0x60000;  // XTILECFG and XTILEDATA
 
 // Linux keeps the 8 KiB of tile data out of a process's saved state until it asks for it
-// (arch/x86/include/uapi/asm/prctl.h); without that, the first AMX instruction faults.
-constexpr int kArchRequestStatePermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
-constexpr int kTileDataFeature = 18;                 // XFEATURE_XTILEDATA
+// (arch/x86/include/uapi/asm/prctl.h); without that, the first AMX instruction faults. Other
+// systems get no AMX path.
+bool tile_data_permitted() {
+#ifdef __linux__
+    constexpr int kArchRequestStatePermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr int kTileDataFeature = 18;                 // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kArchRequestStatePermission, kTileDataFeature) == 0;
+#else
+    return false;
+#endif
+}
 
 struct CpuFeatures {
     bool avx2 = false;
@@ -81,8 +91,7 @@ CpuFeatures detect_features() {
     features.avx2 = ymm_saved && avx2;
     features.avx512_vnni = zmm_saved && avx512f && avx512bw && avx512_vnni;
     features.amx = features.avx512_vnni && amx_tile && amx_int8 &&
-                   (state & kTileState) == kTileState &&
-                   syscall(SYS_arch_prctl, kArchRequestStatePermission, kTileDataFeature) == 0;
+                   (state & kTileState) == kTileState && tile_data_permitted();
     return features;
 }
 #endif
