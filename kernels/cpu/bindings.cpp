@@ -1093,8 +1093,9 @@ void require_pointwise(const PackedSconvWeights& packed, std::size_t inputs,
     }
 }
 
+// `expand` null: a block without expansion (its bias must be None and its activation none).
 PreparedCall prepare_inverted_residual(
-    const py::object& x_object, const PackedSconvWeights& expand, const py::object& expand_bias,
+    const py::object& x_object, const PackedSconvWeights* expand, const py::object& expand_bias,
     const std::string& expand_activation, const PackedSconvWeights& depthwise,
     const py::object& depthwise_bias, const std::string& depthwise_activation,
     const std::vector<long long>& stride, const std::vector<long long>& padding,
@@ -1103,8 +1104,13 @@ PreparedCall prepare_inverted_residual(
     const py::object& residual_object, const py::object& out_object) {
     const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
     const auto inputs = static_cast<std::size_t>(x.shape(3));
-    require_pointwise(expand, inputs, "expand");
-    const std::size_t expanded = expand.out_channels;
+    if (expand != nullptr) {
+        require_pointwise(*expand, inputs, "expand");
+    } else if (!expand_bias.is_none() || expand_activation != "none") {
+        throw py::value_error("a block without expand weights takes no expand bias or "
+                              "activation");
+    }
+    const std::size_t expanded = expand != nullptr ? expand->out_channels : inputs;
     if (!depthwise.depthwise || depthwise.out_channels != expanded) {
         throw py::value_error("depthwise must be depthwise weights over the " +
                               std::to_string(expanded) + " expanded channels");
@@ -1128,7 +1134,7 @@ PreparedCall prepare_inverted_residual(
     py::array biases[3];
     py::array residual;
     py::array none;
-    block.expand = &expand;
+    block.expand = expand;
     block.expand_epilogue = float_epilogue(expand_bias, py::none(), expand_activation,
                                            expanded_shape, "", biases[0], none);
     block.depthwise = &depthwise;
@@ -1144,11 +1150,12 @@ PreparedCall prepare_inverted_residual(
                 nimbus::kernels::inverted_residual(x_data, block, out_data, threads);
             },
             out,
-            {x, owner_of(expand), owner_of(depthwise), owner_of(project), biases[0],
+            {x, expand != nullptr ? owner_of(*expand) : py::object(), owner_of(depthwise),
+             owner_of(project), biases[0],
              biases[1], biases[2], residual, out}};
 }
 
-py::array inverted_residual(const py::object& x_object, const PackedSconvWeights& expand,
+py::array inverted_residual(const py::object& x_object, const PackedSconvWeights* expand,
                             const py::object& expand_bias, const std::string& expand_activation,
                             const PackedSconvWeights& depthwise,
                             const py::object& depthwise_bias,
@@ -1776,7 +1783,8 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("project_bias"), py::arg("project_activation"),
                py::arg("residual") = py::none(), py::arg("threads") = 1,
                "Return an inverted residual block over NHWC x as float32 [N, OH, OW, O]:\n"
-               "e = act(conv1x1(x, expand) + bias), d = act(depthwise(e) + bias) with stride,\n"
+               "e = act(conv1x1(x, expand) + bias) (e = x for expand None, with expand_bias\n"
+               "None and expand_activation 'none'), d = act(depthwise(e) + bias) with stride,\n"
                "padding and dilation as for sconv2d, then act(conv1x1(d, project) + bias + "
                "residual),\nrun band by band of output rows so that e stays in cache; each "
                "value as sconv2d computes it.");
@@ -1921,7 +1929,7 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("x"), py::arg("out"))
         .def(
             "inverted_residual",
-            [](Program& program, const py::object& x, const PackedSconvWeights& expand,
+            [](Program& program, const py::object& x, const PackedSconvWeights* expand,
                const py::object& expand_bias, const std::string& expand_activation,
                const PackedSconvWeights& depthwise, const py::object& depthwise_bias,
                const std::string& depthwise_activation, const std::vector<long long>& stride,

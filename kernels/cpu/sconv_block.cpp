@@ -22,16 +22,17 @@ std::size_t ceil_div(std::size_t value, std::size_t divisor) {
 }
 
 // Output rows [begin, end) of one image, band after band. The expanded rows that the next band
-// still needs move to the top of the buffer instead of being computed again.
+// still needs move to the top of the buffer instead of being computed again; without expansion
+// the depthwise layer reads the band's rows of x in place.
 void run_piece(const float* x, const InvertedResidual& block, std::size_t image,
                std::size_t begin, std::size_t end, std::size_t band_rows, float* expanded,
                float* filtered, float* out) {
     const ConvGeometry& g = block.depthwise_geometry;
-    const std::size_t inputs = block.expand->group_channels;
-    const std::size_t expanded_channels = block.expand->out_channels;
+    const std::size_t expanded_channels = block.depthwise->out_channels;
     const std::size_t outputs = block.project->out_channels;
     const std::size_t row_floats = g.width * expanded_channels;
     const std::size_t span = (block.depthwise->kernel_h - 1) * g.dilation_h + 1;
+    const float* const image_rows = x + image * g.height * g.width * g.channels;
     std::size_t held_first = 0;  // image rows [held_first, held_end) are in `expanded`
     std::size_t held_end = 0;
     for (std::size_t oh = begin; oh < end; oh += band_rows) {
@@ -42,27 +43,32 @@ void run_piece(const float* x, const InvertedResidual& block, std::size_t image,
         const std::size_t first = top < g.pad_top ? 0 : top - g.pad_top;
         const std::size_t bottom = (oh + rows - 1) * g.stride_h + span;
         const std::size_t last = std::min(g.height, bottom < g.pad_top ? 0 : bottom - g.pad_top);
-        if (first >= held_first && first < held_end) {
-            std::memmove(expanded, expanded + (first - held_first) * row_floats,
-                         (held_end - first) * row_floats * sizeof(float));
-        } else {
-            held_end = first;  // nothing held is of use
-        }
-        held_first = first;
-        if (last > held_end) {
-            sgemm(x + (image * g.height + held_end) * g.width * inputs, (last - held_end) * g.width,
-                  block.expand->group_weights[0], block.expand_epilogue,
-                  expanded + (held_end - held_first) * row_floats, 1);
-            held_end = last;
+        const float* band_input = image_rows + first * row_floats;
+        if (block.expand != nullptr) {
+            if (first >= held_first && first < held_end) {
+                std::memmove(expanded, expanded + (first - held_first) * row_floats,
+                             (held_end - first) * row_floats * sizeof(float));
+            } else {
+                held_end = first;  // nothing held is of use
+            }
+            held_first = first;
+            if (last > held_end) {
+                const std::size_t inputs = block.expand->group_channels;
+                sgemm(x + (image * g.height + held_end) * g.width * inputs,
+                      (last - held_end) * g.width, block.expand->group_weights[0],
+                      block.expand_epilogue, expanded + (held_end - held_first) * row_floats, 1);
+                held_end = last;
+            }
+            band_input = expanded;
         }
         // The band as an image of its own: its rows start `first` rows into the image, so the
         // padding above it is what remains of pad_top.
         ConvGeometry band = g;
         band.batch = 1;
-        band.height = held_end - held_first;
+        band.height = last - first;
         band.pad_top = first + g.pad_top - top;
         band.out_h = rows;
-        sconv2d(expanded, band, *block.depthwise, block.depthwise_epilogue, filtered, 1);
+        sconv2d(band_input, band, *block.depthwise, block.depthwise_epilogue, filtered, 1);
         const std::size_t pixel = (image * g.out_h + oh) * g.out_w;
         SgemmEpilogue project = block.project_epilogue;
         if (project.residual != nullptr) {
@@ -83,7 +89,8 @@ void inverted_residual(const float* x, const InvertedResidual& block, float* out
         return;
     }
     threads = std::max<std::size_t>(threads, 1);
-    const std::size_t row_bytes = g.width * block.expand->out_channels * sizeof(float);
+    const std::size_t expanded_channels = block.depthwise->out_channels;
+    const std::size_t row_bytes = g.width * expanded_channels * sizeof(float);
     const std::size_t span = (block.depthwise->kernel_h - 1) * g.dilation_h + 1;
     const std::size_t held_rows = std::max(span, kBandBytes / std::max<std::size_t>(row_bytes, 1));
     const std::size_t band_rows = std::min(g.out_h, (held_rows - span) / g.stride_h + 1);
@@ -91,8 +98,9 @@ void inverted_residual(const float* x, const InvertedResidual& block, float* out
         ceil_div(g.out_h, band_rows), ceil_div(kPiecesPerThread * threads, g.batch));
     const std::size_t items = g.batch * pieces;
     const std::size_t buffer_rows = (band_rows - 1) * g.stride_h + span;
-    const std::size_t expanded_floats = buffer_rows * g.width * block.expand->out_channels;
-    const std::size_t filtered_floats = band_rows * g.out_w * block.expand->out_channels;
+    const std::size_t expanded_floats =
+        block.expand == nullptr ? 0 : buffer_rows * g.width * expanded_channels;
+    const std::size_t filtered_floats = band_rows * g.out_w * expanded_channels;
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     const std::size_t count = std::min(threads, items);
     std::vector<float> buffers(count * (expanded_floats + filtered_floats));

@@ -1,12 +1,14 @@
 """Plan steps that run better as one: a float inverted residual block (MobileNetV2's expand 1x1
 -> depthwise -> project 1x1, the last with an optional residual) becomes one step that runs
 the native kernels band by band of output rows, so that the expanded activations (six times
-the block's input) stay in cache instead of going to memory and back twice. Each value is
-computed as the three layers' kernels compute it, so results do not change.
+the block's input) stay in cache instead of going to memory and back twice. A block without
+expansion (depthwise -> project 1x1: MobileNetV2's first block, a depthwise-separable
+convolution) is fused too, and keeps the depthwise results in cache. Each value is computed as
+the layers' kernels compute it, so results do not change.
 
 A Session fuses its steps when it loads, after preparing them (registry.PREPARERS); a fused
-step keeps the three steps it replaces and runs them one by one where the native block does
-not apply or would not pay off (small images, other dtypes).
+step keeps the steps it replaces and runs them one by one where the native block does not
+apply or would not pay off (small images, other dtypes).
 """
 
 from __future__ import annotations
@@ -29,17 +31,20 @@ FUSED_MIN_BYTES = 1 << 20
 
 
 def fuse_blocks(steps: list, constants: list, outputs: list) -> list:
-    """``steps`` with every run of three that forms an inverted residual block replaced by one
-    step. ``constants`` holds each slot's constant array (None for computed values) and
-    ``outputs`` the model's output slots."""
+    """``steps`` with every run of three (expand, depthwise, project) or two (depthwise,
+    project) that forms an inverted residual block replaced by one step. ``constants`` holds
+    each slot's constant array (None for computed values) and ``outputs`` the model's output
+    slots."""
     readers = Counter(slot for step in steps for slot in step.operands if slot is not None)
     readers.update(outputs)
     fused, index = [], 0
     while index < len(steps):
-        block = steps[index:index + 3]
-        if len(block) == 3 and _is_inverted_residual(block, constants, readers):
-            fused.append(_block_step(block, constants))
-            index += 3
+        for length in (3, 2):
+            block = steps[index:index + length]
+            if len(block) == length and _is_inverted_residual(block, constants, readers):
+                fused.append(_block_step(block, constants))
+                index += length
+                break
         else:
             fused.append(steps[index])
             index += 1
@@ -67,19 +72,24 @@ def _is_pointwise(step, weight) -> bool:
 
 
 def _is_inverted_residual(block, constants, readers) -> bool:
-    expand, depthwise, project = block
+    """Whether ``block`` is (expand, depthwise, project) or (depthwise, project), each layer
+    reading the one before it alone, only the project taking a residual."""
     layers = [_layer(step, constants) for step in block]
     if any(layer is None for layer in layers):
         return False
-    (we, _, _), (wd, _, _), (wp, _, _) = layers
-    expanded = we.shape[0]
-    no_residual = all(len(step.operands) < 4 or step.operands[3] is None
-                      for step in (expand, depthwise))
-    return (no_residual and _is_pointwise(expand, we) and _is_pointwise(project, wp)
-            and wd.shape[:2] == (expanded, 1) and depthwise.attrs["groups"] == expanded
-            and wp.shape[1] == expanded
-            and depthwise.operands[0] == expand.results[0] and readers[expand.results[0]] == 1
-            and project.operands[0] == depthwise.results[0]
+    *_, depthwise, project = block
+    *_, (wd, _, _), (wp, _, _) = layers
+    expanded = wd.shape[0]
+    if len(block) == 3:
+        expand, we = block[0], layers[0][0]
+        if not (_is_pointwise(expand, we) and we.shape[0] == expanded
+                and depthwise.operands[0] == expand.results[0]
+                and readers[expand.results[0]] == 1):
+            return False
+    no_residual = all(len(step.operands) < 4 or step.operands[3] is None for step in block[:-1])
+    return (no_residual and _is_pointwise(project, wp)
+            and wd.shape[1] == 1 and depthwise.attrs["groups"] == expanded
+            and wp.shape[1] == expanded and project.operands[0] == depthwise.results[0]
             and readers[depthwise.results[0]] == 1)
 
 
@@ -91,22 +101,25 @@ def _run_step(step, operands):
 
 
 class InvertedResidualBlock:
-    """The fused step's run function: the native block for large images, else its three
-    steps one by one; and its program steps (``build``), likewise."""
+    """The fused step's run function: the native block for large images, else its steps one
+    by one; and its program steps (``build``), likewise."""
 
     def __init__(self, block, constants):
         self.steps = block
         self.constants = constants
-        (we, be, self.act_e), (wd, bd, self.act_d), (wp, bp, self.act_p) = (
-            _layer(step, constants) for step in block)
-        self.expanded, self.outputs, self.kernel = we.shape[0], wp.shape[0], wd.shape[2:]
-        self.packed = [PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights,
-                                          step.attrs["groups"])
-                       for w, step in zip((we, wd, wp), block)]
-        self.biases = [_float32_vector(b) for b in (be, bd, bp)]
-        a = block[1].attrs
+        # Without expansion, the native block's expand arguments are None, None and "none".
+        steps = [None] * (3 - len(block)) + list(block)
+        layers = [(None, None, "none") if step is None else _layer(step, constants)
+                  for step in steps]
+        (_, _, self.act_e), (wd, _, self.act_d), (wp, _, self.act_p) = layers
+        self.expanded, self.outputs, self.kernel = wd.shape[0], wp.shape[0], wd.shape[2:]
+        self.packed = [None if step is None else PACKED_WEIGHTS.get(
+            w, "sconv", _kernels.pack_sconv_weights, step.attrs["groups"])
+            for step, (w, _, _) in zip(steps, layers)]
+        self.biases = [_float32_vector(b) for _, b, _ in layers]
+        a = block[-2].attrs
         self.geometry = (tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]))
-        project = block[2]
+        project = block[-1]
         self.has_residual = len(project.operands) > 3 and project.operands[3] is not None
 
     def _operands_of(self, step, x):
@@ -114,10 +127,10 @@ class InvertedResidualBlock:
                 else None for slot in step.operands]
 
     def _in_sequence(self, x, residual):
-        expand, depthwise, project = self.steps
-        e = _run_step(expand, self._operands_of(expand, x))[0]
-        d = _run_step(depthwise, self._operands_of(depthwise, e))[0]
-        layer = self._operands_of(project, d)
+        *layers, project = self.steps
+        for step in layers:
+            x = _run_step(step, self._operands_of(step, x))[0]
+        layer = self._operands_of(project, x)
         if self.has_residual:
             layer[3] = residual
         return _run_step(project, layer)
@@ -165,27 +178,29 @@ class InvertedResidualBlock:
             return [out]
         pointwise = ((1, 1), (0, 0, 0, 0), (1, 1))
         n, _, h, w = x.shape
-        e = np.empty((n, h, w, self.expanded), dtype=np.float32)
         d = np.empty((n, *out.shape[2:], self.expanded), dtype=np.float32)
         (pe, pd, pp), (be, bd, bp) = self.packed, self.biases
-        program.sconv2d(x_nhwc, pe, be, None, self.act_e, *pointwise, e)
+        e = x_nhwc
+        if pe is not None:
+            e = np.empty((n, h, w, self.expanded), dtype=np.float32)
+            program.sconv2d(x_nhwc, pe, be, None, self.act_e, *pointwise, e)
         program.sconv2d(e, pd, bd, None, self.act_d, *self.geometry, d)
         program.sconv2d(d, pp, bp, residual, self.act_p, *pointwise, nhwc(out))
         return [out]
 
 
 def _block_step(block, constants):
-    expand, _, project = block
+    first, project = block[0], block[-1]
     run = InvertedResidualBlock(block, constants)
-    operands = (expand.operands[0],) + ((project.operands[3],) if run.has_residual else ())
-    types = (expand.types[0],) + ((project.types[3],) if run.has_residual else ())
+    operands = (first.operands[0],) + ((project.operands[3],) if run.has_residual else ())
+    types = (first.types[0],) + ((project.types[3],) if run.has_residual else ())
     # The attributes hold the block itself, for its native_step builder: a fused step exists
     # only in a loaded session, never in an artifact.
     return dataclasses.replace(
-        expand, op="inverted_residual", attrs={"block": run}, operands=operands,
+        first, op="inverted_residual", attrs={"block": run}, operands=operands,
         results=project.results, types=types,
-        release=tuple(dict.fromkeys(expand.release + block[1].release + project.release)),
-        source=f"{expand.source} .. {project.source}", symbolic_attrs=(),
+        release=tuple(dict.fromkeys(r for step in block for r in step.release)),
+        source=f"{first.source} .. {project.source}", symbolic_attrs=(),
         kernel=lambda xs, attrs, types: run(xs), prepared=run)
 
 

@@ -95,25 +95,31 @@ def test_a_native_plan_gives_the_executor_results(batch, int8):
     np.testing.assert_array_equal(session.run(images(batch, batch))["output"], first)
 
 
+@pytest.mark.parametrize("expand_ratio, size", [(6, 64), (1, 128)],
+                         ids=["expanded", "no expansion"])
 @pytest.mark.parametrize("fused", [True, False], ids=["native block", "layers"])
-def test_inverted_residual_blocks_join_native_plans(fused, monkeypatch):
+def test_inverted_residual_blocks_join_native_plans(fused, expand_ratio, size, monkeypatch):
     if not fused:
         monkeypatch.setattr(blocks, "FUSED_MIN_BYTES", 1 << 62)
     torch.manual_seed(0)
-    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=6),
-                          InvertedResidual(16, 24, stride=2, expand_ratio=6))
+    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=expand_ratio),
+                          InvertedResidual(16, 24, stride=2, expand_ratio=expand_ratio))
     randomize_batch_norm(model)
-    x = torch.randn(1, 16, 64, 64)  # expanded: 64 x 64 x 96 floats, past FUSED_MIN_BYTES
+    # Expanded (or, without expansion, the input): size x size x 96 (16) floats, past
+    # FUSED_MIN_BYTES.
+    x = torch.randn(1, 16, size, size)
     session = nimbus.compile(model.eval(), (x,)).session()
     assert [step.op for step in session._steps] == ["inverted_residual"] * 2
     feeds = {session.inputs[0].name: x.numpy()}
     session.run(feeds)
     plan = session._native_plans[(x.shape,)]
-    # The layout changes of the input (x, and the first block's residual), then 1 or 3 per block.
-    assert len(plan.program) == (4 if fused else 8)
+    # The layout changes of the input (x, and the first block's residual), then 1 call per
+    # block, or one per layer.
+    layers = 3 if expand_ratio > 1 else 2
+    assert len(plan.program) == 2 + 2 * (1 if fused else layers)
     for seed in (1, 2):
         rng = np.random.default_rng(seed)
-        feeds = {session.inputs[0].name: rng.standard_normal((1, 16, 64, 64), np.float32)}
+        feeds = {session.inputs[0].name: rng.standard_normal((1, 16, size, size), np.float32)}
         native = session.run(feeds)
         for key, value in executor_run(session, feeds).items():
             np.testing.assert_array_equal(native[key], value)

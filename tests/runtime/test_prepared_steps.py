@@ -119,16 +119,22 @@ def test_a_prepared_float_layer_declines_other_input_dtypes_and_the_kernel_runs(
     np.testing.assert_allclose(out, np.maximum(x16.astype(np.float32) @ w.T, 0), rtol=1e-3)
 
 
-def test_inverted_residual_blocks_run_as_one_step_with_the_results_of_their_layers(monkeypatch):
+@pytest.mark.parametrize("expand_ratio, size", [(6, 64), (1, 128)],
+                         ids=["expanded", "no expansion"])
+def test_inverted_residual_blocks_run_as_one_step_with_the_results_of_their_layers(
+        expand_ratio, size, monkeypatch):
+    # Without expansion (MobileNetV2's first block) a block is depthwise -> project 1x1.
     torch.manual_seed(0)
-    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=6),
-                          InvertedResidual(16, 24, stride=2, expand_ratio=6))
+    model = nn.Sequential(InvertedResidual(16, 16, stride=1, expand_ratio=expand_ratio),
+                          InvertedResidual(16, 24, stride=2, expand_ratio=expand_ratio))
     randomize_batch_norm(model)
     model.eval()
-    x = torch.randn(2, 16, 64, 64)  # expanded: 64 x 64 x 96 floats, past FUSED_MIN_BYTES
+    # Expanded (or the input, without expansion): size x size x 96 (16) floats, past
+    # FUSED_MIN_BYTES.
+    x = torch.randn(2, 16, size, size)
     session = nimbus.compile(model, (x[:1],)).session()
     session._native_plan_limit = 0  # the executor's steps on both runs (no native plan)
-    assert [step.op for step in session._steps].count("inverted_residual") == 2
+    assert [step.op for step in session._steps] == ["inverted_residual"] * 2
     name = session.inputs[0].name
     fused = session.run({name: x.numpy()})
     monkeypatch.setattr(blocks, "FUSED_MIN_BYTES", 1 << 62)  # the same steps, layer by layer
