@@ -50,3 +50,9 @@ def run_concurrently(worker, count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def float_path(isa: str) -> str:
+    """The path that float kernels packed for `isa` run: the AMX paths run theirs on
+    AVX512-VNNI."""
+    return "avx512_vnni" if isa.startswith("amx") else isa

@@ -1756,12 +1756,18 @@ PYBIND11_MODULE(_kernels, module) {
         .def_property_readonly("groups", [](const PackedSconvWeights& w) { return w.groups; })
         .def_property_readonly("depthwise",
                                [](const PackedSconvWeights& w) { return w.depthwise; })
+        .def_property_readonly(
+            "winograd", [](const PackedSconvWeights& w) { return !w.winograd_weights.empty(); },
+            "Whether stride-1, undilated calls take Winograd F(2x2, 3x3) (AVX-512, 3x3, one "
+            "group,\nat least 32 channels each side).")
         .def_property_readonly("isa", [](const PackedSconvWeights& w) { return isa_name(w.isa); })
         .def("__repr__", [](const PackedSconvWeights& w) {
             return "PackedSconvWeights(shape=(" + std::to_string(w.out_channels) + ", " +
                    std::to_string(w.group_channels) + ", " + std::to_string(w.kernel_h) + ", " +
                    std::to_string(w.kernel_w) + "), groups=" + std::to_string(w.groups) +
-                   (w.depthwise ? ", depthwise" : "") + ", isa='" + isa_name(w.isa) + "')";
+                   (w.depthwise ? ", depthwise" : "") +
+                   (w.winograd_weights.empty() ? "" : ", winograd") + ", isa='" +
+                   isa_name(w.isa) + "')";
         });
     module.def("pack_sconv_weights", &pack_sconv_weights, py::arg("w"), py::arg("groups") = 1,
                py::arg("isa") = py::none(),

@@ -7,6 +7,7 @@
 
 #include "copy_runs.h"
 #include "sconv_direct.h"
+#include "sconv_winograd.h"
 #include "sgemm_paths.h"
 #include "worker_pool.h"
 
@@ -227,6 +228,12 @@ PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
             }
         }
     }
+#ifdef NIMBUS_X86_KERNELS
+    if (winograd_packable(out_channels, group_channels, kernel_h, kernel_w, groups,
+                          packed.isa)) {
+        pack_winograd(w, packed);
+    }
+#endif
     const std::size_t group_outputs = out_channels / groups;
     const std::size_t depth = taps * group_channels;
     std::vector<float> matrix(group_outputs * depth);
@@ -259,6 +266,11 @@ void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeig
 #ifdef NIMBUS_X86_KERNELS
     if (runs_direct(geometry, weights)) {
         run_direct(x, geometry, weights, epilogue, out, threads);
+        return;
+    }
+    if (!weights.winograd_weights.empty() && geometry.stride_h == 1 && geometry.stride_w == 1 &&
+        geometry.dilation_h == 1 && geometry.dilation_w == 1) {
+        sconv2d_winograd(x, geometry, weights, epilogue, out, threads);
         return;
     }
 #endif

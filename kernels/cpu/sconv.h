@@ -7,8 +7,9 @@
 //
 // Depthwise convolutions (groups == C == O) run a direct kernel vectorized over channels. On the
 // AVX-512 path, so do convolutions with few output channels and a horizontal stride of 1
-// (sconv_direct.h), vectorized over the pixels of a row instead. The rest are GEMMs whose A rows
-// are the windows of output pixels, gathered block by block into a small buffer (implicit
+// (sconv_direct.h), vectorized over the pixels of a row instead, and 3x3 stride-1 convolutions
+// with enough channels run Winograd F(2x2, 3x3) (sconv_winograd.h). The rest are GEMMs whose A
+// rows are the windows of output pixels, gathered block by block into a small buffer (implicit
 // im2col, never the whole matrix), or the activations themselves for a 1x1, stride-1, unpadded
 // convolution.
 #pragma once
@@ -40,6 +41,10 @@ struct PackedSconvWeights {
     // tap; empty otherwise): [KH, C, KW, O], in the order the kernel walks the taps.
     // group_weights stays for the horizontal strides that this path does not take.
     std::vector<float> direct_weights;
+    // Winograd path (AVX-512, 3x3, one group, enough channels: sconv_winograd.h; empty
+    // otherwise): U = G g G^T as 16 GEMM weights [O, C], one per value of a transformed tile.
+    // group_weights stays for the strides and dilations that this path does not take.
+    std::vector<PackedSgemmWeights> winograd_weights;
 };
 
 // w is OIHW [out_channels, group_channels, kernel_h, kernel_w]; out_channels is a multiple of

@@ -4,7 +4,7 @@ depthwise, batch > 1, 1x1, every activation, bias and residual, thread counts, b
 
 import numpy as np
 import pytest
-from checks import assert_matches
+from checks import assert_matches, float_path
 from nimbus.runtime import _kernels
 from test_sgemm import ACTIVATIONS
 
@@ -79,7 +79,16 @@ GEOMETRIES = {
                                           1),
     "few outputs stride (1, 2)": (1, 3, 9, 17, 5, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 1),
     "few outputs 1x1": (2, 5, 3, 17, 7, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # 3x3 stride 1 with at least 32 channels each side: Winograd F(2x2, 3x3) on AVX-512, whose
+    # 2x2 output tiles overhang odd sizes and cross from one image to the next.
+    "Winograd odd sizes": (3, 33, 7, 5, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "Winograd asymmetric padding": (2, 48, 6, 9, 35, (3, 3), (1, 1), (2, 0, 1, 2), (1, 1), 1),
+    "Winograd unpadded": (1, 64, 8, 7, 64, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "Winograd one row": (2, 32, 1, 9, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "Winograd deep": (1, 520, 4, 5, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
 }
+
+WINOGRAD = [name for name in GEOMETRIES if name.startswith("Winograd")] + ["3x3 deep"]
 
 
 def make_problem(geometry, seed=0):
@@ -101,8 +110,9 @@ def make_problem(geometry, seed=0):
 def test_matches_the_reference(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name])
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
-    assert packed.isa == isa
+    assert packed.isa == float_path(isa)
     assert packed.depthwise == (groups > 1 and groups == w.shape[0] and w.shape[1] == 1)
+    assert packed.winograd == (name in WINOGRAD and packed.isa == "avx512_vnni")
     for b, r, activation in ((None, None, "none"), (bias, None, "relu"), (bias, residual, "relu6"),
                              (None, residual, "none")):
         actual = _kernels.sconv2d(x, packed, b, r, activation, **keywords)
@@ -115,7 +125,8 @@ def test_matches_the_reference(isa, name):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
-                                  "groups 2", "few outputs stride (2, 1) dilated"])
+                                  "groups 2", "few outputs stride (2, 1) dilated",
+                                  "Winograd odd sizes"])
 def test_every_activation(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
     x *= 3.0
@@ -128,7 +139,8 @@ def test_every_activation(isa, activation, name):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
-                                  "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet"])
+                                  "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet",
+                                  "Winograd odd sizes"])
 def test_thread_counts_give_identical_results(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
