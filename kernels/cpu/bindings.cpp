@@ -1014,7 +1014,7 @@ py::array sgemm(const py::object& x_object, const PackedSgemmWeights& packed,
 }
 
 PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long groups,
-                                      const std::optional<std::string>& isa) {
+                                      const std::optional<std::string>& isa, bool unit_stride) {
     const py::array w = checked_array<float>(w_object, "w", 4, "[O, I / groups, KH, KW]");
     const auto out_channels = static_cast<long long>(w.shape(0));
     if (groups < 1 || out_channels % groups != 0) {
@@ -1031,7 +1031,7 @@ PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long grou
     return nimbus::kernels::pack_sconv_weights(
         data, static_cast<std::size_t>(out_channels), static_cast<std::size_t>(w.shape(1)),
         static_cast<std::size_t>(w.shape(2)), static_cast<std::size_t>(w.shape(3)),
-        static_cast<std::size_t>(groups), path);
+        static_cast<std::size_t>(groups), path, unit_stride);
 }
 
 PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
@@ -1049,6 +1049,12 @@ PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeight
     shape_only.kernel_w = packed.kernel_w;
     shape_only.groups = packed.groups;
     const ConvGeometry geometry = checked_geometry(x, shape_only, stride, padding, dilation);
+    if (packed.unit_stride_only &&
+        (geometry.stride_h != 1 || geometry.stride_w != 1 || geometry.dilation_h != 1 ||
+         geometry.dilation_w != 1)) {
+        throw py::value_error("these weights were packed for stride 1 and dilation 1 only "
+                              "(unit_stride=True)");
+    }
     const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
                                          static_cast<py::ssize_t>(geometry.out_w),
                                          static_cast<py::ssize_t>(packed.out_channels)};
@@ -1770,9 +1776,12 @@ PYBIND11_MODULE(_kernels, module) {
                    isa_name(w.isa) + "')";
         });
     module.def("pack_sconv_weights", &pack_sconv_weights, py::arg("w"), py::arg("groups") = 1,
-               py::arg("isa") = py::none(),
+               py::arg("isa") = py::none(), py::arg("unit_stride") = false,
                "Pack float32 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`;\n"
-               "depthwise weights (groups == I == O) for the direct depthwise kernel.");
+               "depthwise weights (groups == I == O) for the direct depthwise kernel.\n"
+               "unit_stride: the weights will only run with stride 1 and dilation 1, so weights "
+               "that take\nWinograd are packed in that form alone (less memory and packing time); "
+               "sconv2d\nrefuses other geometries for them.");
     module.def("sconv2d", &sconv2d, py::arg("x"), py::arg("packed"), py::arg("bias") = py::none(),
                py::arg("residual") = py::none(), py::arg("activation") = "none",
                py::arg("stride") = unit_pair, py::arg("padding") = no_padding,

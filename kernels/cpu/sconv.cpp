@@ -192,7 +192,8 @@ void run_direct(const float* x, const ConvGeometry& g, const PackedSconvWeights&
 
 PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
                                       std::size_t group_channels, std::size_t kernel_h,
-                                      std::size_t kernel_w, std::size_t groups, Isa isa) {
+                                      std::size_t kernel_w, std::size_t groups, Isa isa,
+                                      bool unit_stride) {
     PackedSconvWeights packed;
     packed.isa = sgemm_path(isa);
     packed.out_channels = out_channels;
@@ -232,6 +233,10 @@ PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
     if (winograd_packable(out_channels, group_channels, kernel_h, kernel_w, groups,
                           packed.isa)) {
         pack_winograd(w, packed);
+        if (unit_stride) {
+            packed.unit_stride_only = true;
+            return packed;
+        }
     }
 #endif
     const std::size_t group_outputs = out_channels / groups;

@@ -43,18 +43,23 @@ struct PackedSconvWeights {
     std::vector<float> direct_weights;
     // Winograd path (AVX-512, 3x3, one group, enough channels: sconv_winograd.h; empty
     // otherwise): U = G g G^T as 16 GEMM weights [O, C], one per value of a transformed tile.
-    // group_weights stays for the strides and dilations that this path does not take.
+    // group_weights stays for the strides and dilations that this path does not take, unless
+    // the weights were packed for stride 1 and dilation 1 only.
     std::vector<PackedSgemmWeights> winograd_weights;
+    bool unit_stride_only = false;  // group_weights left empty: only stride 1, dilation 1
 };
 
 // w is OIHW [out_channels, group_channels, kernel_h, kernel_w]; out_channels is a multiple of
-// groups (checked by the caller).
+// groups (checked by the caller). With `unit_stride` (the weights will only run with stride 1
+// and dilation 1), weights that take the Winograd path are packed in that form alone.
 PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
                                       std::size_t group_channels, std::size_t kernel_h,
-                                      std::size_t kernel_w, std::size_t groups, Isa isa);
+                                      std::size_t kernel_w, std::size_t groups, Isa isa,
+                                      bool unit_stride = false);
 
 // out[N, OH, OW, O] from x[N, H, W, C], C == group_channels * groups (ConvGeometry of
-// qconv.h). The epilogue's residual, if any, is [N, OH, OW, O]; its stride is ignored.
+// qconv.h). The epilogue's residual, if any, is [N, OH, OW, O]; its stride is ignored. Weights
+// packed unit_stride_only take only stride 1 and dilation 1 (checked by the caller).
 void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeights& weights,
              const SgemmEpilogue& epilogue, float* out, std::size_t threads);
 

@@ -412,9 +412,12 @@ def native_conv_args(w, bias, a):
     native kernel, or None for weights it does not take."""
     if w.dtype != np.float32 or not w.size:
         return None
-    packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"])
-    return (packed, _float32_vector(bias), tuple(a["stride"]), tuple(a["padding"]),
-            tuple(a["dilation"]))
+    stride, dilation = tuple(a["stride"]), tuple(a["dilation"])
+    # A layer of stride 1 packs only the Winograd form where its kernel takes one.
+    unit_stride = stride == (1, 1) and dilation == (1, 1)
+    packed = PACKED_WEIGHTS.get(w, "sconv", _kernels.pack_sconv_weights, a["groups"], None,
+                                unit_stride)
+    return packed, _float32_vector(bias), stride, tuple(a["padding"]), dilation
 
 
 def native_linear_args(w, bias):

@@ -196,6 +196,24 @@ def packed():
     return _kernels.pack_sconv_weights(np.ones((4, 3, 3, 3), np.float32))
 
 
+def test_weights_packed_for_unit_stride_keep_only_the_winograd_form():
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES["Winograd odd sizes"])
+    both = _kernels.pack_sconv_weights(w, groups)
+    only = _kernels.pack_sconv_weights(w, groups, unit_stride=True)
+    assert only.winograd == both.winograd
+    np.testing.assert_array_equal(_kernels.sconv2d(x, only, bias, residual, "relu", **keywords),
+                                  _kernels.sconv2d(x, both, bias, residual, "relu", **keywords))
+    if only.winograd:
+        for geometry in ({"stride": (2, 1)}, {"dilation": (1, 2)}):
+            with pytest.raises(ValueError, match="packed for stride 1 and dilation 1 only"):
+                _kernels.sconv2d(x, only, bias, **geometry)
+            _kernels.sconv2d(x, both, bias, **geometry)
+    # Other weights are packed whole either way.
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES["3x3"])
+    packed = _kernels.pack_sconv_weights(w, groups, unit_stride=True)
+    _kernels.sconv2d(x, packed, bias, stride=(2, 2))
+
+
 def test_bad_weights_are_named():
     with pytest.raises(TypeError, match="w must have dtype float32, got float64"):
         _kernels.pack_sconv_weights(np.ones((4, 3, 3, 3)))
