@@ -19,15 +19,8 @@
 #include <vector>
 
 #include "sgemm_paths.h"
+#include "vector_math_avx512.h"
 #include "worker_pool.h"
-
-// GCC 12 reports its own _mm512_undefined_* placeholders as maybe-uninitialized (GCC bug 105593).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-
-#define NIMBUS_AVX512F_WINOGRAD __attribute__((target("avx512f")))
 
 namespace nimbus::kernels {
 namespace {
@@ -52,7 +45,7 @@ struct Tiles {
 
 // V[xi][t] (channels c0 .. c0 + 16) of the 4x4 input tile whose top left is (top, left),
 // zeros outside the image.
-NIMBUS_AVX512F_WINOGRAD void transform_input(const float* image, const ConvGeometry& g,
+NIMBUS_AVX512F void transform_input(const float* image, const ConvGeometry& g,
                                             std::size_t top, std::size_t left, std::size_t c0,
                                             float* v, std::size_t position_stride) {
     const __mmask16 mask = lanes(g.channels - c0);
@@ -84,7 +77,7 @@ NIMBUS_AVX512F_WINOGRAD void transform_input(const float* image, const ConvGeome
 
 // The 2x2 outputs (channels o0 .. o0 + 16) of the products m[xi] of one tile, with the bias,
 // residual and a clamping activation; `rows` x `columns` of them lie inside the image.
-NIMBUS_AVX512F_WINOGRAD void transform_output(const float* m, std::size_t position_stride,
+NIMBUS_AVX512F void transform_output(const float* m, std::size_t position_stride,
                                              std::size_t o0, std::size_t outputs,
                                              const SgemmEpilogue& epilogue, float* out,
                                              const float* residual, std::size_t row_stride,

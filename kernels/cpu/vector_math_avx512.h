@@ -1,6 +1,7 @@
-// Vectorized math shared by the AVX-512 float kernels (sgemm_avx512.cpp, attention_avx512.cpp).
-// Every function carries its own target attribute, so including this header puts no AVX-512
-// instruction into code that runs on other paths.
+// Vectorized math shared by the AVX-512 float kernels (sgemm_avx512.cpp, attention_avx512.cpp;
+// sconv_winograd.cpp takes its target attribute). Every function carries its own target
+// attribute, so including this header puts no AVX-512 instruction into code that runs on other
+// paths.
 #pragma once
 
 #include "isa.h"
