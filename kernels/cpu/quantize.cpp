@@ -108,7 +108,7 @@ void quantize_range(const float* x, std::size_t begin, std::size_t end, const Ra
             return quantize_avx512(x, begin, end, r, out);
         case Isa::avx2:
             return quantize_avx2(x, begin, end, r, out);
-        case Isa::portable:
+        default:  // portable: vector_isa never names an AMX path
             break;
     }
 #endif

@@ -38,9 +38,20 @@ inline __mmask16 lanes(std::size_t count) {
     return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
 }
 
+// The 2x2 output tiles of the images, numbered image by image, row-major within each.
 struct Tiles {
     std::size_t rows;     // per image
     std::size_t columns;  // per image
+
+    struct Position {
+        std::size_t image;
+        std::size_t oh;  // the tile's top left output pixel
+        std::size_t ow;
+    };
+    Position position(std::size_t tile) const {
+        const std::size_t within = tile % (rows * columns);
+        return {tile / (rows * columns), 2 * (within / columns), 2 * (within % columns)};
+    }
 };
 
 // V[xi][t] (channels c0 .. c0 + 16) of the 4x4 input tile whose top left is (top, left),
@@ -117,7 +128,7 @@ NIMBUS_AVX512F void transform_output(const float* m, std::size_t position_stride
     }
 }
 
-// One block of tiles [first, first + count) (numbered over all images, row-major per image).
+// One block of tiles [first, first + count), numbered as Tiles numbers them.
 void run_block(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                const SgemmEpilogue& epilogue, float* out, const Tiles& tiles, std::size_t first,
                std::size_t count, float* v, float* m) {
@@ -126,15 +137,11 @@ void run_block(const float* x, const ConvGeometry& g, const PackedSconvWeights& 
     const std::size_t v_stride = channels + kRowPad;  // between the tiles of one position
     const std::size_t v_position = count * v_stride;
     const std::size_t m_position = count * outputs;
-    const std::size_t per_image = tiles.rows * tiles.columns;
     for (std::size_t t = 0; t < count; ++t) {
-        const std::size_t tile = first + t;
-        const std::size_t image = tile / per_image;
-        const std::size_t ty = tile % per_image / tiles.columns;
-        const std::size_t tx = tile % tiles.columns;
-        const float* pixels = x + image * g.height * g.width * channels;
+        const Tiles::Position at = tiles.position(first + t);
+        const float* pixels = x + at.image * g.height * g.width * channels;
         for (std::size_t c0 = 0; c0 < channels; c0 += kLanes) {
-            transform_input(pixels, g, 2 * ty - g.pad_top, 2 * tx - g.pad_left, c0,
+            transform_input(pixels, g, at.oh - g.pad_top, at.ow - g.pad_left, c0,
                             v + t * v_stride, v_position);
         }
     }
@@ -160,13 +167,10 @@ void run_block(const float* x, const ConvGeometry& g, const PackedSconvWeights& 
     }
     const std::size_t row_stride = g.out_w * outputs;
     for (std::size_t t = 0; t < count; ++t) {
-        const std::size_t tile = first + t;
-        const std::size_t image = tile / per_image;
-        const std::size_t oh = 2 * (tile % per_image / tiles.columns);
-        const std::size_t ow = 2 * (tile % tiles.columns);
-        const std::size_t offset = ((image * g.out_h + oh) * g.out_w + ow) * outputs;
-        const std::size_t rows = std::min<std::size_t>(2, g.out_h - oh);
-        const std::size_t columns = std::min<std::size_t>(2, g.out_w - ow);
+        const Tiles::Position at = tiles.position(first + t);
+        const std::size_t offset = ((at.image * g.out_h + at.oh) * g.out_w + at.ow) * outputs;
+        const std::size_t rows = std::min<std::size_t>(2, g.out_h - at.oh);
+        const std::size_t columns = std::min<std::size_t>(2, g.out_w - at.ow);
         for (std::size_t o0 = 0; o0 < outputs; o0 += kLanes) {
             transform_output(m + t * outputs, m_position, o0, outputs, epilogue, out + offset,
                              epilogue.residual == nullptr ? nullptr : epilogue.residual + offset,
