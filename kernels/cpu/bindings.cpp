@@ -1766,6 +1766,11 @@ PYBIND11_MODULE(_kernels, module) {
             "winograd", [](const PackedSconvWeights& w) { return !w.winograd_weights.empty(); },
             "Whether stride-1, undilated calls take Winograd F(2x2, 3x3) (AVX-512, 3x3, one "
             "group,\nat least 32 channels each side).")
+        .def_property_readonly(
+            "few_inputs",
+            [](const PackedSconvWeights& w) { return !w.few_inputs_weights.empty(); },
+            "Whether undilated calls take the direct kernel over few input channels (AVX-512, "
+            "one\ngroup, at most 4 input channels, 9 to 64 outputs, a kernel larger than 1x1).")
         .def_property_readonly("isa", [](const PackedSconvWeights& w) { return isa_name(w.isa); })
         .def("__repr__", [](const PackedSconvWeights& w) {
             return "PackedSconvWeights(shape=(" + std::to_string(w.out_channels) + ", " +

@@ -169,22 +169,28 @@ bool runs_direct(const ConvGeometry& g, const PackedSconvWeights& w) {
            chunks * std::max(w.out_channels, kFmaLatency) < g.out_w;
 }
 
-void run_direct(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
+bool runs_few_inputs(const ConvGeometry& g, const PackedSconvWeights& w) {
+    return !w.few_inputs_weights.empty() && g.dilation_h == 1 && g.dilation_w == 1;
+}
+
+using DirectKernel = void (*)(const SconvDirectTask&, std::size_t, std::size_t);
+
+// One of the direct kernels of sconv_direct.h over weights packed for it, in runs of output rows.
+void run_direct(DirectKernel kernel, const std::vector<float>& packed, const float* x,
+                const ConvGeometry& g, const PackedSconvWeights& w,
                 const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
     const SconvDirectTask task{x,
                                &g,
                                w.kernel_h,
                                w.kernel_w,
                                w.out_channels,
-                               w.direct_weights.data(),
+                               packed.data(),
                                epilogue.bias,
                                epilogue.residual,
                                epilogue.activation,
                                out};
     parallel_row_runs(g.batch * g.out_h, threads, w.kernel_h,
-                      [&](std::size_t begin, std::size_t end) {
-                          run_sconv_direct_avx512(task, begin, end);
-                      });
+                      [&](std::size_t begin, std::size_t end) { kernel(task, begin, end); });
 }
 #endif
 
@@ -225,6 +231,22 @@ PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
                     for (std::size_t o = 0; o < out_channels; ++o) {
                         *target++ = w[((o * group_channels + c) * kernel_h + ky) * kernel_w + kx];
                     }
+                }
+            }
+        }
+    }
+    if (packed.isa == Isa::avx512_vnni && groups == 1 &&
+        group_channels <= kSconvFewInputsMaxChannels &&
+        out_channels >= kSconvFewInputsMinOutputs && out_channels <= kSconvFewInputsMaxOutputs &&
+        taps > 1) {
+        const std::size_t padded_outputs = round_up(out_channels, kSconvFewInputsVector);
+        packed.few_inputs_weights.assign(taps * group_channels * padded_outputs, 0.0f);
+        for (std::size_t tap = 0; tap < taps; ++tap) {
+            for (std::size_t c = 0; c < group_channels; ++c) {
+                float* target =
+                    packed.few_inputs_weights.data() + (tap * group_channels + c) * padded_outputs;
+                for (std::size_t o = 0; o < out_channels; ++o) {
+                    target[o] = w[(o * group_channels + c) * taps + tap];
                 }
             }
         }
@@ -270,7 +292,13 @@ void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeig
     }
 #ifdef NIMBUS_X86_KERNELS
     if (runs_direct(geometry, weights)) {
-        run_direct(x, geometry, weights, epilogue, out, threads);
+        run_direct(run_sconv_direct_avx512, weights.direct_weights, x, geometry, weights,
+                   epilogue, out, threads);
+        return;
+    }
+    if (runs_few_inputs(geometry, weights)) {
+        run_direct(run_sconv_few_inputs_avx512, weights.few_inputs_weights, x, geometry,
+                   weights, epilogue, out, threads);
         return;
     }
     if (!weights.winograd_weights.empty() && geometry.stride_h == 1 && geometry.stride_w == 1 &&

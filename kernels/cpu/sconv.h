@@ -41,6 +41,10 @@ struct PackedSconvWeights {
     // tap; empty otherwise): [KH, C, KW, O], in the order the kernel walks the taps.
     // group_weights stays for the horizontal strides that this path does not take.
     std::vector<float> direct_weights;
+    // Few-inputs path (AVX-512, groups == 1, few input channels, 9 to 64 outputs, more than one
+    // tap: sconv_direct.h; empty otherwise): [KH, KW, C, O rounded up to 16], zero past O.
+    // group_weights stays for the dilations that this path does not take.
+    std::vector<float> few_inputs_weights;
     // Winograd path (AVX-512, 3x3, one group, enough channels: sconv_winograd.h; empty
     // otherwise): U = G g G^T as 16 GEMM weights [O, C], one per value of a transformed tile.
     // group_weights stays for the strides and dilations that this path does not take, unless

@@ -79,6 +79,20 @@ GEOMETRIES = {
                                           1),
     "few outputs stride (1, 2)": (1, 3, 9, 17, 5, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1), 1),
     "few outputs 1x1": (2, 5, 3, 17, 7, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # Few input channels (at most 4) into 9 to 64 outputs: the AVX-512 path's direct kernel
+    # with outputs in the lanes, any stride (an image model's first layer); dilation takes the
+    # GEMM. Chunks of 24 / vectors pixels overhang the rows; some kernel rows lie wholly in the
+    # padding.
+    "few inputs 3x3 stride 2 MobileNet stem": (2, 3, 17, 19, 32, (3, 3), (2, 2), (1, 1, 1, 1),
+                                               (1, 1), 1),
+    "few inputs 7x7 stride 2 ResNet stem": (1, 3, 23, 29, 64, (7, 7), (2, 2), (3, 3, 3, 3),
+                                            (1, 1), 1),
+    "few inputs one channel": (2, 1, 9, 30, 9, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1),
+    "few inputs stride 3": (1, 4, 20, 26, 40, (5, 3), (3, 3), (2, 1, 2, 0), (1, 1), 1),
+    "few inputs stride (2, 1)": (1, 3, 9, 13, 48, (3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1),
+    "few inputs padding wider than the kernel": (1, 2, 5, 6, 17, (2, 2), (1, 2), (3, 0, 3, 4),
+                                                 (1, 1), 1),
+    "few inputs dilated": (1, 3, 11, 12, 20, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1),
     # 3x3 stride 1 with at least 32 channels each side: Winograd F(2x2, 3x3) on AVX-512, whose
     # 2x2 output tiles overhang odd sizes and cross from one image to the next.
     "Winograd odd sizes": (3, 33, 7, 5, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
@@ -89,6 +103,9 @@ GEOMETRIES = {
 }
 
 WINOGRAD = [name for name in GEOMETRIES if name.startswith("Winograd")] + ["3x3 deep"]
+# Packed for the few-inputs kernel, which the dilated ones do not take.
+FEW_INPUTS = [name for name in GEOMETRIES if name.startswith("few inputs")] + [
+    "7x7 stride 2", "5x3 stride 2 dilated long rows"]
 
 
 def make_problem(geometry, seed=0):
@@ -113,6 +130,7 @@ def test_matches_the_reference(isa, name):
     assert packed.isa == float_path(isa)
     assert packed.depthwise == (groups > 1 and groups == w.shape[0] and w.shape[1] == 1)
     assert packed.winograd == (name in WINOGRAD and packed.isa == "avx512_vnni")
+    assert packed.few_inputs == (name in FEW_INPUTS and packed.isa == "avx512_vnni")
     for b, r, activation in ((None, None, "none"), (bias, None, "relu"), (bias, residual, "relu6"),
                              (None, residual, "none")):
         actual = _kernels.sconv2d(x, packed, b, r, activation, **keywords)
@@ -126,7 +144,7 @@ def test_matches_the_reference(isa, name):
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
                                   "groups 2", "few outputs stride (2, 1) dilated",
-                                  "Winograd odd sizes"])
+                                  "Winograd odd sizes", "few inputs stride 3"])
 def test_every_activation(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
     x *= 3.0
@@ -140,7 +158,7 @@ def test_every_activation(isa, activation, name):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
                                   "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet",
-                                  "Winograd odd sizes"])
+                                  "Winograd odd sizes", "few inputs 7x7 stride 2 ResNet stem"])
 def test_thread_counts_give_identical_results(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
@@ -161,13 +179,39 @@ def test_every_count_of_few_output_channels(isa, out_channels, width):
     geometry = (2, 3, 9, width, out_channels, (3, 3), (2, 1), (1, 2, 0, 1), (1, 2), 1)
     x, w, bias, residual, _, keywords = make_problem(geometry, seed=4)
     packed = _kernels.pack_sconv_weights(w, isa=isa)
-    for b, r, activation, threads in ((None, None, "none", 1), (bias, residual, "relu", 2),
-                                      (bias, None, "hardswish", 2)):
+    assert_calls_match(x, w, packed, keywords,
+                       ((None, None, "none", 1), (bias, residual, "relu", 2),
+                        (bias, None, "hardswish", 2)),
+                       f"{isa} {out_channels} outputs width {width}")
+
+
+def assert_calls_match(x, w, packed, keywords, calls, label):
+    """sconv2d of x with each (bias, residual, activation, threads) of `calls` against the
+    reference."""
+    for b, r, activation, threads in calls:
         actual = _kernels.sconv2d(x, packed, b, r, activation, threads=threads, **keywords)
         expected = conv2d_nhwc(x, w, b, r, activation, **keywords)
         assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
-                       name=f"{isa} {out_channels} outputs width {width} bias={b is not None} "
-                            f"residual={r is not None} {activation} threads={threads}")
+                       name=f"{label} bias={b is not None} residual={r is not None} "
+                            f"{activation} threads={threads}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("in_channels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("out_channels", [8, 9, 16, 17, 31, 33, 47, 49, 64, 65])
+def test_every_vector_count_over_few_inputs(isa, in_channels, out_channels):
+    """The direct kernel over few input channels for 1 to 4 vectors of outputs, full and
+    partial, on rows of 25 pixels (whole chunks of 24 / vectors pixels and one pixel more), and
+    the counts just outside it, which take the other kernels."""
+    geometry = (2, in_channels, 8, 50, out_channels, (3, 2), (1, 2), (1, 1, 2, 0), (1, 1), 1)
+    x, w, bias, residual, _, keywords = make_problem(geometry, seed=5)
+    packed = _kernels.pack_sconv_weights(w, isa=isa)
+    assert packed.few_inputs == (packed.isa == "avx512_vnni" and in_channels <= 4
+                                 and 9 <= out_channels <= 64)
+    assert_calls_match(x, w, packed, keywords,
+                       ((None, None, "none", 1), (bias, residual, "relu6", 2),
+                        (bias, None, "gelu", 3)),
+                       f"{isa} {in_channels} -> {out_channels}")
 
 
 def test_resnet_sized_layer_matches_the_reference():
