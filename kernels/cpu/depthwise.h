@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "qconv.h"
 
@@ -46,6 +47,7 @@ inline std::size_t depthwise_tap_slots(std::size_t kernel_h, std::size_t kernel_
 void run_depthwise_portable(const DepthwiseTask& task, std::size_t row_begin,
                             std::size_t row_end);
 #ifdef NIMBUS_X86_KERNELS
+void run_depthwise_avx2(const DepthwiseTask& task, std::size_t row_begin, std::size_t row_end);
 void run_depthwise_avx512(const DepthwiseTask& task, std::size_t row_begin, std::size_t row_end);
 #endif
 
@@ -57,5 +59,38 @@ struct TapRange {
 };
 TapRange taps_inside(std::ptrdiff_t origin, std::size_t kernel, std::size_t dilation,
                      std::size_t size);
+
+// The horizontal geometry of a depthwise convolution's output rows.
+struct RowWalk {
+    std::size_t out_w;
+    std::size_t stride;
+    std::size_t pad;
+    std::size_t kernel;
+    std::size_t dilation;
+    std::size_t width;
+};
+
+// Walks the pixels of an output row for the paths that skip padding: each run of Pixels
+// adjacent pixels whose windows lie inside the image goes to compute(Pixels, ow, all the
+// kernel's columns), every other pixel alone to compute(1, ow, its columns inside), the count
+// as a std::integral_constant.
+template <std::size_t Pixels, typename Compute>
+void walk_row(const RowWalk& walk, Compute compute) {
+    const std::size_t reach = (walk.kernel - 1) * walk.dilation;
+    for (std::size_t ow = 0; ow < walk.out_w;) {
+        const std::size_t last = ow + Pixels - 1;
+        if (last < walk.out_w && ow * walk.stride >= walk.pad &&
+            last * walk.stride - walk.pad + reach < walk.width) {
+            compute(std::integral_constant<std::size_t, Pixels>(), ow, TapRange{0, walk.kernel});
+            ow += Pixels;
+            continue;
+        }
+        const auto left =
+            static_cast<std::ptrdiff_t>(ow * walk.stride) - static_cast<std::ptrdiff_t>(walk.pad);
+        compute(std::integral_constant<std::size_t, 1>(), ow,
+                taps_inside(left, walk.kernel, walk.dilation, walk.width));
+        ++ow;
+    }
+}
 
 }  // namespace nimbus::kernels

@@ -354,6 +354,8 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
                 u8_zero_point * static_cast<std::uint32_t>(w.depthwise_weight_sums[c]));
         }
         padding.assign(w.padded_channels, static_cast<std::uint8_t>(x_zero_point));
+    } else if (vector_isa(w.isa) == Isa::avx2) {
+        kernel = run_depthwise_avx2;
     }
 #endif
     const DepthwiseTask task{x, x_signed, x_zero_point, &g, w.kernel_h, w.kernel_w,

@@ -151,6 +151,8 @@ void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeigh
 #ifdef NIMBUS_X86_KERNELS
     if (w.isa == Isa::avx512_vnni) {
         kernel = run_sdepthwise_avx512;
+    } else if (w.isa == Isa::avx2) {
+        kernel = run_sdepthwise_avx2;
     }
 #endif
     parallel_row_runs(g.batch * g.out_h, threads, 1, [&](std::size_t begin, std::size_t end) {

@@ -86,6 +86,8 @@ inline constexpr std::size_t kSDepthwiseChannelBlock = 64;
 void run_sdepthwise_portable(const SDepthwiseTask& task, std::size_t row_begin,
                              std::size_t row_end);
 #ifdef NIMBUS_X86_KERNELS
+void run_sdepthwise_avx2(const SDepthwiseTask& task, std::size_t row_begin,
+                         std::size_t row_end);
 void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
                            std::size_t row_end);
 #endif
