@@ -4,6 +4,7 @@
 //
 // Only functions marked NIMBUS_AVX2 use AVX2 (see qgemm_avx512_vnni.cpp).
 #include "attention_paths.h"
+#include "vector_math_avx2.h"
 
 #ifdef NIMBUS_X86_KERNELS
 
@@ -14,8 +15,6 @@
 #include <cmath>
 #include <limits>
 #include <utility>
-
-#define NIMBUS_AVX2 __attribute__((target("avx2,fma")))
 
 namespace nimbus::kernels {
 namespace {
@@ -56,26 +55,6 @@ NIMBUS_AVX2 inline float fold(__m256 x) {
     half = combine<Max>(half, _mm_movehl_ps(half, half));
     half = combine<Max>(half, _mm_shuffle_ps(half, half, _MM_SHUFFLE(1, 1, 1, 1)));
     return _mm_cvtss_f32(half);
-}
-
-// exp(x): the Cephes polynomial of exp_ps (vector_math_avx512.h), with 2^n built from its
-// exponent bits, as AVX2 has no scalef; n stays within [-126, 127] after the clamp.
-NIMBUS_AVX2 inline __m256 exp_ps(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i exponent = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
 }
 
 // c[Rows, columns] for columns <= kTileColumns; masked lanes load zeros and are not stored.

@@ -3,7 +3,7 @@
 // image, a pass takes kPixels adjacent output pixels of a row, which share each load of a tap's
 // weights; pixels whose windows cross the left or right edge take the pass alone. The residual
 // is added and relu / relu6 clamp in registers; the other activations run over the finished
-// output row (activate_portable). Fewer than 8 channels take the portable path.
+// output row (activate_avx2). Fewer than 8 channels take the portable path.
 //
 // Only functions marked NIMBUS_AVX2_FMA use AVX2 (see qgemm_avx512_vnni.cpp).
 #include <algorithm>
@@ -99,7 +99,7 @@ void run_sdepthwise_avx2(const SDepthwiseTask& task, std::size_t row_begin,
         });
         if (!in_registers) {
             const std::size_t row_floats = task.out_w * task.channels;
-            activate_portable(task.out + row * row_floats, row_floats, task.activation);
+            activate_avx2(task.out + row * row_floats, row_floats, task.activation);
         }
     }
 }

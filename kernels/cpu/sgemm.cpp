@@ -150,6 +150,10 @@ void activate(float* data, std::size_t count, Activation activation, Isa isa) {
         activate_avx512(data, count, activation);
         return;
     }
+    if (sgemm_path(isa) == Isa::avx2) {
+        activate_avx2(data, count, activation);
+        return;
+    }
 #endif
     activate_portable(data, count, activation);
 }

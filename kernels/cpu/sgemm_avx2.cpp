@@ -1,18 +1,20 @@
 // The AVX2 + FMA path of the float32 GEMM: a register tile of up to 6 rows x 16 columns in 12
 // ymm accumulators, K-major weight panels of 16 columns, the epilogue (bias, residual,
-// relu/relu6) on the registers with masked stores past n, other activations as a scalar pass
-// over the finished tile.
+// relu/relu6) on the registers with masked stores past n, other activations as a vector pass
+// over the finished tile (activate_avx2, vector_math_avx2.h), also the AVX2 path's unfused
+// activation kernel.
 //
 // Only functions marked NIMBUS_AVX2 use AVX2 (see qgemm_avx512_vnni.cpp).
 #include "sgemm_paths.h"
+#include "vector_math_avx2.h"
 
 #ifdef NIMBUS_X86_KERNELS
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
-#define NIMBUS_AVX2 __attribute__((target("avx2,fma")))
 
 namespace nimbus::kernels {
 namespace {
@@ -98,7 +100,7 @@ NIMBUS_AVX2 void compute_tile(const SgemmBlock& block, const float* a, const flo
     }
     if (block.last && !in_registers) {
         for (std::size_t r = 0; r < Rows; ++r) {
-            activate_portable(out + r * block.out_stride, columns, block.activation);
+            activate_avx2(out + r * block.out_stride, columns, block.activation);
         }
     }
 }
@@ -123,6 +125,20 @@ void run_sgemm_avx2(const SgemmBlock& block) {
             kTileKernels[rows - 1](block, block.a + row * block.a_stride, b, row,
                                    panel * kWidth);
         }
+    }
+}
+
+NIMBUS_AVX2 void activate_avx2(float* data, std::size_t count, Activation activation) {
+    constexpr std::size_t kLanes = 8;
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) {
+        _mm256_storeu_ps(data + i, activate_ps(_mm256_loadu_ps(data + i), activation));
+    }
+    if (i < count) {  // the tail through a buffer: masked moves are slow on AMD CPUs
+        float tail[kLanes] = {};
+        std::copy(data + i, data + count, tail);
+        _mm256_storeu_ps(tail, activate_ps(_mm256_loadu_ps(tail), activation));
+        std::copy(tail, tail + (count - i), data + i);
     }
 }
 

@@ -38,9 +38,9 @@ NIMBUS_AVX512F inline __m512 sigmoid_ps(__m512 x) {
     return _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
-// tanh: an odd polynomial below |x| = 0.625 (Cephes tanhf), where 1 - 2 / (exp(2|x|) + 1)
-// would cancel, and that form above it.
+// tanh (polynomials::kTanh): the polynomial near zero, 1 - 2 / (exp(2|x|) + 1) above.
 NIMBUS_AVX512F inline __m512 tanh_ps(__m512 x) {
+    using namespace polynomials;
     const __m512 abs_x = _mm512_abs_ps(x);
     const __m512 one = _mm512_set1_ps(1.0f);
     const __m512 e = exp_ps(_mm512_add_ps(abs_x, abs_x));
@@ -49,27 +49,18 @@ NIMBUS_AVX512F inline __m512 tanh_ps(__m512 x) {
     const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
     large = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(large), sign));
     const __m512 z = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
-    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-    const __mmask16 is_small = _mm512_cmp_ps_mask(abs_x, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(horner(z, kTanh), z), x, x);
+    const __mmask16 is_small = _mm512_cmp_ps_mask(abs_x, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ);
     return _mm512_mask_blend_ps(is_small, large, small);
 }
 
-// erf: Abramowitz and Stegun 7.1.26 on |x| (absolute error below 1.5e-7), odd.
+// erf (polynomials::kErf) on |x|, odd.
 NIMBUS_AVX512F inline __m512 erf_ps(__m512 x) {
+    using namespace polynomials;
     const __m512 abs_x = _mm512_abs_ps(x);
     const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(abs_x, _mm512_set1_ps(0.3275911f), one));
-    __m512 p = _mm512_set1_ps(1.061405429f);
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-    p = _mm512_mul_ps(p, t);
+    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(abs_x, _mm512_set1_ps(kErfT), one));
+    const __m512 p = _mm512_mul_ps(horner(t, kErf), t);
     const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(abs_x, abs_x)));
     const __m512 magnitude = _mm512_fnmadd_ps(p, e, one);
     const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
@@ -87,13 +78,14 @@ NIMBUS_AVX512F inline __m512 activate_ps(__m512 x, Activation activation) {
         case Activation::relu6:
             return _mm512_min_ps(_mm512_max_ps(x, zero), _mm512_set1_ps(6.0f));
         case Activation::gelu: {
-            const __m512 e = erf_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)));
+            const __m512 e = erf_ps(_mm512_mul_ps(x, _mm512_set1_ps(polynomials::kSqrtHalf)));
             return _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
         }
         case Activation::gelu_tanh: {
             const __m512 cube = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-            const __m512 inner = _mm512_mul_ps(_mm512_set1_ps(0.79788456080286536f),
-                                               _mm512_fmadd_ps(cube, _mm512_set1_ps(0.044715f), x));
+            const __m512 inner =
+                _mm512_mul_ps(_mm512_set1_ps(polynomials::kSqrtTwoOverPi),
+                              _mm512_fmadd_ps(cube, _mm512_set1_ps(polynomials::kGeluTanhCubic), x));
             return _mm512_mul_ps(_mm512_mul_ps(half, x),
                                  _mm512_add_ps(_mm512_set1_ps(1.0f), tanh_ps(inner)));
         }

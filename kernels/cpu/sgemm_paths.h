@@ -48,6 +48,7 @@ void run_sgemm_portable(const SgemmBlock& block);
 void activate_portable(float* data, std::size_t count, Activation activation);
 #ifdef NIMBUS_X86_KERNELS
 void run_sgemm_avx2(const SgemmBlock& block);
+void activate_avx2(float* data, std::size_t count, Activation activation);
 void run_sgemm_avx512(const SgemmBlock& block);
 void activate_avx512(float* data, std::size_t count, Activation activation);
 #endif

@@ -4,7 +4,10 @@
 // paths.
 #pragma once
 
+#include <cstddef>
+
 #include "isa.h"
+#include "vector_math_polynomials.h"
 
 #ifdef NIMBUS_X86_KERNELS
 
@@ -18,23 +21,29 @@
 
 namespace nimbus::kernels {
 
-// exp(x) for x in float range: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a degree-6
-// polynomial (Cephes expf), within about 2 ulp; exact 0 / inf past the ends come out as
+// p(x) by Horner's rule over coefficients from the highest power down.
+template <std::size_t N>
+NIMBUS_AVX512F inline __m512 horner(__m512 x, const float (&coefficients)[N]) {
+    __m512 p = _mm512_set1_ps(coefficients[0]);
+#pragma GCC unroll 8
+    for (std::size_t i = 1; i < N; ++i) {
+        p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(coefficients[i]));
+    }
+    return p;
+}
+
+// exp(x) for x in float range (polynomials::kExp); exact 0 / inf past the ends come out as
 // tiny / huge values, which callers saturate themselves where that matters.
 NIMBUS_AVX512F inline __m512 exp_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    using namespace polynomials;
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpClampLow)),
+                      _mm512_set1_ps(kExpClampHigh));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    const __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Low), r);
+    const __m512 p = _mm512_fmadd_ps(horner(r, kExp), _mm512_mul_ps(r, r),
+                                     _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     return _mm512_scalef_ps(p, n);
 }
 

@@ -1,10 +1,12 @@
 """The native activation pass (the float kernels' epilogue activations on their own) against
-float64 references, and its argument checks."""
+float64 references, and its argument checks; again under NIMBUS_ISA for the machine's other
+paths (AVX-512 and AVX2 vector math, the portable scalar one)."""
 
 import numpy as np
 import pytest
 from checks import assert_matches
 from nimbus.runtime import _kernels
+from other_isas import OTHER_ISAS, rerun_under
 from test_sgemm import ACTIVATIONS
 
 
@@ -32,3 +34,8 @@ def test_bad_arguments_are_clear_errors():
         _kernels.activation(np.zeros((4, 4), np.float32)[:, ::2], "relu")
     with pytest.raises(ValueError, match="threads"):
         _kernels.activation(np.zeros(3, np.float32), "relu", threads=0)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_every_isa_path(isa):
+    rerun_under(__file__, isa, "test_every_isa_path")

@@ -1,0 +1,36 @@
+// The approximations that the vectorized float math of every wide path evaluates
+// (vector_math_avx512.h with sgemm_avx512.cpp, vector_math_avx2.h): each path runs the same
+// steps on its own registers, so they round alike up to the ISA's own instructions.
+// Coefficients go from the highest power down, for Horner's rule.
+#pragma once
+
+namespace nimbus::kernels::polynomials {
+
+// exp(x) = 2^n * p(r), r = x - n ln2 in [-ln2/2, ln2/2] (Cephes expf):
+//     p(r) = 1 + r + r^2 * kExp(r), within about 2 ulp.
+inline constexpr float kExp[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+inline constexpr float kExpClampLow = -87.3f;   // exp underflows past these
+inline constexpr float kExpClampHigh = 88.3f;
+inline constexpr float kLog2e = 1.44269504088896341f;
+inline constexpr float kLn2High = 0.693359375f;  // ln 2 in two parts, exact products with n
+inline constexpr float kLn2Low = -2.12194440e-4f;
+
+// erf(x) = 1 - t * kErf(t) * exp(-x^2), t = 1 / (1 + kErfT |x|), for x >= 0 (Abramowitz and
+// Stegun 7.1.26; absolute error below 1.5e-7); odd.
+inline constexpr float kErfT = 0.3275911f;
+inline constexpr float kErf[] = {1.061405429f, -1.453152027f, 1.421413741f, -0.284496736f,
+                                 0.254829592f};
+
+// tanh(x) = x + x^3 * kTanh(x^2) below |x| = kTanhSmall (Cephes tanhf), where
+// 1 - 2 / (exp(2|x|) + 1) would cancel; that form above it.
+inline constexpr float kTanhSmall = 0.625f;
+inline constexpr float kTanh[] = {-5.70498872745e-3f, 2.06390887954e-2f, -5.37397155531e-2f,
+                                  1.33314422036e-1f, -3.33332819422e-1f};
+
+// gelu(x) = x * (1 + erf(x / sqrt 2)) / 2; gelu_tanh with tanh(sqrt(2 / pi) (x + c x^3)).
+inline constexpr float kSqrtHalf = 0.70710678118654752f;
+inline constexpr float kSqrtTwoOverPi = 0.79788456080286536f;
+inline constexpr float kGeluTanhCubic = 0.044715f;
+
+}  // namespace nimbus::kernels::polynomials
