@@ -26,6 +26,13 @@ from digits_data import digit_images, top1, train
 import nimbus
 
 
+# The worker threads of the runtimes that ran before (training and export in PyTorch, ONNX
+# Runtime's calibration and the previous session) keep spinning on the cores for up to about a
+# second after their last work; on a 2-core host that made the next runtime's batch-8 latency
+# 1.4x slower. Each runtime is measured after they have gone to sleep.
+SETTLE_SECONDS = 1.0
+
+
 def median_ms(run, repeats: int) -> float:
     run()  # warm up: first-call allocations and lazy initialization stay out of the numbers
     times = []
@@ -111,6 +118,7 @@ def run(args, out: Path) -> dict:
 
     rows = {}
     for name, run in runners.items():
+        time.sleep(SETTLE_SECONDS)
         logits = np.concatenate([run(test_x[i:i + 64]) for i in range(0, len(test_x), 64)])
         rows[name] = {"top1": top1(logits, test_y),
                       **{f"batch {b}": median_ms(lambda r=run, x=test_x[:b]: r(x), args.repeats)
