@@ -87,9 +87,7 @@ void run_sdepthwise_avx2(const SDepthwiseTask& task, std::size_t row_begin,
     }
     const RowWalk walk{task.out_w, task.stride_w, task.pad_left, task.kernel_w, task.dilation_w,
                        task.width};
-    const bool in_registers = task.activation == Activation::none ||
-                              task.activation == Activation::relu ||
-                              task.activation == Activation::relu6;
+    const bool in_registers = clamps_in_registers(task.activation);
     for (std::size_t row = row_begin; row < row_end; ++row) {
         const auto top = static_cast<std::ptrdiff_t>(row % task.out_h * task.stride_h) -
                          static_cast<std::ptrdiff_t>(task.pad_top);

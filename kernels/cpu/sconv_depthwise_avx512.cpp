@@ -225,9 +225,7 @@ void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
     if (task.width + task.pad_left >= span) {
         end_inside = std::min(task.out_w, (task.width + task.pad_left - span) / task.stride_w + 1);
     }
-    const bool in_registers = task.activation == Activation::none ||
-                              task.activation == Activation::relu ||
-                              task.activation == Activation::relu6;
+    const bool in_registers = clamps_in_registers(task.activation);
     for (std::size_t index = row_begin; index < row_end; ++index) {
         const std::size_t image = index / task.out_h;
         const std::size_t oh = index % task.out_h;

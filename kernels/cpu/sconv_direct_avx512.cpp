@@ -111,11 +111,6 @@ private:
     const float** window_;
 };
 
-inline bool clamps_in_registers(Activation activation) {
-    return activation == Activation::none || activation == Activation::relu ||
-           activation == Activation::relu6;
-}
-
 // Adds the residual to the first `pixels` pixels of acc, clamps them for relu / relu6 and stores
 // them to out, both NHWC.
 template <std::size_t Outputs>

@@ -199,8 +199,7 @@ void run_sconv_few_inputs_avx512(const SconvDirectTask& task, std::size_t row_be
             kernel(task, rows, ky_begin, ky_end, ow, std::min(pixels, g.out_w - ow), residual,
                    out);
         }
-        if (task.activation != Activation::none && task.activation != Activation::relu &&
-            task.activation != Activation::relu6) {
+        if (!clamps_in_registers(task.activation)) {
             activate_avx512(out, row_floats, task.activation);
         }
     }

@@ -19,6 +19,12 @@ namespace nimbus::kernels {
 // finished tile while it is still in L1 (vectorized on the AVX-512 path).
 enum class Activation { none, relu, relu6, gelu, gelu_tanh, silu, sigmoid, tanh, hardswish };
 
+// Whether the epilogues apply `activation` on their registers (none, or a relu clamp).
+constexpr bool clamps_in_registers(Activation activation) {
+    return activation == Activation::none || activation == Activation::relu ||
+           activation == Activation::relu6;
+}
+
 // The activation named `name` ("none", "relu", "gelu", ...); std::invalid_argument otherwise.
 Activation activation_from_name(const std::string& name);
 const char* activation_name(Activation activation);

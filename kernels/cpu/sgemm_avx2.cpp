@@ -72,7 +72,7 @@ NIMBUS_AVX2 void compute_tile(const SgemmBlock& block, const float* a, const flo
     const bool relu = block.activation == Activation::relu ||
                       block.activation == Activation::relu6;
     const bool relu6 = block.activation == Activation::relu6;
-    const bool in_registers = relu || block.activation == Activation::none;
+    const bool in_registers = clamps_in_registers(block.activation);
 #pragma GCC unroll 2
     for (std::size_t v = 0; v < kVectors; ++v) {
         const __m256 bias = block.last && block.bias != nullptr

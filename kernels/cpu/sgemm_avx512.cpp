@@ -118,12 +118,6 @@ NIMBUS_AVX512F void activate_range(float* data, std::size_t count, Activation ac
 
 // ---- the register tile -----------------------------------------------------------------------
 
-// The activations that the register epilogue applies itself.
-inline bool clamps_in_registers(Activation activation) {
-    return activation == Activation::none || activation == Activation::relu ||
-           activation == Activation::relu6;
-}
-
 // Adds the products of one depth (a[r * stride] times the weights w of the panel) to acc.
 template <std::size_t Rows, std::size_t Vectors>
 NIMBUS_AVX512F inline void accumulate_depth(__m512 (&acc)[Rows][Vectors], const float* a,
