@@ -20,11 +20,6 @@ constexpr std::size_t kLanes = 16;
 constexpr std::size_t kTileRows = 8;
 constexpr std::size_t kTileColumns = 2 * kLanes;
 
-// The first `count` lanes (all of them from 16 on).
-inline __mmask16 first_lanes(std::size_t count) {
-    return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
 template <bool Max>
 NIMBUS_AVX512F inline __m512 combine(__m512 a, __m512 b) {
     return Max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b);

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "interleave.h"
+#include "vector_math_avx512.h"
 
 #define NIMBUS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
@@ -41,10 +42,6 @@ namespace {
 
 constexpr std::size_t kLanes = 16;
 constexpr std::size_t kGroup = kQconvDirectGroup;
-
-inline __mmask16 first_lanes(std::size_t count) {
-    return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
 
 std::size_t round_up(std::size_t value, std::size_t multiple) {
     return (value + multiple - 1) / multiple * multiple;

@@ -27,10 +27,6 @@ namespace {
 
 constexpr std::size_t kLanes = 16;
 
-inline __mmask16 first_lanes(std::size_t count) {
-    return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
 // Planar copies of the input rows that the windows of recent output rows read, each
 // [C][row_length] with the left padding, the row and zeros up to row_length. Padded input row r
 // (r - pad_top in the image) lives in slot r % slots: the KH rows of one window span at most

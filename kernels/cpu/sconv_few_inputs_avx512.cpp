@@ -95,10 +95,6 @@ private:
     const float** window_;
 };
 
-inline __mmask16 first_lanes(std::size_t count) {
-    return count >= kLanes ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
 // Output pixels [ow, ow + pixels) of one row (pixels <= chunk_pixels(Vectors); the chunk is
 // computed whole) from the padded rows of its window.
 template <std::size_t Vectors>

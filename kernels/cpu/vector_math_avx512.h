@@ -1,7 +1,7 @@
-// Vectorized math shared by the AVX-512 float kernels (sgemm_avx512.cpp, attention_avx512.cpp;
-// sconv_winograd.cpp takes its target attribute). Every function carries its own target
-// attribute, so including this header puts no AVX-512 instruction into code that runs on other
-// paths.
+// Vectorized math and lane masks shared by the AVX-512 kernels (sgemm_avx512.cpp,
+// attention_avx512.cpp, the direct convolutions; sconv_winograd.cpp takes its target
+// attribute). Every vector function carries its own target attribute, so including this header
+// puts no AVX-512 instruction into code that runs on other paths.
 #pragma once
 
 #include <cstddef>
@@ -20,6 +20,12 @@
 #define NIMBUS_AVX512F __attribute__((target("avx512f,fma")))
 
 namespace nimbus::kernels {
+
+// The first `count` lanes of a 16-float vector (all of them from 16 on), for masked loads and
+// stores of row tails.
+inline __mmask16 first_lanes(std::size_t count) {
+    return count >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
 
 // p(x) by Horner's rule over coefficients from the highest power down.
 template <std::size_t N>
