@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "attention_paths.h"
+#include "cache_line.h"
 #include "sgemm.h"
 #include "worker_pool.h"
 
@@ -161,8 +162,9 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     // failed allocation can still be reported.
     const std::size_t padded_s = (s + kStrip - 1) / kStrip * kStrip;
     const std::size_t padded_dv = (dv + kStrip - 1) / kStrip * kStrip;
-    const std::size_t slot_floats = d * padded_s + s * padded_dv + query_block * s + query_block;
-    const std::unique_ptr<float[]> scratch(new float[count * slot_floats]);
+    const std::size_t slot_floats =
+        whole_lines<float>(d * padded_s + s * padded_dv + query_block * s + query_block);
+    const CacheLineArray<float> scratch = cache_line_array<float>(count * slot_floats);
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_item{0};
     const std::function<void()> run_items = [&] {

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <vector>
 
+#include "cache_line.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -94,21 +94,26 @@ void inverted_residual(const float* x, const InvertedResidual& block, float* out
     const std::size_t span = (block.depthwise->kernel_h - 1) * g.dilation_h + 1;
     const std::size_t held_rows = std::max(span, kBandBytes / std::max<std::size_t>(row_bytes, 1));
     const std::size_t band_rows = std::min(g.out_h, (held_rows - span) / g.stride_h + 1);
+    // Pieces of at least a band each, unless that leaves a thread without one: a small image
+    // (MobileNetV2's 14x14 and 7x7 blocks are one band) would otherwise run on one thread.
+    const std::size_t bands = ceil_div(g.out_h, band_rows);
     const std::size_t pieces = std::min(
-        ceil_div(g.out_h, band_rows), ceil_div(kPiecesPerThread * threads, g.batch));
+        {g.out_h, ceil_div(kPiecesPerThread * threads, g.batch),
+         std::max(bands, ceil_div(threads, g.batch))});
     const std::size_t items = g.batch * pieces;
     const std::size_t buffer_rows = (band_rows - 1) * g.stride_h + span;
-    const std::size_t expanded_floats =
-        block.expand == nullptr ? 0 : buffer_rows * g.width * expanded_channels;
-    const std::size_t filtered_floats = band_rows * g.out_w * expanded_channels;
+    const std::size_t expanded_floats = whole_lines<float>(
+        block.expand == nullptr ? 0 : buffer_rows * g.width * expanded_channels);
+    const std::size_t filtered_floats = whole_lines<float>(band_rows * g.out_w * expanded_channels);
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     const std::size_t count = std::min(threads, items);
-    std::vector<float> buffers(count * (expanded_floats + filtered_floats));
+    const CacheLineArray<float> buffers =
+        cache_line_array<float>(count * (expanded_floats + filtered_floats));
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_item{0};
     run_on_pool(count - 1, [&] {
         float* const expanded =
-            buffers.data() + next_slot++ * (expanded_floats + filtered_floats);
+            buffers.get() + next_slot++ * (expanded_floats + filtered_floats);
         for (std::size_t item = next_item++; item < items; item = next_item++) {
             const std::size_t image = item / pieces;
             const std::size_t piece = item % pieces;

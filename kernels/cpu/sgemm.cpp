@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 
+#include "cache_line.h"
 #include "sgemm_paths.h"
 #include "worker_pool.h"
 
@@ -220,8 +221,8 @@ void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& wei
 
     // Allocated here, not on the pool threads, where a failed allocation could not be reported;
     // left uninitialized, since every row is written before it is read.
-    const std::size_t scratch_rows = tile_rows * (depth_block + kScratchPad);
-    const std::unique_ptr<float[]> scratch(new float[count * scratch_rows]);
+    const std::size_t scratch_rows = whole_lines<float>(tile_rows * (depth_block + kScratchPad));
+    const CacheLineArray<float> scratch = cache_line_array<float>(count * scratch_rows);
     std::atomic<std::size_t> next_slot{0};
     std::atomic<std::size_t> next_item{0};
     const std::function<void()> run_items = [&] {

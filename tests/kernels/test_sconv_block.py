@@ -1,7 +1,8 @@
 """The inverted residual block (inverted_residual): bit for bit the three sconv2d calls it
 fuses (two without expansion), on every ISA path of this machine, across strides, padding,
-dilation, odd sizes, bands that split images into many pieces, residuals, activations and
-thread counts; bad weights and residuals are named."""
+dilation, odd sizes, bands that split images into many pieces, small images split into a
+piece per thread, residuals, activations and thread counts; bad weights and residuals are
+named."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ NO_PADDING = (0, 0, 0, 0)
 # name: (N, H, W, C, E, O, (KH, KW), stride, padding [top, left, bottom, right], dilation)
 BLOCKS = {
     "MobileNetV2 stride 2": (2, 20, 18, 16, 96, 24, (3, 3), (2, 2), (1, 1, 1, 1), ONE),
+    # One band at batch 1: split into a piece per thread.
     "MobileNetV2 stride 1": (1, 15, 13, 24, 144, 24, (3, 3), ONE, (1, 1, 1, 1), ONE),
+    "MobileNetV2 7x7": (1, 7, 7, 16, 96, 32, (3, 3), ONE, (1, 1, 1, 1), ONE),
     "odd sizes": (3, 7, 5, 3, 17, 5, (3, 3), ONE, (1, 1, 1, 1), ONE),
     "5x5 asymmetric dilated": (1, 17, 9, 8, 40, 8, (5, 5), ONE, (4, 1, 0, 3), (2, 1)),
     "stride (2, 1) unpadded": (2, 11, 9, 5, 33, 7, (3, 3), (2, 1), NO_PADDING, ONE),
