@@ -7,7 +7,8 @@ from nimbus.runtime import _kernels
 
 
 @pytest.mark.parametrize("threads", [1, 2, 5])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 49, 513), (3, 7, 1), (17, 3, 33), (1, 300, 5)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 49, 513), (3, 7, 1), (17, 3, 33), (1, 300, 5),
+                                   (1, 49, 1280), (1, 5, 131), (2, 3, 200)])
 def test_mean_axis_is_the_float64_mean(shape, threads):
     x = (np.random.default_rng(list(shape)).standard_normal(shape) * 100).astype(np.float32)
     expected = x.mean(axis=1, dtype=np.float64).astype(np.float32)
