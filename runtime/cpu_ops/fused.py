@@ -85,6 +85,14 @@ def attention_reference(xs, a):
     return np.matmul(weights.astype(np.float32), v)
 
 
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` itself. Plain tuple work: run once
+    per attention call after a large GEMM, np.broadcast_shapes met cold caches (BERT-base at
+    batch 1: the native call's Python checks took 120 us more in sequence than warm)."""
+    return len(shape) <= len(target) and all(
+        size in (1, wanted) for size, wanted in zip(reversed(shape), reversed(target)))
+
+
 def _rows_contiguous(t: np.ndarray) -> np.ndarray:
     """``t`` itself where the native kernels can read it in place (rows contiguous, other strides
     non-negative whole elements: transposed heads, broadcast batches), else a C-contiguous copy."""
@@ -114,20 +122,18 @@ def _native_attention(q, k, v, mask, scale):
     if v.shape[:-1] != k.shape[:-1] or k.shape[-1] != q.shape[-1] or not k.shape[-2]:
         return None
     batch = q.shape[:-2]
-    try:
-        if np.broadcast_shapes(batch, k.shape[:-2]) != batch:
-            return None
-        if mask is not None:
-            scores = q.shape[:-1] + k.shape[-2:-1]
-            if mask.dtype not in (np.bool_, np.float32) or mask.ndim > q.ndim:
-                return None
-            if np.broadcast_shapes(scores, mask.shape) != scores:
-                return None
-            mask = np.ascontiguousarray(mask)
-    except ValueError:
+    if not _broadcasts_to(k.shape[:-2], batch):
         return None
-    # Keys and values shared across batch dimensions are read through zero strides.
-    k, v = (np.broadcast_to(t, batch + t.shape[-2:]) for t in (k, v))
+    if mask is not None:
+        if mask.dtype not in (np.bool_, np.float32) or mask.ndim > q.ndim:
+            return None
+        if not _broadcasts_to(mask.shape, q.shape[:-1] + k.shape[-2:-1]):
+            return None
+        if not mask.flags.c_contiguous:
+            mask = np.ascontiguousarray(mask)
+    if k.shape[:-2] != batch:
+        # Keys and values shared across batch dimensions are read through zero strides.
+        k, v = (np.broadcast_to(t, batch + t.shape[-2:]) for t in (k, v))
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
     return _kernels.attention(q, k, v, mask, scale, NATIVE_THREADS.get(),
                               _attention_result(q, v.shape[-1]))

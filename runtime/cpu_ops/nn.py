@@ -10,6 +10,7 @@ values (float32 normalizations, one GEMM over all rows, strided convolution outp
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -238,21 +239,51 @@ def softmax_reference(xs, a):
     return shifted / shifted.sum(axis=a["axis"], keepdims=True)
 
 
-def _native_layer_norm(x, weight, bias, axis, eps):
-    """layer_norm on the native kernel over x as [rows, C]; None where it does not apply (other
-    dtypes, a weight or bias that is not one value per normalized element)."""
-    normalized = x.shape[axis:]
-    channels = int(np.prod(normalized))
-    if x.dtype != np.float32 or not channels:
-        return None
+def _layer_norm_vectors(normalized: tuple, weight, bias):
+    """weight and bias as float32 vectors over the `normalized` trailing dims of x, or None where
+    the native kernel does not take them (other dtypes, not one value per normalized element)."""
+    channels = math.prod(normalized)
     for t in (weight, bias):
         if t is not None and (t.dtype != np.float32 or t.size != channels
                               or t.shape != normalized[len(normalized) - t.ndim:]):
             return None
-    rows = np.ascontiguousarray(x).reshape(-1, channels)
-    weight, bias = (None if t is None else _float32_vector(t.reshape(-1)) for t in (weight, bias))
-    out = _kernels.layer_norm(rows, weight, bias, eps, NATIVE_THREADS.get())
+    return tuple(None if t is None else _float32_vector(t.reshape(-1)) for t in (weight, bias))
+
+
+def _native_layer_norm(x, vectors, axis, eps):
+    """layer_norm on the native kernel over x as [rows, C] with weight and bias from
+    _layer_norm_vectors; None for other dtypes or no channels."""
+    channels = math.prod(x.shape[axis:])
+    if x.dtype != np.float32 or not channels:
+        return None
+    rows = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, channels)
+    out = _kernels.layer_norm(rows, *vectors, eps, NATIVE_THREADS.get())
     return out.reshape(x.shape)
+
+
+@preparer("layer_norm")
+def prepare_layer_norm(a, types, operands):
+    """layer_norm's native call with constant weight and bias checked and converted once. Run
+    after a large GEMM, these per-run checks met cold caches: np.prod alone took 100 us there
+    (3 us warm), beside a 24 us kernel (BERT-base's layer norms at batch 1)."""
+    _, weight, bias = operands
+    if weight is RUNTIME or bias is RUNTIME:
+        return None
+    axis, eps, by_shape = a["axis"], a["eps"], {}
+
+    def run(xs):
+        x = xs[0]
+        if not -x.ndim <= axis < x.ndim:
+            return None
+        start = axis % x.ndim
+        normalized = x.shape[start:]
+        if normalized not in by_shape:
+            by_shape[normalized] = _layer_norm_vectors(normalized, weight, bias)
+        vectors = by_shape[normalized]
+        out = None if vectors is None else _native_layer_norm(x, vectors, start, eps)
+        return None if out is None else [out]
+
+    return run
 
 
 def layer_norm_kernel(xs, a):
@@ -260,7 +291,8 @@ def layer_norm_kernel(xs, a):
     natively where it applies, else in numpy."""
     x, weight, bias = xs
     axis = normalize_axis(a["axis"], x.ndim)
-    native = _native_layer_norm(x, weight, bias, axis, a["eps"])
+    vectors = _layer_norm_vectors(x.shape[axis:], weight, bias)
+    native = None if vectors is None else _native_layer_norm(x, vectors, axis, a["eps"])
     if native is not None:
         return native
     rows = x.reshape(x.shape[:axis] + (-1,)) if axis < x.ndim - 1 else x

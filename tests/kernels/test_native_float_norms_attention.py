@@ -99,6 +99,12 @@ def test_the_attention_op_takes_views_and_broadcast_batches():
         split = attention_kernel(heads + [mask], {"scale": None})
         assert_matches(split, expected, rtol=1e-5)
         assert np.swapaxes(split, 1, 2).flags.c_contiguous
+        # A mask wider than the scores broadcasts them up: the numpy path, like the reference.
+        wide_mask = np.stack([mask, mask * 2])
+        wide = attention_kernel([q, k, v, wide_mask], {"scale": None})
+        assert wide.shape == (2,) + expected.shape
+        assert_matches(wide, attention_reference([q, k, v, wide_mask], {"scale": None}),
+                       rtol=1e-5)
     finally:
         NATIVE_THREADS.reset(token)
 

@@ -635,3 +635,10 @@ def test_cpu_ops_import_nothing_from_the_compiler_side():
                  "nimbus.passes"}
     assert {name for name in loaded if name.split(".")[0] in forbidden
             or any(name == f or name.startswith(f + ".") for f in forbidden)} == set()
+
+
+@pytest.mark.parametrize("index", [10, -11])
+def test_a_gather_index_out_of_range_is_named(index):
+    table = np.arange(20, dtype=np.float32).reshape(10, 2)
+    with pytest.raises(IndexError, match=r"gather index out of range \[-10, 10\)"):
+        run_op("gather", [table, np.array([0, index], np.int64)], {"axis": 0}, [None, None])

@@ -119,6 +119,26 @@ def test_a_prepared_float_layer_declines_other_input_dtypes_and_the_kernel_runs(
     np.testing.assert_allclose(out, np.maximum(x16.astype(np.float32) @ w.T, 0), rtol=1e-3)
 
 
+@pytest.mark.parametrize("shape, axis, with_weight, with_bias", [
+    ((3, 5, 7), -1, True, True), ((2, 3, 4, 6), 2, True, False), ((1, 9), 1, False, True),
+    ((4, 5), 0, False, False)])
+def test_a_prepared_layer_norm_gives_the_kernels_results(shape, axis, with_weight, with_bias):
+    rng = np.random.default_rng(6)
+    normalized = shape[axis % len(shape):]
+    weight = rng.standard_normal(normalized).astype(np.float32) if with_weight else None
+    bias = rng.standard_normal(normalized).astype(np.float32) if with_bias else None
+    attrs = {"axis": axis, "eps": 1e-5}
+    run = PREPARERS["layer_norm"](attrs, [None] * 3, [RUNTIME, weight, bias])
+    for batch in (1, 3):  # one prepared step serves every batch
+        x = rng.standard_normal((batch,) + shape[1:]).astype(np.float32)
+        np.testing.assert_array_equal(run([x, weight, bias])[0],
+                                      KERNELS["layer_norm"]([x, weight, bias], attrs, [None] * 3))
+    x16 = rng.standard_normal(shape).astype(np.float16)
+    assert run([x16, weight, bias]) is None
+    assert KERNELS["layer_norm"]([x16, weight, bias], attrs, [None] * 3).dtype == np.float16
+    assert PREPARERS["layer_norm"](attrs, [None] * 3, [RUNTIME, RUNTIME, bias]) is None
+
+
 @pytest.mark.parametrize("expand_ratio, size", [(6, 64), (1, 128)],
                          ids=["expanded", "no expansion"])
 def test_inverted_residual_blocks_run_as_one_step_with_the_results_of_their_layers(
