@@ -1,9 +1,6 @@
 """The README's main job runs end to end: every runtime answers and is accurate on digits."""
 
-import pytest
 from main_job import main
-
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 
 def test_main_job_compares_nimbus_with_onnx_runtime(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -60,7 +61,11 @@ def export_program(module: torch.nn.Module, inputs: dict[str, torch.Tensor],
     table = torch.export.default_decompositions()
     for op in KEPT_WHOLE:
         table.pop(op)
-    return program.run_decompositions(table)
+    with warnings.catch_warnings():
+        # torch's own decomposition copies its pytree specs through a deprecated LeafSpec check
+        # and warns about it on every compile; nothing in the caller's code can act on that.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return program.run_decompositions(table)
 
 
 @contextlib.contextmanager

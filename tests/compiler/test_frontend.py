@@ -22,7 +22,6 @@ from nimbus.compiler.verifier import verify
 from torch import nn
 
 # torch.export's own pytree code trips a deprecation torch itself has not caught up with.
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 MAX_RELATIVE_ERROR = 1e-5
 CHECKED_BATCHES = (2, 5)

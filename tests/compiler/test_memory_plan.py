@@ -8,8 +8,6 @@ from models.cases import CASES, converted
 from nimbus.compiler.memory_plan import check_plan, plan_memory
 from nimbus.passes import DEFAULT_OPTIMIZATION, run_passes
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 @pytest.mark.parametrize("name", CASES)
 def test_plan_shares_buffers_safely(name):

@@ -17,8 +17,6 @@ from nimbus.passes import DEFAULT_OPTIMIZATION, run_passes
 from nimbus.runtime.artifact import write_artifact
 from torch import nn
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 def fine_tune(model: nn.Module, epochs: int = 2) -> nn.Module:
     return train(model, epochs=epochs, lr=5e-4, seed=1)

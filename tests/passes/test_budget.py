@@ -11,8 +11,6 @@ from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.interpreter import interpret
 from nimbus.passes.budget import BudgetError, compress_within_budget
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 @pytest.fixture(scope="module")
 def setting():

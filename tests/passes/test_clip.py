@@ -11,8 +11,6 @@ from nimbus.compiler.text import parse_ir
 from nimbus.passes import PassError, PassManager, run_passes
 from test_quantize import digits_graph  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 SOURCE = """
 graph @net(%x: f32[N,64]) -> (output: f32[N,8]) {
   const @fc1.weight: f32[16,64] = external

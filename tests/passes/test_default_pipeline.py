@@ -13,8 +13,6 @@ from models.cases import CASES, converted, run_both
 from nimbus.compiler.interpreter import interpret
 from nimbus.passes import DEFAULT_OPTIMIZATION, PassManager
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 @pytest.mark.parametrize("name", CASES)
 def test_default_pipeline_keeps_outputs_and_removes_nodes(name):

@@ -16,7 +16,6 @@ from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.text import save_ir
 from nimbus.passes.ledger import Ledger, build_ledger
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 PIPELINE = "canonicalize,fold-batchnorm,fuse,quantize,eliminate-dead-code"
 
 

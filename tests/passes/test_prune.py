@@ -17,7 +17,6 @@ from nimbus.passes import PassError, PassManager, run_passes
 from nimbus.passes.ledger import build_ledger
 from test_quantize import calibration_set, digits_graph  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 N = symbol("N")
 
 

@@ -17,8 +17,6 @@ from nimbus.compiler.interpreter import interpret
 from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, run_passes
 from nimbus.passes.calibration import ImageFolder, Observer, calibration_batches, observe
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)

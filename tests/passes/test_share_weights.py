@@ -12,8 +12,6 @@ from nimbus.compiler.text import parse_ir
 from nimbus.passes import PassError, PassManager, run_passes
 from test_quantize import calibration_set, digits_graph  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 SOURCE = """
 graph @net(%x: f32[N,2,6,6]) -> (output: f32[N,5]) {
   const @conv.weight: f32[8,2,3,3] = external

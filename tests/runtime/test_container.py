@@ -25,8 +25,6 @@ from test_server import free_port, wait_until_serving
 
 import nimbus
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"cpu": REPO_ROOT / "docker" / "cpu.Dockerfile",
                "gpu": REPO_ROOT / "docker" / "gpu.Dockerfile"}

@@ -25,8 +25,7 @@ from torch import nn
 
 import nimbus
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning",
-                                        "ignore::RuntimeWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def feeds_for(name: str, graph, batch: int, seed: int = 0) -> dict:

@@ -21,8 +21,6 @@ from nimbus.runtime import _kernels, native_plan
 from nimbus.runtime.cpu_ops import blocks
 from nimbus.runtime.native_plan import MAX_PROGRAMS, NativePlan
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 class OddCNN(nn.Module):
     """Odd sizes, a strided padded stem, ceil-mode pooling, a residual convolution and a

@@ -22,8 +22,6 @@ from nimbus.runtime.cpu_ops.quant import qlinear_reference
 from nimbus.runtime.cpu_ops.registry import PREPARERS, RUNTIME
 from nimbus.runtime.session import Session
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 def feeds_for(name: str, graph, batch: int, seed: int) -> dict:
     inputs = CASES[name].make_inputs(torch.Generator().manual_seed(seed), batch)

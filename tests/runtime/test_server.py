@@ -30,7 +30,6 @@ with warnings.catch_warnings():  # starlette 1.x prefers httpx2 for its test cli
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 VERTEX_HEALTH = "/vertex/health"
 VERTEX_PREDICT = "/v1/endpoints/1/deployedModels/2:predict"

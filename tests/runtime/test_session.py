@@ -19,8 +19,6 @@ from nimbus.compiler.lowering import PreflightError, lower
 from nimbus.runtime.artifact import ArtifactError, read_artifact, write_artifact
 from nimbus.runtime.session import Session, SessionError
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 def feeds_of(graph, inputs) -> dict:
     return {value.name: tensor.numpy() for value, tensor in zip(graph.inputs, inputs)}

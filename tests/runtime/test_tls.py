@@ -21,8 +21,6 @@ from typer.testing import CliRunner
 import nimbus
 from nimbus.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory):
