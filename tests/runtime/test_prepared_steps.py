@@ -18,6 +18,7 @@ from torch import nn
 import nimbus
 from nimbus.runtime.cpu_ops import KERNELS, blocks
 from nimbus.runtime.cpu_ops.info import TensorInfo
+from nimbus.runtime.cpu_ops import quant as runtime_quant
 from nimbus.runtime.cpu_ops.quant import qlinear_reference
 from nimbus.runtime.cpu_ops.registry import PREPARERS, RUNTIME
 from nimbus.runtime.session import Session
@@ -115,6 +116,25 @@ def test_a_prepared_float_layer_declines_other_input_dtypes_and_the_kernel_runs(
     out = KERNELS["fused_linear"]([x16, w, None, None], {"activation": "relu"}, [None] * 4)
     assert out.dtype == np.float16
     np.testing.assert_allclose(out, np.maximum(x16.astype(np.float32) @ w.T, 0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype, scale, zero_point, axis", [
+    ("u8", 0.05, 128, None), ("i8", np.linspace(0.01, 0.1, 6), np.arange(-3, 3), 2),
+    ("u8", np.linspace(0.01, 0.1, 4), np.arange(4), 0)])
+def test_a_prepared_dequantize_gives_the_reference(dtype, scale, zero_point, axis):
+    rng = np.random.default_rng(7)
+    numpy_dtype = np.uint8 if dtype == "u8" else np.int8
+    q = rng.integers(np.iinfo(numpy_dtype).min, np.iinfo(numpy_dtype).max + 1, (4, 5, 6),
+                     dtype=numpy_dtype)
+    types = [quant_info(dtype, q.shape, scale, zero_point, axis)]
+    run = PREPARERS["dequantize"]({}, types, [RUNTIME])
+    expected = runtime_quant.dequantize_array(q, types[0].quant)
+    prepared = run([q])
+    if axis == 0:  # per channel along another axis than the last: the numpy path
+        assert prepared is None
+    else:
+        np.testing.assert_array_equal(prepared[0], expected)
+    np.testing.assert_array_equal(KERNELS["dequantize"]([q], {}, types), expected)
 
 
 @pytest.mark.parametrize("shape, axis, with_weight, with_bias", [
