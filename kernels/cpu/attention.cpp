@@ -12,6 +12,7 @@
 #include "attention_paths.h"
 #include "cache_line.h"
 #include "sgemm.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -160,8 +161,8 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     // Per thread: k^T [D, S] and v [S, Dv] packed in strips (the B operands of q @ k^T and of
     // P @ v), the scores [query_block, S] and the reciprocal row sums. Allocated here, where a
     // failed allocation can still be reported.
-    const std::size_t padded_s = (s + kStrip - 1) / kStrip * kStrip;
-    const std::size_t padded_dv = (dv + kStrip - 1) / kStrip * kStrip;
+    const std::size_t padded_s = round_up(s, kStrip);
+    const std::size_t padded_dv = round_up(dv, kStrip);
     const std::size_t slot_floats =
         whole_lines<float>(d * padded_s + s * padded_dv + query_block * s + query_block);
     const CacheLineArray<float> scratch = cache_line_array<float>(count * slot_floats);

@@ -9,6 +9,8 @@
 #include <new>
 #include <type_traits>
 
+#include "sizes.h"
+
 namespace nimbus::kernels {
 
 inline constexpr std::size_t kCacheLineBytes = 64;
@@ -17,8 +19,7 @@ inline constexpr std::size_t kCacheLineBytes = 64;
 // each start on a line.
 template <typename T>
 constexpr std::size_t whole_lines(std::size_t count) {
-    constexpr std::size_t per_line = kCacheLineBytes / sizeof(T);
-    return (count + per_line - 1) / per_line * per_line;
+    return round_up(count, kCacheLineBytes / sizeof(T));
 }
 
 struct FreeMemory {

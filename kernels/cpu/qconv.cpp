@@ -11,6 +11,7 @@
 #include "copy_runs.h"
 #include "depthwise.h"
 #include "qconv_direct.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -24,10 +25,6 @@ constexpr std::size_t kScratchBytes = 256 * 1024;
 constexpr std::size_t kRowQuantum = 48;
 // Tiles are whole blocks of this many rows, the VNNI kernel's block over a full panel.
 constexpr std::size_t kRowBlock = 6;
-
-std::size_t round_up(std::size_t value, std::size_t multiple) {
-    return (value + multiple - 1) / multiple * multiple;
-}
 
 std::size_t element_size(OutputType type) {
     return type == OutputType::u8 || type == OutputType::s8 ? 1 : 4;

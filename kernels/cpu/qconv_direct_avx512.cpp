@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "interleave.h"
+#include "sizes.h"
 #include "vector_math_avx512.h"
 
 #define NIMBUS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
@@ -42,10 +43,6 @@ namespace {
 
 constexpr std::size_t kLanes = 16;
 constexpr std::size_t kGroup = kQconvDirectGroup;
-
-std::size_t round_up(std::size_t value, std::size_t multiple) {
-    return (value + multiple - 1) / multiple * multiple;
-}
 
 // The 64-bit mask of bits [begin, end), end <= 64.
 inline std::uint64_t bit_range(std::size_t begin, std::size_t end) {

@@ -8,6 +8,7 @@
 
 #include "qgemm_paths.h"
 #include "quantize.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -35,10 +36,6 @@ Path path_of(Isa isa) {
         default:
             return {kPortableLayout, run_portable};
     }
-}
-
-std::size_t round_up(std::size_t value, std::size_t multiple) {
-    return (value + multiple - 1) / multiple * multiple;
 }
 
 // Activations as the path reads them: unsigned (s8 values shifted by +128, which the caller

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -13,10 +14,6 @@ namespace {
 
 // The fewest inner values of a share: enough for the vectorized loop to pay for its item.
 constexpr std::size_t kMinShare = 64;
-
-std::size_t ceil_div(std::size_t value, std::size_t divisor) {
-    return (value + divisor - 1) / divisor;
-}
 
 // out[o, first:end] from the slice of x at o.
 void mean_columns(const float* slice, std::size_t length, std::size_t inner, std::size_t first,

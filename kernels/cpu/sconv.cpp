@@ -9,14 +9,11 @@
 #include "sconv_direct.h"
 #include "sconv_winograd.h"
 #include "sgemm_paths.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
 namespace {
-
-std::size_t round_up(std::size_t value, std::size_t multiple) {
-    return (value + multiple - 1) / multiple * multiple;
-}
 
 inline void zero_floats(float* target, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) {

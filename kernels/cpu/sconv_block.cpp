@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "cache_line.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -16,10 +17,6 @@ constexpr std::size_t kBandBytes = 384 * 1024;
 // Pieces of the output rows of an image handed out per thread when the batch alone gives too
 // few: each piece recomputes the expanded rows that its first band shares with the piece above.
 constexpr std::size_t kPiecesPerThread = 2;
-
-std::size_t ceil_div(std::size_t value, std::size_t divisor) {
-    return (value + divisor - 1) / divisor;
-}
 
 // Output rows [begin, end) of one image, band after band. The expanded rows that the next band
 // still needs move to the top of the buffer instead of being computed again; without expansion

@@ -11,6 +11,7 @@
 
 #include "cache_line.h"
 #include "sgemm_paths.h"
+#include "sizes.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -34,14 +35,6 @@ Path path_of(Isa isa) {
         default:
             return {kSgemmPortableLayout, run_sgemm_portable};
     }
-}
-
-std::size_t round_up(std::size_t value, std::size_t multiple) {
-    return (value + multiple - 1) / multiple * multiple;
-}
-
-std::size_t ceil_div(std::size_t value, std::size_t divisor) {
-    return (value + divisor - 1) / divisor;
 }
 
 // The largest depth per block: a block of kTileRegisterRows register tiles' rows (kc floats
