@@ -11,9 +11,11 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "attention.h"
+#include "elementwise.h"
 #include "gemm.h"
 #include "isa.h"
 #include "layout.h"
@@ -934,6 +936,146 @@ py::array activation(const py::object& x_object, const std::string& name, long l
     return out;
 }
 
+// ---- fused elementwise regions ----------------------------------------------------------------
+
+// A checked elementwise program (elementwise.h), built once per fused expression.
+struct ElementwiseProgram {
+    std::vector<nimbus::kernels::ElementwiseStep> steps;
+    std::size_t operands = 0;
+};
+
+// The program of (op, index, a, b) steps: op is input, constant, add, sub, mul, div, maximum,
+// minimum, neg, abs, sqrt, clip or an activation's name (gelu, sigmoid, ...).
+ElementwiseProgram elementwise_program(
+    const std::vector<std::tuple<std::string, long long, double, double>>& steps) {
+    using nimbus::kernels::ElementwiseOp;
+    static const std::pair<const char*, ElementwiseOp> kOps[] = {
+        {"input", ElementwiseOp::input},     {"constant", ElementwiseOp::constant},
+        {"add", ElementwiseOp::add},         {"sub", ElementwiseOp::sub},
+        {"mul", ElementwiseOp::mul},         {"div", ElementwiseOp::div},
+        {"maximum", ElementwiseOp::maximum}, {"minimum", ElementwiseOp::minimum},
+        {"neg", ElementwiseOp::neg},         {"abs", ElementwiseOp::abs},
+        {"sqrt", ElementwiseOp::sqrt},       {"clip", ElementwiseOp::clip}};
+    ElementwiseProgram program;
+    for (const auto& [name, index, a, b] : steps) {
+        nimbus::kernels::ElementwiseStep step;
+        const auto* known = std::find_if(std::begin(kOps), std::end(kOps),
+                                         [&](const auto& op) { return name == op.first; });
+        if (known != std::end(kOps)) {
+            step.op = known->second;
+        } else {
+            try {
+                step.activation = nimbus::kernels::activation_from_name(name);
+            } catch (const std::invalid_argument&) {
+                throw py::value_error("unknown elementwise step '" + name + "'");
+            }
+            step.op = ElementwiseOp::activation;
+        }
+        if (step.op == ElementwiseOp::input && (index < 0 || index > 1024)) {
+            throw py::value_error("elementwise input index must be in [0, 1024], got " +
+                                  std::to_string(index));
+        }
+        step.index = step.op == ElementwiseOp::input ? static_cast<std::size_t>(index) : 0;
+        step.a = static_cast<float>(a);
+        step.b = static_cast<float>(b);
+        program.steps.push_back(step);
+    }
+    try {
+        program.operands = nimbus::kernels::check_elementwise_program(program.steps);
+    } catch (const std::invalid_argument& error) {
+        throw py::value_error(error.what());
+    }
+    return program;
+}
+
+nimbus::kernels::ElementType element_type(const py::array& array, std::size_t index) {
+    using nimbus::kernels::ElementType;
+    const char kind = array.dtype().kind();
+    const auto size = array.itemsize();
+    if (kind == 'f' && size == 4) return ElementType::f32;
+    if (kind == 'f' && size == 8) return ElementType::f64;
+    if (kind == 'i' && size == 8) return ElementType::i64;
+    if (kind == 'i' && size == 4) return ElementType::i32;
+    if (kind == 'i' && size == 2) return ElementType::i16;
+    if (kind == 'i' && size == 1) return ElementType::i8;
+    if (kind == 'u' && size == 1) return ElementType::u8;
+    if (kind == 'b') return ElementType::boolean;
+    throw py::type_error("elementwise input " + std::to_string(index) +
+                         " must be float32/64, int8/16/32/64, uint8 or bool, got " +
+                         std::string(py::str(array.dtype())));
+}
+
+// The program over `inputs` broadcast together (numpy's rules) into `out` or a new float32
+// array, as a prepared call.
+PreparedCall prepare_elementwise(const ElementwiseProgram& program, const py::list& input_objects,
+                                 const py::object& out_object) {
+    if (input_objects.size() < program.operands) {
+        throw py::value_error("the elementwise program reads " + std::to_string(program.operands) +
+                              " inputs, got " + std::to_string(input_objects.size()));
+    }
+    std::vector<py::array> inputs;
+    std::size_t ndim = 0;
+    for (const auto& object : input_objects) {
+        inputs.push_back(py::array::ensure(object));
+        if (!inputs.back()) {
+            throw py::type_error("elementwise inputs must be arrays");
+        }
+        ndim = std::max(ndim, static_cast<std::size_t>(inputs.back().ndim()));
+    }
+    std::vector<py::ssize_t> shape(ndim, 1);
+    for (const auto& input : inputs) {
+        const std::size_t skip = ndim - static_cast<std::size_t>(input.ndim());
+        for (py::ssize_t d = 0; d < input.ndim(); ++d) {
+            py::ssize_t& extent = shape[skip + static_cast<std::size_t>(d)];
+            if (input.shape(d) != 1 && extent != 1 && input.shape(d) != extent) {
+                throw py::value_error("elementwise inputs do not broadcast together: shape " +
+                                      attribute_text(input, "shape") + " against " +
+                                      shape_text(shape));
+            }
+            extent = input.shape(d) != 1 ? input.shape(d) : extent;
+        }
+    }
+    std::vector<nimbus::kernels::ElementwiseOperand> operands;
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+        const py::array& input = inputs[i];
+        nimbus::kernels::ElementwiseOperand operand;
+        operand.data = input.data();
+        operand.type = element_type(input, i);
+        operand.strides.assign(ndim, 0);
+        const std::size_t skip = ndim - static_cast<std::size_t>(input.ndim());
+        for (py::ssize_t d = 0; d < input.ndim(); ++d) {
+            if (input.shape(d) != 1) {
+                if (input.strides(d) % input.itemsize() != 0) {
+                    throw py::value_error("elementwise input " + std::to_string(i) +
+                                          " has strides " + attribute_text(input, "strides") +
+                                          " that are not whole elements");
+                }
+                operand.strides[skip + static_cast<std::size_t>(d)] =
+                    input.strides(d) / input.itemsize();
+            }
+        }
+        operands.push_back(std::move(operand));
+    }
+    py::array out = out_object.is_none() ? py::array(py::dtype::of<float>(), shape)
+                                         : checked_array<float>(out_object, "out",
+                                                                static_cast<py::ssize_t>(ndim),
+                                                                "(the broadcast shape)");
+    if (!std::equal(shape.begin(), shape.end(), out.shape()) || !out.writeable()) {
+        throw py::value_error("out must be a writable array of shape " + shape_text(shape) +
+                              ", got shape " + attribute_text(out, "shape"));
+    }
+    std::vector<std::size_t> extents(shape.begin(), shape.end());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    std::vector<py::object> keep(inputs.begin(), inputs.end());
+    keep.push_back(out);
+    return {[steps = program.steps, operands = std::move(operands), extents = std::move(extents),
+             out_data](std::size_t threads) {
+                nimbus::kernels::evaluate_elementwise(steps, operands, extents, out_data, threads,
+                                                      nimbus::kernels::selected_isa());
+            },
+            out, std::move(keep)};
+}
+
 // The epilogue of a float kernel whose result has `shape` and `channels` output channels,
 // once bias [channels] and residual (of the result's shape) are checked. It points into
 // `bias` and `residual`, which the caller keeps alive.
@@ -1812,6 +1954,24 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("threads") = 1,
                "Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] "
                "array.");
+    py::class_<ElementwiseProgram>(
+        module, "ElementwiseProgram",
+        "A fused elementwise expression as a checked stack program of (op, index, a, b) steps,\n"
+        "postfix: input (push input `index` as float32), constant (push a), add, sub, mul, div,\n"
+        "maximum, minimum (numpy's NaN and tie rules), neg, abs, sqrt, clip (numpy.clip to\n"
+        "[a, b]) or an activation's name (gelu, gelu_tanh, sigmoid, silu, tanh, hardswish).")
+        .def(py::init(&elementwise_program), py::arg("steps"))
+        .def_property_readonly("inputs",
+                               [](const ElementwiseProgram& program) { return program.operands; })
+        .def("__len__", [](const ElementwiseProgram& program) { return program.steps.size(); });
+    module.def(
+        "elementwise",
+        [](const ElementwiseProgram& program, const py::list& inputs, long long threads) {
+            return run_now(prepare_elementwise(program, inputs, py::none()), threads);
+        },
+        py::arg("program"), py::arg("inputs"), py::arg("threads") = 1,
+        "Return the program over the inputs broadcast together (numpy's rules) as a new "
+        "float32 array,\nin one pass over memory; inputs may be strided views.");
     py::class_<Program>(module, "Program",
                         "A fixed sequence of native calls over arrays allocated once, run in "
                         "one call without the GIL.\nEach method checks its operands as the "
@@ -1967,6 +2127,13 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("depthwise_activation"), py::arg("stride"), py::arg("padding"),
             py::arg("dilation"), py::arg("project"), py::arg("project_bias"),
             py::arg("project_activation"), py::arg("residual"), py::arg("out"))
+        .def(
+            "elementwise",
+            [](Program& program, const ElementwiseProgram& steps, const py::list& inputs,
+               const py::object& out) {
+                program.add(prepare_elementwise(steps, inputs, program_out(out)));
+            },
+            py::arg("program"), py::arg("inputs"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);

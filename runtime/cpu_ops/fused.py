@@ -302,6 +302,99 @@ def _evaluate(expr: tuple, arrays: list):
     return KERNELS[op](values, dict(attrs), [None] * len(values))
 
 
+# ---- the native stack machine (_kernels.ElementwiseProgram) ---------------------------------
+# Each op below becomes (name, input index, a, b) steps that round exactly as its numpy kernel
+# (elementwise.py) does on float32; an expression with any other op (exp, pow, comparisons,
+# where, ...) runs on numpy.
+def _step(name: str, a: float = 0.0, b: float = 0.0) -> tuple:
+    return (name, 0, a, b)
+
+
+_NATIVE_BINARY = ("add", "sub", "mul", "div", "maximum", "minimum")
+_NATIVE_UNARY = {"neg": [_step("neg")], "abs": [_step("abs")], "sqrt": [_step("sqrt")],
+                 "relu": [_step("constant", 0.0), _step("maximum")],  # np.maximum(x, 0)
+                 "relu6": [_step("clip", 0.0, 6.0)],  # np.clip(x, 0, 6)
+                 "hardsigmoid": [_step("constant", 3.0), _step("add"), _step("clip", 0.0, 6.0),
+                                 _step("constant", 6.0), _step("div")],
+                 "sigmoid": [_step("sigmoid")], "tanh": [_step("tanh")], "silu": [_step("silu")],
+                 "hardswish": [_step("hardswish")]}
+_NATIVE_GELU = {"none": "gelu", "tanh": "gelu_tanh"}
+# Inputs that a cast to float32 may read; every other input must be float32 itself.
+_CASTABLE = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.int64, np.int32, np.int16,
+                                            np.int8, np.uint8, np.bool_))
+_F32 = np.dtype(np.float32)
+
+
+def _native_steps(expr: tuple, dtypes: tuple, steps: list) -> bool:
+    """Appends the postfix steps of ``expr``; False where an op or dtype has no native form."""
+    if expr[0] == "$":
+        steps.append(("input", expr[1], 0.0, 0.0))
+        return dtypes[expr[1]] == _F32
+    op, attrs, args = expr
+    attrs = dict(attrs)
+    if op == "cast" and attrs.get("dtype") == "f32":
+        if args[0][0] == "$":
+            steps.append(("input", args[0][1], 0.0, 0.0))
+            return dtypes[args[0][1]] in _CASTABLE
+        return _native_steps(args[0], dtypes, steps)
+    if op in ("reciprocal", "rsqrt"):  # 1.0 / x, 1.0 / np.sqrt(x)
+        steps.append(_step("constant", 1.0))
+        if not _native_steps(args[0], dtypes, steps):
+            return False
+        steps.extend([_step("sqrt"), _step("div")] if op == "rsqrt" else [_step("div")])
+        return True
+    if not all(_native_steps(arg, dtypes, steps) for arg in args):
+        return False
+    if op in _NATIVE_BINARY:
+        steps.append(_step(op))
+    elif op == "gelu" and attrs["approximate"] in _NATIVE_GELU:
+        steps.append(_step(_NATIVE_GELU[attrs["approximate"]]))
+    elif op == "clamp":  # np.maximum(x, min), then np.minimum(x, max); bounds in float32
+        for bound, name in ((attrs["min"], "maximum"), (attrs["max"], "minimum")):
+            if bound is not None:
+                steps.extend([_step("constant", float(bound)), _step(name)])
+    elif op in _NATIVE_UNARY:
+        steps.extend(_NATIVE_UNARY[op])
+    else:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def native_expression(text: str, dtypes: tuple):
+    """The expression as a native program over inputs of these dtypes, or None where it reads
+    something other than float32 (bar casts to float32), uses an op without a native form or
+    needs more registers than the machine has."""
+    steps: list = []
+    if not _native_steps(parse_expr(text, len(dtypes)), dtypes, steps):
+        return None
+    try:
+        return _kernels.ElementwiseProgram(steps)
+    except ValueError:
+        return None
+
+
+def _dtypes(xs) -> tuple | None:
+    dtypes = tuple(getattr(x, "dtype", None) for x in xs)
+    return None if None in dtypes else dtypes
+
+
 @kernel("fused_elementwise")
 def fused_elementwise(xs, a, types):
+    dtypes = _dtypes(xs)
+    program = dtypes and native_expression(a["expr"], dtypes)
+    if program is not None:
+        return _kernels.elementwise(program, list(xs), NATIVE_THREADS.get())
     return _evaluate(parse_expr(a["expr"], len(xs)), xs)
+
+
+@native_step("fused_elementwise")
+def build_fused_elementwise(program, a, types, operands, runtime, results):
+    """The expression's native program as a program step, where it has one."""
+    dtypes = _dtypes(operands)
+    steps = dtypes and native_expression(a["expr"], dtypes)
+    if steps is None:
+        return None
+    out = np.empty(np.shape(results[0]), dtype=np.float32)
+    program.elementwise(steps, list(operands), out)
+    return [out]

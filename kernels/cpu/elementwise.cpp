@@ -1,0 +1,317 @@
+// The elementwise stack machine: the output in segments of at most kChunk elements along its
+// innermost (coalesced) dimension; per segment, each step runs over whole chunk registers.
+// The loops are plain C++ that the compiler vectorizes; the x86 build compiles them once more
+// for AVX2 (vector_math_avx2.h's target), which every AVX-512 path also has.
+#include "elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "sizes.h"
+#include "worker_pool.h"
+
+namespace nimbus::kernels {
+namespace {
+
+constexpr std::size_t kChunk = 512;  // floats per register (a program uses a few)
+// The fewest elements per parallel piece: a pooled thread's hand-off costs about as much.
+constexpr std::size_t kMinPiece = 16384;
+
+constexpr bool is_binary(ElementwiseOp op) {
+    return op >= ElementwiseOp::add && op <= ElementwiseOp::minimum;
+}
+
+// The output's dimensions after dropping those of extent 1 and merging neighbours that every
+// operand steps through as one (stride[i] == stride[i + 1] * extent[i + 1]).
+struct Iteration {
+    std::vector<std::size_t> shape;
+    std::vector<std::vector<std::ptrdiff_t>> strides;  // per operand, per dimension
+};
+
+Iteration coalesced(const std::vector<std::size_t>& shape,
+                    const std::vector<ElementwiseOperand>& operands) {
+    Iteration it;
+    it.strides.resize(operands.size());
+    for (std::size_t d = 0; d < shape.size(); ++d) {
+        if (shape[d] == 1) {
+            continue;
+        }
+        bool merges = !it.shape.empty();
+        for (std::size_t o = 0; o < operands.size() && merges; ++o) {
+            merges = it.strides[o].back() ==
+                     operands[o].strides[d] * static_cast<std::ptrdiff_t>(shape[d]);
+        }
+        if (merges) {
+            it.shape.back() *= shape[d];
+            for (std::size_t o = 0; o < operands.size(); ++o) {
+                it.strides[o].back() = operands[o].strides[d];
+            }
+            continue;
+        }
+        it.shape.push_back(shape[d]);
+        for (std::size_t o = 0; o < operands.size(); ++o) {
+            it.strides[o].push_back(operands[o].strides[d]);
+        }
+    }
+    if (it.shape.empty()) {  // one element
+        it.shape.push_back(1);
+        for (auto& strides : it.strides) {
+            strides.push_back(0);
+        }
+    }
+    return it;
+}
+
+template <typename Element>
+inline void load_as_float(const void* data, std::ptrdiff_t offset, std::ptrdiff_t stride,
+                          std::size_t n, float* __restrict to) {
+    const Element* from = static_cast<const Element*>(data) + offset;
+    if (stride == 1) {
+        for (std::size_t i = 0; i < n; ++i) {
+            to[i] = static_cast<float>(from[i]);
+        }
+    } else {
+        for (std::size_t i = 0; i < n; ++i) {
+            to[i] = static_cast<float>(from[static_cast<std::ptrdiff_t>(i) * stride]);
+        }
+    }
+}
+
+inline void load(const ElementwiseOperand& operand, std::ptrdiff_t offset, std::ptrdiff_t stride,
+                 std::size_t n, float* to) {
+    switch (operand.type) {
+        case ElementType::f32:
+            return load_as_float<float>(operand.data, offset, stride, n, to);
+        case ElementType::f64:
+            return load_as_float<double>(operand.data, offset, stride, n, to);
+        case ElementType::i64:
+            return load_as_float<std::int64_t>(operand.data, offset, stride, n, to);
+        case ElementType::i32:
+            return load_as_float<std::int32_t>(operand.data, offset, stride, n, to);
+        case ElementType::i16:
+            return load_as_float<std::int16_t>(operand.data, offset, stride, n, to);
+        case ElementType::i8:
+            return load_as_float<std::int8_t>(operand.data, offset, stride, n, to);
+        case ElementType::u8:
+        case ElementType::boolean:  // numpy's bool is one byte, 0 or 1
+            return load_as_float<std::uint8_t>(operand.data, offset, stride, n, to);
+    }
+}
+
+// dest[i] = op(x[i], y[i]) for a binary op; dest may be x.
+template <typename Op>
+inline void binary(float* dest, const float* x, const float* __restrict y, std::size_t n, Op op) {
+    for (std::size_t i = 0; i < n; ++i) {
+        dest[i] = op(x[i], y[i]);
+    }
+}
+
+template <typename Op>
+inline void unary(float* dest, const float* x, std::size_t n, Op op) {
+    for (std::size_t i = 0; i < n; ++i) {
+        dest[i] = op(x[i]);
+    }
+}
+
+// Runs the program over one segment: output elements [0, n) at operand offsets `offsets`
+// along the innermost dimension (operand o steps by inner_strides[o]). Stack slot j owns
+// register j, but its value may point straight into a contiguous float32 operand instead (no
+// copy); each op writes into its slot's register, the last one into `out`.
+__attribute__((always_inline)) inline void run_segment(
+    const std::vector<ElementwiseStep>& steps, const std::vector<ElementwiseOperand>& operands,
+    const std::ptrdiff_t* offsets, const std::ptrdiff_t* inner_strides, std::size_t n,
+    float* out, Isa isa) {
+    alignas(64) float registers[kElementwiseMaxDepth][kChunk];
+    const float* values[kElementwiseMaxDepth];
+    std::size_t top = 0;  // values on the stack
+    for (std::size_t s = 0; s < steps.size(); ++s) {
+        const ElementwiseStep& step = steps[s];
+        if (step.op == ElementwiseOp::input) {
+            const ElementwiseOperand& operand = operands[step.index];
+            const std::ptrdiff_t stride = inner_strides[step.index];
+            if (operand.type == ElementType::f32 && stride == 1) {
+                values[top] = static_cast<const float*>(operand.data) + offsets[step.index];
+            } else if (stride == 0) {
+                float value;
+                load(operand, offsets[step.index], 0, 1, &value);
+                std::fill(registers[top], registers[top] + n, value);
+                values[top] = registers[top];
+            } else {
+                load(operand, offsets[step.index], stride, n, registers[top]);
+                values[top] = registers[top];
+            }
+            ++top;
+            continue;
+        }
+        if (step.op == ElementwiseOp::constant) {
+            std::fill(registers[top], registers[top] + n, step.a);
+            values[top] = registers[top];
+            ++top;
+            continue;
+        }
+        top -= is_binary(step.op) ? 1 : 0;
+        const float* x = values[top - 1];
+        const float* y = values[top];  // binary ops only
+        float* dest = s + 1 == steps.size() ? out : registers[top - 1];
+        switch (step.op) {
+            case ElementwiseOp::add:
+                binary(dest, x, y, n, [](float a, float b) { return a + b; });
+                break;
+            case ElementwiseOp::sub:
+                binary(dest, x, y, n, [](float a, float b) { return a - b; });
+                break;
+            case ElementwiseOp::mul:
+                binary(dest, x, y, n, [](float a, float b) { return a * b; });
+                break;
+            case ElementwiseOp::div:
+                binary(dest, x, y, n, [](float a, float b) { return a / b; });
+                break;
+            case ElementwiseOp::maximum:
+                binary(dest, x, y, n, [](float a, float b) { return a > b || a != a ? a : b; });
+                break;
+            case ElementwiseOp::minimum:
+                binary(dest, x, y, n, [](float a, float b) { return a < b || a != a ? a : b; });
+                break;
+            case ElementwiseOp::neg:
+                unary(dest, x, n, [](float a) { return -a; });
+                break;
+            case ElementwiseOp::abs:
+                unary(dest, x, n, [](float a) { return std::fabs(a); });
+                break;
+            case ElementwiseOp::sqrt:
+                unary(dest, x, n, [](float a) { return std::sqrt(a); });
+                break;
+            case ElementwiseOp::clip: {
+                const float lo = step.a;
+                const float hi = step.b;
+                unary(dest, x, n, [=](float a) { return a < lo ? lo : (a > hi ? hi : a); });
+                break;
+            }
+            case ElementwiseOp::activation:
+                if (dest != x) {
+                    std::copy(x, x + n, dest);
+                }
+                activate(dest, n, step.activation, isa);
+                break;
+            case ElementwiseOp::input:
+            case ElementwiseOp::constant:
+                break;
+        }
+        values[top - 1] = dest;
+    }
+    if (values[0] != out) {  // a program of one input or constant
+        std::copy(values[0], values[0] + n, out);
+    }
+}
+
+// Output elements [begin, end) of the iteration, segment by segment.
+__attribute__((always_inline)) inline void run_piece(
+    const std::vector<ElementwiseStep>& steps, const std::vector<ElementwiseOperand>& operands,
+    const Iteration& it, std::size_t begin, std::size_t end, float* out, Isa isa) {
+    const std::size_t dims = it.shape.size();
+    const std::size_t inner = it.shape.back();
+    std::vector<std::ptrdiff_t> offsets(operands.size());
+    std::vector<std::ptrdiff_t> inner_strides(operands.size());
+    for (std::size_t o = 0; o < operands.size(); ++o) {
+        inner_strides[o] = it.strides[o].back();
+    }
+    std::size_t position = begin;
+    while (position < end) {
+        // The operands' offsets of element `position`, from its index along each dimension.
+        std::size_t rest = position / inner;
+        const std::size_t column = position % inner;
+        for (std::size_t o = 0; o < operands.size(); ++o) {
+            offsets[o] = static_cast<std::ptrdiff_t>(column) * inner_strides[o];
+        }
+        for (std::size_t d = dims - 1; d-- > 0;) {
+            const auto index = static_cast<std::ptrdiff_t>(rest % it.shape[d]);
+            rest /= it.shape[d];
+            for (std::size_t o = 0; o < operands.size(); ++o) {
+                offsets[o] += index * it.strides[o][d];
+            }
+        }
+        const std::size_t n = std::min({kChunk, inner - column, end - position});
+        run_segment(steps, operands, offsets.data(), inner_strides.data(), n, out + position,
+                    isa);
+        position += n;
+    }
+}
+
+void run_piece_portable(const std::vector<ElementwiseStep>& steps,
+                        const std::vector<ElementwiseOperand>& operands, const Iteration& it,
+                        std::size_t begin, std::size_t end, float* out, Isa isa) {
+    run_piece(steps, operands, it, begin, end, out, isa);
+}
+
+#ifdef NIMBUS_X86_KERNELS
+__attribute__((target("avx2,fma"))) void run_piece_avx2(
+    const std::vector<ElementwiseStep>& steps, const std::vector<ElementwiseOperand>& operands,
+    const Iteration& it, std::size_t begin, std::size_t end, float* out, Isa isa) {
+    run_piece(steps, operands, it, begin, end, out, isa);
+}
+#endif
+
+}  // namespace
+
+std::size_t check_elementwise_program(const std::vector<ElementwiseStep>& steps) {
+    std::size_t depth = 0;
+    std::size_t operands = 0;
+    for (std::size_t i = 0; i < steps.size(); ++i) {
+        const ElementwiseOp op = steps[i].op;
+        const std::size_t pops = is_binary(op) ? 2 : op >= ElementwiseOp::neg ? 1 : 0;
+        if (depth < pops) {
+            throw std::invalid_argument("elementwise program step " + std::to_string(i) +
+                                        " pops " + std::to_string(pops) + " values of " +
+                                        std::to_string(depth));
+        }
+        depth = depth - pops + 1;
+        if (depth > kElementwiseMaxDepth) {
+            throw std::invalid_argument("elementwise program needs more than " +
+                                        std::to_string(kElementwiseMaxDepth) + " registers");
+        }
+        if (op == ElementwiseOp::input) {
+            operands = std::max(operands, steps[i].index + 1);
+        }
+    }
+    if (depth != 1) {
+        throw std::invalid_argument("elementwise program must leave one value, leaves " +
+                                    std::to_string(depth));
+    }
+    return operands;
+}
+
+void evaluate_elementwise(const std::vector<ElementwiseStep>& steps,
+                          const std::vector<ElementwiseOperand>& operands,
+                          const std::vector<std::size_t>& shape, float* out, std::size_t threads,
+                          Isa isa) {
+    std::size_t total = 1;
+    for (const std::size_t extent : shape) {
+        total *= extent;
+    }
+    if (total == 0) {
+        return;
+    }
+    const Iteration it = coalesced(shape, operands);
+    auto piece = &run_piece_portable;
+#ifdef NIMBUS_X86_KERNELS
+    if (sgemm_path(isa) != Isa::portable) {
+        piece = &run_piece_avx2;
+    }
+#endif
+    const std::size_t pieces = std::min(std::max<std::size_t>(threads, 1) * 4,
+                                        ceil_div(total, kMinPiece));
+    if (pieces <= 1) {
+        piece(steps, operands, it, 0, total, out, isa);
+        return;
+    }
+    // Pieces of whole chunks, so no segment is cut short except at a row's end.
+    const std::size_t length = round_up(ceil_div(total, pieces), kChunk);
+    parallel_for(ceil_div(total, length), threads, [&](std::size_t index) {
+        piece(steps, operands, it, index * length, std::min(total, (index + 1) * length), out,
+              isa);
+    });
+}
+
+}  // namespace nimbus::kernels
