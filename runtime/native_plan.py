@@ -89,7 +89,10 @@ def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
             return None
         operands = [None if slot is None else arrays[slot] for slot in step.operands]
         runtime = tuple(slot is not None and constants[slot] is None for slot in step.operands)
-        built = build(program, attrs, list(step.types), operands, runtime, results)
+        try:
+            built = build(program, attrs, list(step.types), operands, runtime, results)
+        except (ValueError, TypeError):  # an operand the step's native call does not take
+            return None
         if built is None or len(built) != len(results):
             return None
         for slot, array, traced in zip(step.results, built, results):

@@ -8,8 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -1445,20 +1448,27 @@ nimbus::kernels::AttentionMask checked_mask(const py::object& mask_object,
     return result;
 }
 
-py::array attention(const py::object& q_object, const py::object& k_object,
-                    const py::object& v_object, const py::object& mask_object,
-                    const std::optional<double>& scale, long long threads,
-                    const py::object& out_object) {
+// The offsets that attention's layouts point into, owned by its prepared call.
+struct AttentionOffsets {
+    std::vector<std::size_t> q, k, v, out, mask;
+};
+
+PreparedCall prepare_attention(const py::object& q_object, const py::object& k_object,
+                               const py::object& v_object, const py::object& mask_object,
+                               const std::optional<double>& scale,
+                               const py::object& out_object) {
     if (!py::isinstance<py::array>(q_object)) {
         throw py::type_error("q must be a numpy.ndarray, got " +
                              std::string(Py_TYPE(q_object.ptr())->tp_name));
     }
     const py::ssize_t ndim = std::max<py::ssize_t>(py::reinterpret_borrow<py::array>(q_object).ndim(), 2);
     py::array q, k, v, out;
-    std::vector<std::size_t> q_offsets, k_offsets, v_offsets, out_offsets, mask_offsets;
-    const auto q_layout = strided_matrices(q_object, "q", ndim, "[..., L, D]", q, q_offsets);
-    const auto k_layout = strided_matrices(k_object, "k", ndim, "[..., S, D] like q", k, k_offsets);
-    const auto v_layout = strided_matrices(v_object, "v", ndim, "[..., S, Dv] like q", v, v_offsets);
+    const auto offsets = std::make_shared<AttentionOffsets>();
+    const auto q_layout = strided_matrices(q_object, "q", ndim, "[..., L, D]", q, offsets->q);
+    const auto k_layout =
+        strided_matrices(k_object, "k", ndim, "[..., S, D] like q", k, offsets->k);
+    const auto v_layout =
+        strided_matrices(v_object, "v", ndim, "[..., S, Dv] like q", v, offsets->v);
     const py::ssize_t d = q.shape(ndim - 1);
     const py::ssize_t s = k.shape(ndim - 2);
     const bool same_batch = std::equal(q.shape(), q.shape() + ndim - 2, k.shape()) &&
@@ -1476,13 +1486,12 @@ py::array attention(const py::object& q_object, const py::object& k_object,
     std::vector<py::ssize_t> scores = shape_of(q);
     scores.back() = s;
     py::array mask;
-    const auto attention_mask = checked_mask(mask_object, scores, mask_offsets, mask);
-    const std::size_t thread_count = checked_threads(threads);
+    const auto attention_mask = checked_mask(mask_object, scores, offsets->mask, mask);
     std::vector<py::ssize_t> shape = shape_of(q);
     shape.back() = v.shape(ndim - 1);
     const auto out_layout =
         strided_matrices(out_object.is_none() ? py::array(q.dtype(), shape) : out_object, "out",
-                         ndim, "[..., L, Dv]", out, out_offsets);
+                         ndim, "[..., L, Dv]", out, offsets->out);
     if (!std::equal(shape.begin(), shape.end(), out.shape()) || !out.writeable()) {
         throw py::value_error("out must be a writable array of shape " + shape_text(shape) +
                               ", got shape " + attribute_text(out, "shape"));
@@ -1500,7 +1509,7 @@ py::array attention(const py::object& q_object, const py::object& k_object,
         }
     }
     nimbus::kernels::AttentionShape dims{};
-    dims.batch = q_offsets.size();
+    dims.batch = offsets->q.size();
     dims.l = static_cast<std::size_t>(q.shape(ndim - 2));
     dims.s = static_cast<std::size_t>(s);
     dims.d = static_cast<std::size_t>(d);
@@ -1511,13 +1520,23 @@ py::array attention(const py::object& q_object, const py::object& k_object,
     const auto* k_data = static_cast<const float*>(k.data());
     const auto* v_data = static_cast<const float*>(v.data());
     auto* out_data = static_cast<float*>(out.mutable_data());
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::attention(q_data, q_layout, k_data, k_layout, v_data, v_layout,
-                                   attention_mask, scale_value, dims, out_data, out_layout,
-                                   thread_count, nimbus::kernels::selected_isa());
-    }
-    return out;
+    // The call owns `offsets`, which the layouts and the mask point into.
+    return {[=, offsets = offsets](std::size_t threads) {
+                nimbus::kernels::attention(q_data, q_layout, k_data, k_layout, v_data, v_layout,
+                                           attention_mask, scale_value, dims, out_data,
+                                           out_layout, threads, nimbus::kernels::selected_isa());
+            },
+            out,
+            {q, k, v, mask, out}};
+}
+
+py::array attention(const py::object& q_object, const py::object& k_object,
+                    const py::object& v_object, const py::object& mask_object,
+                    const std::optional<double>& scale, long long threads,
+                    const py::object& out_object) {
+    return run_now(prepare_attention(q_object, k_object, v_object, mask_object, scale,
+                                     out_object),
+                   threads);
 }
 
 // A new array like x from `kernel(x, rows, channels, out, threads, isa)` over the rows of x
@@ -1537,26 +1556,40 @@ py::array over_rows(const py::array& x, long long threads, const RowKernel& kern
     return out;
 }
 
-py::array layer_norm(const py::object& x_object, const py::object& weight_object,
-                     const py::object& bias_object, double eps, long long threads) {
+PreparedCall prepare_layer_norm(const py::object& x_object, const py::object& weight_object,
+                                const py::object& bias_object, double eps,
+                                const py::object& out_object) {
     const py::array x = checked_float_array(x_object, "x", 1, "[..., C]");
     const py::ssize_t channels = x.shape(x.ndim() - 1);
-    // The arrays stay referenced by the caller's arguments while the kernel runs.
+    py::array weight, bias;
     const float* weight_data = nullptr;
     const float* bias_data = nullptr;
     if (!weight_object.is_none()) {
-        weight_data = static_cast<const float*>(
-            checked_vector<float>(weight_object, "weight", channels).data());
+        weight = checked_vector<float>(weight_object, "weight", channels);
+        weight_data = static_cast<const float*>(weight.data());
     }
     if (!bias_object.is_none()) {
-        bias_data =
-            static_cast<const float*>(checked_vector<float>(bias_object, "bias", channels).data());
+        bias = checked_vector<float>(bias_object, "bias", channels);
+        bias_data = static_cast<const float*>(bias.data());
     }
-    return over_rows(x, threads, [&](const float* rows_data, std::size_t rows, std::size_t c,
-                                     float* out, std::size_t thread_count, Isa isa) {
-        nimbus::kernels::layer_norm(rows_data, rows, c, weight_data, bias_data,
-                                    static_cast<float>(eps), out, thread_count, isa);
-    });
+    py::array out = result_array<float>(out_object, shape_of(x), "(x's shape)", x, "x");
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto c = static_cast<std::size_t>(channels);
+    const std::size_t rows = c ? static_cast<std::size_t>(x.size()) / c : 0;
+    const auto epsilon = static_cast<float>(eps);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::layer_norm(x_data, rows, c, weight_data, bias_data, epsilon,
+                                            out_data, threads, nimbus::kernels::selected_isa());
+            },
+            out,
+            {x, weight, bias, out}};
+}
+
+py::array layer_norm(const py::object& x_object, const py::object& weight_object,
+                     const py::object& bias_object, double eps, long long threads) {
+    return run_now(prepare_layer_norm(x_object, weight_object, bias_object, eps, py::none()),
+                   threads);
 }
 
 py::array softmax(const py::object& x_object, long long axis, long long threads) {
@@ -1676,27 +1709,34 @@ py::array checked_quantized_array(const py::object& object, py::ssize_t min_ndim
                        : checked_array<std::int8_t>(object, "q", ndim, dims);
 }
 
-py::array dequantize(const py::object& q_object, double scale, long long zero_point,
-                     long long threads) {
+PreparedCall prepare_dequantize(const py::object& q_object, double scale, long long zero_point,
+                                const py::object& out_object) {
     bool is_unsigned = false;
     const py::array q = checked_quantized_array(q_object, 0, "any shape", is_unsigned);
     checked_integer_type(is_unsigned ? "u8" : "s8", zero_point);
     const float single_scale = checked_scale(scale);
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(py::dtype::of<float>(), shape_of(q));
+    py::array out = result_array<float>(out_object, shape_of(q), "(q's shape)", q, "q");
     const void* q_data = q.data();
     auto* out_data = static_cast<float*>(out.mutable_data());
     const auto count = static_cast<std::size_t>(q.size());
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::dequantize(q_data, is_unsigned, count, single_scale,
-                                    static_cast<std::int32_t>(zero_point), out_data, thread_count);
-    }
-    return out;
+    const auto zp = static_cast<std::int32_t>(zero_point);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::dequantize(q_data, is_unsigned, count, single_scale, zp,
+                                            out_data, threads);
+            },
+            out,
+            {q, out}};
 }
 
-py::array dequantize_channels(const py::object& q_object, const py::object& scales_object,
-                              const py::object& zero_points_object, long long threads) {
+py::array dequantize(const py::object& q_object, double scale, long long zero_point,
+                     long long threads) {
+    return run_now(prepare_dequantize(q_object, scale, zero_point, py::none()), threads);
+}
+
+PreparedCall prepare_dequantize_channels(const py::object& q_object,
+                                         const py::object& scales_object,
+                                         const py::object& zero_points_object,
+                                         const py::object& out_object) {
     bool is_unsigned = false;
     const py::array q = checked_quantized_array(q_object, 1, "[..., C]", is_unsigned);
     const py::ssize_t channels = q.shape(q.ndim() - 1);
@@ -1715,18 +1755,108 @@ py::array dequantize_channels(const py::object& q_object, const py::object& scal
             checked_integer_type(is_unsigned ? "u8" : "s8", zero_data[c]);
         }
     }
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(py::dtype::of<float>(), shape_of(q));
+    py::array out = result_array<float>(out_object, shape_of(q), "(q's shape)", q, "q");
     const void* q_data = q.data();
     auto* out_data = static_cast<float*>(out.mutable_data());
     const auto rows = static_cast<std::size_t>(channels ? q.size() / channels : 0);
-    {
-        py::gil_scoped_release release;
-        nimbus::kernels::dequantize_channels(q_data, is_unsigned, rows,
-                                             static_cast<std::size_t>(channels), scale_data,
-                                             zero_data, out_data, thread_count);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::dequantize_channels(q_data, is_unsigned, rows,
+                                                     static_cast<std::size_t>(channels),
+                                                     scale_data, zero_data, out_data, threads);
+            },
+            out,
+            {q, scales, zero_points, out}};
+}
+
+py::array dequantize_channels(const py::object& q_object, const py::object& scales_object,
+                              const py::object& zero_points_object, long long threads) {
+    return run_now(prepare_dequantize_channels(q_object, scales_object, zero_points_object,
+                                               py::none()),
+                   threads);
+}
+
+// ---- gather ------------------------------------------------------------------------------------
+
+// out[i..., :] = table[indices[i...], :] (numpy.take along axis 0: negative indices count from
+// the end) for a C-contiguous table of any dtype and C-contiguous int64 or int32 indices. An
+// index outside [-rows, rows) raises IndexError when the call runs, before anything is copied.
+PreparedCall prepare_gather_rows(const py::object& table_object, const py::object& indices_object,
+                                 const py::object& out_object) {
+    if (!py::isinstance<py::array>(table_object) || !py::isinstance<py::array>(indices_object)) {
+        throw py::type_error("table and indices must be numpy.ndarrays");
     }
-    return out;
+    const auto table = py::reinterpret_borrow<py::array>(table_object);
+    const auto indices = py::reinterpret_borrow<py::array>(indices_object);
+    if (table.ndim() < 1 || !(table.flags() & py::array::c_style)) {
+        throw py::value_error("table must be a C-contiguous array of at least 1 dimension, got "
+                              "shape " + attribute_text(table, "shape"));
+    }
+    const bool wide = indices.dtype().equal(py::dtype::of<std::int64_t>());
+    if (!wide && !indices.dtype().equal(py::dtype::of<std::int32_t>())) {
+        throw py::type_error("indices must have dtype int64 or int32, got " +
+                             std::string(py::str(indices.dtype())));
+    }
+    if (!(indices.flags() & py::array::c_style)) {
+        throw py::value_error("indices must be C-contiguous");
+    }
+    std::vector<py::ssize_t> shape = shape_of(indices);
+    shape.insert(shape.end(), table.shape() + 1, table.shape() + table.ndim());
+    py::array out;
+    if (out_object.is_none()) {
+        out = py::array(table.dtype(), shape);
+    } else {
+        if (!py::isinstance<py::array>(out_object)) {
+            throw py::type_error("out must be a numpy.ndarray");
+        }
+        out = py::reinterpret_borrow<py::array>(out_object);
+        if (!out.dtype().equal(table.dtype()) ||
+            out.ndim() != static_cast<py::ssize_t>(shape.size()) ||
+            !std::equal(shape.begin(), shape.end(), out.shape()) ||
+            !(out.flags() & py::array::c_style) || !out.writeable()) {
+            throw py::value_error("out must be a writable C-contiguous array of the table's "
+                                  "dtype and shape " + shape_text(shape));
+        }
+    }
+    const auto rows = static_cast<long long>(table.shape(0));
+    const auto row_bytes = static_cast<std::size_t>(table.nbytes() / std::max<py::ssize_t>(rows, 1));
+    const auto count = static_cast<std::size_t>(indices.size());
+    const auto* table_data = static_cast<const char*>(table.data());
+    const void* index_data = indices.data();
+    auto* out_data = static_cast<char*>(out.mutable_data());
+    return {[=](std::size_t threads) {
+                const auto index = [&](std::size_t i) {
+                    return wide ? static_cast<const std::int64_t*>(index_data)[i]
+                                : static_cast<const std::int32_t*>(index_data)[i];
+                };
+                for (std::size_t i = 0; i < count; ++i) {
+                    if (index(i) < -rows || index(i) >= rows) {
+                        throw std::out_of_range(
+                            "gather index out of range [-" + std::to_string(rows) + ", " +
+                            std::to_string(rows) + "): " + std::to_string(index(i)) +
+                            " at position " + std::to_string(i));
+                    }
+                }
+                // Blocks of rows of at least 64 KiB per item, so a pooled thread pays off.
+                const std::size_t block =
+                    std::max<std::size_t>(1, (64 << 10) / std::max<std::size_t>(row_bytes, 1));
+                nimbus::kernels::parallel_for(
+                    (count + block - 1) / block, threads, [&](std::size_t item) {
+                        for (std::size_t i = item * block; i < std::min(count, (item + 1) * block);
+                             ++i) {
+                            const long long row = index(i) < 0 ? index(i) + rows : index(i);
+                            std::memcpy(out_data + i * row_bytes,
+                                        table_data + static_cast<std::size_t>(row) * row_bytes,
+                                        row_bytes);
+                        }
+                    });
+            },
+            out,
+            {table, indices, out}};
+}
+
+py::array gather_rows(const py::object& table_object, const py::object& indices_object,
+                      long long threads) {
+    return run_now(prepare_gather_rows(table_object, indices_object, py::none()), threads);
 }
 
 // ---- programs ---------------------------------------------------------------------------------
@@ -2134,6 +2264,43 @@ PYBIND11_MODULE(_kernels, module) {
                 program.add(prepare_elementwise(steps, inputs, program_out(out)));
             },
             py::arg("program"), py::arg("inputs"), py::arg("out"))
+        .def(
+            "attention",
+            [](Program& program, const py::object& q, const py::object& k, const py::object& v,
+               const py::object& mask, const std::optional<double>& scale,
+               const py::object& out) {
+                program.add(prepare_attention(q, k, v, mask, scale, program_out(out)));
+            },
+            py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("scale"),
+            py::arg("out"))
+        .def(
+            "layer_norm",
+            [](Program& program, const py::object& x, const py::object& weight,
+               const py::object& bias, double eps, const py::object& out) {
+                program.add(prepare_layer_norm(x, weight, bias, eps, program_out(out)));
+            },
+            py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out"))
+        .def(
+            "dequantize",
+            [](Program& program, const py::object& q, double scale, long long zero_point,
+               const py::object& out) {
+                program.add(prepare_dequantize(q, scale, zero_point, program_out(out)));
+            },
+            py::arg("q"), py::arg("scale"), py::arg("zero_point"), py::arg("out"))
+        .def(
+            "dequantize_channels",
+            [](Program& program, const py::object& q, const py::object& scales,
+               const py::object& zero_points, const py::object& out) {
+                program.add(prepare_dequantize_channels(q, scales, zero_points, program_out(out)));
+            },
+            py::arg("q"), py::arg("scales"), py::arg("zero_points"), py::arg("out"))
+        .def(
+            "gather_rows",
+            [](Program& program, const py::object& table, const py::object& indices,
+               const py::object& out) {
+                program.add(prepare_gather_rows(table, indices, program_out(out)));
+            },
+            py::arg("table"), py::arg("indices"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);
@@ -2179,6 +2346,11 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("dequantize", &dequantize, py::arg("q"), py::arg("scale"), py::arg("zero_point"),
                py::arg("threads") = 1,
                "Return float32 (q - zero_point) * scale of C-contiguous uint8 or int8 q.");
+    module.def("gather_rows", &gather_rows, py::arg("table"), py::arg("indices"),
+               py::arg("threads") = 1,
+               "Return numpy.take(table, indices, axis=0) for a C-contiguous table of any dtype "
+               "and\nC-contiguous int64 or int32 indices; IndexError names an index outside "
+               "[-rows, rows).");
     module.def("dequantize_channels", &dequantize_channels, py::arg("q"), py::arg("scales"),
                py::arg("zero_points"), py::arg("threads") = 1,
                "Return float32 (q - zero_points[c]) * scales[c] of C-contiguous uint8 or int8\n"

@@ -2,8 +2,9 @@
 
 - fused_conv2d / fused_linear / fused_matmul: act(layer(x, w) + bias + residual).
 - fused_elementwise: a region of elementwise ops written as an expression over its inputs, e.g.
-  ``mul($0,sigmoid($1))``; the compiler validated it, and here each op runs this backend's own
-  elementwise kernel (parsed expressions are cached by text).
+  ``mul($0,sigmoid($1))``; the compiler validated it. Here it runs as one native pass where
+  every op has an exact native form (native_expression), else op by op on this backend's own
+  elementwise kernels (parsed expressions are cached by text).
 - attention: softmax(q @ k^T * scale + mask) @ v; rows whose scores are all masked give zeros.
 """
 
@@ -73,8 +74,7 @@ def layer_epilogue(out, bias, residual, activation, bias_shape):
 
 def attention_reference(xs, a):
     q, k, v, mask = xs
-    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * scale
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * _scale_of(a, q)
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
     peak = scores.max(axis=-1, keepdims=True)
@@ -113,10 +113,11 @@ def _attention_result(q: np.ndarray, dv: int) -> np.ndarray:
     return np.empty(q.shape[:-1] + (dv,), np.float32)
 
 
-def _native_attention(q, k, v, mask, scale):
-    """attention on the native kernel, reading q, k and v in place where their strides allow;
-    None where it does not apply (other dtypes, a q that would broadcast, a mask wider than the
-    scores, S = 0)."""
+def _attention_operands(q, k, v, mask):
+    """q, k, v and mask as the native kernel reads them, or None where it does not apply (other
+    dtypes, a q that would broadcast, a mask wider than the scores, S = 0): keys and values
+    shared across batch dimensions as zero-stride views, operands it cannot read in place as
+    C-contiguous copies."""
     if any(t.dtype != np.float32 for t in (q, k, v)) or not 2 <= q.ndim == k.ndim == v.ndim:
         return None
     if v.shape[:-1] != k.shape[:-1] or k.shape[-1] != q.shape[-1] or not k.shape[-2]:
@@ -132,18 +133,45 @@ def _native_attention(q, k, v, mask, scale):
         if not mask.flags.c_contiguous:
             mask = np.ascontiguousarray(mask)
     if k.shape[:-2] != batch:
-        # Keys and values shared across batch dimensions are read through zero strides.
         k, v = (np.broadcast_to(t, batch + t.shape[-2:]) for t in (k, v))
     q, k, v = (_rows_contiguous(t) for t in (q, k, v))
+    return q, k, v, mask
+
+
+def _scale_of(a: dict, q) -> float:
+    return a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
+def _native_attention(q, k, v, mask, scale):
+    """attention on the native kernel, reading q, k and v in place where their strides allow;
+    None where it does not apply."""
+    operands = _attention_operands(q, k, v, mask)
+    if operands is None:
+        return None
+    q, k, v, mask = operands
     return _kernels.attention(q, k, v, mask, scale, NATIVE_THREADS.get(),
                               _attention_result(q, v.shape[-1]))
+
+
+@native_step("attention")
+def build_attention(program, a, types, operands, runtime, results):
+    """The native attention as a program step, where it reads every operand in place: a copy
+    made now would hold this run's values on every later run."""
+    prepared = _attention_operands(*operands)
+    if prepared is None or not all(
+            new is None or np.may_share_memory(new, old) for new, old in zip(prepared, operands)):
+        return None
+    q, k, v, mask = prepared
+    out = _attention_result(q, v.shape[-1])
+    program.attention(q, k, v, mask, _scale_of(a, q), out)
+    return [out]
 
 
 def attention_kernel(xs, a):
     """attention_reference in float32 (max-shifted, so ~1e-6 relative), natively where it
     applies, else in numpy, updating in place."""
     q, k, v, mask = xs
-    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    scale = _scale_of(a, q)
     native = _native_attention(q, k, v, mask, scale)
     if native is not None:
         return native

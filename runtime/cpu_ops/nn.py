@@ -286,6 +286,24 @@ def prepare_layer_norm(a, types, operands):
     return run
 
 
+@native_step("layer_norm")
+def build_layer_norm(program, a, types, operands, runtime, results):
+    """The native layer norm as a program step, for C-contiguous float32 x and constant weight
+    and bias."""
+    x, weight, bias = operands
+    if runtime[1] or runtime[2] or x.dtype != np.float32 or not x.flags.c_contiguous \
+            or not -x.ndim <= a["axis"] < x.ndim:
+        return None
+    normalized = x.shape[a["axis"] % x.ndim:]
+    channels = math.prod(normalized)
+    vectors = _layer_norm_vectors(normalized, weight, bias)
+    if vectors is None or not channels:
+        return None
+    out = np.empty(x.shape, np.float32)
+    program.layer_norm(x.reshape(-1, channels), *vectors, a["eps"], out.reshape(-1, channels))
+    return [out]
+
+
 def layer_norm_kernel(xs, a):
     """layer_norm in float32 (the reference's float64 is not needed: |error| ~1e-6 relative),
     natively where it applies, else in numpy."""

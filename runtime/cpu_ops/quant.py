@@ -384,32 +384,44 @@ def quantize(xs, a, types):
     return prepared_or(prepare_quantize, without_types(quantize_reference), xs, a, types)
 
 
+def _native_dequantize(quant) -> tuple:
+    """The native dequantize for these parameters: (function name, its arguments after q, the
+    axis it needs last or None). Per-column scales and zero points become arrays here, once
+    (converting BERT-base's 768 of each from the plan's tuples took 25 us on every run)."""
+    if len(quant.scale) == 1:
+        return "dequantize", (float(quant.scale[0]), int(quant.zero_point[0])), None
+    return ("dequantize_channels", (np.asarray(quant.scale, np.float32),
+                                    np.asarray(quant.zero_point, np.int32)), quant.axis)
+
+
+def _dequantizes(q, axis) -> bool:
+    return q.dtype in (np.uint8, np.int8) and q.ndim > 0 and axis in (None, q.ndim - 1)
+
+
 @preparer("dequantize")
 def prepare_dequantize(a, types, operands):
     """dequantize on the native kernels: per tensor, or per column (as int8 embedding rows come
-    out of a lookup), with the columns' scales and zero points as arrays once (converting
-    BERT-base's 768 of each from the plan's tuples took 25 us on every run)."""
-    quant = types[0].quant
-    if len(quant.scale) == 1:
-        scale, zero_point = float(quant.scale[0]), int(quant.zero_point[0])
+    out of a lookup)."""
+    name, args, axis = _native_dequantize(types[0].quant)
+    call = getattr(_kernels, name)
 
-        def run(xs):
-            q = xs[0]
-            if q.dtype not in (np.uint8, np.int8) or q.ndim == 0:
-                return None
-            return [_kernels.dequantize(np.ascontiguousarray(q), scale, zero_point,
-                                        NATIVE_THREADS.get())]
-        return run
-    scales = np.asarray(quant.scale, np.float32)
-    zero_points = np.asarray(quant.zero_point, np.int32)
-
-    def run_columns(xs):
+    def run(xs):
         q = xs[0]
-        if q.dtype not in (np.uint8, np.int8) or q.ndim == 0 or quant.axis != q.ndim - 1:
+        if not _dequantizes(q, axis):
             return None
-        return [_kernels.dequantize_channels(np.ascontiguousarray(q), scales, zero_points,
-                                             NATIVE_THREADS.get())]
-    return run_columns
+        return [call(np.ascontiguousarray(q), *args, NATIVE_THREADS.get())]
+    return run
+
+
+@native_step("dequantize")
+def build_dequantize(program, a, types, operands, runtime, results):
+    name, args, axis = _native_dequantize(types[0].quant)
+    q = operands[0]
+    if not _dequantizes(q, axis) or not q.flags.c_contiguous:
+        return None
+    out = np.empty(q.shape, np.float32)
+    getattr(program, name)(q, *args, out)
+    return [out]
 
 
 kernel("dequantize")(lambda xs, a, types: prepared_or(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _kernels
 from .common import nhwc, numpy_dtype
-from .registry import kernel, native_step, without_types
+from .registry import NATIVE_THREADS, kernel, native_step, without_types
 
 # Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
 SLICE_TO_END = 2**62
@@ -76,6 +77,35 @@ kernel("expand")(without_types(expand_reference))
 kernel("slice")(without_types(slice_reference))
 kernel("split")(without_types(split_reference))
 kernel("concat")(lambda xs, a, types: np.concatenate(xs, axis=a["axis"]))
-kernel("gather")(without_types(gather_reference))
+def _gathers_rows(data, indices, axis: int) -> bool:
+    """Whether the native row gather takes these operands (numpy.take along axis 0)."""
+    return (axis == 0 and data.ndim >= 1 and data.flags.c_contiguous and indices.flags.c_contiguous
+            and indices.dtype in (np.int64, np.int32))
+
+
+@kernel("gather")
+def gather(xs, a, types):
+    """Rows of a table (an embedding lookup) on the native row copy, in parallel; else np.take."""
+    data, indices = xs
+    if _gathers_rows(data, indices, a["axis"]):
+        return _kernels.gather_rows(data, indices, NATIVE_THREADS.get())
+    return gather_reference(xs, a)
+
+
+@native_step("gather")
+def build_gather(program, a, types, operands, runtime, results):
+    data, indices = operands
+    if not _gathers_rows(data, indices, a["axis"]):
+        return None
+    out = np.empty(results[0].shape, data.dtype)
+    program.gather_rows(data, indices, out)
+    return [out]
+
+
+# A program's full and permute are no calls: a filled array of its own, a view of its operand.
+native_step("full")(lambda program, a, types, operands, runtime, results: [
+    np.full(results[0].shape, a["value"], results[0].dtype)])
+native_step("permute")(lambda program, a, types, operands, runtime, results: [
+    np.transpose(operands[0], a["perm"])])
 kernel("pad")(without_types(pad_reference))
 kernel("full")(without_types(full_reference))

@@ -7,10 +7,9 @@ machine's other paths."""
 
 import numpy as np
 import pytest
-from other_isas import OTHER_ISAS, rerun_under
-
 from nimbus.runtime import _kernels
 from nimbus.runtime.cpu_ops import fused
+from other_isas import OTHER_ISAS, rerun_under
 
 SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 6.0, -3.0, 3.0, 1e-40, -7.5],
                     np.float32)
@@ -138,7 +137,9 @@ def test_expressions_without_a_native_form_keep_numpy():
 
 
 def test_bad_programs_and_inputs_are_clear_errors():
-    step = lambda name, index=0: (name, index, 0.0, 0.0)  # noqa: E731
+    def step(name, index=0):
+        return (name, index, 0.0, 0.0)
+
     with pytest.raises(ValueError, match="step 1 pops 2 values of 1"):
         _kernels.ElementwiseProgram([step("input"), step("add")])
     with pytest.raises(ValueError, match="must leave one value, leaves 2"):

@@ -129,6 +129,30 @@ def test_attention_reads_and_writes_strided_matrices():
         _kernels.attention(q[..., ::2], k[..., ::2], v, mask)
 
 
+def test_program_steps_are_the_functions():
+    """Program.attention (heads read in place, a mask) and Program.layer_norm give the bits of
+    the functions, into the out arrays a plan allocated once, run after run."""
+    q, k, v, mask = attention_problem((2, 3), 17, 33, 19, 19, "additive_keys", seed=5)
+    heads = [np.ascontiguousarray(np.swapaxes(t, 1, 2)).swapaxes(1, 2) for t in (q, k, v)]
+    x = np.random.default_rng(6).standard_normal((37, 77)).astype(np.float32)
+    weight, bias = np.linspace(0.5, 2, 77, dtype=np.float32), np.linspace(-1, 1, 77, dtype=np.float32)
+    program = _kernels.Program()
+    attended, normalized = np.empty(q.shape, np.float32), np.empty(x.shape, np.float32)
+    program.attention(*heads, mask, 0.3, attended)
+    program.layer_norm(x, weight, bias, 1e-5, normalized)
+    with pytest.raises(ValueError, match="needs its out array"):
+        program.layer_norm(x, None, None, 1e-5, None)
+    with pytest.raises(ValueError, match=r"out must have shape \(37, 77\)"):
+        program.layer_norm(x, None, None, 1e-5, np.empty((37, 76), np.float32))
+    assert len(program) == 2
+    for _ in range(2):
+        program.run(threads=2)
+        np.testing.assert_array_equal(attended, _kernels.attention(*heads, mask, 0.3))
+        np.testing.assert_array_equal(normalized, _kernels.layer_norm(x, weight, bias, 1e-5))
+        heads[0][...] *= 2  # the next run reads the arrays as they are then
+        x[...] -= 1
+
+
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("shape", [(1, 5), (37, 77), (3, 4, 768), (2, 1), (6, 16)], ids=str)
 def test_layer_norm_matches_the_reference(shape, affine):

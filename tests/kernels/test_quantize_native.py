@@ -99,6 +99,25 @@ def test_dequantize_per_channel_checks_its_parameters():
         _kernels.dequantize_channels(q, np.ones(3, np.float32), np.zeros(3, np.int64))
 
 
+def test_program_steps_are_the_functions():
+    rng = np.random.default_rng(9)
+    q = rng.integers(-128, 127, (3, 5, 768), dtype=np.int8, endpoint=True)
+    scales = rng.uniform(1e-3, 2.0, 768).astype(np.float32)
+    zero_points = rng.integers(-128, 127, 768, endpoint=True).astype(np.int32)
+    program = _kernels.Program()
+    per_tensor, per_column = np.empty(q.shape, np.float32), np.empty(q.shape, np.float32)
+    program.dequantize(q, 0.05, -3, per_tensor)
+    program.dequantize_channels(q, scales, zero_points, per_column)
+    buffer = np.empty(q.shape, np.float32)
+    with pytest.raises(ValueError, match="out must not share memory with q"):
+        program.dequantize(buffer.view(np.int8).reshape(-1)[:q.size].reshape(q.shape), 0.05,
+                           -3, buffer)
+    program.run(threads=2)
+    np.testing.assert_array_equal(per_tensor, _kernels.dequantize(q, 0.05, -3))
+    np.testing.assert_array_equal(per_column,
+                                  _kernels.dequantize_channels(q, scales, zero_points))
+
+
 def test_bad_inputs_raise_clear_errors():
     x = np.zeros((4, 4), np.float32)
     with pytest.raises(TypeError, match="float32"):
