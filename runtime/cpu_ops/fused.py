@@ -388,13 +388,17 @@ def _native_steps(expr: tuple, dtypes: tuple, steps: list) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=256)
 def native_expression(text: str, dtypes: tuple):
     """The expression as a native program over inputs of these dtypes, or None where it reads
     something other than float32 (bar casts to float32), uses an op without a native form or
     needs more registers than the machine has."""
+    return _native_program(parse_expr(text, len(dtypes)), dtypes)
+
+
+@functools.lru_cache(maxsize=256)
+def _native_program(expr: tuple, dtypes: tuple):
     steps: list = []
-    if not _native_steps(parse_expr(text, len(dtypes)), dtypes, steps):
+    if not _native_steps(expr, dtypes, steps):
         return None
     try:
         return _kernels.ElementwiseProgram(steps)
@@ -426,3 +430,29 @@ def build_fused_elementwise(program, a, types, operands, runtime, results):
     out = np.empty(np.shape(results[0]), dtype=np.float32)
     program.elementwise(steps, list(operands), out)
     return [out]
+
+
+# Single elementwise ops with a native form join programs as one-op native programs: the same
+# bits as their numpy kernels (the activations' native kernel, which the numpy path takes for
+# C-contiguous float32, so those need contiguous operands here).
+_ACTIVATION_OPS = frozenset({"gelu", "sigmoid", "tanh", "silu", "hardswish"})
+
+
+def _build_single_op(op: str):
+    def build(program, a, types, operands, runtime, results):
+        dtypes = _dtypes(operands)
+        if dtypes is None or op in _ACTIVATION_OPS and not operands[0].flags.c_contiguous:
+            return None
+        expr = (op, tuple(sorted({**ATTR_DEFAULTS.get(op, {}), **a}.items())),
+                tuple(("$", index) for index in range(len(operands))))
+        steps = _native_program(expr, dtypes)
+        if steps is None:
+            return None
+        out = np.empty(np.shape(results[0]), dtype=np.float32)
+        program.elementwise(steps, list(operands), out)
+        return [out]
+    return build
+
+
+for _op in (*_NATIVE_BINARY, *_NATIVE_UNARY, "gelu", "clamp", "cast", "reciprocal", "rsqrt"):
+    native_step(_op)(_build_single_op(_op))

@@ -19,6 +19,7 @@ from .common import in_float32, nhwc, normalize_axis, window_output_size
 from .packing import PACKED_WEIGHTS
 from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
                        without_types)
+from .shape import contiguous_operand
 
 PAIR_ONES = (1, 1)
 NO_PADDING = (0, 0, 0, 0)
@@ -291,9 +292,9 @@ def build_layer_norm(program, a, types, operands, runtime, results):
     """The native layer norm as a program step, for C-contiguous float32 x and constant weight
     and bias."""
     x, weight, bias = operands
-    if runtime[1] or runtime[2] or x.dtype != np.float32 or not x.flags.c_contiguous \
-            or not -x.ndim <= a["axis"] < x.ndim:
+    if runtime[1] or runtime[2] or x.dtype != np.float32 or not -x.ndim <= a["axis"] < x.ndim:
         return None
+    x = contiguous_operand(program, x)
     normalized = x.shape[a["axis"] % x.ndim:]
     channels = math.prod(normalized)
     vectors = _layer_norm_vectors(normalized, weight, bias)
@@ -556,11 +557,13 @@ def build_native_conv2d(program, a, types, operands, runtime, results, activatio
     out = np.empty_like(results[0])
     if x_nhwc is None or not nhwc(out).flags.c_contiguous:
         return None
-    if residual is not None and (residual.dtype != np.float32
-                                 or not nhwc(residual).flags.c_contiguous):
-        return None
-    program.sconv2d(x_nhwc, packed, bias, None if residual is None else nhwc(residual),
-                    activation, stride, padding, dilation, nhwc(out))
+    residual_nhwc = None
+    if residual is not None:
+        residual_nhwc = channels_last_operand(program, residual)
+        if residual_nhwc is None or residual_nhwc.dtype != np.float32:
+            return None
+    program.sconv2d(x_nhwc, packed, bias, residual_nhwc, activation, stride, padding, dilation,
+                    nhwc(out))
     return [out]
 
 
@@ -569,10 +572,13 @@ def build_native_linear(program, a, types, operands, runtime, results, activatio
     x, w, bias = operands[:3]
     residual = operands[3] if len(operands) > 3 else None
     args = None if runtime[1] or (bias is not None and runtime[2]) else native_linear_args(w, bias)
-    if args is None or x.dtype != np.float32 or not x.size or not x.flags.c_contiguous:
+    if args is None or x.dtype != np.float32 or not x.size:
         return None
-    if residual is not None and (residual.dtype != np.float32 or not residual.flags.c_contiguous):
-        return None
+    x = contiguous_operand(program, x)
+    if residual is not None:
+        residual = contiguous_operand(program, residual) if residual.dtype == np.float32 else None
+        if residual is None:
+            return None
     packed, bias = args
     n, k = w.shape
     out = np.empty(results[0].shape, dtype=np.float32)

@@ -33,6 +33,7 @@ from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
 from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
                        without_types)
+from .shape import contiguous_operand
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
 # Activations that a quantized result takes as clamp bounds; the others (gelu, silu, ...) run
@@ -365,10 +366,15 @@ def prepare_quantize(a, types, operands):
 
 @native_step("quantize")
 def build_quantize(program, a, types, operands, runtime, results):
-    """prepare_quantize's call as a program step, for C-contiguous float32 x."""
+    """prepare_quantize's call as a program step, for float32 x: C-contiguous, or copied so
+    first where it is another view than NHWC memory."""
     args = native_quantize_args(a)
     x = operands[0]
-    if args is None or x.dtype != np.float32 or not x.flags.c_contiguous:
+    if args is None or x.dtype != np.float32:
+        return None
+    if x.ndim != 4:
+        x = contiguous_operand(program, x)
+    if not x.flags.c_contiguous:
         return None
     out = np.empty_like(results[0])
     channels_last = x.ndim == 4

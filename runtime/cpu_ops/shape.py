@@ -19,10 +19,14 @@ def expand_reference(xs, a):
     return np.broadcast_to(x, shape).copy()
 
 
-def slice_reference(xs, a):
-    index = [slice(None)] * xs[0].ndim
+def _sliced(x, a):
+    index = [slice(None)] * x.ndim
     index[a["axis"]] = slice(a["start"], min(a["end"], SLICE_TO_END), a["step"])
-    return xs[0][tuple(index)].copy()
+    return x[tuple(index)]
+
+
+def slice_reference(xs, a):
+    return _sliced(xs[0], a).copy()
 
 
 def split_reference(xs, a):
@@ -59,17 +63,17 @@ CHANNEL_MOVE_DTYPES = (np.float32, np.uint8, np.int8)  # what Program.to_channel
 
 @native_step("reshape")
 def build_reshape(program, a, types, operands, runtime, results):
-    """A reshape in a program: a view of C-contiguous x, or, for an NCHW view of NHWC memory
-    (a convolution's result flattened for a linear layer), a step that puts it in NCHW order
-    first."""
+    """A reshape in a program: a view of C-contiguous x; for an NCHW view of NHWC memory (a
+    convolution's result flattened for a linear layer), a step that puts it in NCHW order
+    first; for another strided float32 view (heads merged after a permute), a copy step."""
     x = operands[0]
-    if x.flags.c_contiguous:
-        return [x.reshape(a["shape"])]
-    if x.ndim != 4 or x.dtype not in CHANNEL_MOVE_DTYPES or not nhwc(x).flags.c_contiguous:
-        return None
-    out = np.empty(x.shape, dtype=x.dtype)
-    program.to_channels_first(nhwc(x), out)
-    return [out.reshape(a["shape"])]
+    if x.ndim == 4 and x.dtype in CHANNEL_MOVE_DTYPES and not x.flags.c_contiguous \
+            and nhwc(x).flags.c_contiguous:
+        out = np.empty(x.shape, dtype=x.dtype)
+        program.to_channels_first(nhwc(x), out)
+        return [out.reshape(a["shape"])]
+    x = contiguous_operand(program, x)
+    return None if x is None else [x.reshape(a["shape"])]
 
 
 kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))
@@ -100,6 +104,30 @@ def build_gather(program, a, types, operands, runtime, results):
     out = np.empty(results[0].shape, data.dtype)
     program.gather_rows(data, indices, out)
     return [out]
+
+
+_COPY = _kernels.ElementwiseProgram([("input", 0, 0.0, 0.0)])  # a float32 array, C-contiguous
+
+
+def contiguous_operand(program, x: np.ndarray) -> np.ndarray | None:
+    """x for a program step that reads C-contiguous memory: x itself, or for a strided float32
+    view an array that a copy step added to ``program`` fills (what np.ascontiguousarray gives
+    the executor); None for other strided views."""
+    if x.flags.c_contiguous:
+        return x
+    if x.dtype != np.float32:
+        return None
+    out = np.empty(x.shape, np.float32)
+    program.elementwise(_COPY, [x], out)
+    return out
+
+
+@native_step("slice")
+def build_slice(program, a, types, operands, runtime, results):
+    """A slice in a program: a view of its operand (no later step writes the operand's array),
+    made C-contiguous as the executor's copy is."""
+    view = contiguous_operand(program, _sliced(operands[0], a))
+    return None if view is None else [view]
 
 
 # A program's full and permute are no calls: a filled array of its own, a view of its operand.

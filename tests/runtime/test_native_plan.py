@@ -93,34 +93,41 @@ def test_a_native_plan_gives_the_executor_results(batch, int8):
     np.testing.assert_array_equal(session.run(images(batch, batch))["output"], first)
 
 
-def token_feeds(graph, batch: int, seed: int) -> dict:
-    inputs = CASES["bert_encoder"].make_inputs(torch.Generator().manual_seed(seed), batch)
+def case_feeds(name: str, graph, batch: int, seed: int) -> dict:
+    inputs = CASES[name].make_inputs(torch.Generator().manual_seed(seed), batch)
     return {value.name: tensor.numpy() for value, tensor in zip(graph.inputs, inputs)}
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_a_transformer_layer_runs_as_a_native_plan(batch, int8):
-    """A BERT layer: embedding lookups, the embedding sum and the padding-mask expression,
-    layer norms, attention over head views and the feed-forward."""
-    model, graph = converted("bert_encoder")
-    calibration = [token_feeds(graph, 4, seed) for seed in (100, 101)] if int8 else None
+@pytest.mark.parametrize("name, ops", [
+    # embedding lookups, the embedding sum and the padding-mask expression, layer norms,
+    # attention over head views and the feed-forward
+    ("bert_encoder", {"gather", "fused_elementwise", "layer_norm", "attention", "permute", "full"}),
+    # torch's encoder layer: q, k and v sliced from one projection, heads merged by a reshape of
+    # a strided view, a residual add on its own
+    ("transformer_post_norm", {"slice", "reshape", "permute", "attention", "add", "layer_norm"}),
+    ("transformer_pre_norm", {"slice", "reshape", "permute", "attention", "add", "layer_norm"}),
+])
+def test_transformer_layers_run_as_native_plans(name, ops, batch, int8):
+    model, graph = converted(name)
+    calibration = [case_feeds(name, graph, 4, seed) for seed in (100, 101)] if int8 else None
     session = nimbus.compile(graph, calibration=calibration).session()
-    ops = {step.op for step in session._steps}
-    assert {"gather", "fused_elementwise", "layer_norm", "attention", "permute", "full"} <= ops
-    assert ("qlinear" in ops) == int8
-    feeds = token_feeds(graph, batch, seed=batch)
+    assert ops <= {step.op for step in session._steps}
+    assert ("qlinear" in {step.op for step in session._steps}) == int8
+    feeds = case_feeds(name, graph, batch, seed=batch)
     first = session.run(feeds)["output"]
     plan = session._native_plans[tuple(array.shape for array in feeds.values())]
     assert isinstance(plan, NativePlan)
     for seed in (batch, 10 + batch):
-        feeds = token_feeds(graph, batch, seed)
+        feeds = case_feeds(name, graph, batch, seed)
         native = session.run(feeds)["output"]
         np.testing.assert_array_equal(native, executor_run(session, feeds)["output"])
         with torch.no_grad():
             expected = model(*(torch.from_numpy(array) for array in feeds.values())).numpy()
         assert_matches(native, expected, "native plan vs torch", rtol=0.1 if int8 else 1e-4)
-    np.testing.assert_array_equal(session.run(token_feeds(graph, batch, batch))["output"], first)
+    np.testing.assert_array_equal(session.run(case_feeds(name, graph, batch, batch))["output"],
+                                  first)
 
 
 def test_bad_data_in_a_native_plan_is_the_executor_error():
@@ -128,7 +135,7 @@ def test_bad_data_in_a_native_plan_is_the_executor_error():
     and names the step, as without a plan, and the plan serves the next good run."""
     _, graph = converted("bert_encoder")
     session = nimbus.compile(graph).session()
-    feeds = token_feeds(graph, 2, seed=0)
+    feeds = case_feeds("bert_encoder", graph, 2, seed=0)
     good = session.run(feeds)["output"]
     assert session.native_shapes
     bad = dict(feeds, **{graph.inputs[0].name: np.full((2, 7), 100, np.int64)})
