@@ -1539,23 +1539,6 @@ py::array attention(const py::object& q_object, const py::object& k_object,
                    threads);
 }
 
-// A new array like x from `kernel(x, rows, channels, out, threads, isa)` over the rows of x
-// (its last axis is C), run without the GIL.
-template <typename RowKernel>
-py::array over_rows(const py::array& x, long long threads, const RowKernel& kernel) {
-    const auto channels = static_cast<std::size_t>(x.shape(x.ndim() - 1));
-    const std::size_t thread_count = checked_threads(threads);
-    py::array out(x.dtype(), shape_of(x));
-    const auto* x_data = static_cast<const float*>(x.data());
-    auto* out_data = static_cast<float*>(out.mutable_data());
-    const std::size_t rows = channels ? static_cast<std::size_t>(x.size()) / channels : 0;
-    {
-        py::gil_scoped_release release;
-        kernel(x_data, rows, channels, out_data, thread_count, nimbus::kernels::selected_isa());
-    }
-    return out;
-}
-
 PreparedCall prepare_layer_norm(const py::object& x_object, const py::object& weight_object,
                                 const py::object& bias_object, double eps,
                                 const py::object& out_object) {
@@ -1592,14 +1575,29 @@ py::array layer_norm(const py::object& x_object, const py::object& weight_object
                    threads);
 }
 
-py::array softmax(const py::object& x_object, long long axis, long long threads) {
+PreparedCall prepare_softmax(const py::object& x_object, long long axis,
+                             const py::object& out_object) {
     const py::array x = checked_float_array(x_object, "x", 1, "[..., C]");
     if (axis != -1 && axis != x.ndim() - 1) {
         throw py::value_error("softmax runs over the last axis only (-1 or " +
                               std::to_string(x.ndim() - 1) + "), got axis " +
                               std::to_string(axis));
     }
-    return over_rows(x, threads, nimbus::kernels::softmax);
+    py::array out = result_array<float>(out_object, shape_of(x), "(x's shape)", x, "x");
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto channels = static_cast<std::size_t>(x.shape(x.ndim() - 1));
+    const std::size_t rows = channels ? static_cast<std::size_t>(x.size()) / channels : 0;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::softmax(x_data, rows, channels, out_data, threads,
+                                         nimbus::kernels::selected_isa());
+            },
+            out,
+            {x, out}};
+}
+
+py::array softmax(const py::object& x_object, long long axis, long long threads) {
+    return run_now(prepare_softmax(x_object, axis, py::none()), threads);
 }
 
 std::vector<std::string> available_isa_names() {
@@ -2301,6 +2299,12 @@ PYBIND11_MODULE(_kernels, module) {
                 program.add(prepare_gather_rows(table, indices, program_out(out)));
             },
             py::arg("table"), py::arg("indices"), py::arg("out"))
+        .def(
+            "softmax",
+            [](Program& program, const py::object& x, long long axis, const py::object& out) {
+                program.add(prepare_softmax(x, axis, program_out(out)));
+            },
+            py::arg("x"), py::arg("axis"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("__len__", &Program::size);

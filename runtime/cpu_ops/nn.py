@@ -342,6 +342,17 @@ def softmax_kernel(xs, a):
     return out
 
 
+@native_step("softmax")
+def build_softmax(program, a, types, operands, runtime, results):
+    """The native softmax over the last axis as a program step (a classifier's last op)."""
+    x = operands[0]
+    if x.dtype != np.float32 or not x.ndim or a["axis"] not in (-1, x.ndim - 1):
+        return None
+    out = np.empty(x.shape, np.float32)
+    program.softmax(contiguous_operand(program, x), -1, out)
+    return [out]
+
+
 def _tap_reduce(x, kernel, stride, padding, dilation, out_hw, pad_value, combine):
     """``combine`` of the kernel taps' [N, C, Ho, Wo] views, accumulated in place."""
     extra = _window_extra(x.shape, kernel, stride, padding, dilation, out_hw)

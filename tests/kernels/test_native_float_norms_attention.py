@@ -130,8 +130,8 @@ def test_attention_reads_and_writes_strided_matrices():
 
 
 def test_program_steps_are_the_functions():
-    """Program.attention (heads read in place, a mask) and Program.layer_norm give the bits of
-    the functions, into the out arrays a plan allocated once, run after run."""
+    """Program.attention (heads read in place, a mask), Program.layer_norm and Program.softmax
+    give the bits of the functions, into the out arrays a plan allocated once, run after run."""
     q, k, v, mask = attention_problem((2, 3), 17, 33, 19, 19, "additive_keys", seed=5)
     heads = [np.ascontiguousarray(np.swapaxes(t, 1, 2)).swapaxes(1, 2) for t in (q, k, v)]
     x = np.random.default_rng(6).standard_normal((37, 77)).astype(np.float32)
@@ -140,15 +140,20 @@ def test_program_steps_are_the_functions():
     attended, normalized = np.empty(q.shape, np.float32), np.empty(x.shape, np.float32)
     program.attention(*heads, mask, 0.3, attended)
     program.layer_norm(x, weight, bias, 1e-5, normalized)
+    softmaxed = np.empty(x.shape, np.float32)
+    program.softmax(x, -1, softmaxed)
     with pytest.raises(ValueError, match="needs its out array"):
         program.layer_norm(x, None, None, 1e-5, None)
     with pytest.raises(ValueError, match=r"out must have shape \(37, 77\)"):
         program.layer_norm(x, None, None, 1e-5, np.empty((37, 76), np.float32))
-    assert len(program) == 2
+    with pytest.raises(ValueError, match="last axis only"):
+        program.softmax(x, 0, softmaxed)
+    assert len(program) == 3
     for _ in range(2):
         program.run(threads=2)
         np.testing.assert_array_equal(attended, _kernels.attention(*heads, mask, 0.3))
         np.testing.assert_array_equal(normalized, _kernels.layer_norm(x, weight, bias, 1e-5))
+        np.testing.assert_array_equal(softmaxed, _kernels.softmax(x, -1))
         heads[0][...] *= 2  # the next run reads the arrays as they are then
         x[...] -= 1
 

@@ -47,6 +47,11 @@ class WithSoftmax(OddCNN):
         return torch.softmax(super().forward(x), dim=-1)
 
 
+class WithExp(OddCNN):
+    def forward(self, x):
+        return torch.exp(super().forward(x))
+
+
 def session_of(model: nn.Module, int8: bool = False):
     torch.manual_seed(0)
     example = torch.randn(1, 3, 19, 15)
@@ -199,8 +204,20 @@ def test_each_input_shape_gets_a_plan_up_to_the_limit():
     assert session.native_shapes == [((batch, 3, 19, 15),) for batch in range(1, MAX_PROGRAMS + 1)]
 
 
-def test_a_step_without_a_native_form_keeps_the_executor():
+def test_a_classifier_ending_in_softmax_runs_as_a_native_plan():
     session, model = session_of(WithSoftmax())
+    feeds = images(2, seed=0)
+    session.run(feeds)
+    assert isinstance(session._native_plans[(feeds["x"].shape,)], NativePlan)
+    native = session.run(images(2, seed=1))["output"]
+    np.testing.assert_array_equal(native, executor_run(session, images(2, seed=1))["output"])
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images(2, seed=1)["x"])).numpy()
+    assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
+
+
+def test_a_step_without_a_native_form_keeps_the_executor():
+    session, model = session_of(WithExp())
     feeds = images(2, seed=0)
     session.run(feeds)
     assert session._native_plans[(feeds["x"].shape,)] is None
