@@ -559,13 +559,16 @@ PackedConvWeights pack_conv_weights(const std::int8_t* w, std::size_t out_channe
     std::vector<std::int8_t> matrix(group_outputs * depth);
     for (std::size_t group = 0; group < groups; ++group) {
         std::fill(matrix.begin(), matrix.end(), 0);
+        // OIHW filters to rows of (ky, kx, c): the writes run along c.
         for (std::size_t o = 0; o < group_outputs; ++o) {
             const std::int8_t* filter = w + (group * group_outputs + o) * group_channels * taps;
-            for (std::size_t c = 0; c < group_channels; ++c) {
-                for (std::size_t ky = 0; ky < kernel_h; ++ky) {
-                    for (std::size_t kx = 0; kx < kernel_w; ++kx) {
-                        matrix[o * depth + ky * packed.row_depth + kx * group_channels + c] =
-                            filter[(c * kernel_h + ky) * kernel_w + kx];
+            for (std::size_t ky = 0; ky < kernel_h; ++ky) {
+                for (std::size_t kx = 0; kx < kernel_w; ++kx) {
+                    std::int8_t* target =
+                        matrix.data() + o * depth + ky * packed.row_depth + kx * group_channels;
+                    const std::int8_t* source = filter + ky * kernel_w + kx;
+                    for (std::size_t c = 0; c < group_channels; ++c) {
+                        target[c] = source[c * taps];
                     }
                 }
             }

@@ -203,15 +203,19 @@ PackedWeights pack_weights(const std::int8_t* w, std::size_t n, std::size_t k, I
     packed.column_sums.assign(packed.padded_n, 0);
     const std::size_t panel_size = packed.padded_k * layout.panel_width;
     const std::size_t group_size = layout.k_group * layout.panel_width;
+    // Column col's k_group depths of each group go to its lane of the group; no division per
+    // weight (a divide by the run-time k_group per byte made packing ResNet-18 take 30 ms).
     for (std::size_t col = 0; col < n; ++col) {
-        std::int8_t* panel = packed.data.data() + col / layout.panel_width * panel_size;
-        const std::size_t lane = col % layout.panel_width;
+        std::int8_t* target = packed.data.data() + col / layout.panel_width * panel_size +
+                              col % layout.panel_width * layout.k_group;
+        const std::int8_t* row = w + col * k;
         std::int32_t sum = 0;
-        for (std::size_t depth = 0; depth < k; ++depth) {
-            const std::int8_t value = w[col * k + depth];
-            const std::size_t group = depth / layout.k_group;
-            panel[group * group_size + lane * layout.k_group + depth % layout.k_group] = value;
-            sum += value;
+        for (std::size_t depth = 0; depth < k; depth += layout.k_group, target += group_size) {
+            const std::size_t count = std::min(layout.k_group, k - depth);
+            for (std::size_t r = 0; r < count; ++r) {
+                target[r] = row[depth + r];
+                sum += row[depth + r];
+            }
         }
         packed.column_sums[col] = sum;
     }
