@@ -580,12 +580,19 @@ def test_fused_expressions_only_take_elementwise_ops():
     TensorInfo("bf16", ("N", 7, "4*N")),
     TensorInfo("u8", (1, 3), (0.05,), (128,)),
     TensorInfo("i8", (4, 2), (0.1, 0.2, 0.3, 0.4), (0, 0, 0, 0), 0),
+    TensorInfo("i8", (768, 3), tuple(np.linspace(1e-3, 2, 768).tolist()),
+               tuple(range(-128, 128)) * 3, 0),
     TensorInfo("bool", ()),
 ])
 def test_tensor_info_round_trips_through_json(info):
     text = json.dumps(info.to_json())
     assert TensorInfo.from_json(json.loads(text)) == info
     assert (info.quant is info) == (info.scale is not None)
+
+
+def test_tensor_info_takes_numpy_scalars_and_ints():
+    info = TensorInfo("u8", (2,), (np.float32(0.5), 3), (np.uint8(7), 255), 0)
+    assert info.quant is info
 
 
 @pytest.mark.parametrize("data, error", [
@@ -610,6 +617,16 @@ def test_tensor_info_round_trips_through_json(info):
     ({"dtype": "u8", "shape": [2], "scale": [float("nan")], "zero_point": [0]}, "positive finite"),
     ({"dtype": "u8", "shape": [2], "scale": [1e39], "zero_point": [0]}, "positive finite"),
     ({"dtype": "u8", "shape": [2], "scale": ["0.1"], "zero_point": [0]}, "positive finite"),
+    ({"dtype": "u8", "shape": [2], "scale": [10**400], "zero_point": [0]}, "positive finite"),
+    ({"dtype": "u8", "shape": [2], "scale": [float("inf")], "zero_point": [0]}, "positive finite"),
+    ({"dtype": "u8", "shape": [2], "scale": [True], "zero_point": [0]}, "positive finite"),
+    # the first bad value of many is named, as one per channel would be
+    ({"dtype": "i8", "shape": [3], "scale": [0.1, 2, -0.5], "zero_point": [0, 0, 0], "axis": 0},
+     "got -0.5"),
+    ({"dtype": "i8", "shape": [3], "scale": [0.1] * 3, "zero_point": [0, 128, 0], "axis": 0},
+     "zero point 128 is not an integer in i8's range"),
+    ({"dtype": "i8", "shape": [2], "scale": [0.1] * 2, "zero_point": [0, False], "axis": 0},
+     "zero point False"),
     ({"dtype": "u8", "shape": [2], "scale": [0.1], "zero_point": [256]}, "range \\[0, 255\\]"),
     ({"dtype": "i8", "shape": [2], "scale": [0.1], "zero_point": [0.5]}, "not an integer"),
     ({"dtype": "i8", "shape": [2], "scale": [0.1, 0.2], "zero_point": [0]}, "2 scales but 1"),
