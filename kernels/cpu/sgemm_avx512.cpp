@@ -54,17 +54,19 @@ NIMBUS_AVX512F inline __m512 tanh_ps(__m512 x) {
     return _mm512_mask_blend_ps(is_small, large, small);
 }
 
-// erf (polynomials::kErf) on |x|, odd.
+// a clamped to [-limit, limit]; max_ps and min_ps return their second operand when one is NaN,
+// so a NaN a stays NaN.
+NIMBUS_AVX512F inline __m512 clamp_ps(__m512 a, float limit) {
+    return _mm512_min_ps(_mm512_set1_ps(limit), _mm512_max_ps(_mm512_set1_ps(-limit), a));
+}
+
+// erf (polynomials::kErfP / kErfQ) over x clamped to the fit's bound, the result to [-1, 1]:
+// rounding may carry it an ulp past 1, and gelu's 1 + erf must not go below 0.
 NIMBUS_AVX512F inline __m512 erf_ps(__m512 x) {
     using namespace polynomials;
-    const __m512 abs_x = _mm512_abs_ps(x);
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(abs_x, _mm512_set1_ps(kErfT), one));
-    const __m512 p = _mm512_mul_ps(horner(t, kErf), t);
-    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(abs_x, abs_x)));
-    const __m512 magnitude = _mm512_fnmadd_ps(p, e, one);
-    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(magnitude), sign));
+    const __m512 z = clamp_ps(x, kErfBound);
+    const __m512 z2 = _mm512_mul_ps(z, z);
+    return clamp_ps(_mm512_div_ps(_mm512_mul_ps(z, horner(z2, kErfP)), horner(z2, kErfQ)), 1.0f);
 }
 
 NIMBUS_AVX512F inline __m512 activate_ps(__m512 x, Activation activation) {

@@ -56,15 +56,19 @@ NIMBUS_AVX2 inline __m256 with_sign_of(__m256 magnitude, __m256 sign) {
     return _mm256_or_ps(magnitude, _mm256_and_ps(sign, _mm256_set1_ps(-0.0f)));
 }
 
-// erf (polynomials::kErf) on |x|, odd.
+// a clamped to [-limit, limit]; max_ps and min_ps return their second operand when one is NaN,
+// so a NaN a stays NaN.
+NIMBUS_AVX2 inline __m256 clamp_ps(__m256 a, float limit) {
+    return _mm256_min_ps(_mm256_set1_ps(limit), _mm256_max_ps(_mm256_set1_ps(-limit), a));
+}
+
+// erf (polynomials::kErfP / kErfQ) over x clamped to the fit's bound, the result to [-1, 1]:
+// rounding may carry it an ulp past 1, and gelu's 1 + erf must not go below 0.
 NIMBUS_AVX2 inline __m256 erf_ps(__m256 x) {
     using namespace polynomials;
-    const __m256 abs_x = abs_ps(x);
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(abs_x, _mm256_set1_ps(kErfT), one));
-    const __m256 p = _mm256_mul_ps(horner(t, kErf), t);
-    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(abs_x, abs_x)));
-    return with_sign_of(_mm256_fnmadd_ps(p, e, one), x);
+    const __m256 z = clamp_ps(x, kErfBound);
+    const __m256 z2 = _mm256_mul_ps(z, z);
+    return clamp_ps(_mm256_div_ps(_mm256_mul_ps(z, horner(z2, kErfP)), horner(z2, kErfQ)), 1.0f);
 }
 
 NIMBUS_AVX2 inline __m256 sigmoid_ps(__m256 x) {
