@@ -34,8 +34,9 @@ resident high-water mark above the starting point while opening the file and run
 once, for every runtime; for nimbus also tracemalloc's peak, i.e. Python objects and numpy
 buffers) and the share of a batch-1 run that the executor's fixed cost per step accounts for,
 unless batch 1 runs as one native call (a small model's native plan). The fixed cost per step
-is measured once: a plan of K relu steps on a 1-element tensor against a plan of one; and a
-native plan's, from K 4x4 linear layers on one row against one.
+is measured once: a plan of K logical_not steps on a 1-element tensor (an op that no native
+plan takes) against a plan of one; and a native plan's, from K 4x4 linear layers on one row
+against one.
 
     python benchmarks/models.py [--threads 2] [--models lenet,resnet18,mobilenet_v2,bert]
                                 [--repeats 20] [--quick] [--json FILE] [--no-pytorch-int8]
@@ -447,14 +448,14 @@ class Recorder:
 
 
 # ---- the executor's fixed cost --------------------------------------------------------------------
-class ReluChain(nn.Module):
+class NotChain(nn.Module):
     def __init__(self, steps: int):
         super().__init__()
         self.steps = steps
 
     def forward(self, x):
         for _ in range(self.steps):
-            x = torch.relu(x)
+            x = torch.logical_not(x)
         return x
 
 
@@ -490,10 +491,13 @@ def step_cost(model_of: Callable[[int], nn.Module], x: np.ndarray, steps: int, r
 
 
 def executor_cost(steps: int, repeats: int) -> dict:
-    """The executor's cost per plan step: relu steps on a 1-element tensor (their kernel
+    """The executor's cost per plan step: logical_not steps on a 1-element tensor (their kernel
     included), which no native plan takes; and a native plan's, from 4x4 linear layers on one
     row (their GEMMs included)."""
-    cost = step_cost(ReluChain, np.ones((1,), np.float32), steps, repeats, pipeline="")
+    cost = step_cost(NotChain, np.ones((1,), np.bool_), steps, repeats, pipeline="")
+    if cost["native"]:
+        raise RuntimeError("logical_not joined a native plan: the executor needs another op to "
+                           "measure it")
     cost["native_plan"] = step_cost(LinearChain, np.ones((1, 4), np.float32), steps, repeats,
                                     pipeline="canonicalize")
     return cost
@@ -831,7 +835,7 @@ def main(argv=None) -> dict:
         if executor:
             native = executor["native_plan"]
             print(f"executor fixed cost: {executor['per_step_us']:.2f} us per plan step "
-                  f"({executor['plan_steps']} relu steps on 1 element: "
+                  f"({executor['plan_steps']} logical_not steps on 1 element: "
                   f"{executor['run_ms']:.3f} ms; 1 step: {executor['one_step_run_ms']:.3f} ms); "
                   f"a native plan's: {native['per_step_us']:.2f} us per step "
                   f"({native['plan_steps']} 4x4 linear steps on one row: "

@@ -25,6 +25,7 @@ def test_quick_benchmark_on_lenet_reports_every_runtime_for_both_batches(tmp_pat
 
     assert report["config"]["models"] == ["lenet"]
     assert report["executor"]["per_step_us"] > 0
+    assert not report["executor"]["native"]  # the Python executor itself
     assert report["executor"]["native_plan"]["native"]
     assert report["executor"]["native_plan"]["per_step_us"] > 0
     lenet = report["models"]["lenet"]
