@@ -43,6 +43,11 @@ struct GemmTask {
     std::int32_t hi;
     Residual residual;                   // [M, n] like out, or none
     void* out;                           // [M, n], row-major
+    // A float activation that the AVX-512 epilogue applies in registers (Path::
+    // activates_in_registers): on an f32 result, or between the f32 values and the quantization
+    // of a u8/s8 one by output_scale (quantize.cpp's arithmetic, lo and hi the type's bounds).
+    Activation activation = Activation::none;
+    float output_scale = 0.0f;
 };
 
 // Each computes rows [row_begin, row_end) of the columns in panels [panel_begin, panel_end).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "qgemm_paths.h"
+#include "vector_math_avx512.h"
 
 #ifdef NIMBUS_X86_KERNELS
 
@@ -12,7 +13,8 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
-#define NIMBUS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+// fma: the float activations (vector_math_avx512.h) inline into the epilogue.
+#define NIMBUS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni,fma")))
 
 namespace nimbus::kernels::avx512 {
 
@@ -65,11 +67,37 @@ NIMBUS_AVX512_VNNI inline void store_column(const GemmTask& task, std::size_t ro
                                       residual_terms(task.residual, first + r * task.n, count));
         }
     }
+    if (task.activation != Activation::none) {
+#pragma GCC unroll 12
+        for (std::size_t r = 0; r < Rows; ++r) {
+            scaled[r] = activate_ps(scaled[r], task.activation);
+        }
+    }
     if (task.type == OutputType::f32) {
         auto* out = static_cast<float*>(task.out) + first;
 #pragma GCC unroll 12
         for (std::size_t r = 0; r < Rows; ++r) {
             _mm512_mask_storeu_ps(out + r * task.n, mask, scaled[r]);
+        }
+        return;
+    }
+    if (task.activation != Activation::none) {
+        // Quantized as quantize.cpp quantizes f32 values: an IEEE division, round half to even,
+        // + zero point, clamp to the type (lo and hi), NaN to 0.
+        const __m512 step = _mm512_set1_ps(task.output_scale);
+        const __m512 zero_point = _mm512_set1_ps(static_cast<float>(task.zero_point));
+        const __m512 lo = _mm512_set1_ps(static_cast<float>(task.lo));
+        const __m512 hi = _mm512_set1_ps(static_cast<float>(task.hi));
+        auto* out = static_cast<std::uint8_t*>(task.out) + first;
+#pragma GCC unroll 12
+        for (std::size_t r = 0; r < Rows; ++r) {
+            const __m512 q = _mm512_add_ps(
+                _mm512_roundscale_ps(_mm512_div_ps(scaled[r], step),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                zero_point);
+            __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi));
+            v = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), v);
+            _mm512_mask_cvtepi32_storeu_epi8(out + r * task.n, mask, v);
         }
         return;
     }
