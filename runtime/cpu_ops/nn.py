@@ -289,8 +289,8 @@ def prepare_layer_norm(a, types, operands):
 
 @native_step("layer_norm")
 def build_layer_norm(program, a, types, operands, runtime, results):
-    """The native layer norm as a program step, for C-contiguous float32 x and constant weight
-    and bias."""
+    """The native layer norm as a program step, for float32 x (a strided view gets a copy step)
+    and constant weight and bias."""
     x, weight, bias = operands
     if runtime[1] or runtime[2] or x.dtype != np.float32 or not -x.ndim <= a["axis"] < x.ndim:
         return None

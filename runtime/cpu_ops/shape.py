@@ -81,6 +81,10 @@ kernel("expand")(without_types(expand_reference))
 kernel("slice")(without_types(slice_reference))
 kernel("split")(without_types(split_reference))
 kernel("concat")(lambda xs, a, types: np.concatenate(xs, axis=a["axis"]))
+kernel("pad")(without_types(pad_reference))
+kernel("full")(without_types(full_reference))
+
+
 def _gathers_rows(data, indices, axis: int) -> bool:
     """Whether the native row gather takes these operands (numpy.take along axis 0)."""
     return (axis == 0 and data.ndim >= 1 and data.flags.c_contiguous and indices.flags.c_contiguous
@@ -135,5 +139,3 @@ native_step("full")(lambda program, a, types, operands, runtime, results: [
     np.full(results[0].shape, a["value"], results[0].dtype)])
 native_step("permute")(lambda program, a, types, operands, runtime, results: [
     np.transpose(operands[0], a["perm"])])
-kernel("pad")(without_types(pad_reference))
-kernel("full")(without_types(full_reference))
