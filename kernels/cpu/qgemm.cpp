@@ -170,32 +170,31 @@ void run_gemm(const void* a, const ActivationRuns* runs, std::size_t m, std::uin
         scale[col] = epilogue.scale ? epilogue.scale[col] : 0.0f;
     }
 
-    const GemmTask task{a, runs, weights.data.data(), weights.padded_k, weights.n,
-                        column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
-                        epilogue.lo, epilogue.hi, epilogue.residual, out};
+    GemmTask task{a, runs, weights.data.data(), weights.padded_k, weights.n,
+                  column_offset.data(), scale.data(), epilogue.type, epilogue.zero_point,
+                  epilogue.lo, epilogue.hi, epilogue.residual, out};
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
     const bool rows_outer = weights.data.size() <= kCachedWeightBytes;
-    TileFinish finish;
-    finish.activation = epilogue.activation;
     // The activation computed as this process's unfused activation kernel computes it: in the
     // AVX-512 epilogue's registers when that kernel runs AVX-512 too (the same functions; the
     // GELU and u8 quantization of BERT's 1024 x 3072 x 768 FFN GEMM add 0.43 ms on two threads
     // there, 0.75-0.92 ms as passes over each tile in L1), else over each tile after it.
-    finish.isa = selected_isa();
+    const Isa activation_isa = selected_isa();
+    TileFinish finish;
     if (path.activates_in_registers && epilogue.type != OutputType::s32 &&
-        sgemm_path(finish.isa) == Isa::avx512_vnni) {
-        GemmTask activating = task;
-        activating.activation = epilogue.activation;
-        activating.output_scale = epilogue.output_scale;
-        run_parallel(path, activating, m, panels, rows_outer, TileFinish{},
-                     std::max<std::size_t>(threads, 1));
-        return;
+        sgemm_path(activation_isa) == Isa::avx512_vnni) {
+        task.activation = epilogue.activation;
+        task.output_scale = epilogue.output_scale;
+    } else {
+        finish.activation = epilogue.activation;
+        finish.isa = activation_isa;
+        finish.quantizing = epilogue.type != OutputType::f32 &&
+                            epilogue.type != OutputType::s32 &&
+                            epilogue.activation != Activation::none;
+        finish.output_scale = epilogue.output_scale;
+        finish.zero_point = epilogue.zero_point;
+        finish.unsigned_result = epilogue.type == OutputType::u8;
     }
-    finish.quantizing = epilogue.type != OutputType::f32 && epilogue.type != OutputType::s32 &&
-                        epilogue.activation != Activation::none;
-    finish.output_scale = epilogue.output_scale;
-    finish.zero_point = epilogue.zero_point;
-    finish.unsigned_result = epilogue.type == OutputType::u8;
     run_parallel(path, task, m, panels, rows_outer, finish, std::max<std::size_t>(threads, 1));
 }
 
