@@ -21,15 +21,17 @@ struct Path {
     PathKernel kernel;
     // Whether the kernel's epilogue applies GemmTask::activation itself (the AVX-512 store).
     bool activates_in_registers = false;
+    // Called on each thread after its last tile of a call, where the kernel keeps state.
+    void (*release)() = nullptr;
 };
 
 Path path_of(Isa isa) {
     switch (isa) {
 #ifdef NIMBUS_X86_KERNELS
         case Isa::amx:
-            return {kAmxLayout, run_amx, true};
+            return {kAmxLayout, run_amx, true, release_amx};
         case Isa::amx_emulated:
-            return {kAmxLayout, run_amx_emulated, true};
+            return {kAmxLayout, run_amx_emulated, true, release_amx_emulated};
         case Isa::avx512_vnni:
             return {kAvx512VnniLayout, run_avx512_vnni, true};
         case Isa::avx2:
@@ -148,6 +150,9 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
                 activate(static_cast<float*>(task.out) + row * task.n + column, columns,
                          finish.activation, finish.isa);
             }
+        }
+        if (path.release != nullptr) {
+            path.release();
         }
     };
     run_on_pool(count - 1, run_tiles);

@@ -63,6 +63,11 @@ void run_amx(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
              std::size_t panel_begin, std::size_t panel_end);
 void run_amx_emulated(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
                       std::size_t panel_begin, std::size_t panel_end);
+// The AMX kernels leave the tiles configured from one call to the next; the driver ends each
+// thread's share of a GEMM with these (tilerelease), so that no other code on the thread
+// (another library's AMX kernels) finds the tiles in a configuration it did not set.
+void release_amx();
+void release_amx_emulated();
 #endif
 
 }  // namespace nimbus::kernels
