@@ -182,10 +182,10 @@ void require_in_range(const std::string& name, long long value, long long lo, lo
 PackedWeights pack_weights(const py::object& w_object, const std::optional<std::string>& isa) {
     const py::array w = checked_matrix<std::int8_t>(w_object, "w", "[N, K]");
     require_depth_fits(w.shape(1), kMaxDepthU8S8);
-    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
     const auto* data = static_cast<const std::int8_t*>(w.data());
     const auto n = static_cast<std::size_t>(w.shape(0));
     const auto k = static_cast<std::size_t>(w.shape(1));
+    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::gemm_isa(k);
     py::gil_scoped_release release;
     return nimbus::kernels::pack_weights(data, n, k, path);
 }
@@ -516,7 +516,8 @@ PackedConvWeights pack_conv_weights(const py::object& w_object, long long groups
     const auto kernel_w = static_cast<std::size_t>(w.shape(3));
     require_in_range("kernel height", w.shape(2), 1, kMaxGeometryValue, "the range");
     require_in_range("kernel width", w.shape(3), 1, kMaxGeometryValue, "the range");
-    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::selected_isa();
+    const Isa path = isa ? nimbus::kernels::supported_isa(*isa)
+                         : nimbus::kernels::gemm_isa(kernel_h * kernel_w * group_channels);
     const std::size_t depth = nimbus::kernels::conv_gemm_depth(
         kernel_h, kernel_w, group_channels, static_cast<std::size_t>(groups), path);
     require_depth_fits(static_cast<py::ssize_t>(depth), kMaxDepthU8S8);
@@ -1915,7 +1916,12 @@ PYBIND11_MODULE(_kernels, module) {
                    ", isa='" + isa_name(w.isa) + "')";
         });
     module.def("pack_weights", &pack_weights, py::arg("w"), py::arg("isa") = py::none(),
-               "Pack int8 weights w [N, K] for the ISA path `isa` (default: selected_isa()).");
+               "Pack int8 weights w [N, K] for the ISA path `isa` (default: gemm_isa(K)).");
+    module.def("gemm_isa", [](std::size_t depth) { return std::string(isa_name(
+                   nimbus::kernels::gemm_isa(depth))); }, py::arg("depth"),
+               "The path of int8 weights packed without a named path whose outputs sum `depth`\n"
+               "products: selected_isa(), or avx512_vnni for a shallow depth where detection\n"
+               "chose amx.");
     module.def("qgemm", &qgemm, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
                py::arg("hi"), py::arg("out_dtype"), py::arg("threads") = 1,
@@ -1964,7 +1970,8 @@ PYBIND11_MODULE(_kernels, module) {
         });
     module.def("pack_conv_weights", &pack_conv_weights, py::arg("w"), py::arg("groups") = 1,
                py::arg("isa") = py::none(),
-               "Pack int8 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`.");
+               "Pack int8 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`\n"
+               "(default: gemm_isa(KH * KW * I / groups)).");
     const std::vector<long long> unit_pair{1, 1};
     const std::vector<long long> no_padding{0, 0, 0, 0};
     module.def("qconv2d", &qconv2d, py::arg("x"), py::arg("packed"), py::arg("a_zero_point"),

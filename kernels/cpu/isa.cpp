@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "qgemm_paths.h"
+#include "sizes.h"
+
 #ifdef NIMBUS_X86_KERNELS
 #include <cpuid.h>
 #endif
@@ -114,13 +117,19 @@ std::vector<Isa> detect_isas() {
     return isas;
 }
 
-Isa choose_process_isa() {
+// The process-wide path and whether NIMBUS_ISA named it.
+struct ProcessIsa {
+    Isa isa;
+    bool named;
+};
+
+ProcessIsa choose_process_isa() {
     const char* forced = std::getenv("NIMBUS_ISA");
     if (forced == nullptr || *forced == '\0') {
-        return available_isas().front();
+        return {available_isas().front(), false};
     }
     try {
-        return supported_isa(forced);
+        return {supported_isa(forced), true};
     } catch (const std::invalid_argument& error) {
         throw std::invalid_argument(std::string("NIMBUS_ISA: ") + error.what());
     } catch (const std::runtime_error& error) {
@@ -172,11 +181,27 @@ Isa vector_isa(Isa isa) {
     return isa == Isa::amx || isa == Isa::amx_emulated ? Isa::avx512_vnni : isa;
 }
 
-Isa selected_isa() {
+namespace {
+
+const ProcessIsa& process_isa() {
     // A throwing initializer leaves the static uninitialized, so a bad NIMBUS_ISA raises on
     // every call instead of once.
-    static const Isa isa = choose_process_isa();
-    return isa;
+    static const ProcessIsa chosen = choose_process_isa();
+    return chosen;
+}
+
+}  // namespace
+
+Isa selected_isa() { return process_isa().isa; }
+
+Isa gemm_isa(std::size_t depth) {
+    constexpr std::size_t kAmxMinDepth = 192;
+    const ProcessIsa& chosen = process_isa();
+    if (chosen.isa != Isa::amx || chosen.named) {
+        return chosen.isa;
+    }
+    const std::size_t padded = round_up(depth, kAmxLayout.depth_multiple);
+    return depth >= kAmxMinDepth && 4 * (padded - depth) <= padded ? Isa::amx : Isa::avx512_vnni;
 }
 
 }  // namespace nimbus::kernels

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from nimbus.runtime import available_isas, pack_weights, selected_isa
+from nimbus.runtime import available_isas, pack_conv_weights, pack_weights, selected_isa
+from nimbus.runtime._kernels import gemm_isa
 
 KNOWN_ISAS = ["amx", "avx512_vnni", "avx2", "portable"]
 
@@ -37,7 +38,24 @@ def test_the_fastest_path_is_selected_without_the_variable():
     if "NIMBUS_ISA" in os.environ:
         pytest.skip("NIMBUS_ISA is set for this test session")
     assert selected_isa() == available_isas()[0]
-    assert pack_weights(np.zeros((1, 1), dtype=np.int8)).isa == available_isas()[0]
+    assert pack_weights(np.zeros((1, 512), dtype=np.int8)).isa == available_isas()[0]
+
+
+@pytest.mark.parametrize("depth", [1, 16, 128, 147, 191, 192, 200, 255, 320, 400, 576, 4100])
+def test_shallow_layers_leave_a_detected_amx_for_vnni(depth):
+    """AMX, when detection chose it, takes weights of depth 192 and more that it pads by at most
+    a quarter; the others run on AVX512-VNNI. A path that NIMBUS_ISA names takes them all."""
+    selected = selected_isa()
+    padded = -(-depth // 64) * 64
+    amx_fits = depth >= 192 and 4 * (padded - depth) <= padded
+    detected_amx = selected == "amx" and not os.environ.get("NIMBUS_ISA")
+    expected = "avx512_vnni" if detected_amx and not amx_fits else selected
+    assert gemm_isa(depth) == expected
+    assert pack_weights(np.zeros((3, depth), dtype=np.int8)).isa == expected
+    assert pack_conv_weights(np.zeros((3, depth, 1, 1), dtype=np.int8)).isa == expected
+    if depth % 9 == 0:
+        conv = pack_conv_weights(np.zeros((3, depth // 9, 3, 3), dtype=np.int8))
+        assert conv.isa == expected
 
 
 @pytest.mark.parametrize("isa", available_isas())
