@@ -66,6 +66,12 @@ class PackedWeights:
     @property
     def isa(self) -> str: ...
 
+def multiply_peak_gops(isa: str, threads: int = 1) -> float:
+    """The int8 multiply instruction of path `isa` alone (tdpbusd, vpdpbusd, vpmaddwd, scalar),
+    over accumulators in registers, on `threads` threads: 10^9 integer operations (2 per
+    multiply-add) per second over about 50 ms, the peak that the benchmarks relate the GEMMs to.
+    Raises ValueError for "amx_emulated", which has none."""
+
 def gemm_isa(depth: int) -> str:
     """The path of int8 weights packed without a named path whose outputs sum `depth` products:
     selected_isa(), except "avx512_vnni" where detection (not NIMBUS_ISA) chose "amx" and the

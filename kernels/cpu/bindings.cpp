@@ -1917,6 +1917,18 @@ PYBIND11_MODULE(_kernels, module) {
         });
     module.def("pack_weights", &pack_weights, py::arg("w"), py::arg("isa") = py::none(),
                "Pack int8 weights w [N, K] for the ISA path `isa` (default: gemm_isa(K)).");
+    module.def(
+        "multiply_peak_gops",
+        [](const std::string& isa, long long threads) {
+            const Isa path = nimbus::kernels::supported_isa(isa);
+            const std::size_t count = checked_threads(threads);
+            py::gil_scoped_release release;
+            return nimbus::kernels::multiply_peak_gops(path, count);
+        },
+        py::arg("isa"), py::arg("threads") = 1,
+        "The int8 multiply instruction of path `isa` alone, over accumulators in registers, on\n"
+        "`threads` threads: 10^9 integer operations (2 per multiply-add) per second over about\n"
+        "50 ms, the peak that the benchmarks relate the GEMMs to.");
     module.def("gemm_isa", [](std::size_t depth) { return std::string(isa_name(
                    nimbus::kernels::gemm_isa(depth))); }, py::arg("depth"),
                "The path of int8 weights packed without a named path whose outputs sum `depth`\n"

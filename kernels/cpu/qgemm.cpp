@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdint>
 #include <functional>
+#include <stdexcept>
 
 #include "qgemm_paths.h"
 #include "quantize.h"
@@ -203,7 +206,60 @@ void run_gemm(const void* a, const ActivationRuns* runs, std::size_t m, std::uin
     run_parallel(path, task, m, panels, rows_outer, finish, std::max<std::size_t>(threads, 1));
 }
 
+using PeakLoop = std::uint64_t (*)(std::size_t, std::uint32_t&);
+
+PeakLoop peak_loop(Isa isa) {
+    switch (isa) {
+#ifdef NIMBUS_X86_KERNELS
+        case Isa::amx:
+            return peak_amx;
+        case Isa::avx512_vnni:
+            return peak_avx512_vnni;
+        case Isa::avx2:
+            return peak_avx2;
+        case Isa::amx_emulated:
+            throw std::invalid_argument("the emulated AMX path has no peak");
+#endif
+        default:
+            return peak_portable;
+    }
+}
+
+// Seconds that `loop` takes for `iterations` on this thread.
+double time_loop(PeakLoop loop, std::size_t iterations, std::uint32_t& sink) {
+    const auto start = std::chrono::steady_clock::now();
+    loop(iterations, sink);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace
+
+double multiply_peak_gops(Isa isa, std::size_t threads) {
+    constexpr double kSeconds = 0.05;
+    const PeakLoop loop = peak_loop(isa);
+    threads = std::max<std::size_t>(threads, 1);
+    std::uint32_t sink = 0;
+    // Iterations for about kSeconds on one thread (doubled from a short run).
+    std::size_t iterations = 1024;
+    double seconds = time_loop(loop, iterations, sink);
+    while (seconds < kSeconds / 8) {
+        iterations *= 2;
+        seconds = time_loop(loop, iterations, sink);
+    }
+    iterations = static_cast<std::size_t>(static_cast<double>(iterations) * kSeconds / seconds);
+    std::atomic<std::size_t> shares{0};
+    std::atomic<std::uint64_t> operations{0};
+    const auto start = std::chrono::steady_clock::now();
+    run_on_pool(threads - 1, [&] {
+        for (std::size_t share = shares++; share < threads; share = shares++) {
+            std::uint32_t own = 0;
+            operations += loop(iterations, own);
+        }
+    });
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return static_cast<double>(operations.load()) / elapsed / 1e9;
+}
 
 std::size_t packed_depth(std::size_t k, Isa isa) {
     return round_up(k, path_of(isa).layout.depth_multiple);

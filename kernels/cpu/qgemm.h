@@ -94,6 +94,12 @@ struct ActivationRuns {
     std::size_t run_bytes;  // a multiple of the VNNI depth group, 4
 };
 
+// The throughput of `isa`'s int8 multiply instruction alone, over accumulators in registers, on
+// `threads` threads: 10^9 integer operations (2 per multiply-add) per second, measured over
+// about 50 ms. The peak that the benchmarks relate the GEMMs to; the emulated AMX path has none
+// (an std::invalid_argument).
+double multiply_peak_gops(Isa isa, std::size_t threads);
+
 // qgemm over `m` rows of `a`, for weights packed for the AVX512-VNNI path (the only one that
 // reads activation runs) with padded_k == runs * run_bytes.
 void qgemm_runs(const ActivationRuns& a, std::size_t m, std::int32_t a_zero_point,

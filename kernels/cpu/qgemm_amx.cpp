@@ -354,6 +354,27 @@ void release_amx() { release_tiles<HardwareTiles>(); }
 
 void release_amx_emulated() { release_tiles<EmulatedTiles>(); }
 
+std::uint64_t peak_amx(std::size_t iterations, std::uint32_t& sink) {
+    // Four chains of sums, as in a block; the operand tiles hold whatever tilezero left.
+    HardwareTiles::configure(block_config(kTileRows, kTileRows));
+    HardwareTiles::zero<kActivationsLow>();
+    HardwareTiles::zero<kActivationsHigh>();
+    HardwareTiles::zero<kWeightsLeft>();
+    HardwareTiles::zero<kWeightsRight>();
+    for (std::size_t i = 0; i < iterations; ++i) {
+        HardwareTiles::multiply<kSumsLowLeft, kActivationsLow, kWeightsLeft>();
+        HardwareTiles::multiply<kSumsLowRight, kActivationsLow, kWeightsRight>();
+        HardwareTiles::multiply<kSumsHighLeft, kActivationsHigh, kWeightsLeft>();
+        HardwareTiles::multiply<kSumsHighRight, kActivationsHigh, kWeightsRight>();
+    }
+    alignas(64) std::int32_t sums[kTileRows][kLanes];
+    HardwareTiles::store<kSumsLowLeft>(sums, sizeof(sums[0]));
+    HardwareTiles::release();
+    configured = {};
+    sink += static_cast<std::uint32_t>(sums[0][0]);
+    return 2ull * 4 * kTileRows * kLanes * kTileBytes * iterations;
+}
+
 }  // namespace nimbus::kernels
 
 #endif  // NIMBUS_X86_KERNELS

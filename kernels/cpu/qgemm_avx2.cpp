@@ -148,6 +148,30 @@ void run_avx2(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
     }
 }
 
+NIMBUS_AVX2 std::uint64_t peak_avx2(std::size_t iterations, std::uint32_t& sink) {
+    constexpr std::size_t kChains = 6;  // with their weights and x: 13 of the 16 ymm registers
+    __m256i acc[kChains];
+    __m256i w[kChains];
+    for (std::size_t c = 0; c < kChains; ++c) {
+        acc[c] = _mm256_setzero_si256();
+        w[c] = _mm256_set1_epi32(static_cast<int>(0x00030002 + c));
+    }
+    __m256i x = _mm256_set1_epi32(static_cast<int>(sink | 0x00010001));
+    for (std::size_t i = 0; i < iterations; ++i) {
+        __asm__("" : "+x"(x));  // x "changes": the products are formed again every iteration
+#pragma GCC unroll 6
+        for (std::size_t c = 0; c < kChains; ++c) {
+            acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(x, w[c]));
+        }
+    }
+    alignas(32) std::uint32_t lanes[kLanes];
+    for (const __m256i value : acc) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), value);
+        sink += lanes[0];
+    }
+    return 2ull * kChains * 2 * kLanes * iterations;  // vpmaddwd: 2 products per lane
+}
+
 }  // namespace nimbus::kernels
 
 #endif  // NIMBUS_X86_KERNELS

@@ -170,6 +170,26 @@ void run_avx512_vnni(const GemmTask& task, std::size_t row_begin, std::size_t ro
     }
 }
 
+NIMBUS_AVX512_VNNI std::uint64_t peak_avx512_vnni(std::size_t iterations, std::uint32_t& sink) {
+    constexpr std::size_t kChains = 12;  // covers vpdpbusd's latency on two ports
+    __m512i acc[kChains];
+    for (auto& value : acc) {
+        value = _mm512_setzero_si512();
+    }
+    const __m512i x = _mm512_set1_epi32(static_cast<int>(sink | 0x01010101));
+    const __m512i w = _mm512_set1_epi32(0x02030405);
+    for (std::size_t i = 0; i < iterations; ++i) {
+#pragma GCC unroll 12
+        for (std::size_t c = 0; c < kChains; ++c) {
+            acc[c] = _mm512_dpbusd_epi32(acc[c], x, w);
+        }
+    }
+    for (const __m512i value : acc) {
+        sink += static_cast<std::uint32_t>(_mm512_reduce_add_epi32(value));
+    }
+    return 2ull * kChains * kLanes * kGroup * iterations;
+}
+
 }  // namespace nimbus::kernels
 
 #endif  // NIMBUS_X86_KERNELS

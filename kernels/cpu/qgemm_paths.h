@@ -50,6 +50,17 @@ struct GemmTask {
     float output_scale = 0.0f;
 };
 
+// The path's multiply instruction alone, `iterations` times over accumulators that stay in
+// registers: what the GEMM would reach if it did nothing else (the benchmarks' peak). Each
+// returns the integer operations it did (2 per multiply-add), summed into `sink` so that no
+// compiler drops the loop.
+std::uint64_t peak_portable(std::size_t iterations, std::uint32_t& sink);
+#ifdef NIMBUS_X86_KERNELS
+std::uint64_t peak_avx2(std::size_t iterations, std::uint32_t& sink);
+std::uint64_t peak_avx512_vnni(std::size_t iterations, std::uint32_t& sink);
+std::uint64_t peak_amx(std::size_t iterations, std::uint32_t& sink);
+#endif
+
 // Each computes rows [row_begin, row_end) of the columns in panels [panel_begin, panel_end).
 void run_portable(const GemmTask& task, std::size_t row_begin, std::size_t row_end,
                   std::size_t panel_begin, std::size_t panel_end);

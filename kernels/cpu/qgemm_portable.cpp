@@ -2,6 +2,7 @@
 // ISA of the build. It is the reference that the SIMD paths are compared with on any host.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "qgemm_paths.h"
 
@@ -79,6 +80,27 @@ void run_portable(const GemmTask& task, std::size_t row_begin, std::size_t row_e
             }
         }
     }
+}
+
+std::uint64_t peak_portable(std::size_t iterations, std::uint32_t& sink) {
+    // No single instruction: the kernel itself on a GEMM whose operands stay in L1 and L2 (16
+    // rows, one panel, depth 1024), one call per iteration.
+    constexpr std::size_t kRows = 16;
+    constexpr std::size_t kDepth = 1024;
+    std::vector<std::uint8_t> a(kRows * kDepth, static_cast<std::uint8_t>(sink | 1));
+    std::vector<std::int8_t> b(kDepth * kPanelWidth, 3);
+    std::vector<std::int32_t> offsets(kPanelWidth, 0);
+    std::vector<std::int32_t> out(kRows * kPanelWidth, 0);
+    GemmTask task{a.data(), nullptr, b.data(), kDepth, kPanelWidth, offsets.data(), nullptr,
+                  OutputType::s32, 0, 0, 0, {}, out.data()};
+    // Called as any GEMM calls it, not inlined here with the task's fields known.
+    void (*volatile kernel)(const GemmTask&, std::size_t, std::size_t, std::size_t,
+                            std::size_t) = run_portable;
+    for (std::size_t i = 0; i < iterations; ++i) {
+        kernel(task, 0, kRows, 0, 1);
+    }
+    sink += static_cast<std::uint32_t>(out[0]);
+    return 2ull * kRows * kPanelWidth * kDepth * iterations;
 }
 
 }  // namespace nimbus::kernels

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nimbus.runtime import available_isas, pack_conv_weights, pack_weights, selected_isa
-from nimbus.runtime._kernels import gemm_isa
+from nimbus.runtime._kernels import gemm_isa, multiply_peak_gops
 
 KNOWN_ISAS = ["amx", "avx512_vnni", "avx2", "portable"]
 
@@ -91,3 +91,19 @@ def test_the_emulated_amx_path_runs_only_when_named():
     child = run_child("amx_emulated")
     assert child.returncode == 0, child.stderr
     assert child.stdout.split("\n")[:2] == ["amx_emulated amx_emulated", "[[3 3]]"]
+
+
+@pytest.mark.parametrize("isa", available_isas())
+def test_every_path_measures_its_multiply_peak(isa):
+    """The benchmarks' peak: a positive rate on one thread, and two threads do not measure less
+    than half of it (the pool may give the second thread or not)."""
+    one = multiply_peak_gops(isa)
+    assert one > 0
+    assert multiply_peak_gops(isa, threads=2) > one / 2
+
+
+def test_the_emulated_amx_path_has_no_peak():
+    if "avx512_vnni" not in available_isas():
+        pytest.skip("the emulated AMX path needs AVX512-VNNI")
+    with pytest.raises(ValueError, match="the emulated AMX path has no peak"):
+        multiply_peak_gops("amx_emulated")
