@@ -117,16 +117,26 @@ void run_quantizing_tile(const Path& path, const GemmTask& task, std::size_t row
 // shared counter, so a thread that the OS preempts or wakes late delays no fixed share.
 // A tile covers one panel, and consecutive tiles share it, so its weights stay in cache. When
 // all the weights fit in cache anyway (`rows_outer`, a pointwise convolution's few output
-// channels), a tile covers every panel of its rows instead: the activations stream once, and
-// two threads never write parts of one cache line of the result. With a tile per panel there,
-// rows whose outputs are not whole lines (96 u8 outputs under 64-column panels) had both
-// threads writing every line: MobileNetV2's 16 -> 96 layer at batch 8 took 2.3 ms on two
-// threads and 1.7 ms on one.
+// channels), a tile covers every panel of its rows instead (or a group of consecutive panels,
+// where the rows alone give each thread fewer than kTilesPerThread tiles): the activations
+// stream once, and two threads do not write parts of one cache line of the result. With a tile
+// per panel there, rows whose outputs are not whole lines (96 u8 outputs under 64-column
+// panels) had both threads writing every line: MobileNetV2's 16 -> 96 layer at batch 8 took
+// 2.3 ms on two threads and 1.7 ms on one.
 void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::size_t panels,
                   bool rows_outer, const TileFinish& finish, std::size_t threads) {
+    constexpr std::size_t kTilesPerThread = 4;
     const std::size_t tile_rows = path.layout.tile_rows;
     const std::size_t row_tiles = (m + tile_rows - 1) / tile_rows;
-    const std::size_t tiles = rows_outer ? row_tiles : row_tiles * panels;
+    std::size_t group_panels = 1;  // panels per tile
+    if (rows_outer) {
+        const std::size_t wanted =
+            threads > 1 ? ceil_div(kTilesPerThread * threads, std::max<std::size_t>(row_tiles, 1))
+                        : 1;
+        group_panels = ceil_div(panels, std::min(wanted, panels));
+    }
+    const std::size_t groups = ceil_div(panels, group_panels);
+    const std::size_t tiles = row_tiles * groups;
     const std::size_t count = std::min(threads, tiles);
     const std::size_t width = path.layout.panel_width;
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
@@ -137,9 +147,12 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
         float* const buffer =
             finish.quantizing ? buffers.data() + next_slot++ * tile_rows * width : nullptr;
         for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-            const std::size_t panel_begin = rows_outer ? 0 : tile / row_tiles;
-            const std::size_t panel_end = rows_outer ? panels : panel_begin + 1;
-            const std::size_t row_begin = (rows_outer ? tile : tile % row_tiles) * tile_rows;
+            // Rows outer: the groups of a row tile in turn; else the row tiles of a panel.
+            const std::size_t group = rows_outer ? tile % groups : tile / row_tiles;
+            const std::size_t panel_begin = group * group_panels;
+            const std::size_t panel_end = std::min(panels, panel_begin + group_panels);
+            const std::size_t row_tile = rows_outer ? tile / groups : tile % row_tiles;
+            const std::size_t row_begin = row_tile * tile_rows;
             const std::size_t row_end = std::min(m, row_begin + tile_rows);
             if (finish.quantizing) {
                 for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
