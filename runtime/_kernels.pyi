@@ -72,13 +72,14 @@ def multiply_peak_gops(isa: str, threads: int = 1) -> float:
     multiply-add) per second over about 50 ms, the peak that the benchmarks relate the GEMMs to.
     Raises ValueError for "amx_emulated", which has none."""
 
-def gemm_isa(depth: int) -> str:
-    """The path of int8 weights packed without a named path whose outputs sum `depth` products:
-    selected_isa(), except "avx512_vnni" where detection (not NIMBUS_ISA) chose "amx" and the
-    depth is under 192 or would be padded by more than a quarter to a multiple of 64."""
+def gemm_isa(depth: int, outputs: int) -> str:
+    """The path of int8 weights packed without a named path, for `outputs` outputs each summing
+    `depth` products: selected_isa(), except "avx512_vnni" where detection (not NIMBUS_ISA)
+    chose "amx" and the depth is under 64, the outputs fewer than 32, or the depth would be
+    padded by more than a quarter to a multiple of 64."""
 
 def pack_weights(w: npt.NDArray[np.int8], isa: str | None = None) -> PackedWeights:
-    """Pack C-contiguous int8 w [N, K] for `isa` (default: gemm_isa(K)).
+    """Pack C-contiguous int8 w [N, K] for `isa` (default: gemm_isa(K, N)).
 
     Raises ValueError for an unknown path or K past the int32 accumulator bound, RuntimeError
     for a path that this machine cannot run."""
@@ -160,7 +161,7 @@ def pack_conv_weights(
     w: npt.NDArray[np.int8], groups: int = 1, isa: str | None = None
 ) -> PackedConvWeights:
     """Pack C-contiguous int8 OIHW w [O, I / groups, KH, KW] for `isa` (default:
-    gemm_isa(KH * KW * I / groups)).
+    gemm_isa(KH * KW * I / groups, O / groups)).
 
     Raises ValueError when groups does not divide O, for an empty kernel, for a window depth
     KH * KW * I / groups past the int32 accumulator bound, or an unknown path, and RuntimeError

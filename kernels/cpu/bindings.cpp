@@ -185,7 +185,7 @@ PackedWeights pack_weights(const py::object& w_object, const std::optional<std::
     const auto* data = static_cast<const std::int8_t*>(w.data());
     const auto n = static_cast<std::size_t>(w.shape(0));
     const auto k = static_cast<std::size_t>(w.shape(1));
-    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::gemm_isa(k);
+    const Isa path = isa ? nimbus::kernels::supported_isa(*isa) : nimbus::kernels::gemm_isa(k, n);
     py::gil_scoped_release release;
     return nimbus::kernels::pack_weights(data, n, k, path);
 }
@@ -516,8 +516,10 @@ PackedConvWeights pack_conv_weights(const py::object& w_object, long long groups
     const auto kernel_w = static_cast<std::size_t>(w.shape(3));
     require_in_range("kernel height", w.shape(2), 1, kMaxGeometryValue, "the range");
     require_in_range("kernel width", w.shape(3), 1, kMaxGeometryValue, "the range");
+    const auto group_outputs = static_cast<std::size_t>(out_channels / groups);
     const Isa path = isa ? nimbus::kernels::supported_isa(*isa)
-                         : nimbus::kernels::gemm_isa(kernel_h * kernel_w * group_channels);
+                         : nimbus::kernels::gemm_isa(kernel_h * kernel_w * group_channels,
+                                                     group_outputs);
     const std::size_t depth = nimbus::kernels::conv_gemm_depth(
         kernel_h, kernel_w, group_channels, static_cast<std::size_t>(groups), path);
     require_depth_fits(static_cast<py::ssize_t>(depth), kMaxDepthU8S8);
@@ -1916,7 +1918,7 @@ PYBIND11_MODULE(_kernels, module) {
                    ", isa='" + isa_name(w.isa) + "')";
         });
     module.def("pack_weights", &pack_weights, py::arg("w"), py::arg("isa") = py::none(),
-               "Pack int8 weights w [N, K] for the ISA path `isa` (default: gemm_isa(K)).");
+               "Pack int8 weights w [N, K] for the ISA path `isa` (default: gemm_isa(K, N)).");
     module.def(
         "multiply_peak_gops",
         [](const std::string& isa, long long threads) {
@@ -1929,11 +1931,12 @@ PYBIND11_MODULE(_kernels, module) {
         "The int8 multiply instruction of path `isa` alone, over accumulators in registers, on\n"
         "`threads` threads: 10^9 integer operations (2 per multiply-add) per second over about\n"
         "50 ms, the peak that the benchmarks relate the GEMMs to.");
-    module.def("gemm_isa", [](std::size_t depth) { return std::string(isa_name(
-                   nimbus::kernels::gemm_isa(depth))); }, py::arg("depth"),
-               "The path of int8 weights packed without a named path whose outputs sum `depth`\n"
-               "products: selected_isa(), or avx512_vnni for a shallow depth where detection\n"
-               "chose amx.");
+    module.def("gemm_isa", [](std::size_t depth, std::size_t outputs) {
+                   return std::string(isa_name(nimbus::kernels::gemm_isa(depth, outputs)));
+               }, py::arg("depth"), py::arg("outputs"),
+               "The path of int8 weights packed without a named path, for `outputs` outputs\n"
+               "each summing `depth` products: selected_isa(), or avx512_vnni for a shallow\n"
+               "or narrow layer where detection chose amx.");
     module.def("qgemm", &qgemm, py::arg("a"), py::arg("packed"), py::arg("a_zero_point"),
                py::arg("bias"), py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"),
                py::arg("hi"), py::arg("out_dtype"), py::arg("threads") = 1,
@@ -1983,7 +1986,7 @@ PYBIND11_MODULE(_kernels, module) {
     module.def("pack_conv_weights", &pack_conv_weights, py::arg("w"), py::arg("groups") = 1,
                py::arg("isa") = py::none(),
                "Pack int8 OIHW weights w [O, I / groups, KH, KW] for the ISA path `isa`\n"
-               "(default: gemm_isa(KH * KW * I / groups)).");
+               "(default: gemm_isa(KH * KW * I / groups, O / groups)).");
     const std::vector<long long> unit_pair{1, 1};
     const std::vector<long long> no_padding{0, 0, 0, 0};
     module.def("qconv2d", &qconv2d, py::arg("x"), py::arg("packed"), py::arg("a_zero_point"),

@@ -194,14 +194,15 @@ const ProcessIsa& process_isa() {
 
 Isa selected_isa() { return process_isa().isa; }
 
-Isa gemm_isa(std::size_t depth) {
-    constexpr std::size_t kAmxMinDepth = 192;
+Isa gemm_isa(std::size_t depth, std::size_t outputs) {
     const ProcessIsa& chosen = process_isa();
     if (chosen.isa != Isa::amx || chosen.named) {
         return chosen.isa;
     }
     const std::size_t padded = round_up(depth, kAmxLayout.depth_multiple);
-    return depth >= kAmxMinDepth && 4 * (padded - depth) <= padded ? Isa::amx : Isa::avx512_vnni;
+    const bool fits = depth >= kAmxLayout.depth_multiple && outputs >= kAmxLayout.panel_width &&
+                      4 * (padded - depth) <= padded;
+    return fits ? Isa::amx : Isa::avx512_vnni;
 }
 
 }  // namespace nimbus::kernels

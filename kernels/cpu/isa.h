@@ -37,14 +37,15 @@ Isa supported_isa(const std::string& name);
 // fastest available. Chosen once, on first use.
 Isa selected_isa();
 
-// The path of an int8 GEMM or convolution whose outputs each sum `depth` products (a
-// convolution: kernel height x width x channels of a group), for weights packed without a named
-// path: selected_isa(), except where detection (not NIMBUS_ISA) chose AMX and the depth is under
-// 192 (three tile rows) or the AMX path would pad it by more than a quarter (to a multiple of
-// 64): those run on AVX512-VNNI. Shallow tiles leave AMX's multiplies little work per tile load
-// and epilogue, and a padded depth costs a copy of the activations: at batch 8, MobileNetV2's
-// pointwise layers over 16 to 160 channels ran 1.1-3.2x slower on AMX (a 128 -> 128 layer at
-// 56 x 56 1.5x), while from depth 192 AMX ran them 1.2-1.9x faster.
-Isa gemm_isa(std::size_t depth);
+// The path of an int8 GEMM or convolution of `outputs` outputs (a convolution's per group), each
+// the sum of `depth` products (a convolution: kernel height x width x channels of a group), for
+// weights packed without a named path: selected_isa(), except where detection (not NIMBUS_ISA)
+// chose AMX and the depth is under 64 (one tile row), the outputs fewer than 32 (one panel) or
+// the depth would be padded by more than a quarter (to a multiple of 64): those run on
+// AVX512-VNNI. Such layers leave AMX's multiplies little work per tile load and epilogue, and a
+// padded depth costs a copy of the activations: at batch 8, MobileNetV2's pointwise layers
+// 16 -> 96, 32 -> 16, 24 -> 144, 32 -> 192 and 144 -> 24 ran 1.3-2.8x faster on VNNI, while
+// from a depth of 64 AMX ran them 1.2-2.3x faster (64 -> 384, 96 -> 576, 128 -> 128, 256 -> 256).
+Isa gemm_isa(std::size_t depth, std::size_t outputs);
 
 }  // namespace nimbus::kernels

@@ -38,24 +38,28 @@ def test_the_fastest_path_is_selected_without_the_variable():
     if "NIMBUS_ISA" in os.environ:
         pytest.skip("NIMBUS_ISA is set for this test session")
     assert selected_isa() == available_isas()[0]
-    assert pack_weights(np.zeros((1, 512), dtype=np.int8)).isa == available_isas()[0]
+    assert pack_weights(np.zeros((64, 512), dtype=np.int8)).isa == available_isas()[0]
 
 
-@pytest.mark.parametrize("depth", [1, 16, 128, 147, 191, 192, 200, 255, 320, 400, 576, 4100])
-def test_shallow_layers_leave_a_detected_amx_for_vnni(depth):
-    """AMX, when detection chose it, takes weights of depth 192 and more that it pads by at most
-    a quarter; the others run on AVX512-VNNI. A path that NIMBUS_ISA names takes them all."""
+@pytest.mark.parametrize("depth", [1, 16, 63, 64, 96, 97, 144, 147, 160, 192, 320, 4100])
+@pytest.mark.parametrize("outputs", [1, 24, 31, 32, 96])
+def test_shallow_or_narrow_layers_leave_a_detected_amx_for_vnni(depth, outputs):
+    """AMX, when detection chose it, takes weights of depth 64 and more that it pads by at most a
+    quarter, for 32 outputs or more; the others run on AVX512-VNNI. A path that NIMBUS_ISA names
+    takes them all."""
     selected = selected_isa()
     padded = -(-depth // 64) * 64
-    amx_fits = depth >= 192 and 4 * (padded - depth) <= padded
+    amx_fits = depth >= 64 and outputs >= 32 and 4 * (padded - depth) <= padded
     detected_amx = selected == "amx" and not os.environ.get("NIMBUS_ISA")
     expected = "avx512_vnni" if detected_amx and not amx_fits else selected
-    assert gemm_isa(depth) == expected
-    assert pack_weights(np.zeros((3, depth), dtype=np.int8)).isa == expected
-    assert pack_conv_weights(np.zeros((3, depth, 1, 1), dtype=np.int8)).isa == expected
+    assert gemm_isa(depth, outputs) == expected
+    assert pack_weights(np.zeros((outputs, depth), dtype=np.int8)).isa == expected
+    assert pack_conv_weights(np.zeros((outputs, depth, 1, 1), dtype=np.int8)).isa == expected
     if depth % 9 == 0:
-        conv = pack_conv_weights(np.zeros((3, depth // 9, 3, 3), dtype=np.int8))
+        conv = pack_conv_weights(np.zeros((outputs, depth // 9, 3, 3), dtype=np.int8))
         assert conv.isa == expected
+    grouped = pack_conv_weights(np.zeros((2 * outputs, depth, 1, 1), dtype=np.int8), groups=2)
+    assert grouped.isa == expected
 
 
 @pytest.mark.parametrize("isa", available_isas())
