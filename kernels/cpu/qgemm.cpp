@@ -243,10 +243,11 @@ PeakLoop peak_loop(Isa isa) {
     }
 }
 
-// Seconds that `loop` takes for `iterations` on this thread.
-double time_loop(PeakLoop loop, std::size_t iterations, std::uint32_t& sink) {
+// Seconds that `work` takes.
+template <typename Work>
+double seconds_of(Work&& work) {
     const auto start = std::chrono::steady_clock::now();
-    loop(iterations, sink);
+    work();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -259,23 +260,23 @@ double multiply_peak_gops(Isa isa, std::size_t threads) {
     std::uint32_t sink = 0;
     // Iterations for about kSeconds on one thread (doubled from a short run).
     std::size_t iterations = 1024;
-    double seconds = time_loop(loop, iterations, sink);
+    const auto calibrate = [&] { loop(iterations, sink); };
+    double seconds = seconds_of(calibrate);
     while (seconds < kSeconds / 8) {
         iterations *= 2;
-        seconds = time_loop(loop, iterations, sink);
+        seconds = seconds_of(calibrate);
     }
     iterations = static_cast<std::size_t>(static_cast<double>(iterations) * kSeconds / seconds);
     std::atomic<std::size_t> shares{0};
     std::atomic<std::uint64_t> operations{0};
-    const auto start = std::chrono::steady_clock::now();
-    run_on_pool(threads - 1, [&] {
-        for (std::size_t share = shares++; share < threads; share = shares++) {
-            std::uint32_t own = 0;
-            operations += loop(iterations, own);
-        }
+    const double elapsed = seconds_of([&] {
+        run_on_pool(threads - 1, [&] {
+            for (std::size_t share = shares++; share < threads; share = shares++) {
+                std::uint32_t own = 0;
+                operations += loop(iterations, own);
+            }
+        });
     });
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return static_cast<double>(operations.load()) / elapsed / 1e9;
 }
 
