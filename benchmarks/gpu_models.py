@@ -1,11 +1,13 @@
 """Whole models on a CUDA GPU: nimbus's CUDA backend against PyTorch eager and torch.compile, on
 the same inputs and device, in one run.
 
-    python benchmarks/gpu_models.py [--models resnet18,bert] [--batch 32] [--budget-s 300]
-                                    [--json FILE] [--artifacts DIR] [--smoke]
+    python benchmarks/gpu_models.py [--models resnet18,bert] [--variants fp16,int8,fp32]
+                                    [--batch 32] [--budget-s 300] [--json FILE]
+                                    [--artifacts DIR] [--smoke]
 
 Models are benchmarks/models.py's (torchvision's ResNet-18 and the BERT-base-sized encoder at
-sequence 128, random weights). For each model, in this order while the time budget lasts:
+sequence 128, random weights). For each model, in this order while the time budget lasts (the
+fp32 steps only where `--variants` names fp32):
 
     nimbus fp16      nimbus.compile(model.half(), target="cuda"): the graph is exported in fp16,
                      so every layer runs fp16 Triton kernels with fp32 accumulation
@@ -205,14 +207,13 @@ def attempt(record: dict, key: str, work) -> None:
 def benchmark(name: str, bench, args, device, deadline: float, save) -> dict:
     run = ModelRun(name, bench, args.batch, device, args)
     row = run.row
+    variants = args.variants.split(",")
     steps = [("peers fp32", lambda: run.peers(torch.float32, "fp32", compile_peer=False)),
-             ("peers fp16", lambda: run.peers(torch.float16, "fp16", compile_peer=not args.smoke)),
-             ("nimbus fp16", lambda: run.nimbus("fp16")),
-             ("nimbus int8", lambda: run.nimbus("int8")),
-             ("nimbus fp32", lambda: run.nimbus("fp32")),
-             ("torch.compile fp32", lambda: run.peers(torch.float32, "fp32", compile_peer=True))]
-    if args.smoke:
-        steps = steps[:-1]
+             ("peers fp16", lambda: run.peers(torch.float16, "fp16", compile_peer=not args.smoke))]
+    steps += [(f"nimbus {label}", lambda label=label: run.nimbus(label))
+              for label in ("fp16", "int8", "fp32") if label in variants]
+    if "fp32" in variants and not args.smoke:
+        steps.append(("torch.compile fp32", lambda: run.peers(torch.float32, "fp32", compile_peer=True)))
     for key, work in steps:
         if time.monotonic() > deadline:
             row.setdefault("skipped", []).append(key)
@@ -252,6 +253,8 @@ def format_table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,bert")
+    parser.add_argument("--variants", default="fp16,int8,fp32",
+                        help="nimbus variants to run, comma-separated (fp32 also adds torch.compile fp32)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="start no new measurement after this many seconds")
@@ -261,6 +264,9 @@ def main(argv=None) -> int:
                              "from the same seeded models) instead of compiling")
     parser.add_argument("--smoke", action="store_true", help="LeNet, batch 2, no torch.compile")
     args = parser.parse_args(argv)
+    unknown = set(args.variants.split(",")) - {"fp16", "int8", "fp32"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}: choose from fp16, int8, fp32")
     if args.smoke:
         args.models, args.batch = "lenet", 2
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 peers in the precision nimbus keeps

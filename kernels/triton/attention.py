@@ -46,6 +46,9 @@ SPACE = register_space("attention", [
     config(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
     config(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    config(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
 ])
 
 
@@ -69,6 +72,7 @@ def attention_kernel(
     HAS_MASK: tl.constexpr,          # read mask_ptr
     MASK_IS_BOOL: tl.constexpr,      # mask bytes are keep (1) / drop (0); else float, added
     EVEN_KEYS: tl.constexpr,         # S % BLOCK_N == 0: no key tile runs past S
+    EVEN_DIMS: tl.constexpr,         # D == BLOCK_D and E == BLOCK_E: k and v rows need no mask
     DOT_PRECISION: tl.constexpr,     # tl.dot input precision: "ieee" for fp32, "tf32" otherwise
     UPCAST_DOT: tl.constexpr,        # feed tl.dot float32 copies (the interpreter's bf16 dot is wrong)
     BLOCK_M: tl.constexpr,           # query rows per program
@@ -102,8 +106,12 @@ def attention_kernel(
         keys = start + key_ids
         key_in_bounds = keys < S
         # k is loaded transposed, [BLOCK_D, BLOCK_N], ready for q @ k^T.
-        k = tl.load(k_head + keys[None, :] * stride_ks + d_ids[:, None] * stride_kd,
-                    mask=d_in_bounds[:, None] & key_in_bounds[None, :], other=0.0)
+        k_ptrs = k_head + keys[None, :] * stride_ks + d_ids[:, None] * stride_kd
+        v_ptrs = v_head + keys[:, None] * stride_vs + e_ids[None, :] * stride_ve
+        if EVEN_KEYS and EVEN_DIMS:  # the usual shapes: unpredicated loads
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_in_bounds[:, None] & key_in_bounds[None, :], other=0.0)
         if UPCAST_DOT:
             k = k.to(tl.float32)
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2
@@ -119,18 +127,24 @@ def attention_kernel(
             scores = tl.where(key_in_bounds[None, :], scores, float("-inf"))
 
         new_max = tl.maximum(running_max, tl.max(scores, axis=1))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        if HAS_MASK or not EVEN_KEYS:  # a row can have seen only -inf scores so far
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        else:
+            shift = new_max
         probabilities = tl.exp2(scores - shift[:, None])
         rescale = tl.exp2(running_max - shift)
         running_sum = running_sum * rescale + tl.sum(probabilities, axis=1)
-        v = tl.load(v_head + keys[:, None] * stride_vs + e_ids[None, :] * stride_ve,
-                    mask=key_in_bounds[:, None] & e_in_bounds[None, :], other=0.0)
+        if EVEN_KEYS and EVEN_DIMS:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=key_in_bounds[:, None] & e_in_bounds[None, :], other=0.0)
         # p is rounded to v's dtype for the tensor-core dot, also when the operands are upcast.
         probabilities = probabilities.to(v_ptr.dtype.element_ty)
         if UPCAST_DOT:
             v = v.to(tl.float32)
             probabilities = probabilities.to(tl.float32)
-        acc = acc * rescale[:, None] + tl.dot(probabilities, v, input_precision=DOT_PRECISION)
+        # The dot accumulates into the rescaled tile in place (one MMA chain, no extra add).
+        acc = tl.dot(probabilities, v, acc * rescale[:, None], input_precision=DOT_PRECISION)
         running_max = new_max
 
     # Fully masked rows have acc = 0 and running_sum = 0: divide by 1 to write zeros.
@@ -201,6 +215,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if scale is None:
         scale = 1.0 / math.sqrt(head_dim)
     mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_e = max(16, triton.next_power_of_2(value_dim))
 
     def launch(candidate):
         options = candidate.launch_options()
@@ -211,10 +227,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             length, keys, head_dim, value_dim, float(scale) * LOG2_E,
             HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.uint8,
             EVEN_KEYS=keys % options["BLOCK_N"] == 0,
+            EVEN_DIMS=head_dim == block_d and value_dim == block_e,
             DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
-            BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-            BLOCK_E=max(16, triton.next_power_of_2(value_dim)),
+            BLOCK_D=block_d, BLOCK_E=block_e,
             **options)
 
     mask_kind = "none" if mask is None else str(mask.dtype).removeprefix("torch.")

@@ -55,6 +55,10 @@ QGEMM_SPACE = register_space("qgemm", [
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
     config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=5),
+    # Few rows (M = 256 fills 64 programs with 128x128 tiles, under half of an H100's SMs):
+    # small tiles that still run deep K steps.
+    config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=8, num_stages=3),
 ])
 GEMM_SPACE = register_space("gemm", [
     config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=2),
@@ -141,8 +145,9 @@ def qgemm_kernel(
         # Masked weights are 0, so whatever a masked activation becomes adds nothing.
         w = tl.load(w_ptrs, mask=(cols[None, :] < N) & (depths[:, None] < depth_left), other=0)
         if A_UNSIGNED:
-            a = (a.to(tl.int32) - 128).to(tl.int8)  # exact: a - 128 lies in [-128, 127]
-        acc += tl.dot(a, w, out_dtype=tl.int32)
+            a = (a ^ 0x80).to(tl.int8, bitcast=True)  # a - 128: a flip of the top bit
+        # The dot accumulates in place (one wgmma chain), not into a fresh tile added after.
+        acc = tl.dot(a, w, acc, out_dtype=tl.int32)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
