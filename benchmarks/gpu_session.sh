@@ -4,6 +4,9 @@
 #
 #   bash benchmarks/gpu_session.sh [OUT_DIR]      (default: $OUT, else /tmp/nimbus-gpu)
 #
+# Environment: CHECK_ONLY (gpu_check --only: kernel modules, default all), CHECK_BUDGET_S,
+# MODEL_VARIANTS (default fp16,int8), MODEL_BUDGET_S.
+#
 # The machine has no package registry: wheels it lacks (lark, for the compiler) travel in .whl/
 # and are installed with --no-index. The native extension is built there (its Python differs
 # from the development machine's). Budgets and time limits keep the whole run under 9.5 minutes
@@ -31,7 +34,8 @@ if ! timeout 90 python3 -m pip install -q --no-index --no-deps --no-build-isolat
 fi
 echo "set-up took $(( $(date +%s) - started )) s"
 
-timeout 210 python3 benchmarks/gpu_check.py --budget-s "${CHECK_BUDGET_S:-60}" --json "$out/check.json" \
+timeout 210 python3 benchmarks/gpu_check.py --only "${CHECK_ONLY:-}" --budget-s "${CHECK_BUDGET_S:-60}" \
+  --json "$out/check.json" \
   >"$out/check.log" 2>&1
 timeout 270 python3 benchmarks/gpu_models.py --variants "${MODEL_VARIANTS:-fp16,int8}" \
   --budget-s "${MODEL_BUDGET_S:-180}" --json "$out/models.json" >"$out/models.log" 2>&1

@@ -7,6 +7,7 @@
 //
 // Only functions marked NIMBUS_AVX2 use AVX2 (see qgemm_avx512_vnni.cpp).
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "depthwise.h"

@@ -13,6 +13,7 @@
 //
 // Only functions marked NIMBUS_AVX512 use AVX-512 (see qgemm_avx512_vnni.cpp).
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "depthwise.h"

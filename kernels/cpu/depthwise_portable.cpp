@@ -2,6 +2,7 @@
 // channels innermost so that the compiler vectorizes the tap loop for the baseline ISA.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "depthwise.h"

@@ -1,6 +1,7 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace nimbus::kernels {
 namespace {

@@ -13,6 +13,7 @@
 #ifdef NIMBUS_X86_KERNELS
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>

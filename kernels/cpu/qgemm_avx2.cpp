@@ -11,6 +11,7 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 
 #define NIMBUS_AVX2 __attribute__((target("avx2")))

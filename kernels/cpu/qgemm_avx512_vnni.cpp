@@ -12,6 +12,7 @@
 #ifdef NIMBUS_X86_KERNELS
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 

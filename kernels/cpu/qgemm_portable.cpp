@@ -2,6 +2,7 @@
 // ISA of the build. It is the reference that the SIMD paths are compared with on any host.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "qgemm_paths.h"

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "qgemm_paths.h"
+#include <cstdint>
 #include "vector_math_avx512.h"
 
 #ifdef NIMBUS_X86_KERNELS

@@ -9,6 +9,7 @@
 //
 // Only functions marked NIMBUS_AVX512F use AVX-512 (see qgemm_avx512_vnni.cpp).
 #include <algorithm>
+#include <cstdint>
 
 #include "depthwise.h"
 #include "sgemm_paths.h"

@@ -242,17 +242,22 @@ def _finish_integer(acc, rows, row_mask, channels, channel_mask, O, bias_ptr, sc
     rounded and clamped (REQUANTIZED) or activated (DEQUANTIZED)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + channels, mask=channel_mask, other=0)[None, :]
+    # One return at the end: Triton 3.6 also compiles the statements after an `if` that
+    # returned, and refuses a function whose returns differ in type.
     if RESULT == ACCUMULATORS:
-        return acc
-    scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
-    scaled = acc.to(tl.float32) * scale[None, :]
-    if HAS_RESIDUAL:
-        r = tl.load(residual_ptr + rows[:, None] * O + channels[None, :],
-                    mask=row_mask[:, None] & channel_mask[None, :], other=0)
-        scaled += (r.to(tl.int32) - residual_zero_point).to(tl.float32) * residual_scale
-    if RESULT == REQUANTIZED:
-        return round_and_clamp(scaled, out_zero_point, lo, hi)
-    return activate(scaled, ACTIVATION)
+        result = acc
+    else:
+        scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
+        scaled = acc.to(tl.float32) * scale[None, :]
+        if HAS_RESIDUAL:
+            r = tl.load(residual_ptr + rows[:, None] * O + channels[None, :],
+                        mask=row_mask[:, None] & channel_mask[None, :], other=0)
+            scaled += (r.to(tl.int32) - residual_zero_point).to(tl.float32) * residual_scale
+        if RESULT == REQUANTIZED:
+            result = round_and_clamp(scaled, out_zero_point, lo, hi)
+        else:
+            result = activate(scaled, ACTIVATION)
+    return result
 
 
 @triton.jit
