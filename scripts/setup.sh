@@ -15,9 +15,3 @@ python=.venv/bin/python
 "$python" scripts/install_build_requirements.py
 "$python" -m pip install --quiet --constraint constraints.txt --no-build-isolation \
     --editable ".[compiler,cuda,serve,test]"
-# The oldest Triton that pyproject.toml allows, beside the venv's own (not on its path):
-# tests/kernels/triton/test_triton_compiles.py compiles every kernel under both.
-oldest_triton=$(sed -n 's/.*"triton>=\([0-9.]*\).*/\1/p' pyproject.toml)
-if [[ ! -f .venv/triton-oldest/triton/__init__.py ]]; then
-    "$python" -m pip install --quiet --no-deps --target .venv/triton-oldest "triton==${oldest_triton}.*"
-fi

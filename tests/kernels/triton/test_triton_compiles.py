@@ -19,7 +19,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-# scripts/setup.sh installs the oldest allowed Triton here (pip --target), beside the venv's own.
+# scripts/test.sh installs the oldest allowed Triton here (pip --target), beside the venv's own.
 OLDEST_TRITON = ROOT / ".venv" / "triton-oldest"
 
 
@@ -28,7 +28,7 @@ def test_every_kernel_compiles_for_sm90(triton_build, tmp_path):
     paths = [str(HERE)]
     if triton_build == "oldest":
         if not (OLDEST_TRITON / "triton").is_dir():
-            pytest.skip(f"no Triton in {OLDEST_TRITON}: scripts/setup.sh installs it")
+            pytest.skip(f"no Triton in {OLDEST_TRITON}: scripts/test.sh installs it")
         paths.insert(0, str(OLDEST_TRITON))
     report_path = tmp_path / "report.json"
     env = {**os.environ, "NIMBUS_COMPILE_REPORT": str(report_path),
