@@ -23,7 +23,9 @@ layers sit between them, relative error at most 1e-3) and against PyTorch fp32 (
 Times are medians of `triton.testing.do_bench` (CUDA events, after warm-up) over calls that
 keep the data on the device (`Session.run_device`, which replays the CUDA graph captured on the
 first run; the peers are called on device tensors); `run_ms` is a whole `Session.run` with numpy
-in and out, host copies included (median of host-timed calls). Ratios are peer time / nimbus
+in and out, host copies included (median of host-timed calls). `profile` is `Session.profile`:
+each step's median device time in an eager run; the table adds a line per variant with the
+steps' time by op and launcher, largest first. Ratios are peer time / nimbus
 time: above 1, nimbus is faster. The first run of a session (Triton compilation, autotuning,
 graph capture) is reported apart as `first_run_s`.
 
@@ -189,6 +191,7 @@ class ModelRun:
             variant["tolerance"] = 1e-2 if label == "fp16" else 1e-4
             variant["ok"] = variant["relative_error"] <= variant["tolerance"]
         variant["ms"] = time_device_ms(lambda: session.run_device(feeds))
+        variant["profile"] = session.profile(feeds, repeats=10 if session.device.type == "cuda" else 1)
         host_feeds = {name: t.cpu().numpy() for name, t in feeds.items()}
         variant["run_ms"] = time_host_ms(lambda: session.run(host_feeds),
                                          repeats=10 if session.device.type == "cuda" else 1)
@@ -224,6 +227,18 @@ def benchmark(name: str, bench, args, device, deadline: float, save) -> dict:
     return row
 
 
+def profile_summary(profile: list[dict], top: int = 6) -> str:
+    """The steps' time by op and launcher, largest first: where a variant's time goes."""
+    totals: dict[tuple, list] = {}
+    for step in profile:
+        entry = totals.setdefault((step["op"], step["launcher"]), [0.0, 0])
+        entry[0] += step["ms"]
+        entry[1] += 1
+    ranked = sorted(totals.items(), key=lambda item: -item[1][0])
+    parts = [f"{op} {launcher} {ms:.3f} ms ({count})" for (op, launcher), (ms, count) in ranked[:top]]
+    return f"steps {sum(step['ms'] for step in profile):.3f} ms: " + "; ".join(parts)
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'model':<10} {'variant':<12} {'check':<22} {'ms':>8} {'run ms':>8} {'first s':>8}  "
              + "peer/nimbus"]
@@ -243,6 +258,8 @@ def format_table(rows: list[dict]) -> str:
             ratios = ", ".join(f"{k} {ms:.3f} ({ms / v['ms']:.2f}x)" for k, ms in peers.items())
             lines.append(f"{row['model']:<10} {label:<12} {check:<22} {v['ms']:>8.3f} {v['run_ms']:>8.2f} "
                          f"{v['first_run_s']:>8.1f}  {ratios}")
+            if v.get("profile"):
+                lines.append(f"{'':<10} {'':<12} {profile_summary(v['profile'])}")
         for key, failure in row.get("failures", {}).items():
             lines.append(f"{row['model']:<10} {key}: FAILED {failure[:150]}")
         if row.get("skipped"):

@@ -29,5 +29,8 @@ def test_smoke_run_checks_every_variant(tmp_path):
     for variant in variants.values():
         assert variant["ok"] and variant["ms"] > 0 and variant["run_ms"] > 0
         assert variant["artifact_bytes"] > 0
+        assert [step["op"] for step in variant["profile"]] and all(
+            step["ms"] >= 0 for step in variant["profile"])
     assert variants["int8"]["artifact_bytes"] < variants["fp16"]["artifact_bytes"] < variants["fp32"]["artifact_bytes"]
     assert "fp16" in completed.stdout and "pytorch eager fp16" in completed.stdout
+    assert "steps " in completed.stdout  # each variant's profile line

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -209,6 +210,35 @@ class CudaSession(Session):
         """`run` with torch tensors on the session's device in and out, so nothing crosses to the
         host (as ONNX Runtime's I/O binding does). Inputs are read, never kept or written; the
         outputs are new tensors that the caller owns."""
+        inputs, bindings = self._device_inputs(feeds)
+        outputs = self._run_tensors(inputs, bindings)
+        if not self._use_graphs:  # eager results can be views of inputs or session constants
+            outputs = [t.clone() if t._base is not None or any(t is c for c in (*inputs, *self._device_constants))
+                       else t for t in outputs]
+        return {name: tensor for (name, _, _), tensor in zip(self._outputs, outputs)}
+
+    def profile(self, feeds: Mapping[str, object], repeats: int = 10) -> list[dict]:
+        """Where a run's time goes: the plan run eagerly (no CUDA graph) `repeats` times on
+        `feeds` (torch tensors on the device, as `run_device` takes them), one row per step in
+        plan order: {"op", "launcher", "source", "ms"} with the median milliseconds of that step.
+
+        On a GPU each step is timed with CUDA events (device time, as a graph replay spends it
+        plus nothing of Python's launch cost); on the CPU interpreter with the host clock.
+        """
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        inputs, bindings = self._device_inputs(feeds)
+        samples: list[list[float]] = [[] for _ in self._steps]
+        self._execute(inputs, bindings)  # compile and tune outside the timed runs
+        for _ in range(repeats):
+            self._execute(inputs, bindings, samples)
+        return [{"op": step.op, "launcher": launcher.name, "source": step.source,
+                 "ms": float(np.median(times))}
+                for step, launcher, times in zip(self._steps, self._step_launchers, samples)]
+
+    def _device_inputs(self, feeds: Mapping[str, object]) -> tuple[list, dict]:
+        """The feeds checked as `run_device` takes them (torch tensors of the input's dtype on
+        this device, shapes binding the symbolic dims); returns (contiguous tensors, bindings)."""
         from ..session import SessionError
 
         self._check_names(feeds)
@@ -226,11 +256,7 @@ class CudaSession(Session):
                 raise SessionError(f"input '{name}' must be on {self.device}, got {tensor.device}")
             self._check_shape(name, tuple(tensor.shape), info, bindings)
             inputs.append(tensor.contiguous())
-        outputs = self._run_tensors(inputs, bindings)
-        if not self._use_graphs:  # eager results can be views of inputs or session constants
-            outputs = [t.clone() if t._base is not None or any(t is c for c in (*inputs, *self._device_constants))
-                       else t for t in outputs]
-        return {name: tensor for (name, _, _), tensor in zip(self._outputs, outputs)}
+        return inputs, bindings
 
     def _run_tensors(self, inputs: list, bindings: dict) -> list:
         if self._index_bounds:
@@ -239,23 +265,32 @@ class CudaSession(Session):
             return self._replay(inputs, bindings)
         return self._execute(inputs, bindings)
 
-    def _execute(self, inputs: list, bindings: dict) -> list:
-        """Run every step on device tensors; returns the output tensors in order."""
+    def _execute(self, inputs: list, bindings: dict, step_ms: list[list[float]] | None = None) -> list:
+        """Run every step on device tensors; returns the output tensors in order. With
+        `step_ms` (one list per step), each step's milliseconds are appended to its list."""
         values: list = list(self._device_constants)
         for (_, slot, _), tensor in zip(self._inputs, inputs):
             values[slot] = tensor
-        for step, launcher in zip(self._steps, self._step_launchers):
+        clock = None if step_ms is None else _StepClock(self._torch, self.device, len(self._steps))
+        for index, (step, launcher) in enumerate(zip(self._steps, self._step_launchers)):
             operands = [None if s is None else values[s] for s in step.operands]
             attrs = bound_attrs(step, bindings)
+            if clock is not None:
+                clock.start(index)
             try:
                 results = launcher.run(operands, attrs)
             except (ValueError, TypeError, IndexError, RuntimeError) as err:
                 raise RuntimeError(f"{step.op} failed on {self.device} "
                                    f"({step.source or 'no source'}): {err}") from err
+            if clock is not None:
+                clock.stop(index)
             for slot, tensor in zip(step.results, results):
                 values[slot] = tensor
             for slot in step.release:
                 values[slot] = None
+        if clock is not None:
+            for times, ms in zip(step_ms, clock.milliseconds()):
+                times.append(ms)
         return [values[slot] for _, slot, _ in self._outputs]
 
     def _replay(self, inputs: list, bindings: dict) -> list:
@@ -288,3 +323,40 @@ class CudaSession(Session):
                 buffer.copy_(tensor)
             graph.replay()
             return [t.clone() for t in outputs]
+
+
+# GPU cycles (about 25 ms) of a spin kernel queued ahead of a profiled run: the run's launches
+# queue up behind it, so each step's events time the device, not the gaps between launches.
+PROFILE_HEAD_START_CYCLES = 50_000_000
+
+
+class _StepClock:
+    """Milliseconds per step of one run: CUDA events on a GPU (read once, after the run, so
+    timing does not serialize the launches), the host clock on the CPU interpreter."""
+
+    def __init__(self, torch, device, steps: int):
+        self._events = None
+        if device.type == "cuda":
+            self._events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                            for _ in range(steps)]
+            self._synchronize = torch.cuda.synchronize
+            torch.cuda._sleep(PROFILE_HEAD_START_CYCLES)
+        self._host = [[0.0, 0.0] for _ in range(steps)]
+
+    def start(self, index: int) -> None:
+        if self._events is not None:
+            self._events[index][0].record()
+        else:
+            self._host[index][0] = time.perf_counter()
+
+    def stop(self, index: int) -> None:
+        if self._events is not None:
+            self._events[index][1].record()
+        else:
+            self._host[index][1] = time.perf_counter()
+
+    def milliseconds(self) -> list[float]:
+        if self._events is not None:
+            self._synchronize()
+            return [begin.elapsed_time(end) for begin, end in self._events]
+        return [(end - begin) * 1e3 for begin, end in self._host]

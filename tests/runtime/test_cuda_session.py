@@ -108,6 +108,23 @@ def test_run_device_keeps_tensors_on_the_device_and_checks_them():
             session.run_device(feeds)
 
 
+def test_profile_reports_every_step_in_plan_order():
+    from nimbus.runtime.session import SessionError
+
+    _, graph = converted("lenet")
+    session = Session(nimbus.compile(graph).data, target="cuda")
+    rows = session.profile({"x": torch.randn(2, 3, 32, 32)}, repeats=2)
+    assert [row["op"] for row in rows] == [step.op for step in session._steps]
+    table = session.kernel_table()
+    for row in rows:
+        assert row["launcher"] in table[row["op"]].split(" | ")
+        assert row["ms"] >= 0 and row["source"] is not None
+    with pytest.raises(ValueError, match="repeats"):
+        session.profile({"x": torch.randn(2, 3, 32, 32)}, repeats=0)
+    with pytest.raises(SessionError, match="must be a torch.Tensor"):
+        session.profile({"x": np.zeros((2, 3, 32, 32), np.float32)})
+
+
 def test_run_device_results_never_alias_inputs_or_session_constants():
     class Passthrough(nn.Module):
         def forward(self, x):
