@@ -10,8 +10,13 @@
 # The machine has no package registry: wheels it lacks (lark, for the compiler) travel in .whl/
 # and are installed with --no-index. The native extension is built there (its Python differs
 # from the development machine's). The defaults keep the whole run under 9.5 minutes (a lent
-# machine's command limit is 10; a larger MODEL_BUDGET_S wants a smaller CHECK_ONLY); every log and JSON lands in OUT_DIR, and is saved as
-# each case ends, so a run cut short keeps what it measured. The tables are printed last.
+# machine's command limit is 10; a larger MODEL_BUDGET_S wants a smaller CHECK_ONLY). Every
+# log and JSON lands in OUT_DIR and is saved as each case ends, so a run cut short keeps what
+# it measured. The tables are printed last.
+#
+# Carry the wheels with the call: run(command="bash benchmarks/gpu_session.sh \"$OUT\"",
+# carry=[".whl"]), after `pip download --no-deps --only-binary=:all: --python-version 3.12
+# --platform manylinux_2_28_x86_64 -d .whl lark` here (.whl/ is ignored by git).
 set -uo pipefail
 out=${1:-${OUT:-/tmp/nimbus-gpu}}
 mkdir -p "$out"
