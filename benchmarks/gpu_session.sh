@@ -14,9 +14,9 @@
 # log and JSON lands in OUT_DIR and is saved as each case ends, so a run cut short keeps what
 # it measured. The tables are printed last.
 #
-# Carry the wheels with the call: run(command="bash benchmarks/gpu_session.sh \"$OUT\"",
-# carry=[".whl"]), after `pip download --no-deps --only-binary=:all: --python-version 3.12
-# --platform manylinux_2_28_x86_64 -d .whl lark` here (.whl/ is ignored by git).
+# The wheels: `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+# manylinux_2_28_x86_64 -d .whl lark` on a machine with a registry, then send .whl/ along with
+# the checkout.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/nimbus-gpu}}
 mkdir -p "$out"
