@@ -12,7 +12,8 @@ fp32 steps only where `--variants` names fp32):
     nimbus fp16      nimbus.compile(model.half(), target="cuda"): the graph is exported in fp16,
                      so every layer runs fp16 Triton kernels with fp32 accumulation
     nimbus int8      nimbus.compile(model, calibration=..., target="cuda"): int8 layers
-    nimbus fp32      nimbus.compile(model, target="cuda"): fp32 kernels in full precision
+    nimbus fp32      nimbus.compile(model, target="cuda"): fp32 kernels at float32 accuracy
+                     (three TF32 tensor-core products per dot, `_common.dot_precision`)
     pytorch eager / torch.compile (default mode), each in fp16 and fp32 (fp32 with TF32 off
                      for matrix products and cuDNN, the precision nimbus's fp32 kernels keep)
 

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, interpreting
+from ._common import FLOAT_DTYPES, dot_precision, interpreting
 from .autotune import config, register_space, shape_key, tuned
 
 LOG2_E = 1.4426950408889634
@@ -73,7 +73,7 @@ def attention_kernel(
     MASK_IS_BOOL: tl.constexpr,      # mask bytes are keep (1) / drop (0); else float, added
     EVEN_KEYS: tl.constexpr,         # S % BLOCK_N == 0: no key tile runs past S
     EVEN_DIMS: tl.constexpr,         # D == BLOCK_D and E == BLOCK_E: k and v rows need no mask
-    DOT_PRECISION: tl.constexpr,     # tl.dot input precision: "ieee" for fp32, "tf32" otherwise
+    DOT_PRECISION: tl.constexpr,     # tl.dot input precision (_common.dot_precision)
     UPCAST_DOT: tl.constexpr,        # feed tl.dot float32 copies (the interpreter's bf16 dot is wrong)
     BLOCK_M: tl.constexpr,           # query rows per program
     BLOCK_N: tl.constexpr,           # keys per step of the inner loop
@@ -228,7 +228,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.uint8,
             EVEN_KEYS=keys % options["BLOCK_N"] == 0,
             EVEN_DIMS=head_dim == block_d and value_dim == block_e,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            DOT_PRECISION=dot_precision(q.dtype),
             UPCAST_DOT=interpreting() and q.dtype == torch.bfloat16,
             BLOCK_D=block_d, BLOCK_E=block_e,
             **options)

@@ -53,6 +53,7 @@ from ._common import (
     INTEGER_LAUNCH,
     activate,
     activation_code,
+    dot_precision,
     round_and_clamp,
 )
 from .autotune import config, register_space, shape_key, tuned
@@ -347,7 +348,7 @@ def conv2d_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,     # ACTIVATION_CODES entry
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32), else "tf32" (unused)
+    DOT_PRECISION: tl.constexpr,  # tl.dot input precision (_common.dot_precision)
     TAP_ALIGNED: tl.constexpr,    # group_channels % BLOCK_K == 0
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -780,7 +781,7 @@ def conv2d(x: torch.Tensor, packed: PackedConvWeights, bias: torch.Tensor | None
 
     _launch_conv("conv2d", key, x, packed, geometry, (bias_arg, residual_arg, out), scalars, flags,
                  depthwise_conv2d_kernel, conv2d_kernel,
-                 gemm_flags={"DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32"})
+                 gemm_flags={"DOT_PRECISION": dot_precision(x.dtype)})
     return out
 
 

@@ -38,7 +38,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FLOAT_DTYPES, INTEGER_LAUNCH, activate, activation_code, round_and_clamp
+from ._common import (
+    FLOAT_DTYPES,
+    INTEGER_LAUNCH,
+    activate,
+    activation_code,
+    dot_precision,
+    round_and_clamp,
+)
 from .autotune import config, register_space, shape_key, tuned
 from .bench import BenchCase, mismatches, relative_error
 
@@ -316,7 +323,7 @@ def gemm_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,    # ACTIVATION_CODES, applied after bias and residual
-    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32 rounding), else "tf32" (unused)
+    DOT_PRECISION: tl.constexpr,  # tl.dot input precision (_common.dot_precision)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
 ):
@@ -386,7 +393,7 @@ def gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
             m, n, k, a2.stride(0), w.stride(0), out.stride(0),
             residual.stride(0) if residual is not None else 0,
             HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=code,
-            DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32", **options)
+            DOT_PRECISION=dot_precision(a.dtype), **options)
 
     variant = (f"{str(a.dtype).removeprefix('torch.')}{'+bias' if bias is not None else ''}"
                f"{'+residual' if residual is not None else ''}+{activation}")
