@@ -69,6 +69,7 @@ def attention_kernel(
     D,                               # head dim of q and k
     E,                               # head dim of v and the output
     scale_log2,                      # score scale times log2(e): scores are in base 2
+    FOLD_SCALE: tl.constexpr,        # scale > 0 and no additive mask: scale inside the exponent
     HAS_MASK: tl.constexpr,          # read mask_ptr
     MASK_IS_BOOL: tl.constexpr,      # mask bytes are keep (1) / drop (0); else float, added
     EVEN_KEYS: tl.constexpr,         # S % BLOCK_N == 0: no key tile runs past S
@@ -114,7 +115,9 @@ def attention_kernel(
             k = tl.load(k_ptrs, mask=d_in_bounds[:, None] & key_in_bounds[None, :], other=0.0)
         if UPCAST_DOT:
             k = k.to(tl.float32)
-        scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2
+        scores = tl.dot(q, k, input_precision=DOT_PRECISION)
+        if not FOLD_SCALE:
+            scores = scores * scale_log2
         # Rows past L are never stored: only masked keys and keys past S need a score of -inf.
         if HAS_MASK:
             mask = tl.load(mask_head + rows[:, None] * stride_ml + keys[None, :] * stride_ms,
@@ -126,12 +129,18 @@ def attention_kernel(
         if not EVEN_KEYS:
             scores = tl.where(key_in_bounds[None, :], scores, float("-inf"))
 
-        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        if FOLD_SCALE:  # max(s * c) = max(s) * c for c > 0: the scale joins the shift in one FMA
+            new_max = tl.maximum(running_max, tl.max(scores, axis=1) * scale_log2)
+        else:
+            new_max = tl.maximum(running_max, tl.max(scores, axis=1))
         if HAS_MASK or not EVEN_KEYS:  # a row can have seen only -inf scores so far
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         else:
             shift = new_max
-        probabilities = tl.exp2(scores - shift[:, None])
+        if FOLD_SCALE:
+            probabilities = tl.exp2(scores * scale_log2 - shift[:, None])
+        else:
+            probabilities = tl.exp2(scores - shift[:, None])
         rescale = tl.exp2(running_max - shift)
         running_sum = running_sum * rescale + tl.sum(probabilities, axis=1)
         if EVEN_KEYS and EVEN_DIMS:
@@ -226,6 +235,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
             *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
             length, keys, head_dim, value_dim, float(scale) * LOG2_E,
             HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.uint8,
+            FOLD_SCALE=scale > 0 and (mask is None or mask.dtype == torch.uint8),
             EVEN_KEYS=keys % options["BLOCK_N"] == 0,
             EVEN_DIMS=head_dim == block_d and value_dim == block_e,
             DOT_PRECISION=dot_precision(q.dtype),
