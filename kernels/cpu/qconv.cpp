@@ -91,19 +91,24 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
     // A kernel row inside the image is one run of bytes when it takes every channel.
     const bool rows_are_contiguous = w.groups == 1 && g.dilation_w == 1;
     const std::size_t row_bytes = w.kernel_w * channels;
+    const std::uint8_t* x_end = x + g.batch * g.height * g.width * g.channels;
     // The input lines of a window's kernel rows change only with the output row.
     PixelCursor pixel(g, first);
     lines.resize(w.kernel_h);  // null: the kernel row is padding
+    bool lines_inside = false;  // no kernel row of this output row is padding
     const auto find_lines = [&] {
+        lines_inside = true;
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
             // Unsigned wrap-around makes a row before the image look like one past its end.
             const std::size_t ih = pixel.oh * g.stride_h + ky * g.dilation_h - g.pad_top;
             lines[ky] = ih < g.height ? x + (pixel.image * g.height + ih) * g.width * g.channels +
                                             group * channels
                                       : nullptr;
+            lines_inside = lines_inside && lines[ky] != nullptr;
         }
     };
     find_lines();
+    const std::size_t windows_bytes = w.kernel_h * w.row_depth;
     for (std::size_t r = 0; r < rows; ++r) {
         if (r > 0 && pixel.next()) {
             find_lines();
@@ -111,6 +116,19 @@ void gather_windows(const std::uint8_t* x, bool x_signed, std::uint8_t fill,
         const std::size_t left = pixel.ow * g.stride_w - g.pad_left;
         const bool row_inside = left < g.width && left + w.kernel_w <= g.width;
         std::uint8_t* target = scratch + r * depth;
+        // A window inside the image: one copy of row_depth bytes per kernel row. The bytes past
+        // row_bytes meet zero weights, so they may hold the next pixels' activations, as the
+        // implicit GEMM reads them in place. ResNet's stem (3 channels: 7 kernel rows of 21
+        // bytes in rows of 24) at batch 8 on AMX: 2.5 -> 2.15 ms, against a fill and a copy
+        // per kernel row and the depth's tail zeroed a byte at a time.
+        if (rows_are_contiguous && row_inside && lines_inside && flip == 0 &&
+            lines[w.kernel_h - 1] + left * g.channels + w.row_depth <= x_end) {
+            for (std::size_t ky = 0; ky < w.kernel_h; ++ky) {
+                copy_run(target + ky * w.row_depth, lines[ky] + left * g.channels, w.row_depth);
+            }
+            std::memset(target + windows_bytes, 0, depth - windows_bytes);
+            continue;
+        }
         for (std::size_t ky = 0; ky < w.kernel_h; ++ky, target += w.row_depth - row_bytes) {
             if (w.row_depth > row_bytes) {
                 // The bytes past row_bytes meet zero weights: zeros keep the rows defined.
