@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <vector>
 
 #include "copy_runs.h"
 #include "depthwise.h"
@@ -348,6 +349,46 @@ void run_implicit_gemm(const std::uint8_t* x, std::int32_t x_zero_point, const C
     });
 }
 
+// Window depths up to this gather slower at the image's edge than they multiply: the padded
+// input is copied out first, so that every window is read in place.
+constexpr std::size_t kPaddedCopyDepth = 256;
+
+bool has_padding(const ConvGeometry& g) {
+    return g.pad_top + g.pad_left + g.pad_bottom + g.pad_right > 0;
+}
+
+// The implicit GEMM over a copy of x with its padding written out as the zero point. ResNet's
+// stem (7 kernel rows of 24 bytes) gathered the windows of its edge pixels, 7% of them, at
+// about 3 times the cost of the others' products: 1.6 -> 1.4 ms at batch 8 on two threads.
+void run_implicit_gemm_padded(const std::uint8_t* x, std::int32_t x_zero_point,
+                              const ConvGeometry& g, const PackedConvWeights& w,
+                              const Epilogue& epilogue, std::uint8_t* out, std::size_t threads) {
+    ConvGeometry padded = g;
+    padded.height = g.pad_top + g.height + g.pad_bottom;
+    padded.width = g.pad_left + g.width + g.pad_right;
+    padded.pad_top = padded.pad_left = padded.pad_bottom = padded.pad_right = 0;
+    const std::size_t line_bytes = g.width * g.channels;
+    const std::size_t padded_line_bytes = padded.width * g.channels;
+    const auto fill = static_cast<std::uint8_t>(x_zero_point);
+    const std::size_t left_bytes = g.pad_left * g.channels;
+    const std::size_t right_bytes = g.pad_right * g.channels;
+    std::vector<std::uint8_t> copy(g.batch * padded.height * padded_line_bytes);
+    parallel_for(g.batch * padded.height, threads, [&](std::size_t line) {
+        std::uint8_t* target = copy.data() + line * padded_line_bytes;
+        // Unsigned wrap-around makes a line above the image look like one past its end.
+        const std::size_t ih = line % padded.height - g.pad_top;
+        if (ih >= g.height) {
+            std::memset(target, fill, padded_line_bytes);
+            return;
+        }
+        std::memset(target, fill, left_bytes);
+        std::memcpy(target + left_bytes,
+                    x + (line / padded.height * g.height + ih) * line_bytes, line_bytes);
+        std::memset(target + left_bytes + line_bytes, fill, right_bytes);
+    });
+    run_implicit_gemm(copy.data(), x_zero_point, padded, w, epilogue, out, threads);
+}
+
 void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
                    const ConvGeometry& g, const PackedConvWeights& w, const Epilogue& epilogue,
                    void* out, std::size_t threads) {
@@ -620,6 +661,10 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
     } else if (is_pointwise(geometry, weights)) {
         const std::size_t m = geometry.batch * geometry.height * geometry.width;
         qgemm(x, x_signed, m, x_zero_point, weights.group_weights[0], epilogue, out, threads);
+    } else if (runs_implicit(x_signed, geometry, weights) && has_padding(geometry) &&
+               weights.group_weights[0].k <= kPaddedCopyDepth) {
+        run_implicit_gemm_padded(static_cast<const std::uint8_t*>(x), x_zero_point, geometry,
+                                 weights, epilogue, static_cast<std::uint8_t*>(out), threads);
     } else if (runs_implicit(x_signed, geometry, weights)) {
         run_implicit_gemm(static_cast<const std::uint8_t*>(x), x_zero_point, geometry, weights,
                           epilogue, static_cast<std::uint8_t*>(out), threads);
