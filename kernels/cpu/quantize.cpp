@@ -53,25 +53,71 @@ void quantize_portable(const float* x, std::size_t begin, std::size_t end, const
 }
 
 #ifdef NIMBUS_X86_KERNELS
+// Range in zmm registers.
+struct Range512 {
+    __m512 scale, zero_point, lo, hi;
+};
+
+NIMBUS_AVX512 inline Range512 range512(const Range& r) {
+    return {_mm512_set1_ps(r.scale), _mm512_set1_ps(r.zero_point), _mm512_set1_ps(r.lo),
+            _mm512_set1_ps(r.hi)};
+}
+
+// 16 quantized values as int32 lanes.
+NIMBUS_AVX512 inline __m512i quantize_lanes(const float* x, const Range512& r) {
+    const __m512 q = _mm512_add_ps(
+        _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x), r.scale),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        r.zero_point);
+    // max/min return their second operand for NaN, so NaN becomes lo here: fixed after.
+    const __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, r.lo), r.hi));
+    return _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), v);
+}
+
 template <typename Result>
 NIMBUS_AVX512 void quantize_avx512(const float* x, std::size_t begin, std::size_t end,
                                    const Range& r, Result* out) {
-    const __m512 scale = _mm512_set1_ps(r.scale);
-    const __m512 zero_point = _mm512_set1_ps(r.zero_point);
-    const __m512 lo = _mm512_set1_ps(r.lo);
-    const __m512 hi = _mm512_set1_ps(r.hi);
+    const Range512 range = range512(r);
     std::size_t i = begin;
     for (; i + 16 <= end; i += 16) {
-        const __m512 q = _mm512_add_ps(
-            _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + i), scale),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-            zero_point);
-        // max/min return their second operand for NaN, so NaN becomes lo here: fixed after.
-        __m512i v = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi));
-        v = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(q, q, _CMP_ORD_Q), v);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(v));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                         _mm512_cvtepi32_epi8(quantize_lanes(x + i, range)));
     }
     quantize_portable(x, i, end, r, out);
+}
+
+// Pixels [begin, end) of three planes (an RGB image, `pixels` apart) into NHWC bytes, 16 pixels
+// at a time: each pixel's three bytes are put together in one int32 lane, then the lanes'
+// fourth bytes are squeezed out. Through planar rows and a scalar interleave, ResNet's input at
+// batch 8 took 0.16 ms on two threads, 3.5 times the quantization alone.
+template <typename Result>
+NIMBUS_AVX512 void quantize_rgb_avx512(const float* x, std::size_t pixels, std::size_t begin,
+                                       std::size_t end, const Range& r, Result* out) {
+    const Range512 range = range512(r);
+    const __m512i low_byte = _mm512_set1_epi32(0xff);
+    // Within each 128-bit lane, bytes 0-2 of its four int32 lanes, then four zero bytes ...
+    const __m512i three_of_four = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1));
+    // ... and the four lanes' 12 bytes one after another: 48 bytes.
+    const __m512i packed_lanes =
+        _mm512_setr_epi32(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 3, 7, 11, 15);
+    constexpr __mmask64 k48Bytes = (__mmask64{1} << 48) - 1;
+    std::size_t p = begin;
+    for (; p + 16 <= end; p += 16) {
+        __m512i rgb = _mm512_and_si512(quantize_lanes(x + p, range), low_byte);
+        for (std::size_t c = 1; c < 3; ++c) {
+            const __m512i channel =
+                _mm512_and_si512(quantize_lanes(x + c * pixels + p, range), low_byte);
+            rgb = _mm512_or_si512(rgb, _mm512_sll_epi32(channel, _mm_cvtsi32_si128(8 * c)));
+        }
+        rgb = _mm512_permutexvar_epi32(packed_lanes, _mm512_shuffle_epi8(rgb, three_of_four));
+        _mm512_mask_storeu_epi8(out + 3 * p, k48Bytes, rgb);
+    }
+    for (; p < end; ++p) {
+        for (std::size_t c = 0; c < 3; ++c) {
+            out[3 * p + c] = quantize_one<Result>(x[c * pixels + p], r);
+        }
+    }
 }
 
 template <typename Result>
@@ -203,6 +249,12 @@ template <typename Result>
 void quantize_block_to_channels_last(const float* x, std::size_t channels, std::size_t pixels,
                                      std::size_t begin, std::size_t end, const Range& range,
                                      Result* out) {
+#ifdef NIMBUS_X86_KERNELS
+    if (channels == 3 && vector_isa(selected_isa()) == Isa::avx512_vnni) {
+        quantize_rgb_avx512(x, pixels, begin, end, range, out);
+        return;
+    }
+#endif
     const std::size_t count = end - begin;
     std::vector<Result> rows(channels * count);
     for (std::size_t c = 0; c < channels; ++c) {

@@ -43,8 +43,8 @@ def test_matches_the_reference_bit_for_bit(shape, scale, zero_point, dtype, thre
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(2, 3, 37, 41), (1, 1, 1, 1), (3, 17, 5, 3), (1, 64, 33, 33),
-                                   (2, 5, 0, 3)])
+@pytest.mark.parametrize("shape", [(2, 3, 37, 41), (1, 3, 45, 47), (1, 1, 1, 1), (3, 17, 5, 3),
+                                   (1, 64, 33, 33), (2, 5, 0, 3)])
 def test_channels_last_writes_nhwc(shape, threads):
     quant = _Quant((0.37,), (3,), None)
     x = values(shape, 2)
