@@ -276,6 +276,8 @@ def run(
                                      help="NAME=FILE.npy, or FILE.npy for a single-input model."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write the outputs here (.npz); else print them."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="RUNS",
+                                help="Then time RUNS more runs: each plan step's median ms."),
 ):
     """Run an artifact on inputs from .npy files."""
     import numpy as np
@@ -306,9 +308,22 @@ def run(
     if output is not None:
         np.savez(output, **results)
         typer.echo(f"wrote {output}")
-        return
-    for name, array in results.items():
-        typer.echo(f"{name}: {array.dtype}{list(array.shape)}\n{array}")
+    else:
+        for name, array in results.items():
+            typer.echo(f"{name}: {array.dtype}{list(array.shape)}\n{array}")
+    if profile:
+        _echo_profile(session.profile(feeds, repeats=profile), profile)
+
+
+def _echo_profile(rows: list[dict], runs: int) -> None:
+    """Session.profile's rows as a table: plan order, each step's share of the total."""
+    total = sum(row["ms"] for row in rows)
+    where = "the native plan" if rows and rows[0]["native"] else "the executor"
+    typer.echo(f"profile: median of {runs} runs per step on {where}, {total:.3f} ms in all")
+    typer.echo(f"{'step':>4}  {'op':<22}{'ms':>9}{'share':>8}  source")
+    for index, row in enumerate(rows):
+        share = row["ms"] / total if total > 0 else 0.0
+        typer.echo(f"{index:>4}  {row['op']:<22}{row['ms']:>9.3f}{share:>8.1%}  {row['source']}")
 
 
 @app.command()

@@ -307,4 +307,6 @@ class Program:
         """out [N, C, H, W] = x [N, H, W, C] (float32, uint8 or int8)."""
     def run(self, threads: int = 1) -> None:
         """Run every call in order on at most `threads` threads."""
+    def profile(self, threads: int = 1, repeats: int = 10) -> list[float]:
+        """Run the program `repeats` times; return each call's median milliseconds."""
     def __len__(self) -> int: ...

@@ -40,6 +40,7 @@ class Trace:
         self._bytes = 0
 
     def record(self, step, attrs: dict, operands: list, results: list) -> None:
+        """Called by the executor after each step with what it read and returned."""
         if not self.complete:
             return
         arrays = all(isinstance(result, np.ndarray) for result in results)
@@ -54,10 +55,13 @@ class Trace:
 class NativePlan:
     """A program with the arrays its inputs go into and its outputs come from."""
 
-    def __init__(self, program, inputs: list[np.ndarray], outputs: list[np.ndarray]):
+    def __init__(self, program, inputs: list[np.ndarray], outputs: list[np.ndarray],
+                 step_calls: list[tuple[object, int, int]]):
         self.program = program
         self.inputs = inputs
         self.outputs = outputs
+        # (plan step, first call, end call): the program's calls that each step added
+        self.step_calls = step_calls
         self._lock = threading.Lock()
 
     def run(self, inputs: list[np.ndarray], threads: int) -> list[np.ndarray] | None:
@@ -72,6 +76,20 @@ class NativePlan:
         finally:
             self._lock.release()
 
+    def profile(self, inputs: list[np.ndarray], threads: int,
+                repeats: int) -> list[tuple[object, float]] | None:
+        """(plan step, median milliseconds of its calls) in plan order over `repeats` runs of
+        the program on these inputs, or None while another thread runs it."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            for target, value in zip(self.inputs, inputs):
+                np.copyto(target, value)
+            call_ms = self.program.profile(threads, repeats)
+        finally:
+            self._lock.release()
+        return [(step, sum(call_ms[first:end])) for step, first, end in self.step_calls]
+
 
 def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
                       inputs: list[np.ndarray], output_slots: list[int]) -> NativePlan | None:
@@ -83,10 +101,12 @@ def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
     arrays = list(constants)
     for slot, value in zip(input_slots, inputs):
         arrays[slot] = np.empty_like(value)
+    step_calls = []
     for step, attrs, _, results in trace.steps:
         build = NATIVE_STEPS.get(step.op)
         if build is None:
             return None
+        first_call = len(program)
         operands = [None if slot is None else arrays[slot] for slot in step.operands]
         runtime = tuple(slot is not None and constants[slot] is None for slot in step.operands)
         try:
@@ -99,5 +119,6 @@ def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
             if array.shape != traced.shape or array.dtype != traced.dtype:
                 return None
             arrays[slot] = array
+        step_calls.append((step, first_call, len(program)))
     return NativePlan(program, [arrays[slot] for slot in input_slots],
-                      [arrays[slot] for slot in output_slots])
+                      [arrays[slot] for slot in output_slots], step_calls)

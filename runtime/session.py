@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -131,9 +132,7 @@ class Session:
                 return dict(zip(self._output_names, outputs))
         trace = Trace() if shapes not in self._native_plans \
             and len(self._native_plans) < self._native_plan_limit else None
-        values: list = list(self._constant_slots)
-        for (_, slot, _), array in zip(self._inputs, inputs):
-            values[slot] = array
+        values = self._initial_values(inputs)
         token = NATIVE_THREADS.set(self.threads)
         try:
             self._execute(values, bindings, trace)
@@ -146,6 +145,42 @@ class Session:
         # Kernels may hand back views in another memory order (NCHW views of NHWC results);
         # callers get plain C-contiguous arrays.
         return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
+
+    def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10) -> list[dict]:
+        """Where a run's time goes: `repeats` runs on `feeds`, made as `run` makes them, one row
+        per plan step in plan order: {"op", "source", "ms", "native"} with the median
+        milliseconds of that step. "native" says whether the step ran as calls of these shapes'
+        native plan (timed in C++ around its calls) or on the Python executor (timed from the
+        previous step's end, the executor's fixed cost per step included)."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        self.run(feeds)  # builds these shapes' native plan where one applies
+        bindings: dict[str, int] = {}
+        inputs = [self._checked_input(name, feeds[name], info, bindings)
+                  for name, _, info in self._inputs]
+        native = self._native_plans.get(tuple(array.shape for array in inputs))
+        step_ms = None if native is None else native.profile(inputs, self.threads, repeats)
+        if step_ms is not None:
+            return [{"op": step.op, "source": step.source, "ms": ms, "native": True}
+                    for step, ms in step_ms]
+        clock = _StepClock(len(self._steps))
+        token = NATIVE_THREADS.set(self.threads)
+        try:
+            for _ in range(repeats):
+                values = self._initial_values(inputs)
+                clock.start()
+                self._execute(values, bindings, clock)
+        finally:
+            NATIVE_THREADS.reset(token)
+        return [{"op": step.op, "source": step.source, "ms": float(np.median(times)),
+                 "native": False} for step, times in zip(self._steps, clock.samples)]
+
+    def _initial_values(self, inputs: list[np.ndarray]) -> list:
+        """The value slots of a run: the constants, and the inputs in their slots."""
+        values: list = list(self._constant_slots)
+        for (_, slot, _), array in zip(self._inputs, inputs):
+            values[slot] = array
+        return values
 
     def _execute(self, values: list, bindings: dict, trace: Trace | None = None) -> None:
         # Kernels are looked up at load: this loop is the executor's fixed cost per step, which
@@ -270,6 +305,26 @@ class Session:
                 self._steps[index] = dataclasses.replace(step, prepared=prepared)
         self._steps = fuse_blocks(self._steps, self._constant_slots,
                                   [slot for _, slot, _ in self._outputs])
+
+
+class _StepClock:
+    """A trace of the executor's runs that keeps each step's milliseconds, from the previous
+    step's record (or the run's start) to its own."""
+
+    def __init__(self, steps: int):
+        self.samples: list[list[float]] = [[] for _ in range(steps)]
+        self._index = 0
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._index = 0
+        self._last = time.perf_counter()
+
+    def record(self, step, attrs: dict, operands: list, results: list) -> None:
+        now = time.perf_counter()
+        self.samples[self._index].append((now - self._last) * 1e3)
+        self._index += 1
+        self._last = now
 
 
 def bound_attrs(step: _Step, bindings: Mapping[str, int]) -> dict:

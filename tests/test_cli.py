@@ -80,6 +80,11 @@ def test_compile_inspect_and_run(tmp_path):
     ran = invoke("run", artifact, "--input", batch, "-o", outputs)
     assert ran.exit_code == 0, ran.output
     assert np.load(outputs)["output"].shape == (2, 10)
+    profiled = invoke("run", artifact, "--input", batch, "--profile", 3)
+    assert profiled.exit_code == 0, profiled.output
+    assert "output: float32[2, 10]" in profiled.output
+    assert "profile: median of 3 runs per step on the native plan" in profiled.output
+    assert "qconv2d" in profiled.output and "cnn.py" in profiled.output
 
     np.save(batch, np.zeros((2, 3, 30, 32), np.float32))
     wrong = invoke("run", artifact, "--input", f"x={batch}")

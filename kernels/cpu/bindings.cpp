@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -1880,9 +1881,40 @@ public:
         }
     }
 
+    // The median milliseconds of each call over `repeats` runs of the whole program.
+    std::vector<double> profile(long long threads, long long repeats) const {
+        const std::size_t thread_count = checked_threads(threads);
+        require_in_range("repeats", repeats, 1, kMaxProfileRepeats, "the range");
+        const auto runs = static_cast<std::size_t>(repeats);
+        std::vector<double> samples(steps_.size() * runs);
+        {
+            py::gil_scoped_release release;
+            for (std::size_t run = 0; run < runs; ++run) {
+                for (std::size_t index = 0; index < steps_.size(); ++index) {
+                    const auto start = std::chrono::steady_clock::now();
+                    steps_[index](thread_count);
+                    samples[index * runs + run] = std::chrono::duration<double, std::milli>(
+                                                      std::chrono::steady_clock::now() - start)
+                                                      .count();
+                }
+            }
+        }
+        std::vector<double> medians(steps_.size());
+        for (std::size_t index = 0; index < steps_.size(); ++index) {
+            const auto first = samples.begin() + static_cast<std::ptrdiff_t>(index * runs);
+            const auto middle = first + static_cast<std::ptrdiff_t>(runs / 2);
+            std::nth_element(first, middle, first + static_cast<std::ptrdiff_t>(runs));
+            // numpy.median's: the mean of the two middle values of an even count.
+            medians[index] =
+                runs % 2 == 1 ? *middle : (*middle + *std::max_element(first, middle)) / 2;
+        }
+        return medians;
+    }
+
     std::size_t size() const { return steps_.size(); }
 
 private:
+    static constexpr long long kMaxProfileRepeats = 1000000;
     std::vector<std::function<void(std::size_t)>> steps_;
     std::vector<py::object> keep_;
 };
@@ -2329,6 +2361,8 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("x"), py::arg("axis"), py::arg("out"))
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
+        .def("profile", &Program::profile, py::arg("threads") = 1, py::arg("repeats") = 10,
+             "Run the program `repeats` times; return each call's median milliseconds.")
         .def("__len__", &Program::size);
     module.def("mean_axis", &mean_axis, py::arg("x"), py::arg("threads") = 1,
                "Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 "

@@ -251,6 +251,45 @@ def test_concurrent_runs_share_a_plan_safely():
     assert not failures
 
 
+@pytest.mark.parametrize("model, native", [(OddCNN(), True), (WithExp(), False)],
+                         ids=["native plan", "executor"])
+def test_profile_times_every_plan_step_and_leaves_runs_unchanged(model, native):
+    session, _ = session_of(model)
+    feeds = images(2, seed=0)
+    expected = executor_run(session, feeds)["output"]
+    rows = session.profile(feeds, repeats=3)
+    assert [row["op"] for row in rows] == [step.op for step in session._steps]
+    assert [row["source"] for row in rows] == [step.source for step in session._steps]
+    assert all(row["native"] is native and row["ms"] >= 0 for row in rows)
+    assert sum(row["ms"] for row in rows) > 0
+    np.testing.assert_array_equal(session.run(feeds)["output"], expected)
+
+
+def test_profile_checks_its_arguments():
+    from nimbus.runtime.session import SessionError
+
+    session, _ = session_of(OddCNN())
+    with pytest.raises(ValueError, match="repeats"):
+        session.profile(images(2, seed=0), repeats=0)
+    with pytest.raises(SessionError, match="'x'"):
+        session.profile({"x": np.zeros((2, 4, 19, 15), np.float32)})
+    with pytest.raises(ValueError, match="repeats"):
+        _kernels.Program().profile(1, 0)
+
+
+def test_a_program_profile_has_one_median_per_call():
+    program = _kernels.Program()
+    assert program.profile(2, 3) == []
+    x = np.ones((3, 8), np.float32)
+    packed = _kernels.pack_sgemm_weights(np.ones((4, 8), np.float32))
+    out = np.empty((3, 4), np.float32)
+    for _ in range(2):
+        program.sgemm(x, packed, None, None, "none", out)
+    medians = program.profile(1, 4)
+    assert len(medians) == 2 and all(ms >= 0 for ms in medians)
+    np.testing.assert_array_equal(out, np.full((3, 4), 8, np.float32))
+
+
 def test_program_steps_check_their_operands():
     program = _kernels.Program()
     x = np.zeros((2, 8), np.float32)
