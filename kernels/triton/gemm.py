@@ -82,7 +82,16 @@ GEMM_SPACE = register_space("gemm", [
     # Few rows, as in the int8 space: 256 x 4096 x 4096 ran at 0.88x torch.mm with 64x128 tiles.
     config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=3),
+    # ... and split along K (SPLIT_K programs per tile, their float32 sums added by
+    # gemm_split_finish_kernel): 64x128 tiles of 256 x 4096 x 4096 are 128 programs, one per SM,
+    # each with a single warp group to hide its loads' latency.
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=2, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=2, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=4, num_warps=8, num_stages=4),
 ])
+# The finishing pass of a split GEMM: tiles of partial sums, elementwise.
+SPLIT_FINISH_BLOCK_M = 32
+SPLIT_FINISH_BLOCK_N = 128
 
 # Result types of the int8 product -> the code the kernel takes.
 OUTPUT_CODES = {"s32": 0, "u8": 1, "i8": 2, "f32": 3}
@@ -312,34 +321,10 @@ def qgemm(a: torch.Tensor, a_zero_point: int, weights: PackedWeights,
 
 # ---- fp16 / bf16 ----------------------------------------------------------------------------------
 @triton.jit
-def gemm_kernel(
-    a_ptr,                # activations [M, K], rows `stride_am` apart, K contiguous
-    w_ptr,                # packed weights [K, N], rows `stride_wk` apart, N contiguous
-    out_ptr,              # result [M, N] in the activations' dtype, rows `stride_om` apart
-    bias_ptr,             # [N] (read only if HAS_BIAS)
-    residual_ptr,         # [M, N], rows `stride_rm` apart (read only if HAS_RESIDUAL)
-    M, N, K,              # problem size
-    stride_am, stride_wk, stride_om, stride_rm,
-    HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr,
-    ACTIVATION: tl.constexpr,    # ACTIVATION_CODES, applied after bias and residual
-    DOT_PRECISION: tl.constexpr,  # tl.dot input precision (_common.dot_precision)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
-):
-    rows, cols, depths, a_ptrs = tile_start(a_ptr, M, N, stride_am, BLOCK_M, BLOCK_N, BLOCK_K,
-                                            GROUP_M)
-    w_ptrs = w_ptr + depths[:, None] * stride_wk + cols[None, :]
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(tl.cdiv(K, BLOCK_K)):
-        depth_left = K - k * BLOCK_K
-        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (depths[None, :] < depth_left), other=0.0)
-        w = tl.load(w_ptrs, mask=(depths[:, None] < depth_left) & (cols[None, :] < N), other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wk
-
+def finish_float_tile(acc, rows, cols, out_ptr, bias_ptr, residual_ptr, M, N, stride_om,
+                      stride_rm, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                      ACTIVATION: tl.constexpr):
+    """Stores act(acc + bias + residual) of the result tile [rows, cols] in out's dtype."""
     column_mask = cols < N
     out_mask = (rows[:, None] < M) & column_mask[None, :]
     if HAS_BIAS:
@@ -350,6 +335,76 @@ def gemm_kernel(
     acc = activate(acc, ACTIVATION)
     tl.store(out_ptr + rows[:, None] * stride_om + cols[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def gemm_kernel(
+    a_ptr,                # activations [M, K], rows `stride_am` apart, K contiguous
+    w_ptr,                # packed weights [K, N], rows `stride_wk` apart, N contiguous
+    out_ptr,              # result [M, N] in the activations' dtype, rows `stride_om` apart
+    bias_ptr,             # [N] (read only if HAS_BIAS)
+    residual_ptr,         # [M, N], rows `stride_rm` apart (read only if HAS_RESIDUAL)
+    partial_ptr,          # float32 [SPLIT_K, M, N] partial sums (written only if SPLIT_K > 1)
+    M, N, K,              # problem size
+    stride_am, stride_wk, stride_om, stride_rm,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACTIVATION: tl.constexpr,    # ACTIVATION_CODES, applied after bias and residual
+    DOT_PRECISION: tl.constexpr,  # tl.dot input precision (_common.dot_precision)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,       # row tiles visited together, for L2 reuse
+    SPLIT_K: tl.constexpr,       # programs per tile (grid axis 1), each over a run of K steps
+):
+    rows, cols, depths, a_ptrs = tile_start(a_ptr, M, N, stride_am, BLOCK_M, BLOCK_N, BLOCK_K,
+                                            GROUP_M)
+    # This program's K steps: [first, last) of the tile's cdiv(K, BLOCK_K).
+    steps = tl.cdiv(K, BLOCK_K)
+    split = tl.program_id(1)
+    first = split * tl.cdiv(steps, SPLIT_K)
+    last = tl.minimum(steps, first + tl.cdiv(steps, SPLIT_K))
+    a_ptrs += first * BLOCK_K
+    w_ptrs = w_ptr + (first * BLOCK_K + depths[:, None]) * stride_wk + cols[None, :]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(first, last):
+        depth_left = K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (depths[None, :] < depth_left), other=0.0)
+        w = tl.load(w_ptrs, mask=(depths[:, None] < depth_left) & (cols[None, :] < N), other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wk
+
+    if SPLIT_K == 1:
+        finish_float_tile(acc, rows, cols, out_ptr, bias_ptr, residual_ptr, M, N, stride_om,
+                          stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
+    else:
+        offsets = split.to(tl.int64) * M * N + rows[:, None].to(tl.int64) * N + cols[None, :]
+        tl.store(partial_ptr + offsets, acc, mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+@triton.jit
+def gemm_split_finish_kernel(
+    partial_ptr,          # float32 [SPLIT_K, M, N] partial sums of gemm_kernel
+    out_ptr, bias_ptr, residual_ptr,  # as gemm_kernel's
+    M, N, stride_om, stride_rm,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Adds the SPLIT_K partial sums of each result element in split order (the result does not
+    depend on the order programs ran in) and applies gemm_kernel's epilogue."""
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    rows = tl.program_id(0) // tiles_n * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(0) % tiles_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    partials = partial_ptr + offsets
+    for _ in tl.static_range(SPLIT_K):
+        acc += tl.load(partials, mask=mask, other=0.0)
+        partials += M * N
+    finish_float_tile(acc, rows, cols, out_ptr, bias_ptr, residual_ptr, M, N, stride_om,
+                      stride_rm, HAS_BIAS, HAS_RESIDUAL, ACTIVATION)
 
 
 def pack_float_weights(w: torch.Tensor) -> torch.Tensor:
@@ -385,15 +440,28 @@ def gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
         residual = residual.reshape(m, n).contiguous()
     out = torch.empty((m, n), dtype=a.dtype, device=a.device)
 
+    bias_arg = bias if bias is not None else out
+    residual_arg = residual if residual is not None else out
+    residual_stride = residual.stride(0) if residual is not None else 0
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                    ACTIVATION=code)
+
     def launch(cfg):
         options = cfg.launch_options()
-        grid = (triton.cdiv(m, options["BLOCK_M"]) * triton.cdiv(n, options["BLOCK_N"]),)
+        split = options.pop("SPLIT_K", 1)
+        partial = torch.empty((split, m, n), dtype=torch.float32, device=a.device) \
+            if split > 1 else out
+        grid = (triton.cdiv(m, options["BLOCK_M"]) * triton.cdiv(n, options["BLOCK_N"]), split)
         gemm_kernel[grid](
-            a2, w, out, bias if bias is not None else out, residual if residual is not None else out,
-            m, n, k, a2.stride(0), w.stride(0), out.stride(0),
-            residual.stride(0) if residual is not None else 0,
-            HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=code,
-            DOT_PRECISION=dot_precision(a.dtype), **options)
+            a2, w, out, bias_arg, residual_arg, partial, m, n, k, a2.stride(0), w.stride(0),
+            out.stride(0), residual_stride, **epilogue, DOT_PRECISION=dot_precision(a.dtype),
+            SPLIT_K=split, **options)
+        if split > 1:
+            tiles = triton.cdiv(m, SPLIT_FINISH_BLOCK_M) * triton.cdiv(n, SPLIT_FINISH_BLOCK_N)
+            gemm_split_finish_kernel[(tiles,)](
+                partial, out, bias_arg, residual_arg, m, n, out.stride(0), residual_stride,
+                **epilogue, SPLIT_K=split, BLOCK_M=SPLIT_FINISH_BLOCK_M,
+                BLOCK_N=SPLIT_FINISH_BLOCK_N)
 
     variant = (f"{str(a.dtype).removeprefix('torch.')}{'+bias' if bias is not None else ''}"
                f"{'+residual' if residual is not None else ''}+{activation}")

@@ -143,6 +143,27 @@ def test_float_gemm_matches_fused_linear(m, k, n, activation, dtype, rtol, devic
     assert_matches(actual.float().cpu().numpy(), expected, f"gemm {dtype} {activation}", rtol=rtol)
 
 
+@pytest.mark.parametrize("split", [2, 4])
+@pytest.mark.parametrize("m, k, n", [(1, 3, 2), (37, 200, 33)])
+def test_float_gemm_split_along_k_matches_fused_linear(m, k, n, split, device, monkeypatch):
+    """The split configs (partial sums of runs of K steps, added by a second kernel) are what
+    the tuner picks for few rows on a GPU; here each is made the config the interpreter runs.
+    K = 200 in steps of 32 splits into runs of unequal length, K = 3 leaves programs no step."""
+    from nimbus.kernels.triton import autotune
+
+    small = autotune.config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, SPLIT_K=split,
+                            num_warps=4, num_stages=2)
+    monkeypatch.setitem(autotune.SPACES, "gemm", [small, *autotune.SPACES["gemm"]])
+    x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    residual = rng.standard_normal((m, n)).astype(np.float32)
+    expected = run_one_node("fused_linear", [x, w, bias, residual], {"activation": "gelu"})
+    tensors = [torch.from_numpy(a).to(device) for a in (x, w, bias, residual)]
+    actual = gemm(tensors[0], pack_float_weights(tensors[1]), bias=tensors[2], residual=tensors[3],
+                  activation="gelu")
+    assert_matches(actual.cpu().numpy(), expected, f"gemm split {split}", rtol=1e-5)
+
+
 def test_bad_inputs_are_named(device):
     packed = pack_weights(torch.zeros((4, 8), dtype=torch.int8, device=device))
     with pytest.raises(ValueError, match="must end in K=8"):
