@@ -149,23 +149,44 @@ NIMBUS_AVX2 void scale(float* x, std::size_t n, float factor) {
     }
 }
 
+// The sum over the vectors j = 0, 8, ... < n of add(j, sum), which adds vector j's terms (masked
+// past n), in kSums independent chains combined in a fixed order, as on the AVX-512 path.
+constexpr std::size_t kSums = 4;
+
+template <typename Add>
+NIMBUS_AVX2 inline float chained_sum(std::size_t n, Add add) {
+    __m256 sums[kSums];
+    for (auto& sum : sums) {
+        sum = _mm256_setzero_ps();
+    }
+    std::size_t j = 0;
+    for (; j + kSums * kLanes <= n; j += kSums * kLanes) {
+#pragma GCC unroll 4
+        for (std::size_t chain = 0; chain < kSums; ++chain) {
+            sums[chain] = add(j + chain * kLanes, sums[chain]);
+        }
+    }
+    for (std::size_t chain = 0; j < n; j += kLanes, ++chain) {
+        sums[chain] = add(j, sums[chain]);
+    }
+    return fold<false>(_mm256_add_ps(_mm256_add_ps(sums[0], sums[1]),
+                                     _mm256_add_ps(sums[2], sums[3])));
+}
+
 NIMBUS_AVX2 void layer_norm_row(const float* x, std::size_t n, const float* weight,
                                 const float* bias, float eps, float* out) {
     const float count = static_cast<float>(n);
-    __m256 total = _mm256_setzero_ps();
-    for (std::size_t j = 0; j < n; j += kLanes) {
-        total = _mm256_add_ps(total, load(x + j, n - j));
-    }
-    const __m256 mean = _mm256_set1_ps(fold<false>(total) / count);
-    __m256 squares = _mm256_setzero_ps();
-    for (std::size_t j = 0; j < n; j += kLanes) {
+    const auto add_values = [&](std::size_t j, __m256 sum) NIMBUS_AVX2 {
+        return _mm256_add_ps(sum, load(x + j, n - j));
+    };
+    const __m256 mean = _mm256_set1_ps(chained_sum(n, add_values) / count);
+    const auto add_squares = [&](std::size_t j, __m256 sum) NIMBUS_AVX2 {
         // Masked lanes would give (0 - mean)^2: zero them.
-        const __m256 centered =
-            _mm256_and_ps(_mm256_sub_ps(load(x + j, n - j), mean),
-                          _mm256_castsi256_ps(first_lanes(n - j)));
-        squares = _mm256_fmadd_ps(centered, centered, squares);
-    }
-    const float var = fold<false>(squares) / count;
+        const __m256 centered = _mm256_and_ps(_mm256_sub_ps(load(x + j, n - j), mean),
+                                              _mm256_castsi256_ps(first_lanes(n - j)));
+        return _mm256_fmadd_ps(centered, centered, sum);
+    };
+    const float var = chained_sum(n, add_squares) / count;
     const __m256 inverse_std = _mm256_set1_ps(1.0f / std::sqrt(var + eps));
     for (std::size_t j = 0; j < n; j += kLanes) {
         __m256 value = _mm256_mul_ps(_mm256_sub_ps(load(x + j, n - j), mean), inverse_std);
