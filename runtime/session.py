@@ -182,9 +182,10 @@ class Session:
             values[slot] = array
         return values
 
-    def _execute(self, values: list, bindings: dict, trace: Trace | None = None) -> None:
+    def _execute(self, values: list, bindings: dict, trace: Trace | _StepClock | None = None) -> None:
         # Kernels are looked up at load: this loop is the executor's fixed cost per step, which
-        # decides small models. `trace` records what each step read and returned.
+        # decides small models. `trace` records what each step read and returned (a Trace), or
+        # when it ended (profile's _StepClock).
         for step in self._steps:
             operands = [None if s is None else values[s] for s in step.operands]
             try:

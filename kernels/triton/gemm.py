@@ -443,8 +443,8 @@ def gemm(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
     bias_arg = bias if bias is not None else out
     residual_arg = residual if residual is not None else out
     residual_stride = residual.stride(0) if residual is not None else 0
-    epilogue = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-                    ACTIVATION=code)
+    epilogue = {"HAS_BIAS": bias is not None, "HAS_RESIDUAL": residual is not None,
+                "ACTIVATION": code}
 
     def launch(cfg):
         options = cfg.launch_options()
