@@ -6,7 +6,9 @@ For each shape (M, N, K) and each ISA path that this machine runs, it compares
 both with constant, pre-packed weights and the same thread count. Times are medians over
 repeats. Each path's "peak" is its multiply instruction alone over registers (tdpbusd,
 vpdpbusd, vpmaddwd; the portable kernel on operands in cache), on the same threads; every row
-reports the share of it that the shape reaches, and whether its result equals the first path's
+reports the share of it that the shape reaches, against the peak measured again just before
+the shape's timings (a shared host's speed drifts by tens of percent within a run, so a peak
+taken once at the start put rows past 100%), and whether its result equals the first path's
 bit for bit.
 
 Convolutions (op "conv": the distinct layers of ResNet-18 and the depthwise 3x3 layers of
@@ -158,7 +160,7 @@ def peak_gops(isa: str, threads: int) -> float:
     return float(np.median([native.multiply_peak_gops(isa, threads) for _ in range(5)]))
 
 
-def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds: float):
+def benchmark_shape(shape, isas, threads: int, repeats: int, min_seconds: float):
     m, n, k = shape
     rng = np.random.default_rng(list(shape))
     a = rng.integers(0, 256, size=(m, k), dtype=np.uint8)
@@ -185,6 +187,7 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
         calls[isa, "qgemm_u8"] = lambda packed=packed: kernels.qgemm(
             a, packed, a_zero_point, None, multiplier, out_zero_point, 0, 255, "u8",
             threads=threads, out=out_u8)
+    peaks = {isa: native.multiply_peak_gops(isa, threads) for isa in isas}
     ms = {name: median_ms(call, repeats, min_seconds) for name, call in calls.items()}
     exact = {op: same_as_first_path(lambda isa, op=op: calls[isa, op](), isas, out)
              for op, out in (("gemm", out_s32), ("qgemm_u8", out_u8))}
@@ -196,7 +199,7 @@ def benchmark_shape(shape, isas, peaks, threads: int, repeats: int, min_seconds:
                 "op": op, "shape": [m, n, k], "isa": isa, "threads": threads,
                 "same_as_first_path": exact[op][isa],
                 "nimbus_ms": nimbus_ms, "ort_ms": ort_ms, "speedup": speedup(ort_ms, nimbus_ms),
-                "gops": gops(shape, nimbus_ms),
+                "gops": gops(shape, nimbus_ms), "peak_gops": peaks[isa],
                 "percent_of_peak": 100 * gops(shape, nimbus_ms) / peaks[isa],
             })
     return rows
@@ -300,13 +303,14 @@ def benchmark_convs(isas, threads: int, repeats: int, min_seconds: float):
 
 def benchmark_gemms(isas, threads: int, repeats: int, min_seconds: float):
     peaks = {isa: peak_gops(isa, threads) for isa in isas}
-    print(f"threads={threads}; peak GOPS (the multiply instruction alone): " +
+    print(f"threads={threads}; peak GOPS (the multiply instruction alone; rows relate to it "
+          f"measured again before each shape): " +
           ", ".join(f"{isa} {value:.0f}" for isa, value in peaks.items()))
     print(f"{'op':<9} {'M x N x K':>16} {'isa':>12} {'nimbus ms':>10} {'ort ms':>10} "
           f"{'speedup':>8} {'GOPS':>8} {'of peak':>8}")
     rows = []
     for shape in SHAPES:
-        for row in benchmark_shape(shape, isas, peaks, threads, repeats, min_seconds):
+        for row in benchmark_shape(shape, isas, threads, repeats, min_seconds):
             print_row(row)
             rows.append(row)
     return peaks, rows
