@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "interleave.h"
+#include "interleave_avx512.h"
 #include "sgemm_paths.h"
 #include "vector_math_avx512.h"
 
@@ -115,21 +115,13 @@ NIMBUS_AVX512F inline void store_pixels(const __m512 (&acc)[Outputs], std::size_
                                         float* out) {
     const bool relu = activation == Activation::relu || activation == Activation::relu6;
     const bool relu6 = activation == Activation::relu6;
-    const Interleave<Outputs>& table = kInterleave<Outputs>;
     const std::size_t count = pixels * Outputs;
 #pragma GCC unroll 8
     for (std::size_t j = 0; j < Outputs; ++j) {
         if (j * kLanes >= count) {
             break;
         }
-        const __m512i index = _mm512_loadu_si512(table.index[j]);
-        __m512 value = _mm512_permutex2var_ps(acc[0], index, acc[Outputs > 1 ? 1 : 0]);
-#pragma GCC unroll 4
-        for (std::size_t pair = 1; pair < Interleave<Outputs>::kPairs; ++pair) {
-            const __m512 second = acc[std::min(2 * pair + 1, Outputs - 1)];
-            value = _mm512_mask_mov_ps(value, table.pair_lanes[j][pair],
-                                       _mm512_permutex2var_ps(acc[2 * pair], index, second));
-        }
+        __m512 value = interleaved_ps(acc, j);
         const __mmask16 mask = first_lanes(count - j * kLanes);
         if (residual != nullptr) {
             value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + j * kLanes));

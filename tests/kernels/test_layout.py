@@ -1,10 +1,11 @@
-"""The native NCHW -> NHWC conversion that a float model's input takes before its first layer."""
+"""The native NCHW -> NHWC conversion that a float model's input takes before its first layer,
+on the selected ISA path here and on the machine's other paths in reruns under NIMBUS_ISA."""
 
 import numpy as np
 import pytest
-
 from nimbus.runtime._kernels import to_channels_last
 from nimbus.runtime.cpu_ops.nn import channels_last
+from other_isas import OTHER_ISAS, rerun_under
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 9, 11), (1, 300, 3, 3),
@@ -36,3 +37,8 @@ def test_channels_last_reuses_nhwc_memory_and_converts_the_rest(dtype):
     converted = channels_last(nchw)
     assert converted.flags.c_contiguous
     np.testing.assert_array_equal(converted, nhwc)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_every_isa_path(isa):
+    rerun_under(__file__, isa, "test_every_isa_path")
