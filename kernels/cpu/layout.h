@@ -9,7 +9,8 @@ namespace nimbus::kernels {
 
 // target[p, c] = planes[c * plane_stride + p] for `count` pixels and `channels` planes, on the
 // calling thread. Three channels (an image) take a loop of fixed count, which the compiler
-// vectorizes: 1.8-2x faster than the general one.
+// vectorizes: 1.8-2x faster than the general one (on AVX-512, layout.cpp permutes 16 pixels at
+// a time instead).
 template <typename T>
 void interleave_planes(const T* planes, std::size_t plane_stride, std::size_t channels,
                        std::size_t count, T* target) {
