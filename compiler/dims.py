@@ -80,6 +80,14 @@ def product(dims) -> Dim:
     return total
 
 
+def same(a: Dim, b: Dim) -> bool:
+    """Whether two dimensions are equal for every value of their symbols: the difference is
+    expanded first, since sympy keeps 4*N*(H + 1) - N*(4*H + 4) unexpanded."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return sympy.expand(sympy.sympify(a) - b) == 0
+
+
 def floordiv(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a // b

@@ -91,11 +91,18 @@ def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int
     return scale, zero_point
 
 
+def symmetric_scales(peaks: np.ndarray) -> np.ndarray:
+    """Symmetric int8 scales from each channel's peak |w|. Scales are float32: a channel whose
+    scale would round to 0 there (all zeros, or subnormal weights) gets 1 and quantizes to
+    zeros."""
+    scales = peaks.astype(np.float64) / WEIGHT_LEVELS
+    return np.where(scales.astype(np.float32) > 0, scales, 1.0)
+
+
 def weight_params(weight: np.ndarray) -> QuantParams:
     """Symmetric per-output-channel scales (axis 0)."""
-    peaks = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
-    scales = np.where(peaks > 0, peaks / WEIGHT_LEVELS, 1.0)
-    return QuantParams(scales, [0], axis=0)
+    return QuantParams(symmetric_scales(np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)),
+                       [0], axis=0)
 
 
 class _Quantizer:
@@ -332,8 +339,7 @@ def _quantize_embeddings(graph: Graph, ctx: PassContext, exclude: list[str]) -> 
             ctx.count("kept-float: excluded by name")
             continue
         if table not in tables:
-            peaks = np.abs(table.data).max(axis=0).astype(np.float64)
-            quant = QuantParams(np.where(peaks > 0, peaks / WEIGHT_LEVELS, 1.0), [0], axis=1)
+            quant = QuantParams(symmetric_scales(np.abs(table.data).max(axis=0)), [0], axis=1)
             tables[table] = graph.add_constant(graph.unique_constant_name(f"{table.name}.q"),
                                                quantize_array(table.data, quant, DType.i8), quant)
         lookup = graph.add_node("gather", [tables[table], indices], dict(node.attrs), node.loc,

@@ -11,7 +11,7 @@ from nimbus.runtime.cpu_ops.shape import pad_reference as _pad_reference
 from nimbus.runtime.cpu_ops.shape import slice_reference as _slice_reference
 from nimbus.runtime.cpu_ops.shape import split_reference as _split_reference
 
-from ..dims import Dim, floordiv, product, simplify
+from ..dims import Dim, floordiv, product, same, simplify
 from ..dtypes import DType
 from ..ir import QuantParams, TensorType
 from .common import normalize_axis, require_same_dtype
@@ -28,7 +28,7 @@ def _reshape_infer(types, a):
     if unknown:
         known = product(d for d in target if d != -1)
         target[unknown[0]] = floordiv(total, known)
-    if simplify(product(target) - total) != 0:
+    if not same(product(target), total):
         raise ValueError(f"cannot reshape {x} ({total} elements) to {list(a['shape'])}")
     return TensorType(x.dtype, tuple(target), x.quant if x.quant and not x.quant.per_axis else None)
 

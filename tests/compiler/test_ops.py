@@ -398,6 +398,17 @@ def test_symbolic_shapes_flow_through_inference():
     assert out.shape == (12, 12, 4)
 
 
+def test_reshape_infers_a_symbolic_dim_whatever_the_expression_form():
+    # H + 1 from padding: N * (4*H + 4) equals 4*N*(H + 1) once expanded.
+    graph = Graph("sym")
+    n, h = symbol("N"), symbol("H")
+    x = graph.add_input("x", TensorType(DType.f32, (n, 1, h + 1, 4)))
+    flat = Builder(graph).reshape(x, shape=[n, -1])
+    assert flat.type.shape == (n, 4 * h + 4)
+    with pytest.raises(OpError, match="cannot reshape"):
+        Builder(graph).reshape(x, shape=[n, 4 * h])
+
+
 def test_attribute_errors_name_the_attribute_and_suggest():
     graph = Graph("bad")
     x = graph.add_input("x", TensorType(DType.f32, (1, 3, 8, 8)))

@@ -269,3 +269,14 @@ def test_a_linear_layers_gelu_runs_in_the_qlinear():
                                 calibration=data)
     (layer,) = [n for n in head_quantized.nodes if n.op == "qlinear"]
     assert layer.attrs["activation"] == "gelu" and layer.attrs["dtype"] == DType.f32
+
+
+def test_subnormal_weights_quantize_to_zeros_with_a_valid_scale():
+    from nimbus.passes.quantize import weight_params
+
+    weight = np.zeros((3, 4), np.float32)
+    weight[0, 1] = np.float32(1e-45)   # peak / 127 rounds to 0 in float32
+    weight[1, 2] = np.float32(-2.5)
+    quant = weight_params(weight)
+    assert quant.scale[0] == 1.0 and quant.scale[2] == 1.0
+    assert quant.scale[1] == pytest.approx(2.5 / 127)
