@@ -32,7 +32,7 @@
 #include <utility>
 #include <vector>
 
-#include "interleave.h"
+#include "interleave_avx512.h"
 #include "sizes.h"
 #include "vector_math_avx512.h"
 
@@ -275,21 +275,18 @@ NIMBUS_AVX512_VNNI inline void store_pixels(const QconvDirectTask& t,
         q[o] = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(scaled, lo), hi));
     }
     const __m512i zero_point = _mm512_set1_epi32(t.zero_point);
-    const Interleave<Outputs>& table = kInterleave<Outputs>;
+    __m512 bits[Outputs];
+#pragma GCC unroll 8
+    for (std::size_t o = 0; o < Outputs; ++o) {
+        bits[o] = _mm512_castsi512_ps(q[o]);
+    }
     const std::size_t count = pixels * Outputs;
 #pragma GCC unroll 8
     for (std::size_t j = 0; j < Outputs; ++j) {
         if (j * kLanes >= count) {
             break;
         }
-        const __m512i index = _mm512_loadu_si512(table.index[j]);
-        __m512i value = _mm512_permutex2var_epi32(q[0], index, q[Outputs > 1 ? 1 : 0]);
-#pragma GCC unroll 4
-        for (std::size_t pair = 1; pair < Interleave<Outputs>::kPairs; ++pair) {
-            const __m512i second = q[std::min(2 * pair + 1, Outputs - 1)];
-            value = _mm512_mask_mov_epi32(value, table.pair_lanes[j][pair],
-                                          _mm512_permutex2var_epi32(q[2 * pair], index, second));
-        }
+        const __m512i value = _mm512_castps_si512(interleaved_ps(bits, j));
         // The values lie in [lo, hi], inside the output type: truncating to bytes is exact.
         _mm512_mask_cvtepi32_storeu_epi8(out + j * kLanes, first_lanes(count - j * kLanes),
                                          _mm512_add_epi32(value, zero_point));
