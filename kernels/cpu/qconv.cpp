@@ -314,15 +314,21 @@ void run_implicit_gemm(const std::uint8_t* x, std::int32_t x_zero_point, const C
             used += edge_rows;
             edge_rows = 0;
         };
-        PixelCursor pixel(g, first);
+        // Copies: the stores to row_strides below could alias g's and w's fields, which the
+        // compiler would then load again for every pixel.
+        const ConvGeometry geometry = g;
+        const std::size_t last_row = (w.kernel_h - 1) * g.dilation_h;
+        const std::size_t kernel_w = w.kernel_w;
+        PixelCursor pixel(geometry, first);
         for (std::size_t r = 0; r < rows; ++r, pixel.next()) {
             // Unsigned wrap-around makes a position before the image look like one past it.
-            const std::size_t top = pixel.oh * g.stride_h - g.pad_top;
-            const std::size_t left = pixel.ow * g.stride_w - g.pad_left;
+            const std::size_t top = pixel.oh * geometry.stride_h - geometry.pad_top;
+            const std::size_t left = pixel.ow * geometry.stride_w - geometry.pad_left;
             const std::uint8_t* start = nullptr;
-            if (top < g.height && top + (w.kernel_h - 1) * g.dilation_h < g.height &&
-                left < g.width && left + w.kernel_w <= g.width) {
-                start = x + (pixel.image * g.height + top) * line_bytes + left * g.channels;
+            if (top < geometry.height && top + last_row < geometry.height &&
+                left < geometry.width && left + kernel_w <= geometry.width) {
+                start = x + (pixel.image * geometry.height + top) * line_bytes +
+                        left * geometry.channels;
                 if (reach > static_cast<std::size_t>(x_end - start)) {
                     start = nullptr;
                 }
