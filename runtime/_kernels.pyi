@@ -308,5 +308,5 @@ class Program:
     def run(self, threads: int = 1) -> None:
         """Run every call in order on at most `threads` threads."""
     def profile(self, threads: int = 1, repeats: int = 10) -> list[float]:
-        """Run the program `repeats` times; return each call's median milliseconds."""
+        """Run the program `repeats` (1 to 10000) times; return each call's median milliseconds."""
     def __len__(self) -> int: ...

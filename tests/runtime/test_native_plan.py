@@ -275,6 +275,8 @@ def test_profile_checks_its_arguments():
         session.profile({"x": np.zeros((2, 4, 19, 15), np.float32)})
     with pytest.raises(ValueError, match="repeats"):
         _kernels.Program().profile(1, 0)
+    with pytest.raises(ValueError, match=r"repeats must lie in the range \[1, 10000\]"):
+        _kernels.Program().profile(1, 10001)
 
 
 def test_a_program_profile_has_one_median_per_call():
