@@ -2363,7 +2363,8 @@ PYBIND11_MODULE(_kernels, module) {
         .def("run", &Program::run, py::arg("threads") = 1,
              "Run every call in order on at most `threads` threads.")
         .def("profile", &Program::profile, py::arg("threads") = 1, py::arg("repeats") = 10,
-             "Run the program `repeats` (1 to 10000) times; return each call's median milliseconds.")
+             "Run the program `repeats` (1 to 10000) times; return each call's median "
+             "milliseconds.")
         .def("__len__", &Program::size);
     module.def("mean_axis", &mean_axis, py::arg("x"), py::arg("threads") = 1,
                "Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 "
