@@ -84,7 +84,7 @@ GEMM_SPACE = register_space("gemm", [
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=3),
     # ... and split along K (SPLIT_K programs per tile, their float32 sums added by
     # gemm_split_finish_kernel): 64x128 tiles of 256 x 4096 x 4096 are 128 programs, one per SM,
-    # each with a single warp group to hide its loads' latency.
+    # and a lone program on an SM leaves its loads' latency unhidden.
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=2, num_warps=4, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=2, num_warps=8, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, SPLIT_K=4, num_warps=8, num_stages=4),
