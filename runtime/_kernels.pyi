@@ -35,6 +35,14 @@ def mean_axis(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.fl
     """Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 [O, I],
     summed in float64 (a global average pool over NHWC pixels)."""
 
+# numpy's allocator for the arrays a Session's run makes: 64-byte aligned (NEP 49 handler).
+CACHE_LINE_ALLOCATOR: object
+
+def set_array_allocator(handler: object | None) -> object:
+    """Make numpy allocate this thread's and context's new arrays with `handler` (a
+    "mem_handler" capsule such as CACHE_LINE_ALLOCATOR; None for numpy's default); returns the
+    previous handler."""
+
 def kernels_version() -> str:
     """Return the nimbus version that the kernels were built from."""
 

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .allocator import keep_freed_memory
+from .allocator import CACHE_LINE_ALLOCATOR, keep_freed_memory, set_array_allocator
 from .artifact import Artifact, ArtifactError, read_artifact
 from .cpu_ops import KERNELS, NATIVE_THREADS, TensorInfo
 from .cpu_ops.blocks import fuse_blocks
@@ -115,6 +115,13 @@ class Session:
     # ---- running ------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; returns its outputs by name."""
+        previous = set_array_allocator(CACHE_LINE_ALLOCATOR)
+        try:
+            return self._run(feeds)
+        finally:
+            set_array_allocator(previous)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bindings: dict[str, int] = {}
         self._check_names(feeds)
         inputs = [self._checked_input(name, feeds[name], info, bindings)
@@ -154,7 +161,14 @@ class Session:
         previous step's end, the executor's fixed cost per step included)."""
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
-        self.run(feeds)  # builds these shapes' native plan where one applies
+        previous = set_array_allocator(CACHE_LINE_ALLOCATOR)
+        try:
+            return self._profile(feeds, repeats)
+        finally:
+            set_array_allocator(previous)
+
+    def _profile(self, feeds: Mapping[str, np.ndarray], repeats: int) -> list[dict]:
+        self._run(feeds)  # builds these shapes' native plan where one applies
         bindings: dict[str, int] = {}
         inputs = [self._checked_input(name, feeds[name], info, bindings)
                   for name, _, info in self._inputs]

@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "array_allocator.h"
 #include "attention.h"
 #include "elementwise.h"
 #include "gemm.h"
@@ -1930,6 +1931,7 @@ const py::object& program_out(const py::object& out) {
 
 PYBIND11_MODULE(_kernels, module) {
     module.doc() = "Native CPU kernels of the nimbus runtime (private: use nimbus.runtime).";
+    nimbus::bindings::register_array_allocator(module);
     module.def("gemm_u8s8s32", &gemm_u8s8s32, py::arg("a"), py::arg("b"),
                "Return a @ b as int32 [M, N] for uint8 a [M, K] and int8 b [K, N].\n\n"
                "Both inputs must be C-contiguous numpy arrays; they are read in place.");
