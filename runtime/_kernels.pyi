@@ -175,6 +175,32 @@ def pack_conv_weights(
     KH * KW * I / groups past the int32 accumulator bound, or an unknown path, and RuntimeError
     for a path that this machine cannot run."""
 
+def qconv2d_max_pool2d(
+    x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
+    packed: PackedConvWeights,
+    a_zero_point: int,
+    bias: npt.NDArray[np.int32] | None,
+    multiplier: npt.NDArray[np.float32],
+    out_zero_point: int,
+    lo: int,
+    hi: int,
+    out_dtype: str,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    pool_kernel: Sequence[int],
+    pool_stride: Sequence[int],
+    pool_padding: Sequence[int],
+    pool_dilation: Sequence[int],
+    pool_out_hw: Sequence[int],
+    threads: int = 1,
+    out: npt.NDArray[np.uint8] | npt.NDArray[np.int8] | None = None,
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
+    """Return max_pool2d(qconv2d(x, ...)) [N, POH, POW, O] without the convolution's whole
+    result: bands of its rows run into scratch that stays in cache and are pooled there, with
+    the very results of the two calls. Raises ValueError where padding rows are as many as the
+    kernel's rows or a pooling window starts below the convolution's last row."""
+
 def qconv2d(
     x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
     packed: PackedConvWeights,
@@ -295,6 +321,14 @@ class Program:
                 padding: Sequence[int], dilation: Sequence[int], out: npt.NDArray,
                 residual: npt.NDArray | None, residual_zero_point: int,
                 residual_scale: float) -> None: ...
+    def qconv2d_max_pool2d(self, x: npt.NDArray, packed: PackedConvWeights,
+                           a_zero_point: int, bias: npt.NDArray[np.int32] | None,
+                           multiplier: npt.NDArray[np.float32], out_zero_point: int, lo: int,
+                           hi: int, out_dtype: str, stride: Sequence[int],
+                           padding: Sequence[int], dilation: Sequence[int],
+                           pool_kernel: Sequence[int], pool_stride: Sequence[int],
+                           pool_padding: Sequence[int], pool_dilation: Sequence[int],
+                           pool_out_hw: Sequence[int], out: npt.NDArray) -> None: ...
     def qconv2d_f32(self, x: npt.NDArray, packed: PackedConvWeights, a_zero_point: int,
                     bias: npt.NDArray[np.int32] | None, scale: npt.NDArray[np.float32],
                     stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],

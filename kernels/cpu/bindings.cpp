@@ -604,6 +604,46 @@ ConvGeometry checked_geometry(const py::array& x, const PackedConvWeights& packe
     return checked_geometry(x, shape_of(x), packed, stride, padding, dilation);
 }
 
+// A convolution's input x [N, H, W, C] (u8 or s8), its geometry under the packed weights, and
+// its bias (none when None), checked.
+struct ConvOperands {
+    py::array x;
+    bool x_signed = false;
+    ConvGeometry geometry;
+    py::array bias;
+};
+
+// Checks the operands of a convolution over the packed weights; the epilogue gets the bias.
+ConvOperands checked_conv_operands(const py::object& x_object, const PackedConvWeights& packed,
+                                   long long a_zero_point, const py::object& bias_object,
+                                   const std::vector<long long>& stride,
+                                   const std::vector<long long>& padding,
+                                   const std::vector<long long>& dilation, Epilogue& epilogue) {
+    ConvOperands conv;
+    conv.x = checked_activations(x_object, "x", 4, "[N, H, W, C]", a_zero_point, conv.x_signed);
+    conv.geometry = checked_geometry(conv.x, packed, stride, padding, dilation);
+    if (!bias_object.is_none()) {
+        conv.bias = checked_vector<std::int32_t>(bias_object, "bias",
+                                                 static_cast<py::ssize_t>(packed.out_channels));
+        epilogue.bias = static_cast<const std::int32_t*>(conv.bias.data());
+    }
+    return conv;
+}
+
+// ValueError unless an array of `shape` and `Element`s fits in memory.
+template <typename Element>
+void require_fits(const std::vector<py::ssize_t>& shape) {
+    const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(Element));
+    double elements = 1.0;
+    for (const py::ssize_t size : shape) {
+        elements *= static_cast<double>(size);
+    }
+    if (elements > max_elements) {
+        throw py::value_error("the result " + shape_text(shape) +
+                              " has more elements than fit in memory");
+    }
+}
+
 // Checks x [N, H, W, C] and the geometry against the packed weights: the convolution into
 // `out` or a new [N, OH, OW, O] array of `OutElement`, as a prepared call.
 template <typename OutElement>
@@ -614,23 +654,15 @@ PreparedCall prepare_qconv2d(const py::object& x_object, const PackedConvWeights
                              const std::vector<long long>& dilation,
                              const py::object& out_object,
                              const ResidualArguments& residual_arguments = {}) {
-    bool x_signed = false;
-    const py::array x =
-        checked_activations(x_object, "x", 4, "[N, H, W, C]", a_zero_point, x_signed);
-    const ConvGeometry geometry = checked_geometry(x, packed, stride, padding, dilation);
-    const auto channels = static_cast<py::ssize_t>(packed.out_channels);
-    py::array bias;
-    if (!bias_object.is_none()) {
-        bias = checked_vector<std::int32_t>(bias_object, "bias", channels);
-        epilogue.bias = static_cast<const std::int32_t*>(bias.data());
-    }
+    const ConvOperands conv = checked_conv_operands(x_object, packed, a_zero_point, bias_object,
+                                                    stride, padding, dilation, epilogue);
+    const py::array& x = conv.x;
+    const bool x_signed = conv.x_signed;
+    const ConvGeometry& geometry = conv.geometry;
     const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
-                                         static_cast<py::ssize_t>(geometry.out_w), channels};
-    const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(OutElement));
-    if (static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] > max_elements) {
-        throw py::value_error("the result " + shape_text(shape) +
-                              " has more elements than fit in memory");
-    }
+                                         static_cast<py::ssize_t>(geometry.out_w),
+                                         static_cast<py::ssize_t>(packed.out_channels)};
+    require_fits<OutElement>(shape);
 
     py::array residual;
     epilogue.residual = checked_residual(residual_arguments.array, residual_arguments.zero_point,
@@ -650,7 +682,7 @@ PreparedCall prepare_qconv2d(const py::object& x_object, const PackedConvWeights
                                          epilogue, out_data, threads);
             },
             out,
-            {x, owner_of(packed), bias, residual, out}};
+            {x, owner_of(packed), conv.bias, residual, out}};
 }
 
 PreparedCall prepare_qconv2d_requantized(
@@ -733,8 +765,44 @@ py::array qconv2d_s32(const py::object& x, const PackedConvWeights& packed,
 
 // ---- pooling ---------------------------------------------------------------------------------
 
-// out [N, OH, OW, C] of the dtype of x [N, H, W, C] (uint8, int8 or float32); out_hw comes from
-// the caller, which knows the ceil mode. Any geometry within the bounds reads inside x.
+using nimbus::kernels::PoolGeometry;
+
+// The pooling of an input of `shape` [N, H, W, C] (named `name`), checked; out_hw comes from the
+// caller, which knows the ceil mode. Any geometry within the bounds reads inside the input.
+PoolGeometry checked_pool_geometry(const std::vector<py::ssize_t>& shape, const std::string& name,
+                                   const std::vector<long long>& kernel,
+                                   const std::vector<long long>& stride,
+                                   const std::vector<long long>& padding,
+                                   const std::vector<long long>& dilation,
+                                   const std::vector<long long>& out_hw) {
+    require_geometry("kernel", kernel, 2, 1);
+    require_geometry("stride", stride, 2, 1);
+    require_geometry("padding", padding, 4, 0);
+    require_geometry("dilation", dilation, 2, 1);
+    require_geometry("out_hw", out_hw, 2, 0);
+    for (std::size_t axis = 0; axis < 4; ++axis) {
+        require_in_range(name + " dimension " + std::to_string(axis), shape[axis], 0,
+                         kMaxGeometryValue, "the range");
+    }
+    PoolGeometry g;
+    g.batch = static_cast<std::size_t>(shape[0]);
+    g.height = static_cast<std::size_t>(shape[1]);
+    g.width = static_cast<std::size_t>(shape[2]);
+    g.channels = static_cast<std::size_t>(shape[3]);
+    g.kernel_h = static_cast<std::size_t>(kernel[0]);
+    g.kernel_w = static_cast<std::size_t>(kernel[1]);
+    g.stride_h = static_cast<std::size_t>(stride[0]);
+    g.stride_w = static_cast<std::size_t>(stride[1]);
+    g.pad_top = static_cast<std::size_t>(padding[0]);
+    g.pad_left = static_cast<std::size_t>(padding[1]);
+    g.dilation_h = static_cast<std::size_t>(dilation[0]);
+    g.dilation_w = static_cast<std::size_t>(dilation[1]);
+    g.out_h = static_cast<std::size_t>(out_hw[0]);
+    g.out_w = static_cast<std::size_t>(out_hw[1]);
+    return g;
+}
+
+// out [N, OH, OW, C] of the dtype of x [N, H, W, C] (uint8, int8 or float32).
 PreparedCall prepare_max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
                                 const std::vector<long long>& stride,
                                 const std::vector<long long>& padding,
@@ -762,30 +830,8 @@ PreparedCall prepare_max_pool2d(const py::object& x_object, const std::vector<lo
         throw py::type_error("x must have dtype uint8, int8 or float32, got " +
                              std::string(py::str(dtype)));
     }
-    require_geometry("kernel", kernel, 2, 1);
-    require_geometry("stride", stride, 2, 1);
-    require_geometry("padding", padding, 4, 0);
-    require_geometry("dilation", dilation, 2, 1);
-    require_geometry("out_hw", out_hw, 2, 0);
-    for (py::ssize_t axis = 0; axis < 4; ++axis) {
-        require_in_range("x dimension " + std::to_string(axis), x.shape(axis), 0,
-                         kMaxGeometryValue, "the range");
-    }
-    nimbus::kernels::PoolGeometry g;
-    g.batch = static_cast<std::size_t>(x.shape(0));
-    g.height = static_cast<std::size_t>(x.shape(1));
-    g.width = static_cast<std::size_t>(x.shape(2));
-    g.channels = static_cast<std::size_t>(x.shape(3));
-    g.kernel_h = static_cast<std::size_t>(kernel[0]);
-    g.kernel_w = static_cast<std::size_t>(kernel[1]);
-    g.stride_h = static_cast<std::size_t>(stride[0]);
-    g.stride_w = static_cast<std::size_t>(stride[1]);
-    g.pad_top = static_cast<std::size_t>(padding[0]);
-    g.pad_left = static_cast<std::size_t>(padding[1]);
-    g.dilation_h = static_cast<std::size_t>(dilation[0]);
-    g.dilation_w = static_cast<std::size_t>(dilation[1]);
-    g.out_h = static_cast<std::size_t>(out_hw[0]);
-    g.out_w = static_cast<std::size_t>(out_hw[1]);
+    const PoolGeometry g =
+        checked_pool_geometry(shape_of(x), "x", kernel, stride, padding, dilation, out_hw);
     const std::vector<py::ssize_t> shape{x.shape(0), out_hw[0], out_hw[1], x.shape(3)};
     py::array out;
     if (type == PoolElement::u8) {
@@ -802,6 +848,59 @@ PreparedCall prepare_max_pool2d(const py::object& x_object, const std::vector<lo
             },
             out,
             {x, out}};
+}
+
+// A requantizing convolution (u8 or s8 result) and the max pooling of its result, in one call
+// (qconv_pool.cpp): out [N, POH, POW, O].
+PreparedCall prepare_qconv2d_max_pool2d(
+    const py::object& x_object, const PackedConvWeights& packed, long long a_zero_point,
+    const py::object& bias_object, const py::object& multiplier_object, long long out_zero_point,
+    long long lo, long long hi, const std::string& out_dtype,
+    const std::vector<long long>& stride, const std::vector<long long>& padding,
+    const std::vector<long long>& dilation, const std::vector<long long>& pool_kernel,
+    const std::vector<long long>& pool_stride, const std::vector<long long>& pool_padding,
+    const std::vector<long long>& pool_dilation, const std::vector<long long>& pool_out_hw,
+    const py::object& out_object) {
+    Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
+                                              out_zero_point, lo, hi, out_dtype);
+    const ConvOperands conv = checked_conv_operands(x_object, packed, a_zero_point, bias_object,
+                                                    stride, padding, dilation, epilogue);
+    const ConvGeometry& g = conv.geometry;
+    const auto channels = static_cast<py::ssize_t>(packed.out_channels);
+    const PoolGeometry pool = checked_pool_geometry(
+        {conv.x.shape(0), static_cast<py::ssize_t>(g.out_h), static_cast<py::ssize_t>(g.out_w),
+         channels},
+        "the convolution's result", pool_kernel, pool_stride, pool_padding, pool_dilation,
+        pool_out_hw);
+    // Bands need image rows in every convolution row, and pooled rows whose windows start
+    // above the convolution's last row (as floor and ceil modes make them).
+    const std::size_t span = (packed.kernel_h - 1) * g.dilation_h + 1;
+    if (g.pad_top >= span || g.pad_bottom >= span) {
+        throw py::value_error("padding rows must be fewer than the kernel's rows (" +
+                              std::to_string(span) + ") to fuse the pooling");
+    }
+    if (pool.out_h > 0 && (pool.out_h - 1) * pool.stride_h >= g.out_h + pool.pad_top) {
+        throw py::value_error("the last pooling window starts below the convolution's result");
+    }
+    const std::vector<py::ssize_t> shape{conv.x.shape(0), pool_out_hw[0], pool_out_hw[1],
+                                         channels};
+    require_fits<std::uint8_t>(shape);
+    py::array out = epilogue.type == OutputType::u8
+                        ? result_array<std::uint8_t>(out_object, shape, "[N, POH, POW, O]",
+                                                     conv.x, "x")
+                        : result_array<std::int8_t>(out_object, shape, "[N, POH, POW, O]",
+                                                    conv.x, "x");
+    const void* x_data = conv.x.data();
+    void* out_data = out.mutable_data();
+    const PackedConvWeights* weights = &packed;
+    const auto zero_point = static_cast<std::int32_t>(a_zero_point);
+    const bool x_signed = conv.x_signed;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::qconv2d_max_pool2d(x_data, x_signed, zero_point, g, *weights,
+                                                    epilogue, pool, out_data, threads);
+            },
+            out,
+            {conv.x, owner_of(packed), conv.bias, multiplier_object, out}};
 }
 
 py::array max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
@@ -2197,6 +2296,27 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
             py::arg("dilation"), py::arg("out_hw"), py::arg("out"))
         .def(
+            "qconv2d_max_pool2d",
+            [](Program& program, const py::object& x, const PackedConvWeights& packed,
+               long long a_zero_point, const py::object& bias, const py::object& multiplier,
+               long long out_zero_point, long long lo, long long hi, const std::string& out_dtype,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const std::vector<long long>& pool_kernel,
+               const std::vector<long long>& pool_stride,
+               const std::vector<long long>& pool_padding,
+               const std::vector<long long>& pool_dilation,
+               const std::vector<long long>& pool_out_hw, const py::object& out) {
+                program.add(prepare_qconv2d_max_pool2d(
+                    x, packed, a_zero_point, bias, multiplier, out_zero_point, lo, hi, out_dtype,
+                    stride, padding, dilation, pool_kernel, pool_stride, pool_padding,
+                    pool_dilation, pool_out_hw, program_out(out)));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+            py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"), py::arg("hi"),
+            py::arg("out_dtype"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+            py::arg("pool_kernel"), py::arg("pool_stride"), py::arg("pool_padding"),
+            py::arg("pool_dilation"), py::arg("pool_out_hw"), py::arg("out"))
+        .def(
             "to_channels_last",
             [](Program& program, const py::object& x, const py::object& out) {
                 program.add(prepare_channel_move(x, true, program_out(out)));
@@ -2395,6 +2515,32 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("threads") = 1,
                "Return softmax over the last axis of float32 x [..., C], shifted by the row "
                "maximum.\n\naxis: -1 (or x.ndim - 1) only; threads: at most this many threads.");
+    module.def(
+        "qconv2d_max_pool2d",
+        [](const py::object& x, const PackedConvWeights& packed, long long a_zero_point,
+           const py::object& bias, const py::object& multiplier, long long out_zero_point,
+           long long lo, long long hi, const std::string& out_dtype,
+           const std::vector<long long>& stride, const std::vector<long long>& padding,
+           const std::vector<long long>& dilation, const std::vector<long long>& pool_kernel,
+           const std::vector<long long>& pool_stride, const std::vector<long long>& pool_padding,
+           const std::vector<long long>& pool_dilation, const std::vector<long long>& pool_out_hw,
+           long long threads, const py::object& out) {
+            return run_now(prepare_qconv2d_max_pool2d(
+                               x, packed, a_zero_point, bias, multiplier, out_zero_point, lo, hi,
+                               out_dtype, stride, padding, dilation, pool_kernel, pool_stride,
+                               pool_padding, pool_dilation, pool_out_hw, out),
+                           threads);
+        },
+        py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
+        py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"), py::arg("hi"),
+        py::arg("out_dtype"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("pool_kernel"), py::arg("pool_stride"), py::arg("pool_padding"),
+        py::arg("pool_dilation"), py::arg("pool_out_hw"), py::arg("threads") = 1,
+        py::arg("out") = py::none(),
+        "Return max_pool2d(qconv2d(x, ...), pool_kernel, pool_stride, pool_padding,\n"
+        "pool_dilation, pool_out_hw) [N, POH, POW, O] without the convolution's whole result:\n"
+        "it runs in bands of rows that stay in cache. Padding rows must be fewer than the\n"
+        "kernel's rows and every pooling window must start above the convolution's last row.");
     module.def("max_pool2d", &max_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
                py::arg("padding"), py::arg("dilation"), py::arg("out_hw"),
                py::arg("threads") = 1,

@@ -3,8 +3,10 @@
 the native kernels band by band of output rows, so that the expanded activations (six times
 the block's input) stay in cache instead of going to memory and back twice. A block without
 expansion (depthwise -> project 1x1: MobileNetV2's first block, a depthwise-separable
-convolution) is fused too, and keeps the depthwise results in cache. Each value is computed as
-the layers' kernels compute it, so results do not change.
+convolution) is fused too, and keeps the depthwise results in cache. An int8 convolution whose
+result only a max pooling reads (ResNet's stem) becomes one native call too, which pools band by
+band of the convolution's rows while they are in cache. Each value is computed as the layers'
+kernels compute it, so results do not change.
 
 A Session fuses its steps when it loads, after preparing them (registry.PREPARERS); a fused
 step keeps the steps it replaces and runs them one by one where the native block does not
@@ -20,9 +22,10 @@ import numpy as np
 
 from .. import _kernels
 from .common import nhwc
-from .nn import _float32_vector, channels_last, channels_last_operand, output_hw
+from .nn import _float32_vector, channels_last, channels_last_operand, output_hw, output_sizes
 from .packing import PACKED_WEIGHTS
-from .registry import NATIVE_THREADS, call_kernel, native_step
+from .quant import requantized_conv_head
+from .registry import NATIVE_THREADS, RUNTIME, call_kernel, native_step
 
 LAYER_OPS = ("conv2d", "fused_conv2d")
 # The native block runs when the expanded activations of one image reach this size: below it
@@ -32,17 +35,19 @@ FUSED_MIN_BYTES = 1 << 20
 
 def fuse_blocks(steps: list, constants: list, outputs: list) -> list:
     """``steps`` with every run of three (expand, depthwise, project) or two (depthwise,
-    project) that forms an inverted residual block replaced by one step. ``constants`` holds
-    each slot's constant array (None for computed values) and ``outputs`` the model's output
-    slots."""
+    project) that forms an inverted residual block, and every int8 convolution followed by the
+    max pooling that alone reads it, replaced by one step. ``constants`` holds each slot's
+    constant array (None for computed values) and ``outputs`` the model's output slots."""
     readers = Counter(slot for step in steps for slot in step.operands if slot is not None)
     readers.update(outputs)
+    patterns = ((3, _is_inverted_residual, _block_step), (2, _is_inverted_residual, _block_step),
+                (2, _is_conv_pool, _conv_pool_step))
     fused, index = [], 0
     while index < len(steps):
-        for length in (3, 2):
+        for length, matches, make_step in patterns:
             block = steps[index:index + length]
-            if len(block) == length and _is_inverted_residual(block, constants, readers):
-                fused.append(_block_step(block, constants))
+            if len(block) == length and matches(block, constants, readers):
+                fused.append(make_step(block, constants))
                 index += length
                 break
         else:
@@ -100,6 +105,12 @@ def _run_step(step, operands):
                                                    list(step.types))
 
 
+def _operands_of(step, x, constants) -> list:
+    """A replaced step's operands: ``x`` as its first, its constants for the others."""
+    return [x if slot == step.operands[0] else constants[slot] if slot is not None else None
+            for slot in step.operands]
+
+
 class InvertedResidualBlock:
     """The fused step's run function: the native block for large images, else its steps one
     by one; and its program steps (``build``), likewise."""
@@ -122,15 +133,11 @@ class InvertedResidualBlock:
         project = block[-1]
         self.has_residual = len(project.operands) > 3 and project.operands[3] is not None
 
-    def _operands_of(self, step, x):
-        return [x if slot == step.operands[0] else self.constants[slot] if slot is not None
-                else None for slot in step.operands]
-
     def _in_sequence(self, x, residual):
         *layers, project = self.steps
         for step in layers:
-            x = _run_step(step, self._operands_of(step, x))[0]
-        layer = self._operands_of(project, x)
+            x = _run_step(step, _operands_of(step, x, self.constants))[0]
+        layer = _operands_of(project, x, self.constants)
         if self.has_residual:
             layer[3] = residual
         return _run_step(project, layer)
@@ -189,21 +196,136 @@ class InvertedResidualBlock:
         return [out]
 
 
+def _fused_step(block, op, run, operands, types):
+    """The step of ``op`` that replaces ``block``: it reads ``operands``, returns the last
+    step's results, and runs ``run``."""
+    first, last = block[0], block[-1]
+    # The attributes hold the run function itself, for its native_step builder: a fused step
+    # exists only in a loaded session, never in an artifact.
+    return dataclasses.replace(
+        first, op=op, attrs={"block": run}, operands=operands, results=last.results,
+        types=types, release=tuple(dict.fromkeys(r for step in block for r in step.release)),
+        source=f"{first.source} .. {last.source}", symbolic_attrs=(),
+        kernel=lambda xs, attrs, types: run(xs), prepared=run)
+
+
 def _block_step(block, constants):
     first, project = block[0], block[-1]
     run = InvertedResidualBlock(block, constants)
     operands = (first.operands[0],) + ((project.operands[3],) if run.has_residual else ())
     types = (first.types[0],) + ((project.types[3],) if run.has_residual else ())
-    # The attributes hold the block itself, for its native_step builder: a fused step exists
-    # only in a loaded session, never in an artifact.
-    return dataclasses.replace(
-        first, op="inverted_residual", attrs={"block": run}, operands=operands,
-        results=project.results, types=types,
-        release=tuple(dict.fromkeys(r for step in block for r in step.release)),
-        source=f"{first.source} .. {project.source}", symbolic_attrs=(),
-        kernel=lambda xs, attrs, types: run(xs), prepared=run)
+    return _fused_step(block, "inverted_residual", run, operands, types)
 
 
-native_step("inverted_residual")(
-    lambda program, a, types, operands, runtime, results: a["block"].build(program, operands,
-                                                                           results))
+# ---- int8 convolution and max pooling -----------------------------------------------------------
+
+# The values of the native kernels' u8 and s8 results.
+RESULT_RANGES = {"u8": (0, 255), "s8": (-128, 127)}
+
+
+def _conv_head(conv, constants):
+    """requantized_conv_head of a qconv2d step, its input computed at run time."""
+    operands = [RUNTIME] + [None if slot is None else constants[slot]
+                            for slot in conv.operands[1:]]
+    if any(operand is None for operand, slot in zip(operands, conv.operands) if slot is not None):
+        return None  # a computed weight or bias
+    return requantized_conv_head(conv.attrs, list(conv.types), operands)
+
+
+def _is_conv_pool(block, constants, readers) -> bool:
+    """Whether ``block`` is a qconv2d with a native u8/i8 result (constant weights, no
+    residual), every row of which reads the image, and a max_pool2d that alone reads it."""
+    conv, pool = block
+    if (conv.op != "qconv2d" or pool.op != "max_pool2d" or conv.symbolic_attrs
+            or pool.symbolic_attrs or pool.operands[0] != conv.results[0]
+            or readers[conv.results[0]] != 1):
+        return False
+    weight = constants[conv.operands[1]]
+    if not isinstance(weight, np.ndarray) or weight.ndim != 4 or not _geometry_of_ints(
+            conv.attrs, stride=2, padding=4, dilation=2) or not _geometry_of_ints(
+            pool.attrs, kernel=2, stride=2, padding=4, dilation=2):
+        return False  # the steps' own kernels name what is wrong with other attributes
+    span = (weight.shape[2] - 1) * conv.attrs["dilation"][0] + 1
+    padding = conv.attrs["padding"]
+    head = _conv_head(conv, constants) if padding[0] < span and padding[2] < span else None
+    if head is None:
+        return False
+    zero_point, _, _, out_zero_point, lo, hi, out_dtype = head[1:8]
+    low, high = RESULT_RANGES[out_dtype]
+    return -128 <= zero_point <= 255 and all(low <= value <= high
+                                             for value in (out_zero_point, lo, hi))
+
+
+def _geometry_of_ints(attrs: dict, **lengths) -> bool:
+    """Whether each named attribute is a list of that many non-negative integers."""
+    return all(isinstance(attrs.get(name), (list, tuple)) and len(attrs[name]) == length
+               and all(type(value) is int and value >= 0 for value in attrs[name])
+               for name, length in lengths.items())
+
+
+class ConvPool:
+    """The fused step's run function: the native convolution and pooling in one call; and its
+    program step (``build``)."""
+
+    def __init__(self, block, constants):
+        self.steps = block
+        self.constants = constants
+        conv, pool = block
+        self.head = _conv_head(conv, constants)
+        self.kernel = constants[conv.operands[1]].shape[2:]
+        self.conv_geometry = self.head[-3:]
+        a = pool.attrs
+        self.pool_geometry = tuple(tuple(a[name]) for name in
+                                   ("kernel", "stride", "padding", "dilation"))
+        self.pool_sizes = output_sizes(*self.pool_geometry, a["ceil_mode"])
+
+    def _pool_hw(self, x):
+        """The pooling's (OH, OW) over the convolution of x, or None where the native call does
+        not take x: no pixels, another dtype, or a window that starts below the last row."""
+        if x.ndim != 4 or not x.size or x.dtype not in (np.uint8, np.int8):
+            return None
+        conv_hw = output_hw(x.shape, self.kernel, *self.conv_geometry)
+        if min(conv_hw) < 1:
+            return None
+        pool_hw = self.pool_sizes((x.shape[0], x.shape[1], *conv_hw))
+        _, stride, padding, _ = self.pool_geometry
+        if pool_hw[0] and (pool_hw[0] - 1) * stride[0] >= conv_hw[0] + padding[0]:
+            return None
+        return pool_hw
+
+    def __call__(self, xs):
+        x = xs[0]
+        pool_hw = self._pool_hw(x)
+        if pool_hw is None:
+            for step in self.steps:
+                x = _run_step(step, _operands_of(step, x, self.constants))[0]
+            return [x]
+        out = _kernels.qconv2d_max_pool2d(channels_last(x), *self.head, *self.pool_geometry,
+                                          pool_hw, NATIVE_THREADS.get(), None)
+        return [out.transpose(0, 3, 1, 2)]
+
+    def build(self, program, operands, results):
+        """The fused call in a native plan, over x in NHWC memory."""
+        x = operands[0]
+        out = np.empty_like(results[0])
+        pool_hw = self._pool_hw(x)
+        x_nhwc = channels_last_operand(program, x)
+        if pool_hw is None or x_nhwc is None or not nhwc(out).flags.c_contiguous:
+            return None
+        program.qconv2d_max_pool2d(x_nhwc, *self.head, *self.pool_geometry, pool_hw, nhwc(out))
+        return [out]
+
+
+def _conv_pool_step(block, constants):
+    conv = block[0]
+    return _fused_step(block, "qconv2d_max_pool2d", ConvPool(block, constants),
+                       (conv.operands[0],), (conv.types[0],))
+
+
+def _build_fused(program, a, types, operands, runtime, results):
+    """A fused step's program step: its run function's ``build``."""
+    return a["block"].build(program, operands, results)
+
+
+native_step("inverted_residual")(_build_fused)
+native_step("qconv2d_max_pool2d")(_build_fused)

@@ -547,6 +547,20 @@ def prepare_qconv2d(a, types, operands):
     return run
 
 
+def requantized_conv_head(a, types, operands) -> tuple | None:
+    """(packed, zero point, bias, multiplier, out zero point, lo, hi, out dtype, stride, padding,
+    dilation): the native qconv2d's arguments for a layer with constant weights, a u8/i8 result
+    clamped by its activation, and no residual; None for other layers."""
+    layer = native_layer(types, operands, lambda w: _packed_conv(w, a["groups"]))
+    if layer is None or layer.with_residual:
+        return None
+    epilogue = native_epilogue(layer.w, a, layer.xq, layer.wq, layer.rq, False)
+    if epilogue is None or epilogue.f32 or epilogue.activation != "none":
+        return None
+    return (layer.packed, layer.zero_point, layer.bias, *epilogue.args, tuple(a["stride"]),
+            tuple(a["padding"]), tuple(a["dilation"]))
+
+
 def conv_epilogue_tail(epilogue: NativeEpilogue, activation: str) -> tuple:
     """The last arguments of the native convolution: the residual's terms, and for an f32
     result a clamp activation, which the kernel applies exactly as numpy clamps (the float

@@ -1,7 +1,8 @@
 """Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
 the very results of the kernels run from scratch, float and int8, with residuals and fused
 activations; they decline what they do not handle, and the step then runs its kernel. Float
-inverted residual blocks become one step (cpu_ops.blocks) with the results of their layers."""
+inverted residual blocks, and int8 convolutions with the max pooling of their results, become
+one step (cpu_ops.blocks) with the results of their layers."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
     layers = {"qconv2d", "qlinear"} if int8 else {"fused_conv2d", "fused_linear", "linear",
                                                    "inverted_residual"}
     assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
-    assert prepared <= set(PREPARERS) | {"inverted_residual"}
+    assert prepared <= set(PREPARERS) | {"inverted_residual", "qconv2d_max_pool2d"}
     for batch in (1, 3):
         feeds = feeds_for(name, graph, batch, seed=batch)
         actual, expected = session.run(feeds), run_unprepared(session, feeds)
@@ -180,3 +181,56 @@ def test_inverted_residual_blocks_run_as_one_step_with_the_results_of_their_laye
         np.testing.assert_array_equal(fused[key], layered)
     with torch.no_grad():
         assert_matches(next(iter(fused.values())), model(x).numpy(), "blocks vs torch", rtol=1e-4)
+
+
+class StemAndPool(nn.Module):
+    """ResNet's stem shape at a small size: convolution, batch norm, ReLU, max pooling, and a
+    convolution after it; ``also_stem`` returns the stem's result too (a second reader)."""
+
+    def __init__(self, ceil_mode: bool = False, also_stem: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode)
+        self.head = nn.Conv2d(16, 8, 3, padding=1)
+        self.also_stem = also_stem
+
+    def forward(self, x):
+        stem = torch.relu(self.bn(self.conv(x)))
+        out = self.head(self.pool(stem))
+        return (out, stem) if self.also_stem else out
+
+
+def int8_session(model: nn.Module, shape) -> Session:
+    torch.manual_seed(0)
+    randomize_batch_norm(model)
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((2, *shape[1:])).astype(np.float32) for _ in range(3)]
+    return nimbus.compile(model.eval(), (torch.randn(shape),), calibration=calibration).session()
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+def test_an_int8_convolution_and_its_max_pooling_run_as_one_step_with_their_results(
+        ceil_mode, monkeypatch):
+    session = int8_session(StemAndPool(ceil_mode), (1, 3, 45, 37))
+    assert "qconv2d_max_pool2d" in [step.op for step in session._steps]
+    assert "max_pool2d" not in [step.op for step in session._steps]
+    monkeypatch.setattr(blocks, "_is_conv_pool", lambda *args: False)
+    unfused = Session(session.artifact)
+    assert "qconv2d_max_pool2d" not in [step.op for step in unfused._steps]
+    name = session.inputs[0].name
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 3, 45, 37)).astype(np.float32)
+        expected = unfused.run({name: x})
+        # The executor's run traces the native plan, which the second run takes.
+        for run in range(2):
+            for key, value in session.run({name: x}).items():
+                np.testing.assert_array_equal(value, expected[key], err_msg=f"run {run}")
+        assert (x.shape,) in session.native_shapes
+
+
+def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused():
+    session = int8_session(StemAndPool(also_stem=True), (1, 3, 21, 19))
+    assert "qconv2d_max_pool2d" not in [step.op for step in session._steps]
+    assert "max_pool2d" in [step.op for step in session._steps]

@@ -195,13 +195,20 @@ def test_thread_count_reaches_the_native_kernels_and_results_do_not_depend_on_it
     compiled = nimbus.compile(trained_lenet(), (torch.from_numpy(test_x[:1]),),
                               calibration=[train_x[:64]])
     seen = []
-    original = quant._kernels.qconv2d
 
-    def spy(*args):  # the runtime passes every argument by position
-        seen.append(args[12])  # x, packed, zero point, bias, 5 of the epilogue, 3 of geometry
-        return original(*args)
+    def spy_on(name, threads_at):
+        original = getattr(quant._kernels, name)
 
-    monkeypatch.setattr(quant._kernels, "qconv2d", spy)
+        def spy(*args):  # the runtime passes every argument by position
+            seen.append(args[threads_at])
+            return original(*args)
+
+        monkeypatch.setattr(quant._kernels, name, spy)
+
+    # x, packed, zero point, bias, 5 of the epilogue, 3 of geometry (and 5 of the pooling's):
+    # LeNet's convolutions run fused with the poolings after them.
+    spy_on("qconv2d", 12)
+    spy_on("qconv2d_max_pool2d", 17)
     one = Session(compiled.data, threads=1).run({"x": test_x[:16]})["output"]
     two = Session(compiled.data, threads=2).run({"x": test_x[:16]})["output"]
     np.testing.assert_array_equal(one, two)

@@ -1,0 +1,117 @@
+"""The int8 convolution fused with the max pooling of its result (qconv2d_max_pool2d), which
+runs in bands of rows: bit-exact with the op table's qconv2d and max pooling, on every ISA
+path, with band edges, padding, ceil mode, strides and dilations; and its errors."""
+
+import numpy as np
+import pytest
+from checks import assert_matches
+from nimbus.compiler.dtypes import DType
+from nimbus.compiler.ops.quant import activation_bounds, requant_multiplier
+from nimbus.runtime import _kernels, pack_conv_weights
+from nimbus.runtime.cpu_ops.nn import max_pool_reference, output_hw
+from other_isas import OTHER_ISAS, rerun_under
+from qconv_reference import A_RANGES, geometry_keywords, make_problem
+from qgemm_reference import INT8_ISAS as ISAS
+
+# name: (convolution as in test_qconv.py, pooling (kernel, stride, padding, dilation, ceil)).
+CASES = {
+    "ResNet stem": ((2, 3, 37, 29, 64, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),
+                    ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False)),
+    "stem, ceil mode": ((1, 3, 36, 30, 17, (7, 7), (2, 2), (3, 3, 2, 2), (1, 1), 1),
+                        ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True)),
+    # 150 pooled rows: several bands per image, whose edges fall anywhere in a window.
+    "tall image": ((1, 5, 301, 9, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                   ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False)),
+    "pooling 2x2 stride 2 ceil": ((3, 16, 15, 17, 24, (3, 3), (1, 1), (1, 0, 1, 2), (1, 1), 1),
+                                  ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True)),
+    "pooling stride 3 skips rows": ((1, 8, 23, 11, 9, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+                                    ((2, 2), (3, 3), (0, 0, 0, 0), (1, 1), False)),
+    "dilated pooling and convolution": ((2, 4, 19, 13, 6, (3, 3), (1, 1), (2, 1, 2, 1), (2, 1), 1),
+                                        ((3, 2), (2, 1), (2, 0, 2, 1), (2, 1), False)),
+    "depthwise": ((1, 17, 13, 13, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 17),
+                  ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False)),
+    "grouped, one pooled row": ((2, 6, 5, 7, 9, (3, 3), (1, 1), (0, 1, 0, 1), (1, 1), 3),
+                                ((3, 3), (1, 1), (0, 0, 0, 0), (1, 1), False)),
+}
+
+
+def fused_and_expected(case, isa, a_type, out, threads):
+    """The fused call's result and the reference's, for one case and one result type."""
+    geometry, (kernel, stride, padding, dilation, ceil_mode) = CASES[case]
+    problem = make_problem(geometry, a_type, [len(case), *geometry[:5]])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    dtype, out_dtype, activation, zero_point = out
+    out_scale = float(np.abs(problem.reference("f32")).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    lo, hi = activation_bounds(activation, DType(dtype), out_scale, zero_point)
+    conv = problem.reference(dtype, out_scale, zero_point, activation).transpose(0, 3, 1, 2)
+    pool = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+            "ceil_mode": ceil_mode}
+    expected = max_pool_reference([conv], pool).transpose(0, 2, 3, 1)
+    pool_hw = output_hw(conv.shape, kernel, stride, padding, dilation, ceil_mode)
+    fused = _kernels.qconv2d_max_pool2d(
+        problem.x, packed, problem.a_zero_point, problem.bias, multiplier, zero_point, lo, hi,
+        out_dtype, *geometry_keywords(problem).values(), kernel, stride, padding, dilation,
+        pool_hw, threads)
+    return fused, expected
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("out", [("u8", "u8", "relu", 3), ("i8", "s8", "none", -7)],
+                         ids=["u8 relu", "s8"])
+@pytest.mark.parametrize("a_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES)
+def test_matches_the_convolution_then_the_pooling(case, isa, a_type, out, threads):
+    fused, expected = fused_and_expected(case, isa, a_type, out, threads)
+    assert_matches(fused, expected, name=f"{case} {isa} {a_type} {out[1]} threads={threads}")
+
+
+def test_program_step_writes_the_same_result_into_out():
+    geometry, (kernel, stride, padding, dilation, _) = CASES["ResNet stem"]
+    problem = make_problem(geometry, "u8", 7)
+    packed = pack_conv_weights(problem.w, 1)
+    multiplier = np.full(64, 1e-4, np.float32)
+    arguments = (packed, problem.a_zero_point, problem.bias, multiplier, 0, 0, 255, "u8",
+                 *geometry_keywords(problem).values(), kernel, stride, padding, dilation)
+    expected = _kernels.qconv2d_max_pool2d(problem.x, *arguments, (10, 8), 2)
+    out = np.full(expected.shape, 7, np.uint8)
+    program = _kernels.Program()
+    program.qconv2d_max_pool2d(problem.x, *arguments, (10, 8), out)
+    program.run(2)
+    np.testing.assert_array_equal(out, expected)
+
+
+def stem_call(**changes):
+    """qconv2d_max_pool2d of a small stem, with keyword arguments replaced by ``changes``."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (8, 3, 3, 3), dtype=np.int8)
+    arguments = {
+        "x": rng.integers(0, 256, (1, 9, 9, 3), dtype=np.uint8), "packed": pack_conv_weights(w),
+        "a_zero_point": 3, "bias": None, "multiplier": np.full(8, 1e-3, np.float32),
+        "out_zero_point": 0, "lo": 0, "hi": 255, "out_dtype": "u8", "stride": (1, 1),
+        "padding": (1, 1, 1, 1), "dilation": (1, 1), "pool_kernel": (3, 3), "pool_stride": (2, 2),
+        "pool_padding": (1, 1, 1, 1), "pool_dilation": (1, 1), "pool_out_hw": (5, 5)}
+    return _kernels.qconv2d_max_pool2d(**{**arguments, **changes})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"padding": (3, 1, 1, 1)}, "padding rows must be fewer than the kernel's rows"),
+    ({"padding": (1, 1, 3, 1)}, "padding rows must be fewer than the kernel's rows"),
+    ({"pool_out_hw": (6, 5)}, "the last pooling window starts below"),
+    ({"x": np.zeros((1, 9, 9, 4), np.uint8)}, "C = 3"),
+    ({"out_dtype": "f32"}, "out_dtype"),
+    ({"pool_kernel": (0, 3)}, "kernel"),
+    ({"out": np.zeros((1, 5, 5, 8), np.int8)}, "out"),
+    ({"out": np.zeros((1, 4, 5, 8), np.uint8)}, "out must have shape"),
+])
+def test_bad_arguments_raise_clear_errors(changes, message):
+    assert stem_call().shape == (1, 5, 5, 8)
+    with pytest.raises((ValueError, TypeError), match=message):
+        stem_call(**changes)
+
+
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_every_isa_path(isa):
+    # The pooling follows the process-wide path (the convolution takes the packed weights').
+    rerun_under(__file__, isa, "test_every_isa_path")
