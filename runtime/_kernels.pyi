@@ -321,6 +321,13 @@ class Program:
                 padding: Sequence[int], dilation: Sequence[int], out: npt.NDArray,
                 residual: npt.NDArray | None, residual_zero_point: int,
                 residual_scale: float) -> None: ...
+    def sconv2d_max_pool2d(self, x: npt.NDArray[np.float32], packed: object,
+                           bias: npt.NDArray[np.float32] | None, activation: str,
+                           stride: Sequence[int], padding: Sequence[int],
+                           dilation: Sequence[int], pool_kernel: Sequence[int],
+                           pool_stride: Sequence[int], pool_padding: Sequence[int],
+                           pool_dilation: Sequence[int], pool_out_hw: Sequence[int],
+                           out: npt.NDArray[np.float32]) -> None: ...
     def qconv2d_max_pool2d(self, x: npt.NDArray, packed: PackedConvWeights,
                            a_zero_point: int, bias: npt.NDArray[np.int32] | None,
                            multiplier: npt.NDArray[np.float32], out_zero_point: int, lo: int,

@@ -850,8 +850,36 @@ PreparedCall prepare_max_pool2d(const py::object& x_object, const std::vector<lo
             {x, out}};
 }
 
+// The pooling of a convolution's result [N, OH, OW, O] (the convolution of `kernel_h` rows
+// over geometry g), checked.
+PoolGeometry checked_result_pooling(const ConvGeometry& g, std::size_t channels,
+                                    const std::vector<long long>& kernel,
+                                    const std::vector<long long>& stride,
+                                    const std::vector<long long>& padding,
+                                    const std::vector<long long>& dilation,
+                                    const std::vector<long long>& out_hw) {
+    return checked_pool_geometry(
+        {static_cast<py::ssize_t>(g.batch), static_cast<py::ssize_t>(g.out_h),
+         static_cast<py::ssize_t>(g.out_w), static_cast<py::ssize_t>(channels)},
+        "the convolution's result", kernel, stride, padding, dilation, out_hw);
+}
+
+// ValueError unless the convolution and the pooling of its result run in bands (conv_pool.cpp):
+// image rows in every convolution row, and every pooling window starting above the
+// convolution's last row (as floor and ceil modes make them).
+void require_bands(const ConvGeometry& g, std::size_t kernel_h, const PoolGeometry& pool) {
+    const std::size_t span = (kernel_h - 1) * g.dilation_h + 1;
+    if (g.pad_top >= span || g.pad_bottom >= span) {
+        throw py::value_error("padding rows must be fewer than the kernel's rows (" +
+                              std::to_string(span) + ") to fuse the pooling");
+    }
+    if (pool.out_h > 0 && (pool.out_h - 1) * pool.stride_h >= g.out_h + pool.pad_top) {
+        throw py::value_error("the last pooling window starts below the convolution's result");
+    }
+}
+
 // A requantizing convolution (u8 or s8 result) and the max pooling of its result, in one call
-// (qconv_pool.cpp): out [N, POH, POW, O].
+// (conv_pool.cpp): out [N, POH, POW, O].
 PreparedCall prepare_qconv2d_max_pool2d(
     const py::object& x_object, const PackedConvWeights& packed, long long a_zero_point,
     const py::object& bias_object, const py::object& multiplier_object, long long out_zero_point,
@@ -867,21 +895,10 @@ PreparedCall prepare_qconv2d_max_pool2d(
                                                     stride, padding, dilation, epilogue);
     const ConvGeometry& g = conv.geometry;
     const auto channels = static_cast<py::ssize_t>(packed.out_channels);
-    const PoolGeometry pool = checked_pool_geometry(
-        {conv.x.shape(0), static_cast<py::ssize_t>(g.out_h), static_cast<py::ssize_t>(g.out_w),
-         channels},
-        "the convolution's result", pool_kernel, pool_stride, pool_padding, pool_dilation,
-        pool_out_hw);
-    // Bands need image rows in every convolution row, and pooled rows whose windows start
-    // above the convolution's last row (as floor and ceil modes make them).
-    const std::size_t span = (packed.kernel_h - 1) * g.dilation_h + 1;
-    if (g.pad_top >= span || g.pad_bottom >= span) {
-        throw py::value_error("padding rows must be fewer than the kernel's rows (" +
-                              std::to_string(span) + ") to fuse the pooling");
-    }
-    if (pool.out_h > 0 && (pool.out_h - 1) * pool.stride_h >= g.out_h + pool.pad_top) {
-        throw py::value_error("the last pooling window starts below the convolution's result");
-    }
+    const PoolGeometry pool = checked_result_pooling(g, packed.out_channels, pool_kernel,
+                                                     pool_stride, pool_padding, pool_dilation,
+                                                     pool_out_hw);
+    require_bands(g, packed.kernel_h, pool);
     const std::vector<py::ssize_t> shape{conv.x.shape(0), pool_out_hw[0], pool_out_hw[1],
                                          channels};
     require_fits<std::uint8_t>(shape);
@@ -1283,13 +1300,11 @@ PackedSconvWeights pack_sconv_weights(const py::object& w_object, long long grou
         static_cast<std::size_t>(groups), path, unit_stride);
 }
 
-PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
-                             const py::object& bias_object, const py::object& residual_object,
-                             const std::string& activation, const std::vector<long long>& stride,
-                             const std::vector<long long>& padding,
-                             const std::vector<long long>& dilation,
-                             const py::object& out_object) {
-    const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
+// The geometry of float x [N, H, W, C] under the packed float weights, checked.
+ConvGeometry checked_sconv_geometry(const py::array& x, const PackedSconvWeights& packed,
+                                    const std::vector<long long>& stride,
+                                    const std::vector<long long>& padding,
+                                    const std::vector<long long>& dilation) {
     // checked_geometry reads only the shape of the weights.
     PackedConvWeights shape_only;
     shape_only.out_channels = packed.out_channels;
@@ -1304,6 +1319,17 @@ PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeight
         throw py::value_error("these weights were packed for stride 1 and dilation 1 only "
                               "(unit_stride=True)");
     }
+    return geometry;
+}
+
+PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
+                             const py::object& bias_object, const py::object& residual_object,
+                             const std::string& activation, const std::vector<long long>& stride,
+                             const std::vector<long long>& padding,
+                             const std::vector<long long>& dilation,
+                             const py::object& out_object) {
+    const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
+    const ConvGeometry geometry = checked_sconv_geometry(x, packed, stride, padding, dilation);
     const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
                                          static_cast<py::ssize_t>(geometry.out_w),
                                          static_cast<py::ssize_t>(packed.out_channels)};
@@ -1325,6 +1351,47 @@ PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeight
             },
             out,
             {x, owner_of(packed), bias, residual, out}};
+}
+
+// A float convolution without a residual and the max pooling of its result, in one call
+// (conv_pool.cpp): out [N, POH, POW, O].
+PreparedCall prepare_sconv2d_max_pool2d(
+    const py::object& x_object, const PackedSconvWeights& packed, const py::object& bias_object,
+    const std::string& activation, const std::vector<long long>& stride,
+    const std::vector<long long>& padding, const std::vector<long long>& dilation,
+    const std::vector<long long>& pool_kernel, const std::vector<long long>& pool_stride,
+    const std::vector<long long>& pool_padding, const std::vector<long long>& pool_dilation,
+    const std::vector<long long>& pool_out_hw, const py::object& out_object) {
+    const py::array x = checked_array<float>(x_object, "x", 4, "[N, H, W, C]");
+    const ConvGeometry g = checked_sconv_geometry(x, packed, stride, padding, dilation);
+    if (!packed.winograd_weights.empty()) {
+        throw py::value_error("weights packed in the Winograd form do not run in bands (its "
+                              "tiles would start on other rows)");
+    }
+    const PoolGeometry pool = checked_result_pooling(g, packed.out_channels, pool_kernel,
+                                                     pool_stride, pool_padding, pool_dilation,
+                                                     pool_out_hw);
+    require_bands(g, packed.kernel_h, pool);
+    const auto channels = static_cast<py::ssize_t>(packed.out_channels);
+    py::array bias;
+    py::array no_residual;
+    const SgemmEpilogue epilogue = float_epilogue(
+        bias_object, py::none(), activation,
+        {x.shape(0), static_cast<py::ssize_t>(g.out_h), static_cast<py::ssize_t>(g.out_w),
+         channels},
+        "[N, OH, OW, O]", bias, no_residual);
+    const std::vector<py::ssize_t> shape{x.shape(0), pool_out_hw[0], pool_out_hw[1], channels};
+    require_fits<float>(shape);
+    py::array out = float_result<float>(out_object, shape, "[N, POH, POW, O]", x, no_residual);
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const PackedSconvWeights* weights = &packed;
+    return {[=](std::size_t threads) {
+                nimbus::kernels::sconv2d_max_pool2d(x_data, g, *weights, epilogue, pool,
+                                                    out_data, threads);
+            },
+            out,
+            {x, owner_of(packed), bias, out}};
 }
 
 py::array sconv2d(const py::object& x_object, const PackedSconvWeights& packed,
@@ -2222,6 +2289,26 @@ PYBIND11_MODULE(_kernels, module) {
                "NHWC x.\n\nbias: [O] or None; residual: [N, OH, OW, O] or None; stride: (h, w); "
                "padding: [top, left,\nbottom, right] of zeros; dilation: (h, w); activation, "
                "threads and out as for sgemm.");
+    module.def(
+        "sconv2d_max_pool2d",
+        [](const py::object& x, const PackedSconvWeights& packed, const py::object& bias,
+           const std::string& activation, const std::vector<long long>& stride,
+           const std::vector<long long>& padding, const std::vector<long long>& dilation,
+           const std::vector<long long>& pool_kernel, const std::vector<long long>& pool_stride,
+           const std::vector<long long>& pool_padding, const std::vector<long long>& pool_dilation,
+           const std::vector<long long>& pool_out_hw, long long threads, const py::object& out) {
+            return run_now(prepare_sconv2d_max_pool2d(x, packed, bias, activation, stride,
+                                                      padding, dilation, pool_kernel,
+                                                      pool_stride, pool_padding, pool_dilation,
+                                                      pool_out_hw, out),
+                           threads);
+        },
+        py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("activation"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("pool_kernel"), py::arg("pool_stride"),
+        py::arg("pool_padding"), py::arg("pool_dilation"), py::arg("pool_out_hw"),
+        py::arg("threads") = 1, py::arg("out") = py::none(),
+        "Return max_pool2d(sconv2d(x, ...)) [N, POH, POW, O] as qconv2d_max_pool2d does, for\n"
+        "float32 NHWC x and weights not packed in the Winograd form.");
     module.def("inverted_residual", &inverted_residual, py::arg("x"), py::arg("expand"),
                py::arg("expand_bias"), py::arg("expand_activation"), py::arg("depthwise"),
                py::arg("depthwise_bias"), py::arg("depthwise_activation"), py::arg("stride"),
@@ -2295,6 +2382,24 @@ PYBIND11_MODULE(_kernels, module) {
             },
             py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
             py::arg("dilation"), py::arg("out_hw"), py::arg("out"))
+        .def(
+            "sconv2d_max_pool2d",
+            [](Program& program, const py::object& x, const PackedSconvWeights& packed,
+               const py::object& bias, const std::string& activation,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& dilation, const std::vector<long long>& pool_kernel,
+               const std::vector<long long>& pool_stride,
+               const std::vector<long long>& pool_padding,
+               const std::vector<long long>& pool_dilation,
+               const std::vector<long long>& pool_out_hw, const py::object& out) {
+                program.add(prepare_sconv2d_max_pool2d(
+                    x, packed, bias, activation, stride, padding, dilation, pool_kernel,
+                    pool_stride, pool_padding, pool_dilation, pool_out_hw, program_out(out)));
+            },
+            py::arg("x"), py::arg("packed"), py::arg("bias"), py::arg("activation"),
+            py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("pool_kernel"),
+            py::arg("pool_stride"), py::arg("pool_padding"), py::arg("pool_dilation"),
+            py::arg("pool_out_hw"), py::arg("out"))
         .def(
             "qconv2d_max_pool2d",
             [](Program& program, const py::object& x, const PackedConvWeights& packed,

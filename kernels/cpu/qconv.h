@@ -106,7 +106,7 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
 
 // qconv2d with a u8 or s8 result, then max_pool2d over that result with `pool` (whose batch,
 // height, width and channels are the convolution's result's), in bands of rows that stay in
-// cache (qconv_pool.cpp). Every row of the convolution must read a row of the image (padding
+// cache (conv_pool.cpp). Every row of the convolution must read a row of the image (padding
 // rows fewer than the kernel's), and every pooling window start above its last row.
 void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
                         const ConvGeometry& conv, const PackedConvWeights& weights,

@@ -67,4 +67,11 @@ PackedSconvWeights pack_sconv_weights(const float* w, std::size_t out_channels,
 void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeights& weights,
              const SgemmEpilogue& epilogue, float* out, std::size_t threads);
 
+// sconv2d without a residual, then max_pool2d over its result, as qconv2d_max_pool2d does
+// (conv_pool.cpp). Not for weights packed in the Winograd form, whose tiles would start on
+// other rows in a band (checked by the caller).
+void sconv2d_max_pool2d(const float* x, const ConvGeometry& conv,
+                        const PackedSconvWeights& weights, const SgemmEpilogue& epilogue,
+                        const PoolGeometry& pool, float* out, std::size_t threads);
+
 }  // namespace nimbus::kernels

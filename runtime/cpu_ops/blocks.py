@@ -3,10 +3,11 @@
 the native kernels band by band of output rows, so that the expanded activations (six times
 the block's input) stay in cache instead of going to memory and back twice. A block without
 expansion (depthwise -> project 1x1: MobileNetV2's first block, a depthwise-separable
-convolution) is fused too, and keeps the depthwise results in cache. An int8 convolution whose
-result only a max pooling reads (ResNet's stem) becomes one native call too, which pools band by
-band of the convolution's rows while they are in cache. Each value is computed as the layers'
-kernels compute it, so results do not change.
+convolution) is fused too, and keeps the depthwise results in cache. A convolution whose result
+only a max pooling reads (ResNet's stem) becomes one native call too, which pools band by band
+of the convolution's rows while they are in cache (int8 with a u8/i8 result, or float except
+3x3 stride-1 kernels, whose Winograd tiles a band would start on other rows). Each value is
+computed as the layers' kernels compute it, so results do not change.
 
 A Session fuses its steps when it loads, after preparing them (registry.PREPARERS); a fused
 step keeps the steps it replaces and runs them one by one where the native block does not
@@ -22,7 +23,14 @@ import numpy as np
 
 from .. import _kernels
 from .common import nhwc
-from .nn import _float32_vector, channels_last, channels_last_operand, output_hw, output_sizes
+from .nn import (
+    _float32_vector,
+    channels_last,
+    channels_last_operand,
+    native_conv_args,
+    output_hw,
+    output_sizes,
+)
 from .packing import PACKED_WEIGHTS
 from .quant import requantized_conv_head
 from .registry import NATIVE_THREADS, RUNTIME, call_kernel, native_step
@@ -217,28 +225,62 @@ def _block_step(block, constants):
     return _fused_step(block, "inverted_residual", run, operands, types)
 
 
-# ---- int8 convolution and max pooling -----------------------------------------------------------
+# ---- convolution and max pooling ----------------------------------------------------------------
 
 # The values of the native kernels' u8 and s8 results.
 RESULT_RANGES = {"u8": (0, 255), "s8": (-128, 127)}
 
 
-def _conv_head(conv, constants):
-    """requantized_conv_head of a qconv2d step, its input computed at run time."""
+def _int8_head(conv, constants):
+    """requantized_conv_head of a qconv2d step whose requantization the native kernels take
+    (its input computed at run time), else None."""
     operands = [RUNTIME] + [None if slot is None else constants[slot]
                             for slot in conv.operands[1:]]
     if any(operand is None for operand, slot in zip(operands, conv.operands) if slot is not None):
         return None  # a computed weight or bias
-    return requantized_conv_head(conv.attrs, list(conv.types), operands)
+    head = requantized_conv_head(conv.attrs, list(conv.types), operands)
+    if head is None:
+        return None
+    zero_point, _, _, out_zero_point, lo, hi, out_dtype = head[1:8]
+    low, high = RESULT_RANGES[out_dtype]
+    in_range = -128 <= zero_point <= 255 and all(low <= value <= high
+                                                 for value in (out_zero_point, lo, hi))
+    return head if in_range else None
+
+
+def _float_head(conv, constants):
+    """(packed, bias, activation, stride, padding, dilation) of a float convolution step for
+    the native kernels, else None; not for a 3x3 kernel of stride 1, which may run Winograd
+    tiles that a band would start on other rows."""
+    layer = _layer(conv, constants)
+    if layer is None:
+        return None
+    weight, bias, activation = layer
+    a = conv.attrs
+    if weight.shape[2:] == (3, 3) and list(a["stride"]) == [1, 1]:
+        return None
+    args = native_conv_args(weight, bias, a)
+    return None if args is None else (*args[:2], activation, *args[2:])
+
+
+# op of the convolution -> (fused op, its native function (and program method), the function's
+# arguments before the pooling's, the input dtypes it takes)
+CONV_POOLS = {
+    "qconv2d": ("qconv2d_max_pool2d", "qconv2d_max_pool2d", _int8_head, (np.uint8, np.int8)),
+    "conv2d": ("conv2d_max_pool2d", "sconv2d_max_pool2d", _float_head, (np.float32,)),
+    "fused_conv2d": ("conv2d_max_pool2d", "sconv2d_max_pool2d", _float_head, (np.float32,)),
+}
 
 
 def _is_conv_pool(block, constants, readers) -> bool:
-    """Whether ``block`` is a qconv2d with a native u8/i8 result (constant weights, no
-    residual), every row of which reads the image, and a max_pool2d that alone reads it."""
+    """Whether ``block`` is a convolution with constant weights and no residual, every row of
+    which reads the image, whose result only the max_pool2d after it reads; an int8 one must
+    have a u8/i8 result that the native kernels requantize."""
     conv, pool = block
-    if (conv.op != "qconv2d" or pool.op != "max_pool2d" or conv.symbolic_attrs
+    if (conv.op not in CONV_POOLS or pool.op != "max_pool2d" or conv.symbolic_attrs
             or pool.symbolic_attrs or pool.operands[0] != conv.results[0]
-            or readers[conv.results[0]] != 1):
+            or readers[conv.results[0]] != 1
+            or (len(conv.operands) > 3 and conv.operands[3] is not None)):
         return False
     weight = constants[conv.operands[1]]
     if not isinstance(weight, np.ndarray) or weight.ndim != 4 or not _geometry_of_ints(
@@ -247,13 +289,8 @@ def _is_conv_pool(block, constants, readers) -> bool:
         return False  # the steps' own kernels name what is wrong with other attributes
     span = (weight.shape[2] - 1) * conv.attrs["dilation"][0] + 1
     padding = conv.attrs["padding"]
-    head = _conv_head(conv, constants) if padding[0] < span and padding[2] < span else None
-    if head is None:
-        return False
-    zero_point, _, _, out_zero_point, lo, hi, out_dtype = head[1:8]
-    low, high = RESULT_RANGES[out_dtype]
-    return -128 <= zero_point <= 255 and all(low <= value <= high
-                                             for value in (out_zero_point, lo, hi))
+    head_of = CONV_POOLS[conv.op][2]
+    return padding[0] < span and padding[2] < span and head_of(conv, constants) is not None
 
 
 def _geometry_of_ints(attrs: dict, **lengths) -> bool:
@@ -271,7 +308,8 @@ class ConvPool:
         self.steps = block
         self.constants = constants
         conv, pool = block
-        self.head = _conv_head(conv, constants)
+        self.op, self.function, head_of, self.dtypes = CONV_POOLS[conv.op]
+        self.head = head_of(conv, constants)
         self.kernel = constants[conv.operands[1]].shape[2:]
         self.conv_geometry = self.head[-3:]
         a = pool.attrs
@@ -282,7 +320,7 @@ class ConvPool:
     def _pool_hw(self, x):
         """The pooling's (OH, OW) over the convolution of x, or None where the native call does
         not take x: no pixels, another dtype, or a window that starts below the last row."""
-        if x.ndim != 4 or not x.size or x.dtype not in (np.uint8, np.int8):
+        if x.ndim != 4 or not x.size or x.dtype not in self.dtypes:
             return None
         conv_hw = output_hw(x.shape, self.kernel, *self.conv_geometry)
         if min(conv_hw) < 1:
@@ -300,8 +338,8 @@ class ConvPool:
             for step in self.steps:
                 x = _run_step(step, _operands_of(step, x, self.constants))[0]
             return [x]
-        out = _kernels.qconv2d_max_pool2d(channels_last(x), *self.head, *self.pool_geometry,
-                                          pool_hw, NATIVE_THREADS.get(), None)
+        out = getattr(_kernels, self.function)(channels_last(x), *self.head, *self.pool_geometry,
+                                               pool_hw, NATIVE_THREADS.get(), None)
         return [out.transpose(0, 3, 1, 2)]
 
     def build(self, program, operands, results):
@@ -312,14 +350,15 @@ class ConvPool:
         x_nhwc = channels_last_operand(program, x)
         if pool_hw is None or x_nhwc is None or not nhwc(out).flags.c_contiguous:
             return None
-        program.qconv2d_max_pool2d(x_nhwc, *self.head, *self.pool_geometry, pool_hw, nhwc(out))
+        getattr(program, self.function)(x_nhwc, *self.head, *self.pool_geometry, pool_hw,
+                                        nhwc(out))
         return [out]
 
 
 def _conv_pool_step(block, constants):
     conv = block[0]
-    return _fused_step(block, "qconv2d_max_pool2d", ConvPool(block, constants),
-                       (conv.operands[0],), (conv.types[0],))
+    run = ConvPool(block, constants)
+    return _fused_step(block, run.op, run, (conv.operands[0],), (conv.types[0],))
 
 
 def _build_fused(program, a, types, operands, runtime, results):
@@ -329,3 +368,4 @@ def _build_fused(program, a, types, operands, runtime, results):
 
 native_step("inverted_residual")(_build_fused)
 native_step("qconv2d_max_pool2d")(_build_fused)
+native_step("conv2d_max_pool2d")(_build_fused)

@@ -85,9 +85,9 @@ def test_a_native_plan_gives_the_executor_results(batch, int8):
     first = session.run(feeds)["output"]
     plan = session._native_plans[(feeds["x"].shape,)]
     assert isinstance(plan, NativePlan)
-    # The input's layout change (float) or quantization (int8), 2 convolutions, a pooling, a
-    # flatten in NCHW order and 3 GEMMs; int8's stem convolution and pooling are one call.
-    assert len(plan.program) == (7 if int8 else 8)
+    # The input's layout change (float) or quantization (int8), the stem convolution with the
+    # pooling, a convolution, a flatten in NCHW order and 3 GEMMs.
+    assert len(plan.program) == 7
     for seed in (batch, 10 + batch):
         feeds = images(batch, seed)
         native = session.run(feeds)["output"]

@@ -1,8 +1,8 @@
 """Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
 the very results of the kernels run from scratch, float and int8, with residuals and fused
 activations; they decline what they do not handle, and the step then runs its kernel. Float
-inverted residual blocks, and int8 convolutions with the max pooling of their results, become
-one step (cpu_ops.blocks) with the results of their layers."""
+inverted residual blocks, and convolutions with the max pooling of their results, become one
+step (cpu_ops.blocks) with the results of their layers."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
     layers = {"qconv2d", "qlinear"} if int8 else {"fused_conv2d", "fused_linear", "linear",
                                                    "inverted_residual"}
     assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
-    assert prepared <= set(PREPARERS) | {"inverted_residual", "qconv2d_max_pool2d"}
+    assert prepared <= set(PREPARERS) | {"inverted_residual", "qconv2d_max_pool2d",
+                                         "conv2d_max_pool2d"}
     for batch in (1, 3):
         feeds = feeds_for(name, graph, batch, seed=batch)
         actual, expected = session.run(feeds), run_unprepared(session, feeds)
@@ -201,23 +202,26 @@ class StemAndPool(nn.Module):
         return (out, stem) if self.also_stem else out
 
 
-def int8_session(model: nn.Module, shape) -> Session:
+def stem_session(model: nn.Module, shape, int8: bool = True) -> Session:
     torch.manual_seed(0)
     randomize_batch_norm(model)
     rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((2, *shape[1:])).astype(np.float32) for _ in range(3)]
+    calibration = [rng.standard_normal((2, *shape[1:])).astype(np.float32)
+                   for _ in range(3)] if int8 else None
     return nimbus.compile(model.eval(), (torch.randn(shape),), calibration=calibration).session()
 
 
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
 @pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
-def test_an_int8_convolution_and_its_max_pooling_run_as_one_step_with_their_results(
-        ceil_mode, monkeypatch):
-    session = int8_session(StemAndPool(ceil_mode), (1, 3, 45, 37))
-    assert "qconv2d_max_pool2d" in [step.op for step in session._steps]
+def test_a_convolution_and_its_max_pooling_run_as_one_step_with_their_results(
+        ceil_mode, int8, monkeypatch):
+    session = stem_session(StemAndPool(ceil_mode), (1, 3, 45, 37), int8)
+    fused_op = "qconv2d_max_pool2d" if int8 else "conv2d_max_pool2d"
+    assert fused_op in [step.op for step in session._steps]
     assert "max_pool2d" not in [step.op for step in session._steps]
     monkeypatch.setattr(blocks, "_is_conv_pool", lambda *args: False)
     unfused = Session(session.artifact)
-    assert "qconv2d_max_pool2d" not in [step.op for step in unfused._steps]
+    assert fused_op not in [step.op for step in unfused._steps]
     name = session.inputs[0].name
     rng = np.random.default_rng(1)
     for batch in (1, 3):
@@ -230,7 +234,8 @@ def test_an_int8_convolution_and_its_max_pooling_run_as_one_step_with_their_resu
         assert (x.shape,) in session.native_shapes
 
 
-def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused():
-    session = int8_session(StemAndPool(also_stem=True), (1, 3, 21, 19))
-    assert "qconv2d_max_pool2d" not in [step.op for step in session._steps]
-    assert "max_pool2d" in [step.op for step in session._steps]
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "float"])
+def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused(int8):
+    session = stem_session(StemAndPool(also_stem=True), (1, 3, 21, 19), int8)
+    ops = [step.op for step in session._steps]
+    assert "max_pool2d" in ops and not {"qconv2d_max_pool2d", "conv2d_max_pool2d"} & set(ops)

@@ -1,13 +1,16 @@
-// A quantized convolution whose result only a max pooling reads, as ResNet's stem: the
-// convolution runs band by band of the rows that a band of pooled rows needs, into scratch
-// that stays in cache, and the pooling reads it there. Unfused, at batch 8 the stem wrote
-// 6.4 MB that the pooling read back from memory: the pooling alone took 0.4-0.5 ms on two
-// threads, against 0.16 ms on data in cache. Each band runs the same kernels on a band of
-// the geometry, so the result is the unfused one, bit for bit.
+// A convolution whose result only a max pooling reads, as ResNet's stem: the convolution runs
+// band by band of the rows that a band of pooled rows needs, into scratch that stays in cache,
+// and the pooling reads it there. Unfused, at batch 8 the int8 stem wrote 6.4 MB that the
+// pooling read back from memory: the pooling alone took 0.4-0.5 ms on two threads, against
+// 0.16 ms on data in cache. Each band runs the same kernels on a band of the geometry, so the
+// result is the unfused one, bit for bit (which is why the float form refuses Winograd weights:
+// its tiles would start on other rows).
 #include <algorithm>
 #include <cstdint>
+
 #include "cache_line.h"
 #include "qconv.h"
+#include "sconv.h"
 #include "worker_pool.h"
 
 namespace nimbus::kernels {
@@ -43,15 +46,16 @@ std::size_t clamp_row(std::ptrdiff_t row, std::size_t size) {
         std::clamp<std::ptrdiff_t>(row, 0, static_cast<std::ptrdiff_t>(size)));
 }
 
-}  // namespace
-
-void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
-                        const ConvGeometry& conv, const PackedConvWeights& weights,
-                        const Epilogue& epilogue, const PoolGeometry& pool, void* out,
-                        std::size_t threads) {
-    const std::size_t channels = weights.out_channels;
-    const std::size_t conv_row_bytes = conv.out_w * channels;  // u8 or s8 results
-    const std::size_t pool_row_bytes = pool.out_w * channels;
+// Runs conv_band(x rows, band geometry, scratch) for each band of the convolution's result
+// rows, then the pooling of the band's rows from the scratch; `element` and `element_bytes`
+// are the result's, `x_element_bytes` the input's.
+template <typename ConvBand>
+void run_conv_pool_bands(const void* x, std::size_t x_element_bytes, const ConvGeometry& conv,
+                         std::size_t kernel_h, std::size_t channels, PoolElement element,
+                         std::size_t element_bytes, const PoolGeometry& pool, void* out,
+                         std::size_t threads, ConvBand conv_band) {
+    const std::size_t conv_row_bytes = conv.out_w * channels * element_bytes;
+    const std::size_t pool_row_bytes = pool.out_w * channels * element_bytes;
     if (conv.batch * pool.out_h * pool_row_bytes == 0) {
         return;
     }
@@ -65,16 +69,15 @@ void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
     const std::size_t rows = std::min(fit, std::max(least, balanced));
     // Every thread gets a band, though: one parallel region costs less than the convolution's
     // and the pooling's in turn, even where bands overlap by a row.
-    const std::size_t bands_per_image = std::min(
-        pool.out_h, std::max((pool.out_h + rows - 1) / rows, (threads + conv.batch - 1) / conv.batch));
+    const std::size_t bands_per_image =
+        std::min(pool.out_h, std::max((pool.out_h + rows - 1) / rows,
+                                      (threads + conv.batch - 1) / conv.batch));
     const std::size_t band_rows = (pool.out_h + bands_per_image - 1) / bands_per_image;
-    const std::size_t conv_span = (weights.kernel_h - 1) * conv.dilation_h + 1;
+    const std::size_t conv_span = (kernel_h - 1) * conv.dilation_h + 1;
     const std::size_t pool_span = (pool.kernel_h - 1) * pool.dilation_h + 1;
     const auto* images = static_cast<const std::uint8_t*>(x);
-    const std::size_t image_bytes = conv.height * conv.width * conv.channels;
-    const PoolElement element =
-        epilogue.type == OutputType::s8 ? PoolElement::s8 : PoolElement::u8;
-    const auto run_band = [&](std::size_t item, std::size_t band_threads) {
+    const std::size_t x_row_bytes = conv.width * conv.channels * x_element_bytes;
+    parallel_for(conv.batch * bands_per_image, threads, [&](std::size_t item) {
         const std::size_t image = item / bands_per_image;
         const std::size_t first = item % bands_per_image * band_rows;
         const std::size_t last = std::min(pool.out_h, first + band_rows);
@@ -90,7 +93,8 @@ void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
         ConvGeometry band = conv;
         band.batch = 1;
         band.out_h = conv_last - conv_first;
-        const CacheLineArray<std::uint8_t> scratch = cache_line_array<std::uint8_t>(band.out_h * conv_row_bytes);
+        const CacheLineArray<std::uint8_t> scratch =
+            cache_line_array<std::uint8_t>(band.out_h * conv_row_bytes);
         if (band.out_h > 0) {
             const Span input =
                 rows_read(conv_first, conv_last, conv.stride_h, conv.pad_top, conv_span);
@@ -101,9 +105,8 @@ void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
                 static_cast<std::ptrdiff_t>(input_first) - input.begin);
             band.pad_bottom = static_cast<std::size_t>(
                 input.end - static_cast<std::ptrdiff_t>(input_last));
-            qconv2d(images + image * image_bytes + input_first * conv.width * conv.channels,
-                    x_signed, x_zero_point, band, weights, epilogue, scratch.get(),
-                    band_threads);
+            conv_band(images + (image * conv.height + input_first) * x_row_bytes, band,
+                      scratch.get());
         }
         PoolGeometry pooled = pool;
         pooled.batch = 1;
@@ -115,10 +118,34 @@ void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
         pooled.out_h = last - first;
         max_pool2d(scratch.get(), element, pooled,
                    static_cast<std::uint8_t*>(out) + (image * pool.out_h + first) * pool_row_bytes,
-                   band_threads);
-    };
-    parallel_for(conv.batch * bands_per_image, threads,
-                 [&](std::size_t item) { run_band(item, 1); });
+                   1);
+    });
+}
+
+}  // namespace
+
+void qconv2d_max_pool2d(const void* x, bool x_signed, std::int32_t x_zero_point,
+                        const ConvGeometry& conv, const PackedConvWeights& weights,
+                        const Epilogue& epilogue, const PoolGeometry& pool, void* out,
+                        std::size_t threads) {
+    const PoolElement element =
+        epilogue.type == OutputType::s8 ? PoolElement::s8 : PoolElement::u8;
+    run_conv_pool_bands(x, 1, conv, weights.kernel_h, weights.out_channels, element, 1, pool, out,
+                        threads, [&](const void* rows, const ConvGeometry& band, void* scratch) {
+                            qconv2d(rows, x_signed, x_zero_point, band, weights, epilogue,
+                                    scratch, 1);
+                        });
+}
+
+void sconv2d_max_pool2d(const float* x, const ConvGeometry& conv,
+                        const PackedSconvWeights& weights, const SgemmEpilogue& epilogue,
+                        const PoolGeometry& pool, float* out, std::size_t threads) {
+    run_conv_pool_bands(x, sizeof(float), conv, weights.kernel_h, weights.out_channels,
+                        PoolElement::f32, sizeof(float), pool, out, threads,
+                        [&](const void* rows, const ConvGeometry& band, void* scratch) {
+                            sconv2d(static_cast<const float*>(rows), band, weights, epilogue,
+                                    static_cast<float*>(scratch), 1);
+                        });
 }
 
 }  // namespace nimbus::kernels

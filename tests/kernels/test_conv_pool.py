@@ -1,6 +1,7 @@
-"""The int8 convolution fused with the max pooling of its result (qconv2d_max_pool2d), which
-runs in bands of rows: bit-exact with the op table's qconv2d and max pooling, on every ISA
-path, with band edges, padding, ceil mode, strides and dilations; and its errors."""
+"""Convolutions fused with the max pooling of their results, which run in bands of rows: the
+int8 one (qconv2d_max_pool2d) bit-exact with the op table's qconv2d and max pooling, the float
+one (sconv2d_max_pool2d) with the native convolution and pooling, on every ISA path, with band
+edges, padding, ceil mode, strides and dilations; and their errors."""
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ CASES = {
     # 150 pooled rows: several bands per image, whose edges fall anywhere in a window.
     "tall image": ((1, 5, 301, 9, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
                    ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False)),
+    "tall image, 5x3 kernel": ((2, 3, 203, 11, 16, (5, 3), (1, 1), (2, 1, 2, 1), (1, 1), 1),
+                               ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True)),
     "pooling 2x2 stride 2 ceil": ((3, 16, 15, 17, 24, (3, 3), (1, 1), (1, 0, 1, 2), (1, 1), 1),
                                   ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True)),
     "pooling stride 3 skips rows": ((1, 8, 23, 11, 9, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
@@ -65,6 +68,48 @@ def fused_and_expected(case, isa, a_type, out, threads):
 def test_matches_the_convolution_then_the_pooling(case, isa, a_type, out, threads):
     fused, expected = fused_and_expected(case, isa, a_type, out, threads)
     assert_matches(fused, expected, name=f"{case} {isa} {a_type} {out[1]} threads={threads}")
+
+
+# The float convolution refuses 3x3 stride-1 weights packed in the Winograd form.
+FLOAT_CASES = [name for name, (geometry, _) in CASES.items()
+               if not (geometry[5] == (3, 3) and geometry[6] == (1, 1))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("case", FLOAT_CASES)
+def test_float_matches_the_native_convolution_then_the_pooling(case, activation, threads):
+    (n, c, h, w, o, kernel, stride, padding, dilation, groups), pool = CASES[case]
+    rng = np.random.default_rng(len(case))
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    weights = rng.standard_normal((o, c // groups, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    packed = _kernels.pack_sconv_weights(weights, groups)
+    geometry = (stride, padding, dilation)
+    conv = _kernels.sconv2d(x, packed, bias, None, activation, *geometry, threads)
+    pool_geometry = pool[:4]
+    pool_hw = output_hw(conv.transpose(0, 3, 1, 2).shape, *pool)
+    expected = _kernels.max_pool2d(conv, *pool_geometry, pool_hw, threads)
+    fused = _kernels.sconv2d_max_pool2d(x, packed, bias, activation, *geometry, *pool_geometry,
+                                        pool_hw, threads)
+    np.testing.assert_array_equal(fused.view(np.int32), expected.view(np.int32))
+
+
+def test_float_weights_in_the_winograd_form_are_refused():
+    # 3x3 stride-1 weights with many channels: Winograd on the AVX-512 path, the GEMM on others.
+    rng = np.random.default_rng(0)
+    packed = _kernels.pack_sconv_weights(
+        rng.standard_normal((64, 64, 3, 3)).astype(np.float32), 1, None, True)
+    x = rng.standard_normal((1, 8, 8, 64)).astype(np.float32)
+    geometry, pool = ((1, 1), (1, 1, 1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1))
+    if packed.winograd:
+        with pytest.raises(ValueError, match="Winograd"):
+            _kernels.sconv2d_max_pool2d(x, packed, None, "none", *geometry, *pool, (4, 4))
+    else:
+        conv = _kernels.sconv2d(x, packed, None, None, "none", *geometry)
+        np.testing.assert_array_equal(
+            _kernels.sconv2d_max_pool2d(x, packed, None, "none", *geometry, *pool, (4, 4)),
+            _kernels.max_pool2d(conv, *pool, (4, 4)))
 
 
 def test_program_step_writes_the_same_result_into_out():
