@@ -2307,8 +2307,8 @@ PYBIND11_MODULE(_kernels, module) {
         py::arg("padding"), py::arg("dilation"), py::arg("pool_kernel"), py::arg("pool_stride"),
         py::arg("pool_padding"), py::arg("pool_dilation"), py::arg("pool_out_hw"),
         py::arg("threads") = 1, py::arg("out") = py::none(),
-        "Return max_pool2d(sconv2d(x, ...)) [N, POH, POW, O] as qconv2d_max_pool2d does, for\n"
-        "float32 NHWC x and weights not packed in the Winograd form.");
+        "Return max_pool2d(sconv2d(x, ...)) [N, POH, POW, O] as qconv2d_max_pool2d does (within\n"
+        "float rounding), for float32 NHWC x and weights not packed in the Winograd form.");
     module.def("inverted_residual", &inverted_residual, py::arg("x"), py::arg("expand"),
                py::arg("expand_bias"), py::arg("expand_activation"), py::arg("depthwise"),
                py::arg("depthwise_bias"), py::arg("depthwise_activation"), py::arg("stride"),

@@ -3,8 +3,10 @@
 // and the pooling reads it there. Unfused, at batch 8 the int8 stem wrote 6.4 MB that the
 // pooling read back from memory: the pooling alone took 0.4-0.5 ms on two threads, against
 // 0.16 ms on data in cache. Each band runs the same kernels on a band of the geometry, so the
-// result is the unfused one, bit for bit (which is why the float form refuses Winograd weights:
-// its tiles would start on other rows).
+// int8 result is the unfused one, bit for bit; the float one within float rounding, since the
+// float GEMM rounds a pixel by the rows it shares a register block with, which a band changes
+// as another batch size does. The float form refuses Winograd weights, whose tiles would start
+// on other rows and round further apart.
 #include <algorithm>
 #include <cstdint>
 

@@ -7,7 +7,9 @@ convolution) is fused too, and keeps the depthwise results in cache. A convoluti
 only a max pooling reads (ResNet's stem) becomes one native call too, which pools band by band
 of the convolution's rows while they are in cache (int8 with a u8/i8 result, or float except
 3x3 stride-1 kernels, whose Winograd tiles a band would start on other rows). Each value is
-computed as the layers' kernels compute it, so results do not change.
+computed as the layers' kernels compute it, so results do not change, except the float
+convolution's last bits where a band groups its GEMM's rows differently (as another batch size
+does).
 
 A Session fuses its steps when it loads, after preparing them (registry.PREPARERS); a fused
 step keeps the steps it replaces and runs them one by one where the native block does not

@@ -230,7 +230,10 @@ def test_a_convolution_and_its_max_pooling_run_as_one_step_with_their_results(
         # The executor's run traces the native plan, which the second run takes.
         for run in range(2):
             for key, value in session.run({name: x}).items():
-                np.testing.assert_array_equal(value, expected[key], err_msg=f"run {run}")
+                if int8:
+                    np.testing.assert_array_equal(value, expected[key], err_msg=f"run {run}")
+                else:  # the float GEMM's rounding depends on the rows it runs together
+                    np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-5)
         assert (x.shape,) in session.native_shapes
 
 
