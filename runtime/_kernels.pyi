@@ -35,7 +35,8 @@ def mean_axis(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.fl
     """Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 [O, I],
     summed in float64 (a global average pool over NHWC pixels)."""
 
-# numpy's allocator for the arrays a Session's run makes: 64-byte aligned (NEP 49 handler).
+# numpy's allocator for the arrays a Session's run makes (NEP 49 handler): those of 1 KiB or
+# more start on a cache line.
 CACHE_LINE_ALLOCATOR: object
 
 def set_array_allocator(handler: object | None) -> object:

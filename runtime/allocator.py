@@ -14,8 +14,8 @@ that outgrows their 64 MiB heaps.
 NIMBUS_MALLOC_TUNING=0 leaves the allocator alone (e.g. for a process that must give memory
 back between rare large runs). Other C libraries (musl, macOS) have no mallopt: nothing is done.
 
-The arrays a run makes also start on a cache line: malloc aligns them to 16 bytes only, and the
-vector kernels' 64-byte loads and stores then span two lines each. A Session sets numpy's
+The arrays of 1 KiB or more that a run makes also start on a cache line: malloc aligns them to
+16 bytes only, and the vector kernels' 64-byte loads and stores then span two lines each. A Session sets numpy's
 allocator for its run's arrays to CACHE_LINE_ALLOCATOR and restores the caller's after the run
 (set_array_allocator; numpy keeps the choice per thread and context).
 """

@@ -1,4 +1,5 @@
-// numpy arrays that start on a cache line, for the activations of a run.
+// numpy arrays that start on a cache line, for the activations of a run (those of 1 KiB or
+// more: smaller ones keep malloc's alignment).
 //
 // numpy takes array memory from malloc, which aligns it to 16 bytes only. The vector kernels
 // load and store whole 64-byte vectors of channels, so at 16 bytes off a line every such access
@@ -24,26 +25,44 @@ namespace {
 
 using nimbus::kernels::kCacheLineBytes;
 
-// Each block starts with one cache line that holds the size asked for (realloc copies that
-// much); the array's data follows at the next line.
-constexpr std::size_t kHeaderBytes = kCacheLineBytes;
+// Arrays below this size come from malloc as they are (a run's small arrays are the
+// executor's per-step cost, which aligned_alloc raised by 0.1 us a step); larger ones start on
+// a cache line.
+constexpr std::size_t kSmallBytes = 1024;
+
+// The 16 bytes before an array's data: the size asked for (realloc copies that much) and
+// where the block starts.
+struct Header {
+    std::size_t size;
+    std::size_t offset;  // from the block's start to the data
+};
+constexpr std::size_t kHeaderBytes = 16;
+static_assert(sizeof(Header) == kHeaderBytes);
+
+Header header_of(const void* data) {
+    Header header;
+    std::memcpy(&header, static_cast<const char*>(data) - kHeaderBytes, sizeof(header));
+    return header;
+}
 
 void* aligned_malloc(void* /*context*/, std::size_t size) {
-    const std::size_t total = size + kHeaderBytes;
-    if (total < size) {
-        return nullptr;
-    }
+    // A small array's header fills malloc's 16-byte alignment; a large one's ends a cache line.
+    const std::size_t offset = size < kSmallBytes ? kHeaderBytes : kCacheLineBytes;
+    const std::size_t total = size + offset;
     // aligned_alloc takes whole multiples of the alignment.
     const std::size_t rounded = (total + kCacheLineBytes - 1) / kCacheLineBytes * kCacheLineBytes;
-    if (rounded < total) {
+    if (total < size || rounded < total) {
         return nullptr;
     }
-    auto* block = static_cast<char*>(std::aligned_alloc(kCacheLineBytes, rounded));
+    auto* block = static_cast<char*>(size < kSmallBytes
+                                         ? std::malloc(total)
+                                         : std::aligned_alloc(kCacheLineBytes, rounded));
     if (block == nullptr) {
         return nullptr;
     }
-    std::memcpy(block, &size, sizeof(size));
-    return block + kHeaderBytes;
+    const Header header{size, offset};
+    std::memcpy(block + offset - kHeaderBytes, &header, sizeof(header));
+    return block + offset;
 }
 
 void* aligned_calloc(void* context, std::size_t count, std::size_t element_size) {
@@ -59,7 +78,7 @@ void* aligned_calloc(void* context, std::size_t count, std::size_t element_size)
 
 void aligned_free(void* /*context*/, void* data, std::size_t /*size*/) {
     if (data != nullptr) {
-        std::free(static_cast<char*>(data) - kHeaderBytes);
+        std::free(static_cast<char*>(data) - header_of(data).offset);
     }
 }
 
@@ -71,8 +90,7 @@ void* aligned_realloc(void* context, void* data, std::size_t size) {
     if (moved == nullptr) {
         return nullptr;  // the old block stays valid, as realloc leaves it
     }
-    std::size_t old_size = 0;
-    std::memcpy(&old_size, static_cast<char*>(data) - kHeaderBytes, sizeof(old_size));
+    const std::size_t old_size = header_of(data).size;
     std::memcpy(moved, data, std::min(old_size, size));
     aligned_free(context, data, old_size);
     return moved;
