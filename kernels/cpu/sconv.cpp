@@ -152,7 +152,12 @@ void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeigh
         kernel = run_sdepthwise_avx2;
     }
 #endif
-    parallel_row_runs(g.batch * g.out_h, threads, 1, [&](std::size_t begin, std::size_t end) {
+    // One run of rows per thread: the kernels prefetch the next row of a run while computing a
+    // row, and a small image at several runs per thread made every run one row, whose loads all
+    // missed. MobileNetV2 float at batch 1, two threads: 4-13% faster while the host's memory
+    // was contended, within 2% otherwise.
+    const std::size_t rows = g.batch * g.out_h;
+    parallel_row_runs(rows, threads, rows, [&](std::size_t begin, std::size_t end) {
         kernel(task, begin, end);
     });
 }
