@@ -38,4 +38,12 @@ void parallel_row_runs(std::size_t rows, std::size_t threads, std::size_t min_ru
     });
 }
 
+// Calls kernel(row_begin, row_end) over one run of adjacent rows per thread: for kernels that
+// prefetch (or reuse) what the next row of their run reads, where runs of single rows, which
+// parallel_row_runs makes of a small image, left every row's loads to miss.
+template <typename Kernel>
+void parallel_thread_runs(std::size_t rows, std::size_t threads, Kernel kernel) {
+    parallel_row_runs(rows, threads, rows, kernel);
+}
+
 }  // namespace nimbus::kernels
