@@ -115,11 +115,7 @@ class Session:
     # ---- running ------------------------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named inputs; returns its outputs by name."""
-        previous = set_array_allocator(CACHE_LINE_ALLOCATOR)
-        try:
-            return self._run(feeds)
-        finally:
-            set_array_allocator(previous)
+        return _with_run_allocator(self._run, feeds)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bindings: dict[str, int] = {}
@@ -161,11 +157,7 @@ class Session:
         previous step's end, the executor's fixed cost per step included)."""
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
-        previous = set_array_allocator(CACHE_LINE_ALLOCATOR)
-        try:
-            return self._profile(feeds, repeats)
-        finally:
-            set_array_allocator(previous)
+        return _with_run_allocator(self._profile, feeds, repeats)
 
     def _profile(self, feeds: Mapping[str, np.ndarray], repeats: int) -> list[dict]:
         self._run(feeds)  # builds these shapes' native plan where one applies
@@ -320,6 +312,16 @@ class Session:
                 self._steps[index] = dataclasses.replace(step, prepared=prepared)
         self._steps = fuse_blocks(self._steps, self._constant_slots,
                                   [slot for _, slot, _ in self._outputs])
+
+
+def _with_run_allocator(function, *args):
+    """function(*args) with the arrays it makes from CACHE_LINE_ALLOCATOR (runtime/allocator.py);
+    the caller's allocator is back when it returns or raises."""
+    previous = set_array_allocator(CACHE_LINE_ALLOCATOR)
+    try:
+        return function(*args)
+    finally:
+        set_array_allocator(previous)
 
 
 class _StepClock:
