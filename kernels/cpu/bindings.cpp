@@ -1333,11 +1333,7 @@ PreparedCall prepare_sconv2d(const py::object& x_object, const PackedSconvWeight
     const std::vector<py::ssize_t> shape{x.shape(0), static_cast<py::ssize_t>(geometry.out_h),
                                          static_cast<py::ssize_t>(geometry.out_w),
                                          static_cast<py::ssize_t>(packed.out_channels)};
-    const auto max_elements = static_cast<double>(PY_SSIZE_T_MAX / sizeof(float));
-    if (static_cast<double>(shape[0]) * shape[1] * shape[2] * shape[3] > max_elements) {
-        throw py::value_error("the result " + shape_text(shape) +
-                              " has more elements than fit in memory");
-    }
+    require_fits<float>(shape);
     py::array bias;
     py::array residual;
     const SgemmEpilogue epilogue = float_epilogue(bias_object, residual_object, activation, shape,

@@ -45,8 +45,8 @@ FUSED_MIN_BYTES = 1 << 20
 
 def fuse_blocks(steps: list, constants: list, outputs: list) -> list:
     """``steps`` with every run of three (expand, depthwise, project) or two (depthwise,
-    project) that forms an inverted residual block, and every int8 convolution followed by the
-    max pooling that alone reads it, replaced by one step. ``constants`` holds each slot's
+    project) that forms an inverted residual block, and every convolution followed by the max
+    pooling that alone reads it, replaced by one step. ``constants`` holds each slot's
     constant array (None for computed values) and ``outputs`` the model's output slots."""
     readers = Counter(slot for step in steps for slot in step.operands if slot is not None)
     readers.update(outputs)
@@ -311,6 +311,7 @@ class ConvPool:
         self.constants = constants
         conv, pool = block
         self.op, self.function, head_of, self.dtypes = CONV_POOLS[conv.op]
+        self.native = getattr(_kernels, self.function)
         self.head = head_of(conv, constants)
         self.kernel = constants[conv.operands[1]].shape[2:]
         self.conv_geometry = self.head[-3:]
@@ -340,8 +341,8 @@ class ConvPool:
             for step in self.steps:
                 x = _run_step(step, _operands_of(step, x, self.constants))[0]
             return [x]
-        out = getattr(_kernels, self.function)(channels_last(x), *self.head, *self.pool_geometry,
-                                               pool_hw, NATIVE_THREADS.get(), None)
+        out = self.native(channels_last(x), *self.head, *self.pool_geometry, pool_hw,
+                          NATIVE_THREADS.get(), None)
         return [out.transpose(0, 3, 1, 2)]
 
     def build(self, program, operands, results):
