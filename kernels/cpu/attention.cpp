@@ -166,10 +166,11 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     const std::size_t slot_floats =
         whole_lines<float>(d * padded_s + s * padded_dv + query_block * s + query_block);
     const CacheLineArray<float> scratch = cache_line_array<float>(count * slot_floats);
-    std::atomic<std::size_t> next_slot{0};
+    // Items from one shared counter, not parallel_items' runs: the prefetch below counts on
+    // the threads taking the matrices in turn.
     std::atomic<std::size_t> next_item{0};
-    const std::function<void()> run_items = [&] {
-        float* const k_t = scratch.get() + next_slot++ * slot_floats;
+    const std::function<void(std::size_t)> run_items = [&](std::size_t participant) {
+        float* const k_t = scratch.get() + participant * slot_floats;
         float* const values = k_t + d * padded_s;
         float* const scores = values + s * padded_dv;
         float* const inverse_sums = scores + query_block * s;

@@ -4,10 +4,8 @@
 #include "qconv.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <functional>
 #include <vector>
 
 #include "copy_runs.h"
@@ -202,18 +200,12 @@ struct PixelTiles {
     std::size_t slots(std::size_t threads) const { return std::min(threads, tiles); }
 
     // Calls body(slot, first, rows) for every tile on up to slots(threads) threads, each
-    // thread with its own slot in [0, slots), taking the next tile from a shared counter.
+    // thread with its own slot in [0, slots) (parallel_items' participant).
     template <typename Body>
     void run(std::size_t threads, const Body& body) const {
-        std::atomic<std::size_t> next_slot{0};
-        std::atomic<std::size_t> next_tile{0};
-        const std::function<void()> run_tiles = [&] {
-            const std::size_t slot = next_slot++;
-            for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-                body(slot, first(tile), first(tile + 1) - first(tile));
-            }
-        };
-        run_on_pool(slots(threads) - 1, run_tiles);
+        parallel_items(tiles, slots(threads), [&](std::size_t slot, std::size_t tile) {
+            body(slot, first(tile), first(tile + 1) - first(tile));
+        });
     }
 };
 

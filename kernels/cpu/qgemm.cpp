@@ -113,8 +113,8 @@ void run_quantizing_tile(const Path& path, const GemmTask& task, std::size_t row
 }
 
 // Runs kernel over tiles of the path's tile_rows rows on up to `threads` threads (fewer when the
-// pool has fewer or is busy), each tile followed by `finish`. Threads take the next tile from a
-// shared counter, so a thread that the OS preempts or wakes late delays no fixed share.
+// pool has fewer or is busy), each tile followed by `finish`, shared out by parallel_items, so
+// a thread that the OS preempts or wakes late delays no fixed share.
 // A tile covers one panel, and consecutive tiles share it, so its weights stay in cache. When
 // all the weights fit in cache anyway (`rows_outer`, a pointwise convolution's few output
 // channels), a tile covers every panel of its rows instead (or a group of consecutive panels,
@@ -141,42 +141,39 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
     const std::size_t width = path.layout.panel_width;
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     std::vector<float> buffers(finish.quantizing ? count * tile_rows * width : 0);
-    std::atomic<std::size_t> next_slot{0};
-    std::atomic<std::size_t> next_tile{0};
-    const std::function<void()> run_tiles = [&] {
+    const auto run_tile = [&](std::size_t participant, std::size_t tile) {
         float* const buffer =
-            finish.quantizing ? buffers.data() + next_slot++ * tile_rows * width : nullptr;
-        for (std::size_t tile = next_tile++; tile < tiles; tile = next_tile++) {
-            // Rows outer: the groups of a row tile in turn; else the row tiles of a panel.
-            const std::size_t group = rows_outer ? tile % groups : tile / row_tiles;
-            const std::size_t panel_begin = group * group_panels;
-            const std::size_t panel_end = std::min(panels, panel_begin + group_panels);
-            const std::size_t row_tile = rows_outer ? tile / groups : tile % row_tiles;
-            const std::size_t row_begin = row_tile * tile_rows;
-            const std::size_t row_end = std::min(m, row_begin + tile_rows);
-            if (finish.quantizing) {
-                for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
-                    run_quantizing_tile(path, task, row_begin, row_end - row_begin, panel,
-                                        finish, buffer);
-                }
-                continue;
+            finish.quantizing ? buffers.data() + participant * tile_rows * width : nullptr;
+        // Rows outer: the groups of a row tile in turn; else the row tiles of a panel.
+        const std::size_t group = rows_outer ? tile % groups : tile / row_tiles;
+        const std::size_t panel_begin = group * group_panels;
+        const std::size_t panel_end = std::min(panels, panel_begin + group_panels);
+        const std::size_t row_tile = rows_outer ? tile / groups : tile % row_tiles;
+        const std::size_t row_begin = row_tile * tile_rows;
+        const std::size_t row_end = std::min(m, row_begin + tile_rows);
+        if (finish.quantizing) {
+            for (std::size_t panel = panel_begin; panel < panel_end; ++panel) {
+                run_quantizing_tile(path, task, row_begin, row_end - row_begin, panel, finish,
+                                    buffer);
             }
-            path.kernel(task, row_begin, row_end, panel_begin, panel_end);
-            if (finish.activation == Activation::none) {
-                continue;
-            }
-            const std::size_t column = std::min(task.n, panel_begin * width);
-            const std::size_t columns = std::min(task.n, panel_end * width) - column;
-            for (std::size_t row = row_begin; row < row_end && columns > 0; ++row) {
-                activate(static_cast<float*>(task.out) + row * task.n + column, columns,
-                         finish.activation, finish.isa);
-            }
+            return;
         }
-        if (path.release != nullptr) {
-            path.release();
+        path.kernel(task, row_begin, row_end, panel_begin, panel_end);
+        if (finish.activation == Activation::none) {
+            return;
+        }
+        const std::size_t column = std::min(task.n, panel_begin * width);
+        const std::size_t columns = std::min(task.n, panel_end * width) - column;
+        for (std::size_t row = row_begin; row < row_end && columns > 0; ++row) {
+            activate(static_cast<float*>(task.out) + row * task.n + column, columns,
+                     finish.activation, finish.isa);
         }
     };
-    run_on_pool(count - 1, run_tiles);
+    std::function<void(std::size_t)> release;
+    if (path.release != nullptr) {
+        release = [&](std::size_t) { path.release(); };
+    }
+    parallel_items(tiles, count, run_tile, release);
 }
 
 // The GEMM of `m` rows of prepared activations (`a`, or `runs`) whose zero point, as the path
@@ -267,14 +264,11 @@ double multiply_peak_gops(Isa isa, std::size_t threads) {
         seconds = seconds_of(calibrate);
     }
     iterations = static_cast<std::size_t>(static_cast<double>(iterations) * kSeconds / seconds);
-    std::atomic<std::size_t> shares{0};
     std::atomic<std::uint64_t> operations{0};
     const double elapsed = seconds_of([&] {
-        run_on_pool(threads - 1, [&] {
-            for (std::size_t share = shares++; share < threads; share = shares++) {
-                std::uint32_t own = 0;
-                operations += loop(iterations, own);
-            }
+        parallel_for(threads, threads, [&](std::size_t) {
+            std::uint32_t own = 0;
+            operations += loop(iterations, own);
         });
     });
     return static_cast<double>(operations.load()) / elapsed / 1e9;

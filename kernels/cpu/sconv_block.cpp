@@ -1,7 +1,6 @@
 #include "sconv_block.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "cache_line.h"
@@ -106,17 +105,12 @@ void inverted_residual(const float* x, const InvertedResidual& block, float* out
     const std::size_t count = std::min(threads, items);
     const CacheLineArray<float> buffers =
         cache_line_array<float>(count * (expanded_floats + filtered_floats));
-    std::atomic<std::size_t> next_slot{0};
-    std::atomic<std::size_t> next_item{0};
-    run_on_pool(count - 1, [&] {
-        float* const expanded =
-            buffers.get() + next_slot++ * (expanded_floats + filtered_floats);
-        for (std::size_t item = next_item++; item < items; item = next_item++) {
-            const std::size_t image = item / pieces;
-            const std::size_t piece = item % pieces;
-            run_piece(x, block, image, piece * g.out_h / pieces, (piece + 1) * g.out_h / pieces,
-                      band_rows, expanded, expanded + expanded_floats, out);
-        }
+    parallel_items(items, count, [&](std::size_t participant, std::size_t item) {
+        float* const expanded = buffers.get() + participant * (expanded_floats + filtered_floats);
+        const std::size_t image = item / pieces;
+        const std::size_t piece = item % pieces;
+        run_piece(x, block, image, piece * g.out_h / pieces, (piece + 1) * g.out_h / pieces,
+                  band_rows, expanded, expanded + expanded_floats, out);
     });
 }
 

@@ -14,8 +14,6 @@
 #ifdef NIMBUS_X86_KERNELS
 
 #include <algorithm>
-#include <atomic>
-#include <functional>
 #include <vector>
 
 #include "sgemm_paths.h"
@@ -235,17 +233,12 @@ void sconv2d_winograd(const float* x, const ConvGeometry& g, const PackedSconvWe
     const std::size_t count = std::min(threads, blocks);
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     std::vector<float> scratch(count * block * per_tile);
-    std::atomic<std::size_t> next_slot{0};
-    std::atomic<std::size_t> next_block{0};
-    const std::function<void()> run_blocks = [&] {
-        float* const v = scratch.data() + next_slot++ * block * per_tile;
+    parallel_items(blocks, count, [&](std::size_t participant, std::size_t b) {
+        float* const v = scratch.data() + participant * block * per_tile;
         float* const m = v + kPositions * block * (g.channels + kRowPad);
-        for (std::size_t b = next_block++; b < blocks; b = next_block++) {
-            const std::size_t first = b * block;
-            run_block(x, g, w, epilogue, out, tiles, first, std::min(block, total - first), v, m);
-        }
-    };
-    run_on_pool(count - 1, run_blocks);
+        const std::size_t first = b * block;
+        run_block(x, g, w, epilogue, out, tiles, first, std::min(block, total - first), v, m);
+    });
 }
 
 }  // namespace nimbus::kernels
