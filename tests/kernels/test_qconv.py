@@ -191,6 +191,34 @@ def test_few_output_channels_match_the_reference(geometry, isa, a_type, zero_poi
         assert_matches(actual, expected, name=f"{name} no bias {out_dtype} zp={out_zero_point}")
 
 
+# Few pixels under more than 1 MiB of packed weights (ResNet-18's last layers at batch 1): the
+# AVX-512 VNNI path runs one GEMM over every pixel, whose threads split the weights' panels,
+# instead of a pixel tile per thread; padded inputs are copied out, unpadded edge windows
+# gathered.
+LARGE_WEIGHT_GEOMETRIES = {
+    "3x3 over 512 channels at 7x7": (1, 512, 7, 7, 512, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "3x3 stride 2 over 256 channels to 520, unpadded": (1, 256, 9, 5, 520, (3, 3), (2, 2),
+                                                        (0, 0, 0, 0), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", LARGE_WEIGHT_GEOMETRIES.values(),
+                         ids=LARGE_WEIGHT_GEOMETRIES.keys())
+def test_few_pixels_under_large_weights_match_the_reference(geometry, isa):
+    problem = make_problem(geometry, "u8", [len(LARGE_WEIGHT_GEOMETRIES), *geometry[:5]])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    keywords = geometry_keywords(problem)
+    out_scale = float(np.abs(problem.reference("f32")).max() / 250 + 1e-6)
+    multiplier = requant_multiplier(problem.a_scale, problem.w_scales, out_scale)
+    expected = problem.reference("u8", out_scale, 7, "relu")
+    lo, hi = activation_bounds("relu", DType("u8"), out_scale, 7)
+    for threads in (1, 2, 3):
+        actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier, 7,
+                         lo, hi, "u8", threads=threads, **keywords)
+        assert_matches(actual, expected, name=f"{isa} threads={threads}")
+
+
 def test_few_output_channels_with_extreme_values_stay_exact():
     # Every activation and weight at its extreme, with a zero point at the other end, so that
     # each of the 75 taps adds (x - x_zp) * -128 in full. A multiplier of 100 / acc of a whole
