@@ -141,14 +141,34 @@ void run_parallel(const Path& path, const GemmTask& task, std::size_t m, std::si
     const std::size_t width = path.layout.panel_width;
     // Allocated here, not on the pool threads, where a failed allocation could not be reported.
     std::vector<float> buffers(finish.quantizing ? count * tile_rows * width : 0);
+    // Without rows outer, the row tiles split into one part per thread when each thread gets
+    // two or more: a thread's run of tiles (parallel_items) then covers its own rows of every
+    // panel, rows that it mostly wrote itself in the layer before, for the layer after to read
+    // on the same thread, at the cost of each thread streaming all of the weights. BERT-base int8
+    // at batch 8, two threads: 11.4 -> 10.7 ms while memory was contended, 10.0 either way
+    // otherwise; MobileNetV2 int8 at batch 8 7.9 -> 7.6 ms. One part: each thread's panels for
+    // all rows.
+    const std::size_t row_parts = !rows_outer && row_tiles >= 2 * count ? count : 1;
+    const auto part_first = [&](std::size_t part) { return part * row_tiles / row_parts; };
     const auto run_tile = [&](std::size_t participant, std::size_t tile) {
         float* const buffer =
             finish.quantizing ? buffers.data() + participant * tile_rows * width : nullptr;
-        // Rows outer: the groups of a row tile in turn; else the row tiles of a panel.
-        const std::size_t group = rows_outer ? tile % groups : tile / row_tiles;
+        // Rows outer: the groups of a row tile in turn; else, part by part of the row tiles,
+        // the part's row tiles of a panel in turn.
+        std::size_t group = tile % groups;
+        std::size_t row_tile = tile / groups;
+        if (!rows_outer) {
+            std::size_t part = row_parts - 1;
+            while (part_first(part) * groups > tile) {
+                --part;
+            }
+            const std::size_t first = part_first(part);
+            const std::size_t index = tile - first * groups;
+            group = index / (part_first(part + 1) - first);
+            row_tile = first + index % (part_first(part + 1) - first);
+        }
         const std::size_t panel_begin = group * group_panels;
         const std::size_t panel_end = std::min(panels, panel_begin + group_panels);
-        const std::size_t row_tile = rows_outer ? tile / groups : tile % row_tiles;
         const std::size_t row_begin = row_tile * tile_rows;
         const std::size_t row_end = std::min(m, row_begin + tile_rows);
         if (finish.quantizing) {
