@@ -24,34 +24,16 @@ namespace {
 constexpr std::size_t kQueryBlock = 32;
 constexpr std::size_t kScoreBytes = 128 * 1024;
 constexpr std::size_t kItemsPerThread = 4;
-// The B operands of both products are packed in strips of this many columns (the AVX-512
-// tile's), each strip's rows contiguous: read in place, the rows of v (and of k^T packed as one
-// [D, S] matrix) lie a multiple of 512 bytes apart (BERT-base's v: 3 KiB), so a strip over S
-// rows maps onto a few L1 sets. With whole matrices per item, BERT-base attention at batch 8
-// on two threads: 5.1 -> 3.0-3.8 ms (6.9 -> 6.2 ms on one).
-constexpr std::size_t kStrip = 32;
-
-// k^T [D, S] packed in strips from the S rows of k (row_stride apart, each D contiguous).
-void pack_transposed(const float* k, std::size_t row_stride, std::size_t s, std::size_t d,
-                     float* strips) {
-    for (std::size_t j = 0; j < s; ++j) {
-        const float* row = k + j * row_stride;
-        float* column = strips + j / kStrip * d * kStrip + j % kStrip;
-        for (std::size_t c = 0; c < d; ++c) {
-            column[c * kStrip] = row[c];
-        }
-    }
-}
 
 // v [S, Dv] packed in strips from its rows (row_stride apart, each Dv contiguous).
 void pack_rows(const float* v, std::size_t row_stride, std::size_t s, std::size_t dv,
                float* strips) {
-    for (std::size_t first = 0; first < dv; first += kStrip) {
-        const std::size_t width = std::min(kStrip, dv - first);
+    for (std::size_t first = 0; first < dv; first += kAttentionStrip) {
+        const std::size_t width = std::min(kAttentionStrip, dv - first);
         float* strip = strips + first * s;
         for (std::size_t j = 0; j < s; ++j) {
             std::copy(v + j * row_stride + first, v + j * row_stride + first + width,
-                      strip + j * kStrip);
+                      strip + j * kAttentionStrip);
         }
     }
 }
@@ -69,9 +51,9 @@ void prefetch_rows(const float* x, std::size_t stride, std::size_t rows, std::si
 // c[m, n] = a[m, k] @ B for B packed in strips.
 void strip_gemm(const RowKernels& path, const float* a, std::size_t a_stride, const float* strips,
                 float* c, std::size_t c_stride, std::size_t m, std::size_t n, std::size_t k) {
-    for (std::size_t column = 0; column < n; column += kStrip) {
-        path.gemm(a, a_stride, strips + column * k, kStrip, c + column, c_stride, m,
-                  std::min(kStrip, n - column), k);
+    for (std::size_t column = 0; column < n; column += kAttentionStrip) {
+        path.gemm(a, a_stride, strips + column * k, kAttentionStrip, c + column, c_stride, m,
+                  std::min(kAttentionStrip, n - column), k);
     }
 }
 // Floats per normalization item: enough that taking an item costs little next to its rows.
@@ -94,40 +76,29 @@ constexpr float kInfinity = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // row[j] = row[j] * scale, then the mask of query row i of batch b, as numpy's attention does
-// it (scale, then add or replace by -inf) with the same rounding.
-void scale_and_mask(float* row, std::size_t s, float scale, const AttentionMask& mask,
-                    std::size_t b, std::size_t i) {
-    const std::size_t offset = mask.kind == MaskKind::none
-                                   ? 0
-                                   : mask.batch_offsets[b] + i * mask.row_stride;
+// it (scale, then add or replace by -inf) with the same rounding; returns the new row's maximum.
+float scale_and_mask(const RowKernels& path, float* row, std::size_t s, float scale,
+                     const AttentionMask& mask, std::size_t b, std::size_t i) {
+    if (mask.kind == MaskKind::none) {
+        return path.scale_add_max(row, s, scale, nullptr);
+    }
+    const std::size_t offset = mask.batch_offsets[b] + i * mask.row_stride;
     const std::size_t step = mask.column_stride;
-    switch (mask.kind) {
-        case MaskKind::none:
-            for (std::size_t j = 0; j < s; ++j) {
-                row[j] *= scale;
-            }
-            break;
-        case MaskKind::boolean: {
-            const bool* keep = static_cast<const bool*>(mask.data) + offset;
-            for (std::size_t j = 0; j < s; ++j) {
-                row[j] = keep[j * step] ? row[j] * scale : -kInfinity;
-            }
-            break;
+    if (mask.kind == MaskKind::additive) {
+        const float* add = static_cast<const float*>(mask.data) + offset;
+        if (step == 1) {  // the common key-padding mask
+            return path.scale_add_max(row, s, scale, add);
         }
-        case MaskKind::additive: {
-            const float* add = static_cast<const float*>(mask.data) + offset;
-            if (step == 1) {  // the common key-padding mask: a loop the compiler vectorizes
-                for (std::size_t j = 0; j < s; ++j) {
-                    row[j] = row[j] * scale + add[j];
-                }
-                break;
-            }
-            for (std::size_t j = 0; j < s; ++j) {
-                row[j] = row[j] * scale + add[j * step];
-            }
-            break;
+        for (std::size_t j = 0; j < s; ++j) {
+            row[j] = row[j] * scale + add[j * step];
+        }
+    } else {
+        const bool* keep = static_cast<const bool*>(mask.data) + offset;
+        for (std::size_t j = 0; j < s; ++j) {
+            row[j] = keep[j * step] ? row[j] * scale : -kInfinity;
         }
     }
+    return path.row_max(row, s);
 }
 
 // Rows [0, rows) of x [rows, channels > 0] in items of whole rows: body(first, end).
@@ -161,8 +132,8 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     // Per thread: k^T [D, S] and v [S, Dv] packed in strips (the B operands of q @ k^T and of
     // P @ v), the scores [query_block, S] and the reciprocal row sums. Allocated here, where a
     // failed allocation can still be reported.
-    const std::size_t padded_s = round_up(s, kStrip);
-    const std::size_t padded_dv = round_up(dv, kStrip);
+    const std::size_t padded_s = round_up(s, kAttentionStrip);
+    const std::size_t padded_dv = round_up(dv, kAttentionStrip);
     const std::size_t slot_floats =
         whole_lines<float>(d * padded_s + s * padded_dv + query_block * s + query_block);
     const CacheLineArray<float> scratch = cache_line_array<float>(count * slot_floats);
@@ -180,7 +151,7 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
         const std::size_t first = item % blocks * query_block;
         const std::size_t rows = std::min(query_block, l - first);
         if (packed[participant] != b) {
-            pack_transposed(k + k_layout.offsets[b], k_layout.row_stride, s, d, k_t);
+            path.pack_transposed(k + k_layout.offsets[b], k_layout.row_stride, s, d, k_t);
             pack_rows(v + v_layout.offsets[b], v_layout.row_stride, s, dv, values);
             packed[participant] = b;
             // A participant takes the matrices of its run in order: ask for the next one's rows
@@ -195,8 +166,7 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
                    q_layout.row_stride, k_t, scores, s, rows, s, d);
         for (std::size_t i = 0; i < rows; ++i) {
             float* row = scores + i * s;
-            scale_and_mask(row, s, scale, mask, b, first + i);
-            const float peak = path.row_max(row, s);
+            const float peak = scale_and_mask(path, row, s, scale, mask, b, first + i);
             inverse_sums[i] = 1.0f;
             if (peak == -kInfinity) {
                 std::fill(row, row + s, 0.0f);  // fully masked: zeros, not 0 / 0

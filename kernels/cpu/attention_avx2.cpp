@@ -112,18 +112,38 @@ void gemm(const float* a, std::size_t a_stride, const float* b, std::size_t b_st
     }
 }
 
-NIMBUS_AVX2 float row_max(const float* x, std::size_t n) {
+// The maximum over j = 0, 8, ... < n of value(j, left = n - j) (whose lanes past n are
+// ignored), NaN if any is NaN.
+template <typename Value>
+NIMBUS_AVX2 inline float running_max(std::size_t n, Value value) {
     const __m256 lowest = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     __m256 peak = lowest;
     __m256 nan = _mm256_setzero_ps();  // max_ps drops NaN operands, so NaN is tracked on the side
     for (std::size_t j = 0; j < n; j += kLanes) {
         const __m256 lanes = _mm256_castsi256_ps(first_lanes(n - j));
-        const __m256 value = _mm256_blendv_ps(lowest, load(x + j, n - j), lanes);
-        nan = _mm256_or_ps(nan, _mm256_cmp_ps(value, value, _CMP_UNORD_Q));
-        peak = _mm256_max_ps(peak, value);
+        const __m256 next = _mm256_blendv_ps(lowest, value(j, n - j), lanes);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(next, next, _CMP_UNORD_Q));
+        peak = _mm256_max_ps(peak, next);
     }
     return _mm256_movemask_ps(nan) != 0 ? std::numeric_limits<float>::quiet_NaN()
                                         : fold<true>(peak);
+}
+
+NIMBUS_AVX2 float row_max(const float* x, std::size_t n) {
+    return running_max(n, [&](std::size_t j, std::size_t left)
+                              NIMBUS_AVX2 { return load(x + j, left); });
+}
+
+NIMBUS_AVX2 float scale_add_max(float* x, std::size_t n, float factor, const float* add) {
+    const __m256 multiplier = _mm256_set1_ps(factor);
+    return running_max(n, [&](std::size_t j, std::size_t left) NIMBUS_AVX2 {
+        __m256 value = _mm256_mul_ps(load(x + j, left), multiplier);
+        if (add != nullptr) {
+            value = _mm256_add_ps(value, load(add + j, left));
+        }
+        store(x + j, left, value);
+        return value;
+    });
 }
 
 NIMBUS_AVX2 float exp_sum(const float* x, float* out, std::size_t n, float shift) {
@@ -202,7 +222,8 @@ NIMBUS_AVX2 void layer_norm_row(const float* x, std::size_t n, const float* weig
 
 }  // namespace
 
-const RowKernels kRowKernelsAvx2{gemm, row_max, exp_sum, scale, layer_norm_row};
+const RowKernels kRowKernelsAvx2{gemm,    pack_transposed_elementwise, row_max, scale_add_max,
+                                 exp_sum, scale,                       layer_norm_row};
 
 }  // namespace nimbus::kernels
 

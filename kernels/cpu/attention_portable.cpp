@@ -37,6 +37,19 @@ float row_max(const float* x, std::size_t n) {
     return peak;
 }
 
+float scale_add_max(float* x, std::size_t n, float factor, const float* add) {
+    if (add == nullptr) {
+        for (std::size_t j = 0; j < n; ++j) {
+            x[j] *= factor;
+        }
+    } else {
+        for (std::size_t j = 0; j < n; ++j) {
+            x[j] = x[j] * factor + add[j];
+        }
+    }
+    return row_max(x, n);
+}
+
 // The sum of x[0, n) over kLanes partial sums, added pairwise at the end.
 template <typename Term>
 float lane_sum(std::size_t n, Term term) {
@@ -94,6 +107,19 @@ void layer_norm_row(const float* x, std::size_t n, const float* weight, const fl
 
 }  // namespace
 
-const RowKernels kRowKernelsPortable{gemm, row_max, exp_sum, scale, layer_norm_row};
+void pack_transposed_elements(const float* k, std::size_t row_stride, std::size_t d,
+                              std::size_t first_row, std::size_t end_row,
+                              std::size_t first_column, float* strips) {
+    for (std::size_t j = first_row; j < end_row; ++j) {
+        const float* row = k + j * row_stride;
+        float* column = strips + j / kAttentionStrip * d * kAttentionStrip + j % kAttentionStrip;
+        for (std::size_t c = first_column; c < d; ++c) {
+            column[c * kAttentionStrip] = row[c];
+        }
+    }
+}
+
+const RowKernels kRowKernelsPortable{gemm,    pack_transposed_elementwise, row_max, scale_add_max,
+                                     exp_sum, scale,                       layer_norm_row};
 
 }  // namespace nimbus::kernels
