@@ -51,7 +51,8 @@ def linear(x, w, bias=None, residual=None, activation="none"):
 # row tile, N covers partial panels of 16 and 32 columns, K several depth blocks.
 SIZES = [1, 3, 17, 33, 100]
 SHAPES = [(m, n, k) for m in SIZES for n in SIZES for k in SIZES if (m + n + k) % 3 == 0]
-SHAPES += [(5, 77, 1100), (130, 65, 600), (1, 1000, 257), (250, 40, 31)]
+# (200, 1000, 300): weights over 1 MiB under few rows, which go in panel groups.
+SHAPES += [(5, 77, 1100), (130, 65, 600), (1, 1000, 257), (250, 40, 31), (200, 1000, 300)]
 RTOL = 1e-5
 
 
@@ -103,7 +104,8 @@ def test_activations_hold_far_from_zero(activation):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("shape", [(1, 1000, 300), (7, 129, 65), (300, 200, 700)],
+@pytest.mark.parametrize("shape", [(1, 1000, 300), (7, 129, 65), (300, 200, 700),
+                                   (200, 1000, 300)],
                          ids=lambda s: "M={}xN={}xK={}".format(*s))
 def test_thread_counts_give_identical_results(isa, shape):
     x, w, bias, residual = problem(*shape, seed=2)
