@@ -2,10 +2,11 @@
 // channels at a time. Pixels whose window lies inside the image horizontally go in strips of
 // kStrip, then 4, 2 and 1: each tap's weight vector is loaded once for the strip, so the kernel
 // does about one activation load per FMA instead of two. Edge pixels take the taps inside the
-// image one pixel at a time. The epilogue (bias as the starting value, residual, relu/relu6)
-// runs on the registers with masked loads and stores past the last channel; other activations
-// run over the finished output row (activate_avx512). While computing a row, the kernel
-// prefetches what the next row of its range touches first (NextRow).
+// image one pixel at a time, up to four vectors of channels together. The epilogue (bias as
+// the starting value, residual, relu/relu6) runs on the registers with masked loads and stores
+// past the last channel; other activations run over the finished output row
+// (activate_avx512). While computing a row, the kernel prefetches what the next row of its
+// range touches first (NextRow).
 //
 // Only functions marked NIMBUS_AVX512F use AVX-512 (see qgemm_avx512_vnni.cpp).
 #include <algorithm>
@@ -112,26 +113,62 @@ NIMBUS_AVX512F inline void compute_strip(const SDepthwiseTask& t, const StripWin
                          s.residual == nullptr ? nullptr : s.residual + channel, mask, acc);
 }
 
-// One output pixel, over the taps of its window that lie inside the image.
+// One output pixel over `Vectors` vectors of channels from `channel`, over the taps of its
+// window that lie inside the image. Several vectors give the multiply-adds of each tap
+// independent chains: one vector at a time waited for each one's latency.
+template <std::size_t Vectors>
 NIMBUS_AVX512F void compute_pixel(const SDepthwiseTask& t, const Row& row, std::size_t ow,
                                   std::size_t channel, __mmask16 mask) {
     const auto left = static_cast<std::ptrdiff_t>(ow * t.stride_w) -
                       static_cast<std::ptrdiff_t>(t.pad_left);
     const TapRange cols = taps_inside(left, t.kernel_w, t.dilation_w, t.width);
-    __m512 acc[1] = {_mm512_loadu_ps(t.bias + channel)};
+    __m512 acc[Vectors];
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < Vectors; ++v) {
+        acc[v] = _mm512_loadu_ps(t.bias + channel + v * kLanes);
+    }
     for (std::size_t ky = row.rows.begin; ky < row.rows.end; ++ky) {
         const float* line =
             row.image + (row.top + ky * t.dilation_h) * t.width * t.channels + channel;
         const float* w_row = t.weights + ky * t.kernel_w * t.padded_channels + channel;
         for (std::size_t kx = cols.begin; kx < cols.end; ++kx) {
-            const std::size_t iw = static_cast<std::size_t>(left) + kx * t.dilation_w;
-            const __m512 x = _mm512_maskz_loadu_ps(mask, line + iw * t.channels);
-            acc[0] = _mm512_fmadd_ps(x, _mm512_loadu_ps(w_row + kx * t.padded_channels), acc[0]);
+            const float* x = line + (static_cast<std::size_t>(left) + kx * t.dilation_w) * t.channels;
+            const float* w = w_row + kx * t.padded_channels;
+#pragma GCC unroll 4
+            for (std::size_t v = 0; v < Vectors; ++v) {
+                // Only a last, lone vector is masked.
+                const __m512 value = Vectors == 1 ? _mm512_maskz_loadu_ps(mask, x)
+                                                  : _mm512_loadu_ps(x + v * kLanes);
+                acc[v] = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + v * kLanes), acc[v]);
+            }
         }
     }
     const std::size_t first = ow * t.channels + channel;
-    store_pixels<1>(t, row.out + first,
-                    row.residual == nullptr ? nullptr : row.residual + first, mask, acc);
+#pragma GCC unroll 4
+    for (std::size_t v = 0; v < Vectors; ++v) {
+        __m512 one[1] = {acc[v]};
+        store_pixels<1>(t, row.out + first + v * kLanes,
+                        row.residual == nullptr ? nullptr : row.residual + first + v * kLanes,
+                        Vectors == 1 ? mask : __mmask16(0xffff), one);
+    }
+}
+
+// Every vector of channels of edge pixel `ow`: four at a time, then two, then one.
+NIMBUS_AVX512F void compute_edge_pixel(const SDepthwiseTask& t, const Row& row, std::size_t ow) {
+    std::size_t channel = 0;
+    for (; channel + 4 * kLanes <= t.channels; channel += 4 * kLanes) {
+        compute_pixel<4>(t, row, ow, channel, __mmask16(0xffff));
+    }
+    if (channel + 2 * kLanes <= t.channels) {
+        compute_pixel<2>(t, row, ow, channel, __mmask16(0xffff));
+        channel += 2 * kLanes;
+    }
+    for (; channel < t.channels; channel += kLanes) {
+        const std::size_t count = t.channels - channel;
+        compute_pixel<1>(t, row, ow, channel,
+                         count >= kLanes ? __mmask16(0xffff)
+                                         : static_cast<__mmask16>((1u << count) - 1));
+    }
 }
 
 // What the next output row of this call touches first: the input rows that the current row
@@ -235,16 +272,6 @@ NIMBUS_AVX512F void compute_strips(const SDepthwiseTask& t, const Row& row, std:
     }
 }
 
-// Calls visit(channel, mask) for each vector of 16 channels, the last one masked.
-template <typename Visit>
-inline void for_channels(const SDepthwiseTask& t, Visit visit) {
-    for (std::size_t channel = 0; channel < t.channels; channel += kLanes) {
-        const std::size_t count = t.channels - channel;
-        visit(channel, count >= kLanes ? __mmask16(0xffff)
-                                       : static_cast<__mmask16>((1u << count) - 1));
-    }
-}
-
 }  // namespace
 
 void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
@@ -275,9 +302,7 @@ void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
         std::size_t ow = 0;
         for (; ow < task.out_w && ow < first_inside; ++ow) {
             prefetch_columns(next, ow, 1, 0, 1);
-            for_channels(task, [&](std::size_t channel, __mmask16 mask) {
-                compute_pixel(task, row, ow, channel, mask);
-            });
+            compute_edge_pixel(task, row, ow);
         }
         for (; ow + kStrip <= end_inside; ow += kStrip) {
             compute_strips<kStrip>(task, row, ow, next);
@@ -297,9 +322,7 @@ void run_sdepthwise_avx512(const SDepthwiseTask& task, std::size_t row_begin,
         }
         for (; ow < task.out_w; ++ow) {
             prefetch_columns(next, ow, 1, 0, 1);
-            for_channels(task, [&](std::size_t channel, __mmask16 mask) {
-                compute_pixel(task, row, ow, channel, mask);
-            });
+            compute_edge_pixel(task, row, ow);
         }
         if (!in_registers) {
             activate_avx512(row.out, task.out_w * channels, task.activation);
