@@ -20,7 +20,8 @@ namespace {
 
 // Query rows per attention item: at least kQueryBlock, more while the scores tile [rows, S]
 // stays within kScoreBytes (in L2 while P @ V reads it) and every thread still gets several
-// items, so that a thread packs k and v (below) once for all of a matrix's rows.
+// items, so that a thread packs k and v (in strips: attention_paths.h) once for all of a
+// matrix's rows.
 constexpr std::size_t kQueryBlock = 32;
 constexpr std::size_t kScoreBytes = 128 * 1024;
 constexpr std::size_t kItemsPerThread = 4;
