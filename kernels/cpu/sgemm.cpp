@@ -51,11 +51,11 @@ constexpr std::size_t kItemsPerThread = 4;
 // items) took 0.047-0.09 ms on two threads, 0.041 in 8 items.
 constexpr std::size_t kItemFmas = std::size_t{1} << 20;
 
-// Weights of more bytes than kGroupWeightBytes go in panel groups of about that size, taken
-// group by group, when the rows are few enough to be read again for each group from the
+// Weights of more than twice kGroupWeightBytes go in panel groups of about kGroupWeightBytes,
+// taken group by group, when the rows are few enough to be read again for each group from the
 // last-level cache (at most kRereadRowBytes): a row tile over all of the weights streamed them
 // from memory again for every tile. BERT-base's 1024 x 3072 x 768 layer with cold caches, two
-// threads: 11.1-12.3 -> 10.6-10.9 ms; its 768 x 768 layers 2.8 -> 2.6 ms.
+// threads: 11.1-12.3 -> 10.6-10.9 ms; its 1024 x 768 x 768 layers 2.8 -> 2.6 ms.
 constexpr std::size_t kGroupWeightBytes = 512 * 1024;
 constexpr std::size_t kRereadRowBytes = std::size_t{4} << 20;
 
