@@ -122,34 +122,34 @@ NIMBUS_AVX512F void compute_pixel(const SDepthwiseTask& t, const Row& row, std::
     const auto left = static_cast<std::ptrdiff_t>(ow * t.stride_w) -
                       static_cast<std::ptrdiff_t>(t.pad_left);
     const TapRange cols = taps_inside(left, t.kernel_w, t.dilation_w, t.width);
-    __m512 acc[Vectors];
+    __m512 acc[Vectors][1];  // one pixel per vector, as store_pixels takes them
 #pragma GCC unroll 4
     for (std::size_t v = 0; v < Vectors; ++v) {
-        acc[v] = _mm512_loadu_ps(t.bias + channel + v * kLanes);
+        acc[v][0] = _mm512_loadu_ps(t.bias + channel + v * kLanes);
     }
     for (std::size_t ky = row.rows.begin; ky < row.rows.end; ++ky) {
         const float* line =
             row.image + (row.top + ky * t.dilation_h) * t.width * t.channels + channel;
         const float* w_row = t.weights + ky * t.kernel_w * t.padded_channels + channel;
         for (std::size_t kx = cols.begin; kx < cols.end; ++kx) {
-            const float* x = line + (static_cast<std::size_t>(left) + kx * t.dilation_w) * t.channels;
+            const float* x =
+                line + (static_cast<std::size_t>(left) + kx * t.dilation_w) * t.channels;
             const float* w = w_row + kx * t.padded_channels;
 #pragma GCC unroll 4
             for (std::size_t v = 0; v < Vectors; ++v) {
-                // Only a last, lone vector is masked.
+                // Only a last, lone vector is masked (mask is all lanes for several).
                 const __m512 value = Vectors == 1 ? _mm512_maskz_loadu_ps(mask, x)
                                                   : _mm512_loadu_ps(x + v * kLanes);
-                acc[v] = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + v * kLanes), acc[v]);
+                acc[v][0] = _mm512_fmadd_ps(value, _mm512_loadu_ps(w + v * kLanes), acc[v][0]);
             }
         }
     }
     const std::size_t first = ow * t.channels + channel;
 #pragma GCC unroll 4
     for (std::size_t v = 0; v < Vectors; ++v) {
-        __m512 one[1] = {acc[v]};
         store_pixels<1>(t, row.out + first + v * kLanes,
                         row.residual == nullptr ? nullptr : row.residual + first + v * kLanes,
-                        Vectors == 1 ? mask : __mmask16(0xffff), one);
+                        mask, acc[v]);
     }
 }
 
@@ -164,10 +164,7 @@ NIMBUS_AVX512F void compute_edge_pixel(const SDepthwiseTask& t, const Row& row, 
         channel += 2 * kLanes;
     }
     for (; channel < t.channels; channel += kLanes) {
-        const std::size_t count = t.channels - channel;
-        compute_pixel<1>(t, row, ow, channel,
-                         count >= kLanes ? __mmask16(0xffff)
-                                         : static_cast<__mmask16>((1u << count) - 1));
+        compute_pixel<1>(t, row, ow, channel, first_lanes(t.channels - channel));
     }
 }
 
