@@ -21,10 +21,14 @@ from .lowering import artifact_bytes, input_symbols, int8_advice, torch_ops_for
 from .summary import node_costs
 
 
-def default_pipeline(quantize: bool) -> str:
+def default_pipeline(quantize: bool, target: str = "cpu") -> str:
+    """Folding and fusion, then int8 quantization when calibration data is given (attention
+    stays float on CUDA, which has no integer attention kernel)."""
     from nimbus.passes import DEFAULT_OPTIMIZATION
 
-    return f"{DEFAULT_OPTIMIZATION},quantize" if quantize else DEFAULT_OPTIMIZATION
+    if not quantize:
+        return DEFAULT_OPTIMIZATION
+    return f"{DEFAULT_OPTIMIZATION},quantize" + ("{attention=false}" if target == "cuda" else "")
 
 
 @dataclass
@@ -105,7 +109,8 @@ def compile(model, example_inputs=None, *, pipeline: str | None = None, calibrat
         graph = from_torch(model, example_inputs, dynamic_batch=dynamic_batch)
     from nimbus.passes import run_passes
 
-    pipeline = pipeline if pipeline is not None else default_pipeline(calibration is not None)
+    pipeline = pipeline if pipeline is not None else default_pipeline(calibration is not None,
+                                                                     target)
     optimized = run_passes(graph, pipeline, calibration=calibration, **data) if pipeline else graph
     from nimbus import __version__
 

@@ -24,7 +24,7 @@ from .rewrite import apply_rules, remove_dead_nodes
 INTEGER_OPS = {"conv2d": "qconv2d", "fused_conv2d": "qconv2d",
                "linear": "qlinear", "fused_linear": "qlinear"}
 # ops that move quantized values unchanged, so int8 data can flow through them
-PASS_THROUGH = {"max_pool2d", "reshape"}
+PASS_THROUGH = {"max_pool2d", "reshape", "permute"}
 WEIGHT_LEVELS = 127  # symmetric int8 weights use [-127, 127], so negation never overflows
 
 
@@ -185,6 +185,15 @@ class _Quantizer:
             if node.result in self.ranges:  # later layers quantize the new value instead
                 self.ranges[result] = self.ranges[node.result]
 
+    def rewrite_attention(self, node: Node) -> None:
+        """attention -> qattention on the int8 forms of q, k and v (the projections' own
+        quantized results where they feed it only through reshapes and permutes)."""
+        operands = [self.quantized(x, node) for x in node.operands[:3]] + [node.operands[3]]
+        replacement = self.graph.add_node("qattention", operands, {"scale": node.attrs["scale"]},
+                                          node.loc, before=node)
+        self.ctx.touched(replacement)
+        self.graph.replace_all_uses(node.result, replacement.result)
+
     def quantized_weight(self, weight: Value) -> Value:
         quant = weight_params(weight.data)
         return self.graph.add_constant(self.graph.unique_constant_name(f"{weight.name}.q"),
@@ -227,20 +236,34 @@ class _Quantizer:
 
 
 def _feeds_only_integer_layers(value: Value, uses: dict, chosen: set[Node],
-                               integer_residual: set[Node]) -> bool:
+                               integer_residual: set[Node], attentions: set[Node]) -> bool:
     """Every path from ``value`` (through pass-through ops) ends at a layer being quantized, as
-    its input or as a residual that the layer adds in integer arithmetic."""
+    its input or as a residual that the layer adds in integer arithmetic, or at an attention
+    being quantized, as its q, k or v."""
     for user in uses.get(value, ()):
         if user is None:
             return False
         if user.op in PASS_THROUGH and user.operands[0] is value:
-            if not _feeds_only_integer_layers(user.result, uses, chosen, integer_residual):
+            if not _feeds_only_integer_layers(user.result, uses, chosen, integer_residual,
+                                              attentions):
+                return False
+        elif user in attentions:
+            if value is user.operands[3]:
                 return False
         elif user not in chosen or not (
                 user.operands[0] is value
                 or (user in integer_residual and _residual(user) is value)):
             return False
     return True
+
+
+def _attention_float_reason(node: Node, exclude: list[str]) -> str | None:
+    """Why an attention stays in float, or None if it can become a qattention."""
+    if any(x.type.dtype != DType.f32 for x in node.operands[:3]):
+        return "attention operands are not f32"
+    if excluded_by_name(node, exclude):
+        return "excluded by name"
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,13 +274,14 @@ class _Settings:
     dtype: DType
     exclude: tuple[str, ...]
     random_data: bool
+    attention: bool
 
 
 @register_pass("quantize")
 def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
              calibration: str = "percentile", percentile: float = 99.99, activations: str = "u8",
              exclude: str = "", random_data: bool = False, min_sqnr: float = 0.0,
-             max_drop: float = -1.0, embeddings: bool = True) -> bool:
+             max_drop: float = -1.0, embeddings: bool = True, attention: bool = True) -> bool:
     """Static post-training int8 quantization. Calibration data (given to run_passes or compile
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
@@ -274,7 +298,9 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     With an accuracy budget, the most sensitive layers fall back to float until it holds:
     ``min-sqnr`` is a floor on each layer's output SQNR against float, and ``max-drop`` bounds
     the drop of the user's metric (``metric=`` and optionally ``evaluation=`` data given to
-    run_passes); layers go back in order of lowest SQNR.
+    run_passes); layers go back in order of lowest SQNR. In static mode each attention becomes
+    qattention: its q, k and v quantized per tensor (a projection's quantized result feeds it
+    directly), q @ k^T and softmax @ v exact int32 products, the softmax weights u8.
 
     Options:
     mode: static, dynamic or weight-only
@@ -286,6 +312,7 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     min-sqnr: layers whose output SQNR (dB) against float falls below this stay in float
     max-drop: largest allowed drop of the user's metric; negative means no metric budget
     embeddings: store embedding tables in int8 (default true)
+    attention: quantize attention (static mode; default true)
     """
     if mode not in ("static", "dynamic", "weight-only"):
         raise PassFailure(f"mode must be static, dynamic or weight-only, got '{mode}'")
@@ -300,7 +327,7 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
         raise PassFailure("max-drop needs a metric: pass metric=fn(outputs) to run_passes")
     patterns = tuple(p.strip() for p in exclude.split(",") if p.strip())
     settings = _Settings(mode, calibration, percentile, DType.parse(activations), patterns,
-                         random_data)
+                         random_data, attention)
     if min_sqnr <= 0 and max_drop < 0:
         changed = _quantize_layers(graph, ctx, settings, frozenset())
     else:
@@ -390,18 +417,30 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
             else:
                 quantizer.rewrite_weight_only(node)
         return _finish(graph, ctx, chosen)
+    attentions = []
+    for node in graph.nodes if settings.attention else ():
+        if node.op != "attention":
+            continue
+        reason = _attention_float_reason(node, list(settings.exclude))
+        if reason is None:
+            attentions.append(node)
+        else:
+            ctx.count(f"kept-float: {reason}")
     data = ctx.data.get("calibration")
     batches = calibration_batches(data, graph) if data is not None else random_batches(graph)
     try:
         observed = {v for n in chosen for v in (n.operands[0], n.result, _residual(n))
                     if v is not None}
+        observed |= {x for n in attentions for x in n.operands[:3]}
         observers = observe(graph, observed, batches)
     except CalibrationError as err:
         raise PassFailure(str(err)) from err
     blind = [n for n in chosen if not observers[n.operands[0]].seen]
+    blind += [n for n in attentions if not all(observers[x].seen for x in n.operands[:3])]
     for node in blind:
         ctx.count("kept-float: calibration saw no finite input values")
     chosen = [n for n in chosen if n not in blind]
+    attention_set = {n for n in attentions if n not in blind}
     if not chosen:
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()
@@ -412,13 +451,18 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     quantized_outputs = {n: (n in integer_epilogues or _applies_float_activation(n))
                          and n.result in seen
                          and _feeds_only_integer_layers(n.result, uses, chosen_set,
-                                                        integer_residual)
+                                                        integer_residual, attention_set)
                          for n in chosen}
     ranges = {value: observer.range(settings.observer, settings.percentile)
               for value, observer in observers.items() if observer.seen}
     quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
     for node in chosen:
         quantizer.rewrite(node, node in integer_epilogues, quantized_outputs[node])
+    for node in attentions:
+        if node in attention_set:
+            quantizer.rewrite_attention(node)
+    if attention_set:
+        ctx.count("attentions-quantized", len(attention_set))
     return _finish(graph, ctx, chosen)
 
 

@@ -211,7 +211,7 @@ define("fused_elementwise", "A region of elementwise ops evaluated in one pass o
 
 
 # ---- attention ----------------------------------------------------------------------------------
-def _attention_infer(types, a):
+def attention_infer(types, a):
     q, k, v, mask = types
     dtype = require_same_dtype([q, k, v], "attention q, k, v")
     require_float(q, "q")
@@ -231,5 +231,5 @@ define("attention", "softmax(q @ k^T * scale + mask) @ v; a bool mask keeps wher
        "masked entirely give zeros.",
        operands=("q", "k", "v", "mask?"), family="fused",
        attrs={"scale": Attr("float?", None, "score scale; default 1/sqrt(head dim)")},
-       infer=_attention_infer, reference=in_float32(_attention_reference),
+       infer=attention_infer, reference=in_float32(_attention_reference),
        flops=lambda types, results, a: 4 * elements(results[0]) * types[1].shape[-2])

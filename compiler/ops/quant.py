@@ -21,6 +21,14 @@ qlinear also takes a float activation (gelu, silu, ...): on the f32 result, and 
 (without a residual) is then that value quantized as the quantize op does it:
 
     q   = clamp(rint_f32(act(f32) / s_out) + z_out)
+
+qattention takes u8/i8 q, k and v (per tensor) and gives f32, with acc wrapping in int32 too:
+
+    x   = f32(sum((q - zq) * (k - zk))) * A,   A = f32(s_q * s_k * scale)   (+ mask, or -inf)
+    e   = softmax_codes(x - max(x))   u8 rint(255 * exp(t)) in fixed float32 steps; 255 at the max
+    out = f32(sum(e * (v - zv))) * (f32(s_v) / f32(sum(e)))
+
+Rows whose scores are all -inf give 0; a NaN or +inf score gives NaN.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from nimbus.runtime.cpu_ops.quant import (  # noqa: F401
 from nimbus.runtime.cpu_ops.quant import dynamic_qlinear_reference as _dynamic_qlinear_reference
 from nimbus.runtime.cpu_ops.quant import qconv2d_reference as _qconv2d_reference
 from nimbus.runtime.cpu_ops.quant import qlinear_reference as _qlinear_reference
+from nimbus.runtime.cpu_ops.quant import qattention_reference as _qattention_reference
 from nimbus.runtime.cpu_ops.quant import qmatmul_reference as _qmatmul_reference
 from nimbus.runtime.cpu_ops.quant import quantize_reference as _quantize_reference
 
@@ -50,6 +59,7 @@ from ..dtypes import DType
 from ..ir import QuantParams, TensorType
 from .common import elements, require_rank
 from .fused import ACTIVATIONS as FUSED_ACTIVATIONS
+from .fused import attention_infer
 from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
@@ -180,6 +190,25 @@ define("qmatmul", "Integer batched a @ b: a per tensor, b per tensor or per last
        operands=("a", "b"), family="quant", attrs=INTEGER_OUTPUT_ATTRS, infer=_qmatmul_infer,
        reference=_qmatmul_reference, reference_takes_types=True,
        flops=lambda types, results, a: 2 * elements(results[0]) * types[0].shape[-1])
+
+
+def _qattention_infer(types, a):
+    q, k, v, mask = types
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in QUANTIZED_DTYPES or t.quant is None or t.quant.per_axis:
+            raise ValueError(f"{name} must be u8/i8 quantized per tensor, got {t}")
+    if mask is not None and mask.dtype not in (DType.bool, DType.f32):
+        raise ValueError(f"mask must be bool or f32, got {mask}")
+    as_float = [None if t is None else TensorType(DType.f32, t.shape) for t in (q, k, v)]
+    return attention_infer([*as_float, mask], a)
+
+
+define("qattention", "Integer attention: u8/i8 q, k, v per tensor; exact int32 q @ k^T, a float "
+       "softmax whose weights are u8 codes, exact int32 codes @ v; f32 result.",
+       operands=("q", "k", "v", "mask?"), family="quant",
+       attrs={"scale": Attr("float?", None, "score scale; default 1/sqrt(head dim)")},
+       infer=_qattention_infer, reference=_qattention_reference, reference_takes_types=True,
+       flops=lambda types, results, a: 4 * elements(results[0]) * types[1].shape[-2])
 
 
 # ---- dynamic quantization -----------------------------------------------------------------------

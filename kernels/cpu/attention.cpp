@@ -18,14 +18,6 @@
 namespace nimbus::kernels {
 namespace {
 
-// Query rows per attention item: at least kQueryBlock, more while the scores tile [rows, S]
-// stays within kScoreBytes (in L2 while P @ V reads it) and every thread still gets several
-// items, so that a thread packs k and v (in strips: attention_paths.h) once for all of a
-// matrix's rows.
-constexpr std::size_t kQueryBlock = 32;
-constexpr std::size_t kScoreBytes = 128 * 1024;
-constexpr std::size_t kItemsPerThread = 4;
-
 // v [S, Dv] packed in strips from its rows (row_stride apart, each Dv contiguous).
 void pack_rows(const float* v, std::size_t row_stride, std::size_t s, std::size_t dv,
                float* strips) {
@@ -60,6 +52,26 @@ void strip_gemm(const RowKernels& path, const float* a, std::size_t a_stride, co
 // Floats per normalization item: enough that taking an item costs little next to its rows.
 constexpr std::size_t kItemFloats = 4096;
 
+// Rows [0, rows) of x [rows, channels > 0] in items of whole rows: body(first, end).
+void for_row_blocks(std::size_t rows, std::size_t channels, std::size_t threads,
+                    const std::function<void(std::size_t, std::size_t)>& body) {
+    const std::size_t per_item = std::max<std::size_t>(kItemFloats / channels, 1);
+    parallel_for((rows + per_item - 1) / per_item, threads, [&](std::size_t item) {
+        body(item * per_item, std::min(rows, (item + 1) * per_item));
+    });
+}
+
+}  // namespace
+
+std::size_t attention_query_block(std::size_t batch, std::size_t l, std::size_t s,
+                                  std::size_t threads) {
+    constexpr std::size_t kQueryBlock = 32;
+    constexpr std::size_t kScoreBytes = 128 * 1024;
+    constexpr std::size_t kItemsPerThread = 4;
+    return std::max(kQueryBlock, std::min({l, kScoreBytes / sizeof(float) / s,
+                                           batch * l / (threads * kItemsPerThread)}));
+}
+
 const RowKernels& row_kernels(Isa isa) {
     switch (sgemm_path(isa)) {  // the float path: AVX2 without FMA runs the portable one
 #ifdef NIMBUS_X86_KERNELS
@@ -76,8 +88,6 @@ const RowKernels& row_kernels(Isa isa) {
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// row[j] = row[j] * scale, then the mask of query row i of batch b, as numpy's attention does
-// it (scale, then add or replace by -inf) with the same rounding; returns the new row's maximum.
 float scale_and_mask(const RowKernels& path, float* row, std::size_t s, float scale,
                      const AttentionMask& mask, std::size_t b, std::size_t i) {
     if (mask.kind == MaskKind::none) {
@@ -102,17 +112,6 @@ float scale_and_mask(const RowKernels& path, float* row, std::size_t s, float sc
     return path.row_max(row, s);
 }
 
-// Rows [0, rows) of x [rows, channels > 0] in items of whole rows: body(first, end).
-void for_row_blocks(std::size_t rows, std::size_t channels, std::size_t threads,
-                    const std::function<void(std::size_t, std::size_t)>& body) {
-    const std::size_t per_item = std::max<std::size_t>(kItemFloats / channels, 1);
-    parallel_for((rows + per_item - 1) / per_item, threads, [&](std::size_t item) {
-        body(item * per_item, std::min(rows, (item + 1) * per_item));
-    });
-}
-
-}  // namespace
-
 void attention(const float* q, const MatrixLayout& q_layout, const float* k,
                const MatrixLayout& k_layout, const float* v, const MatrixLayout& v_layout,
                const AttentionMask& mask, float scale, const AttentionShape& shape, float* out,
@@ -123,10 +122,7 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     }
     const RowKernels& path = row_kernels(isa);
     threads = std::max<std::size_t>(threads, 1);
-    const std::size_t query_block = std::max(
-        kQueryBlock,
-        std::min({l, kScoreBytes / sizeof(float) / s,
-                  batch * l / (threads * kItemsPerThread)}));
+    const std::size_t query_block = attention_query_block(batch, l, s, threads);
     const std::size_t blocks = (l + query_block - 1) / query_block;
     const std::size_t items = batch * blocks;
     const std::size_t count = std::min(threads, items);

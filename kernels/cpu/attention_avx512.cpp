@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <utility>
 
@@ -105,15 +106,16 @@ void gemm(const float* a, std::size_t a_stride, const float* b, std::size_t b_st
     }
 }
 
-// dst[c * dst_stride + r] = src[r * src_stride + c] for a 16 x 16 block: pairs of rows
-// interleaved, then quadruples, then 128-bit lanes twice.
-NIMBUS_AVX512F void transpose_block(const float* src, std::size_t src_stride, float* dst,
-                                    std::size_t dst_stride) {
+// dst[c * dst_stride + r] = src[r * src_stride + c] for a 16 x 16 block of 32-bit words:
+// pairs of rows interleaved, then quadruples, then 128-bit lanes twice.
+NIMBUS_AVX512F void transpose_block(const std::uint32_t* src, std::size_t src_stride,
+                                    std::uint32_t* dst, std::size_t dst_stride) {
+    // Words move through float shuffles: casts between vector types are free, bits unchanged.
     __m512 rows[kLanes];
     __m512 pairs[kLanes];
 #pragma GCC unroll 16
     for (std::size_t r = 0; r < kLanes; ++r) {
-        rows[r] = _mm512_loadu_ps(src + r * src_stride);
+        rows[r] = _mm512_castsi512_ps(_mm512_loadu_si512(src + r * src_stride));
     }
     // pairs[2i] per 128-bit lane: (row 2i, row 2i + 1) of columns 0, 1 of the lane; [2i + 1]: 2, 3.
 #pragma GCC unroll 8
@@ -141,20 +143,27 @@ NIMBUS_AVX512F void transpose_block(const float* src, std::size_t src_stride, fl
     }
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < 8; ++c) {
-        _mm512_storeu_ps(dst + c * dst_stride, _mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0x88));
-        _mm512_storeu_ps(dst + (c + 8) * dst_stride,
-                         _mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0xdd));
+        _mm512_storeu_si512(dst + c * dst_stride,
+                            _mm512_castps_si512(_mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0x88)));
+        _mm512_storeu_si512(dst + (c + 8) * dst_stride,
+                            _mm512_castps_si512(_mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0xdd)));
     }
 }
 
+}  // namespace
+
 // Blocks of 16 x 16 transposed in registers: one element at a time, BERT-base's k (128 x 64)
 // took a tenth of its attention's time on one thread.
-void pack_transposed(const float* k, std::size_t row_stride, std::size_t s, std::size_t d,
-                     float* strips) {
+void pack_transposed_words_avx512(const void* k_words, std::size_t row_stride, std::size_t s,
+                                  std::size_t d, void* strip_words) {
+    // Words move only through vector loads, shuffles and stores, which may alias anything.
+    const auto* k = static_cast<const std::uint32_t*>(k_words);
+    auto* strips = static_cast<std::uint32_t*>(strip_words);
     const std::size_t block_rows = s / kLanes * kLanes;
     const std::size_t block_columns = d / kLanes * kLanes;
     for (std::size_t j = 0; j < block_rows; j += kLanes) {
-        float* strip = strips + j / kAttentionStrip * d * kAttentionStrip + j % kAttentionStrip;
+        std::uint32_t* strip =
+            strips + j / kAttentionStrip * d * kAttentionStrip + j % kAttentionStrip;
         for (std::size_t c = 0; c < block_columns; c += kLanes) {
             transpose_block(k + j * row_stride + c, row_stride, strip + c * kAttentionStrip,
                             kAttentionStrip);
@@ -162,6 +171,13 @@ void pack_transposed(const float* k, std::size_t row_stride, std::size_t s, std:
     }
     pack_transposed_elements(k, row_stride, d, 0, block_rows, block_columns, strips);
     pack_transposed_elements(k, row_stride, d, block_rows, s, 0, strips);
+}
+
+namespace {
+
+void pack_transposed(const float* k, std::size_t row_stride, std::size_t s, std::size_t d,
+                     float* strips) {
+    pack_transposed_words_avx512(k, row_stride, s, d, strips);
 }
 
 // The maximum over j = 0, 16, ... < n of value(j, left = n - j) (whose lanes past n are

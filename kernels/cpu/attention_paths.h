@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
+#include "attention.h"
 #include "isa.h"
 
 namespace nimbus::kernels {
@@ -18,16 +20,21 @@ constexpr std::size_t kAttentionStrip = 32;
 // Rows [first_row, end_row) of k (row_stride apart, each d contiguous), columns from
 // first_column on, written into k^T [d, S] packed in strips: element (j, c) of k goes to
 // strips[j / kAttentionStrip * d * kAttentionStrip + c * kAttentionStrip + j % kAttentionStrip].
-// One element at a time: every path's packing of what its vector blocks leave over.
-void pack_transposed_elements(const float* k, std::size_t row_stride, std::size_t d,
+// Elements are 32-bit words (floats, or the 4-byte groups of the integer attention; row_stride
+// counts words), copied one at a time: every path's packing of what its vector blocks leave over.
+void pack_transposed_elements(const void* k, std::size_t row_stride, std::size_t d,
                               std::size_t first_row, std::size_t end_row,
-                              std::size_t first_column, float* strips);
+                              std::size_t first_column, void* strips);
 
-// All of k packed so (the paths without a vector transpose).
-inline void pack_transposed_elementwise(const float* k, std::size_t row_stride, std::size_t s,
-                                        std::size_t d, float* strips) {
-    pack_transposed_elements(k, row_stride, d, 0, s, 0, strips);
-}
+// All of float k packed so (the paths without a vector transpose).
+void pack_transposed_elementwise(const float* k, std::size_t row_stride, std::size_t s,
+                                 std::size_t d, float* strips);
+
+#ifdef NIMBUS_X86_KERNELS
+// All of k packed so, by 16 x 16 transposes in AVX-512 registers.
+void pack_transposed_words_avx512(const void* k, std::size_t row_stride, std::size_t s,
+                                  std::size_t d, void* strips);
+#endif
 
 struct RowKernels {
     // c[m, n] = a[m, k] @ b[k, n], row-major with the given row strides; each element summed
@@ -57,5 +64,20 @@ extern const RowKernels kRowKernelsPortable;
 extern const RowKernels kRowKernelsAvx2;
 extern const RowKernels kRowKernelsAvx512;
 #endif
+
+// Query rows per attention item of a batch of [l, s] score matrices: at least 32, more while
+// the scores tile [rows, s] stays within 128 KiB (in L2 while P @ V reads it) and each of the
+// `threads` threads still gets 4 or more items, so that a thread packs k and v (in strips) once
+// for all of a matrix's rows.
+std::size_t attention_query_block(std::size_t batch, std::size_t l, std::size_t s,
+                                  std::size_t threads);
+
+// The row primitives of `isa`'s float path.
+const RowKernels& row_kernels(Isa isa);
+
+// row[j] = row[j] * scale, then the mask of query row i of batch b, as numpy's attention does
+// it (scale, then add or replace by -inf) with the same rounding; returns the new row's maximum.
+float scale_and_mask(const RowKernels& path, float* row, std::size_t s, float scale,
+                     const AttentionMask& mask, std::size_t b, std::size_t i);
 
 }  // namespace nimbus::kernels

@@ -2,6 +2,7 @@
 // loops run along contiguous columns (or 16 partial sums), which the compiler vectorizes for
 // the baseline ISA without reordering any sum.
 #include <cmath>
+#include <cstring>
 
 #include "attention_paths.h"
 
@@ -107,16 +108,23 @@ void layer_norm_row(const float* x, std::size_t n, const float* weight, const fl
 
 }  // namespace
 
-void pack_transposed_elements(const float* k, std::size_t row_stride, std::size_t d,
+void pack_transposed_elements(const void* k, std::size_t row_stride, std::size_t d,
                               std::size_t first_row, std::size_t end_row,
-                              std::size_t first_column, float* strips) {
+                              std::size_t first_column, void* strips) {
+    constexpr std::size_t kWord = 4;
     for (std::size_t j = first_row; j < end_row; ++j) {
-        const float* row = k + j * row_stride;
-        float* column = strips + j / kAttentionStrip * d * kAttentionStrip + j % kAttentionStrip;
+        const auto* row = static_cast<const unsigned char*>(k) + j * row_stride * kWord;
+        auto* column = static_cast<unsigned char*>(strips) +
+                       (j / kAttentionStrip * d * kAttentionStrip + j % kAttentionStrip) * kWord;
         for (std::size_t c = first_column; c < d; ++c) {
-            column[c * kAttentionStrip] = row[c];
+            std::memcpy(column + c * kAttentionStrip * kWord, row + c * kWord, kWord);
         }
     }
+}
+
+void pack_transposed_elementwise(const float* k, std::size_t row_stride, std::size_t s,
+                                 std::size_t d, float* strips) {
+    pack_transposed_elements(k, row_stride, d, 0, s, 0, strips);
 }
 
 const RowKernels kRowKernelsPortable{gemm,    pack_transposed_elementwise, row_max, scale_add_max,

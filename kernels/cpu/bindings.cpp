@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -25,6 +26,7 @@
 #include "isa.h"
 #include "layout.h"
 #include "pool.h"
+#include "qattention.h"
 #include "quantize.h"
 #include "reduce.h"
 #include "qconv.h"
@@ -1524,28 +1526,18 @@ std::vector<std::size_t> batch_offsets(const std::vector<py::ssize_t>& sizes,
     return offsets;
 }
 
-// A float32 array [..., rows, columns] of `ndim` dimensions that a kernel reads or writes in
-// place: rows contiguous, every other stride a non-negative whole number of elements (views
-// of transposed or broadcast batches included). Its layout points into `offsets`.
-nimbus::kernels::MatrixLayout strided_matrices(const py::object& object, const std::string& name,
-                                               py::ssize_t ndim, const std::string& dims,
-                                               py::array& array,
-                                               std::vector<std::size_t>& offsets) {
-    if (!py::isinstance<py::array>(object)) {
-        throw py::type_error(name + " must be a numpy.ndarray, got " +
-                             std::string(Py_TYPE(object.ptr())->tp_name));
-    }
-    array = py::reinterpret_borrow<py::array>(object);
-    if (!array.dtype().equal(py::dtype::of<float>())) {
-        throw py::type_error(name + " must have dtype float32, got " +
-                             std::string(py::str(array.dtype())));
-    }
+// The layout of `array` [..., rows, columns] of `ndim` dimensions that a kernel reads or writes
+// in place: rows contiguous, every other stride a non-negative whole number of elements. Its
+// layout points into `offsets`.
+nimbus::kernels::MatrixLayout strided_layout(const py::array& array, const std::string& name,
+                                             py::ssize_t ndim, const std::string& dims,
+                                             std::vector<std::size_t>& offsets) {
     if (array.ndim() != ndim) {
         throw py::value_error(name + " must be " + std::to_string(ndim) + "-D " + dims + ", got " +
                               std::to_string(array.ndim()) + "-D shape " +
                               attribute_text(array, "shape"));
     }
-    constexpr auto element = static_cast<py::ssize_t>(sizeof(float));
+    const py::ssize_t element = array.itemsize();
     std::vector<std::size_t> strides(static_cast<std::size_t>(ndim));
     for (py::ssize_t axis = 0; axis < ndim; ++axis) {
         const py::ssize_t stride = array.strides(axis);
@@ -1560,6 +1552,42 @@ nimbus::kernels::MatrixLayout strided_matrices(const py::object& object, const s
     const std::vector<py::ssize_t> sizes(array.shape(), array.shape() + ndim - 2);
     offsets = batch_offsets(sizes, strides);
     return {offsets.data(), strides[static_cast<std::size_t>(ndim - 2)]};
+}
+
+// strided_layout for a float32 array (views of transposed or broadcast batches included).
+nimbus::kernels::MatrixLayout strided_matrices(const py::object& object, const std::string& name,
+                                               py::ssize_t ndim, const std::string& dims,
+                                               py::array& array,
+                                               std::vector<std::size_t>& offsets) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    array = py::reinterpret_borrow<py::array>(object);
+    if (!array.dtype().equal(py::dtype::of<float>())) {
+        throw py::type_error(name + " must have dtype float32, got " +
+                             std::string(py::str(array.dtype())));
+    }
+    return strided_layout(array, name, ndim, dims, offsets);
+}
+
+// strided_matrices for a uint8 or int8 array (strides in bytes); sets `is_signed`.
+nimbus::kernels::MatrixLayout strided_int8_matrices(const py::object& object,
+                                                    const std::string& name, py::ssize_t ndim,
+                                                    const std::string& dims, py::array& array,
+                                                    std::vector<std::size_t>& offsets,
+                                                    bool& is_signed) {
+    if (!py::isinstance<py::array>(object)) {
+        throw py::type_error(name + " must be a numpy.ndarray, got " +
+                             std::string(Py_TYPE(object.ptr())->tp_name));
+    }
+    array = py::reinterpret_borrow<py::array>(object);
+    is_signed = array.dtype().equal(py::dtype::of<std::int8_t>());
+    if (!is_signed && !array.dtype().equal(py::dtype::of<std::uint8_t>())) {
+        throw py::type_error(name + " must have dtype uint8 or int8, got " +
+                             std::string(py::str(array.dtype())));
+    }
+    return strided_layout(array, name, ndim, dims, offsets);
 }
 
 // The mask of attention() broadcast to scores [batch dims..., L, S] through strides: bool or
@@ -1620,22 +1648,40 @@ struct AttentionOffsets {
     std::vector<std::size_t> q, k, v, out, mask;
 };
 
-PreparedCall prepare_attention(const py::object& q_object, const py::object& k_object,
-                               const py::object& v_object, const py::object& mask_object,
-                               const std::optional<double>& scale,
-                               const py::object& out_object) {
+// The checked operands of attention() or qattention(): q, k and v float32, or (integer) each
+// uint8 or int8; the result float32.
+struct AttentionOperands {
+    py::array q, k, v, mask, out;
+    nimbus::kernels::MatrixLayout q_layout, k_layout, v_layout, out_layout;
+    bool q_signed = false, k_signed = false, v_signed = false;
+    nimbus::kernels::AttentionMask mask_view;
+    nimbus::kernels::AttentionShape dims{};
+    std::shared_ptr<AttentionOffsets> offsets = std::make_shared<AttentionOffsets>();
+};
+
+AttentionOperands checked_attention(const py::object& q_object, const py::object& k_object,
+                                    const py::object& v_object, const py::object& mask_object,
+                                    const py::object& out_object, bool integer) {
     if (!py::isinstance<py::array>(q_object)) {
         throw py::type_error("q must be a numpy.ndarray, got " +
                              std::string(Py_TYPE(q_object.ptr())->tp_name));
     }
     const py::ssize_t ndim = std::max<py::ssize_t>(py::reinterpret_borrow<py::array>(q_object).ndim(), 2);
-    py::array q, k, v, out;
-    const auto offsets = std::make_shared<AttentionOffsets>();
-    const auto q_layout = strided_matrices(q_object, "q", ndim, "[..., L, D]", q, offsets->q);
-    const auto k_layout =
-        strided_matrices(k_object, "k", ndim, "[..., S, D] like q", k, offsets->k);
-    const auto v_layout =
-        strided_matrices(v_object, "v", ndim, "[..., S, Dv] like q", v, offsets->v);
+    AttentionOperands call;
+    AttentionOffsets& offsets = *call.offsets;
+    const auto operand = [&](const py::object& object, const char* name, const char* dims,
+                             py::array& array, std::vector<std::size_t>& offsets_of,
+                             bool& is_signed) {
+        return integer ? strided_int8_matrices(object, name, ndim, dims, array, offsets_of,
+                                               is_signed)
+                       : strided_matrices(object, name, ndim, dims, array, offsets_of);
+    };
+    call.q_layout = operand(q_object, "q", "[..., L, D]", call.q, offsets.q, call.q_signed);
+    call.k_layout = operand(k_object, "k", "[..., S, D] like q", call.k, offsets.k, call.k_signed);
+    call.v_layout = operand(v_object, "v", "[..., S, Dv] like q", call.v, offsets.v, call.v_signed);
+    const py::array& q = call.q;
+    const py::array& k = call.k;
+    const py::array& v = call.v;
     const py::ssize_t d = q.shape(ndim - 1);
     const py::ssize_t s = k.shape(ndim - 2);
     const bool same_batch = std::equal(q.shape(), q.shape() + ndim - 2, k.shape()) &&
@@ -1652,13 +1698,13 @@ PreparedCall prepare_attention(const py::object& q_object, const py::object& k_o
     }
     std::vector<py::ssize_t> scores = shape_of(q);
     scores.back() = s;
-    py::array mask;
-    const auto attention_mask = checked_mask(mask_object, scores, offsets->mask, mask);
+    call.mask_view = checked_mask(mask_object, scores, offsets.mask, call.mask);
     std::vector<py::ssize_t> shape = shape_of(q);
     shape.back() = v.shape(ndim - 1);
-    const auto out_layout =
-        strided_matrices(out_object.is_none() ? py::array(q.dtype(), shape) : out_object, "out",
-                         ndim, "[..., L, Dv]", out, offsets->out);
+    call.out_layout = strided_matrices(
+        out_object.is_none() ? py::array(py::dtype::of<float>(), shape) : out_object, "out", ndim,
+        "[..., L, Dv]", call.out, offsets.out);
+    const py::array& out = call.out;
     if (!std::equal(shape.begin(), shape.end(), out.shape()) || !out.writeable()) {
         throw py::value_error("out must be a writable array of shape " + shape_text(shape) +
                               ", got shape " + attribute_text(out, "shape"));
@@ -1675,26 +1721,68 @@ PreparedCall prepare_attention(const py::object& q_object, const py::object& k_o
                                   attribute_text(out, "shape"));
         }
     }
-    nimbus::kernels::AttentionShape dims{};
-    dims.batch = offsets->q.size();
-    dims.l = static_cast<std::size_t>(q.shape(ndim - 2));
-    dims.s = static_cast<std::size_t>(s);
-    dims.d = static_cast<std::size_t>(d);
-    dims.dv = static_cast<std::size_t>(shape.back());
+    call.dims.batch = offsets.q.size();
+    call.dims.l = static_cast<std::size_t>(q.shape(ndim - 2));
+    call.dims.s = static_cast<std::size_t>(s);
+    call.dims.d = static_cast<std::size_t>(d);
+    call.dims.dv = static_cast<std::size_t>(shape.back());
+    return call;
+}
+
+PreparedCall prepare_attention(const py::object& q_object, const py::object& k_object,
+                               const py::object& v_object, const py::object& mask_object,
+                               const std::optional<double>& scale,
+                               const py::object& out_object) {
+    AttentionOperands call =
+        checked_attention(q_object, k_object, v_object, mask_object, out_object, false);
     // numpy's rounding: the scale in double, then float32.
-    const auto scale_value = static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(d)));
-    const auto* q_data = static_cast<const float*>(q.data());
-    const auto* k_data = static_cast<const float*>(k.data());
-    const auto* v_data = static_cast<const float*>(v.data());
-    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto scale_value =
+        static_cast<float>(scale ? *scale : 1.0 / std::sqrt(double(call.dims.d)));
+    const auto* q_data = static_cast<const float*>(call.q.data());
+    const auto* k_data = static_cast<const float*>(call.k.data());
+    const auto* v_data = static_cast<const float*>(call.v.data());
+    auto* out_data = static_cast<float*>(call.out.mutable_data());
     // The call owns `offsets`, which the layouts and the mask point into.
-    return {[=, offsets = offsets](std::size_t threads) {
-                nimbus::kernels::attention(q_data, q_layout, k_data, k_layout, v_data, v_layout,
-                                           attention_mask, scale_value, dims, out_data,
-                                           out_layout, threads, nimbus::kernels::selected_isa());
+    return {[=, offsets = call.offsets](std::size_t threads) {
+                nimbus::kernels::attention(q_data, call.q_layout, k_data, call.k_layout, v_data,
+                                           call.v_layout, call.mask_view, scale_value, call.dims,
+                                           out_data, call.out_layout, threads,
+                                           nimbus::kernels::selected_isa());
             },
-            out,
-            {q, k, v, mask, out}};
+            call.out,
+            {call.q, call.k, call.v, call.mask, call.out}};
+}
+
+PreparedCall prepare_qattention(const py::object& q_object, const py::object& k_object,
+                                const py::object& v_object, const py::object& mask_object,
+                                const std::array<std::int32_t, 3>& zero_points,
+                                double score_scale, double value_scale,
+                                const py::object& out_object) {
+    AttentionOperands call =
+        checked_attention(q_object, k_object, v_object, mask_object, out_object, true);
+    const auto quantized = [&](const py::array& array, const nimbus::kernels::MatrixLayout& layout,
+                               bool is_signed, std::int32_t zero_point, const char* name) {
+        const std::int32_t low = is_signed ? -128 : 0;
+        if (zero_point < low || zero_point > low + 255) {
+            throw py::value_error(std::string(name) + "'s zero point " +
+                                  std::to_string(zero_point) + " is outside its dtype " +
+                                  std::string(py::str(array.dtype())));
+        }
+        return nimbus::kernels::QuantizedMatrices{array.data(), layout, is_signed, zero_point};
+    };
+    const auto q = quantized(call.q, call.q_layout, call.q_signed, zero_points[0], "q");
+    const auto k = quantized(call.k, call.k_layout, call.k_signed, zero_points[1], "k");
+    const auto v = quantized(call.v, call.v_layout, call.v_signed, zero_points[2], "v");
+    const auto scores = static_cast<float>(score_scale);
+    const auto values = static_cast<float>(value_scale);
+    auto* out_data = static_cast<float*>(call.out.mutable_data());
+    return {[=, offsets = call.offsets](std::size_t threads) {
+                nimbus::kernels::qattention(q, k, v, call.mask_view, scores, values, call.dims,
+                                            out_data, call.out_layout, threads,
+                                            nimbus::kernels::selected_isa());
+            },
+            call.out,
+            {call.q, call.k, call.v, call.mask, call.out}};
 }
 
 py::array attention(const py::object& q_object, const py::object& k_object,
@@ -1703,6 +1791,15 @@ py::array attention(const py::object& q_object, const py::object& k_object,
                     const py::object& out_object) {
     return run_now(prepare_attention(q_object, k_object, v_object, mask_object, scale,
                                      out_object),
+                   threads);
+}
+
+py::array qattention(const py::object& q_object, const py::object& k_object,
+                     const py::object& v_object, const py::object& mask_object,
+                     const std::array<std::int32_t, 3>& zero_points, double score_scale,
+                     double value_scale, long long threads, const py::object& out_object) {
+    return run_now(prepare_qattention(q_object, k_object, v_object, mask_object, zero_points,
+                                      score_scale, value_scale, out_object),
                    threads);
 }
 
@@ -2550,6 +2647,16 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("scale"),
             py::arg("out"))
         .def(
+            "qattention",
+            [](Program& program, const py::object& q, const py::object& k, const py::object& v,
+               const py::object& mask, const std::array<std::int32_t, 3>& zero_points,
+               double score_scale, double value_scale, const py::object& out) {
+                program.add(prepare_qattention(q, k, v, mask, zero_points, score_scale,
+                                               value_scale, program_out(out)));
+            },
+            py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("zero_points"),
+            py::arg("score_scale"), py::arg("value_scale"), py::arg("out"))
+        .def(
             "layer_norm",
             [](Program& program, const py::object& x, const py::object& weight,
                const py::object& bias, double eps, const py::object& out) {
@@ -2606,6 +2713,15 @@ PYBIND11_MODULE(_kernels, module) {
                "\n\nmask: None, bool (True = attend) or float32 (added to the scores), "
                "broadcastable to\n[..., L, S]; rows whose scores are all -inf give zeros. scale: "
                "default 1 / sqrt(D);\nthreads: at most this many threads.");
+    module.def("qattention", &qattention, py::arg("q"), py::arg("k"), py::arg("v"),
+               py::arg("mask"), py::arg("zero_points"), py::arg("score_scale"),
+               py::arg("value_scale"), py::arg("threads") = 1, py::arg("out") = py::none(),
+               "Return the integer attention as float32 [..., L, Dv] for uint8 or int8 q [..., L, "
+               "D],\nk [..., S, D] and v [..., S, Dv] (laid out as attention() takes them) with "
+               "zero points\n(zq, zk, zv): scores f32(sum (q - zq)(k - zk)) * score_scale, "
+               "masked as attention()\nmasks them, u8 softmax codes e of each row (255 at its "
+               "maximum), and\nf32(sum e (v - zv)) * (value_scale / f32(sum e)); integer sums "
+               "wrap in int32.");
     module.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = py::none(),
                py::arg("bias") = py::none(), py::arg("eps") = 1e-5,
                py::arg("threads") = 1,

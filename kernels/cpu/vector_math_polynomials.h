@@ -16,6 +16,16 @@ inline constexpr float kLog2e = 1.44269504088896341f;
 inline constexpr float kLn2High = 0.693359375f;  // ln 2 in two parts, exact products with n
 inline constexpr float kLn2Low = -2.12194440e-4f;
 
+// The u8 softmax weights of the integer attention (qattention.h), code = rint(255 exp(t)) for
+// t = x - max <= 0: u = max(t, kCodeFloor) * kLog2e, n = rint(u), f = u - n (exact), and
+//     code = rint(2^n * p(f)),  p(f) = (((kCode[0] f + kCode[1]) f + kCode[2]) f + kCode[3]) f + kCode[4],
+// p the Taylor polynomial of 255 * 2^f (|f| <= 1/2: within 0.01 of it), each multiply and add
+// rounded to float32 on its own (no FMA), so that numpy repeats it. p(0) = 255, and p grows
+// with f, so codes stay within [0, 255].
+inline constexpr float kCode[] = {2.452622890472412f, 14.153547286987305f, 61.25775909423828f,
+                                  176.75253295898438f, 255.0f};
+inline constexpr float kCodeFloor = -17.0f;  // 255 * exp(-17) rounds to 0
+
 // erf(x) = x * kErfP(x^2) / kErfQ(x^2) for |x| <= kErfBound, the rational fit that the
 // runtime's numpy erf evaluates (cpu_ops/elementwise.py: |error| below 1.6e-9 on [-4, 4]),
 // its coefficients divided by 16^i for powers of x^2 instead of (x / 4)^2. |erf| rounds to 1 in

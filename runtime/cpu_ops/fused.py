@@ -74,7 +74,7 @@ def layer_epilogue(out, bias, residual, activation, bias_shape):
 
 def attention_reference(xs, a):
     q, k, v, mask = xs
-    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * _scale_of(a, q)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float64) * scale_of(a, q)
     if mask is not None:
         scores = np.where(mask, scores, -np.inf) if mask.dtype == np.bool_ else scores + mask
     peak = scores.max(axis=-1, keepdims=True)
@@ -103,7 +103,7 @@ def _rows_contiguous(t: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(t)
 
 
-def _attention_result(q: np.ndarray, dv: int) -> np.ndarray:
+def attention_result(q: np.ndarray, dv: int) -> np.ndarray:
     """The result array, laid out like q: heads split from [..., L, H, D] rows (the view that
     multi-head attention takes of its projections) give [..., H, L, Dv] over [..., L, H, Dv]
     memory, which the usual merge of the heads then reshapes without a copy."""
@@ -113,12 +113,12 @@ def _attention_result(q: np.ndarray, dv: int) -> np.ndarray:
     return np.empty(q.shape[:-1] + (dv,), np.float32)
 
 
-def _attention_operands(q, k, v, mask):
-    """q, k, v and mask as the native kernel reads them, or None where it does not apply (other
-    dtypes, a q that would broadcast, a mask wider than the scores, S = 0): keys and values
-    shared across batch dimensions as zero-stride views, operands it cannot read in place as
-    C-contiguous copies."""
-    if any(t.dtype != np.float32 for t in (q, k, v)) or not 2 <= q.ndim == k.ndim == v.ndim:
+def attention_operands(q, k, v, mask, dtypes=(np.float32,)):
+    """q, k, v and mask as the native kernel reads them, or None where it does not apply (q, k
+    or v not of `dtypes`, a q that would broadcast, a mask wider than the scores, S = 0): keys
+    and values shared across batch dimensions as zero-stride views, operands it cannot read in
+    place as C-contiguous copies."""
+    if any(t.dtype not in dtypes for t in (q, k, v)) or not 2 <= q.ndim == k.ndim == v.ndim:
         return None
     if v.shape[:-1] != k.shape[:-1] or k.shape[-1] != q.shape[-1] or not k.shape[-2]:
         return None
@@ -138,32 +138,40 @@ def _attention_operands(q, k, v, mask):
     return q, k, v, mask
 
 
-def _scale_of(a: dict, q) -> float:
+def scale_of(a: dict, q) -> float:
     return a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
 
 
 def _native_attention(q, k, v, mask, scale):
     """attention on the native kernel, reading q, k and v in place where their strides allow;
     None where it does not apply."""
-    operands = _attention_operands(q, k, v, mask)
+    operands = attention_operands(q, k, v, mask)
     if operands is None:
         return None
     q, k, v, mask = operands
     return _kernels.attention(q, k, v, mask, scale, NATIVE_THREADS.get(),
-                              _attention_result(q, v.shape[-1]))
+                              attention_result(q, v.shape[-1]))
+
+
+def attention_operands_in_place(operands, dtypes=(np.float32,)):
+    """attention_operands where the native kernel reads every operand in place, else None: a
+    copy made when a program is built would hold that run's values on every later run."""
+    prepared = attention_operands(*operands, dtypes=dtypes)
+    if prepared is None or not all(
+            new is None or np.may_share_memory(new, old) for new, old in zip(prepared, operands)):
+        return None
+    return prepared
 
 
 @native_step("attention")
 def build_attention(program, a, types, operands, runtime, results):
-    """The native attention as a program step, where it reads every operand in place: a copy
-    made now would hold this run's values on every later run."""
-    prepared = _attention_operands(*operands)
-    if prepared is None or not all(
-            new is None or np.may_share_memory(new, old) for new, old in zip(prepared, operands)):
+    """The native attention as a program step, where it reads every operand in place."""
+    prepared = attention_operands_in_place(operands)
+    if prepared is None:
         return None
     q, k, v, mask = prepared
-    out = _attention_result(q, v.shape[-1])
-    program.attention(q, k, v, mask, _scale_of(a, q), out)
+    out = attention_result(q, v.shape[-1])
+    program.attention(q, k, v, mask, scale_of(a, q), out)
     return [out]
 
 
@@ -171,7 +179,7 @@ def attention_kernel(xs, a):
     """attention_reference in float32 (max-shifted, so ~1e-6 relative), natively where it
     applies, else in numpy, updating in place."""
     q, k, v, mask = xs
-    scale = _scale_of(a, q)
+    scale = scale_of(a, q)
     native = _native_attention(q, k, v, mask, scale)
     if native is not None:
         return native

@@ -28,12 +28,13 @@ import numpy as np
 
 from .. import _kernels
 from .common import int_range, nhwc, numpy_dtype
-from .fused import apply_activation
+from .fused import (apply_activation, attention_operands, attention_operands_in_place,
+                    attention_result, scale_of)
 from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
 from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
                        without_types)
-from .shape import contiguous_operand
+from .shape import channels_first_operand, contiguous_operand
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
 # Activations that a quantized result takes as clamp bounds; the others (gelu, silu, ...) run
@@ -210,6 +211,52 @@ def qmatmul_reference(xs, a, types):
     (x, w), (xq, wq) = xs, (types[0].quant, types[1].quant)
     acc = to_int32(np.matmul(centered(x, xq, 0), centered(w, wq, w.ndim - 1)))
     return finish_integer_op(acc, xq, wq, a, channel_axis=acc.ndim - 1)
+
+
+# The u8 softmax weights of qattention, in the float32 steps that every kernel repeats
+# (kernels/cpu/vector_math_polynomials.h, kCode): p is the Taylor polynomial of 255 * 2^f.
+_CODE_POLYNOMIAL = tuple(np.float32(c) for c in (
+    2.452622890472412, 14.153547286987305, 61.25775909423828, 176.75253295898438, 255.0))
+_CODE_FLOOR = np.float32(-17.0)  # 255 * exp(-17) rounds to 0
+_LOG2E = np.float32(1.44269504088896341)
+
+
+def softmax_codes(t: np.ndarray) -> np.ndarray:
+    """rint(255 * exp(t)) as uint8 for float32 t <= 0 (-inf included), each step rounded to
+    float32: u = max(t, -17) * log2(e), n = rint(u), f = u - n, code = rint(2^n * p(f)) with
+    p(f) ~ 255 * 2^f by Horner's rule (p(0) = 255)."""
+    u = np.maximum(t, _CODE_FLOOR) * _LOG2E
+    power = np.rint(u)
+    f = u - power
+    p = np.full_like(f, _CODE_POLYNOMIAL[0])
+    for coefficient in _CODE_POLYNOMIAL[1:]:
+        p = p * f + coefficient
+    return np.rint(np.ldexp(p, power.astype(np.int32))).astype(np.uint8)
+
+
+def qattention_score_scale(q_scale: float, k_scale: float, scale: float) -> np.float32:
+    """The factor of qattention's integer scores: s_q * s_k * scale in float64, rounded once."""
+    return np.float32(np.float64(np.float32(q_scale)) * np.float64(np.float32(k_scale)) * scale)
+
+
+def qattention_reference(xs, a, types):
+    q, k, v, mask = xs
+    qq, kq, vq = (t.quant for t in types[:3])
+    scores = to_int32(np.matmul(centered(q, qq, 0), np.swapaxes(centered(k, kq, 0), -1, -2)))
+    x = scores.astype(np.float32) * qattention_score_scale(qq.scale[0], kq.scale[0],
+                                                           scale_of(a, q))
+    if mask is not None:
+        x = np.where(mask, x, np.float32(-np.inf)) if mask.dtype == np.bool_ else x + mask
+    peak = x.max(axis=-1, keepdims=True)
+    finite = np.isfinite(peak)  # all -inf: zeros; a NaN or +inf: NaN
+    codes = softmax_codes(np.where(finite, x - np.where(finite, peak, np.float32(0)),
+                                   np.float32(-np.inf)))
+    sums = codes.sum(axis=-1, keepdims=True, dtype=np.int64).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.float32(vq.scale[0]) / sums
+    factor = np.where(finite, factor, np.where(np.isneginf(peak), np.float32(0), np.float32(np.nan)))
+    values = to_int32(np.matmul(codes.astype(np.float64), centered(v, vq, 0)))
+    return values.astype(np.float32) * factor.astype(np.float32)
 
 
 def dynamic_qlinear_reference(xs, a, types):
@@ -603,6 +650,43 @@ def qconv2d(xs, a, types):
 @kernel("qmatmul")
 def qmatmul(xs, a, types):
     return qmatmul_reference(xs, a, types)
+
+
+_INT8 = (np.uint8, np.int8)
+
+
+def _qattention_call(operands, a, types):
+    """The native qattention's (q, k, v, mask) and remaining arguments."""
+    q, k, v, _ = operands
+    qq, kq, vq = (t.quant for t in types[:3])
+    zero_points = tuple(int(t.zero_point[0]) for t in (qq, kq, vq))
+    return zero_points, float(qattention_score_scale(qq.scale[0], kq.scale[0], scale_of(a, q))), \
+        float(np.float32(vq.scale[0]))
+
+
+@kernel("qattention")
+def qattention(xs, a, types):
+    operands = attention_operands(*xs, dtypes=_INT8)
+    if operands is None:
+        return qattention_reference(xs, a, types)
+    q, k, v, mask = operands
+    return _kernels.qattention(q, k, v, mask, *_qattention_call(operands, a, types),
+                               NATIVE_THREADS.get(), attention_result(q, v.shape[-1]))
+
+
+@native_step("qattention")
+def build_qattention(program, a, types, operands, runtime, results):
+    """The native qattention as a program step; q, k or v in NHWC memory (a quantize step's
+    4-D result) put in NCHW order first, by a step of their own."""
+    operands = [channels_first_operand(program, x) if x is not None and x.dtype in _INT8 else x
+                for x in operands]
+    prepared = attention_operands_in_place(operands, dtypes=_INT8)
+    if prepared is None:
+        return None
+    q, k, v, mask = prepared
+    out = attention_result(q, v.shape[-1])
+    program.qattention(q, k, v, mask, *_qattention_call(prepared, a, types), out)
+    return [out]
 
 
 @kernel("dynamic_qlinear")

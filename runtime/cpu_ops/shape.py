@@ -66,14 +66,22 @@ def build_reshape(program, a, types, operands, runtime, results):
     """A reshape in a program: a view of C-contiguous x; for an NCHW view of NHWC memory (a
     convolution's result flattened for a linear layer), a step that puts it in NCHW order
     first; for another strided float32 view (heads merged after a permute), a copy step."""
-    x = operands[0]
+    x = channels_first_operand(program, operands[0])
+    if x is not operands[0]:
+        return [x.reshape(a["shape"])]
+    x = contiguous_operand(program, x)
+    return None if x is None else [x.reshape(a["shape"])]
+
+
+def channels_first_operand(program, x: np.ndarray) -> np.ndarray:
+    """For an NCHW view of NHWC memory (the layout of a 4-D step's result), an array that a
+    step added to ``program`` fills in NCHW order; x itself otherwise."""
     if x.ndim == 4 and x.dtype in CHANNEL_MOVE_DTYPES and not x.flags.c_contiguous \
             and nhwc(x).flags.c_contiguous:
         out = np.empty(x.shape, dtype=x.dtype)
         program.to_channels_first(nhwc(x), out)
-        return [out.reshape(a["shape"])]
-    x = contiguous_operand(program, x)
-    return None if x is None else [x.reshape(a["shape"])]
+        return out
+    return x
 
 
 kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))

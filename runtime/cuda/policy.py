@@ -14,7 +14,7 @@ Every op runs one of three ways:
   the CPU backend's arithmetic (integer results bit for bit: pooling takes exact maxima).
   They are listed by `CudaSession.kernel_table()` so that nothing is silently slow.
 
-Any other op without a Triton kernel (`REFUSED_OPS`: qmatmul, dynamic_qlinear) makes the
+Any other op without a Triton kernel (`REFUSED_OPS`: qmatmul, qattention, dynamic_qlinear) makes the
 session refuse the plan when it loads, with an error that lists every such op and its source
 lines.
 """
@@ -25,7 +25,7 @@ LAYOUT_OPS = frozenset({"reshape", "permute", "slice", "concat", "split", "expan
                         "full"})
 TORCH_FALLBACK_OPS = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm",
                                 "matmul", "fused_matmul", "mean", "sum", "reduce_max", "reduce_min"})
-REFUSED_OPS = frozenset({"qmatmul", "dynamic_qlinear"})
+REFUSED_OPS = frozenset({"qmatmul", "qattention", "dynamic_qlinear"})
 
 
 class CudaUnsupportedError(ValueError):

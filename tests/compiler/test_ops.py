@@ -377,7 +377,8 @@ def test_quantized_op_rejects_float_input():
 
 
 # ---- coverage and schema ----------------------------------------------------------------------
-QUANT_OPS = {"quantize", "dequantize", "qlinear", "qconv2d", "qmatmul", "dynamic_qlinear"}
+QUANT_OPS = {"quantize", "dequantize", "qlinear", "qconv2d", "qmatmul", "qattention",
+             "dynamic_qlinear"}
 
 
 def test_every_op_in_the_table_has_a_reference_test():

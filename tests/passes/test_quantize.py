@@ -11,11 +11,13 @@ import torch
 
 from digits import digit_images, top1, trained_lenet
 from models.cases import CASES, converted
+import nimbus
 from nimbus.compiler.dtypes import DType
 from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.interpreter import interpret
 from nimbus.passes import DEFAULT_OPTIMIZATION, PassError, PassManager, run_passes
 from nimbus.passes.calibration import ImageFolder, Observer, calibration_batches, observe
+from nimbus.runtime.cpu_ops.registry import KERNELS
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -269,6 +271,49 @@ def test_a_linear_layers_gelu_runs_in_the_qlinear():
                                 calibration=data)
     (layer,) = [n for n in head_quantized.nodes if n.op == "qlinear"]
     assert layer.attrs["activation"] == "gelu" and layer.attrs["dtype"] == DType.f32
+
+
+@pytest.mark.parametrize("name", ["bert_encoder", "transformer_pre_norm"])
+def test_attention_runs_on_int8_q_k_v(name):
+    """Static quantization turns attention into qattention: BERT's q, k and v projections give
+    u8 results that reach it through reshapes and permutes; the CPU session matches the
+    reference interpreter bit for bit; attention=false keeps the float attention."""
+    model, graph = converted(name)
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    names = [value.name for value in graph.inputs]
+    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
+        torch.Generator().manual_seed(seed), 3)))) for seed in range(4)]
+    manager = PassManager("quantize", data={"calibration": batches})
+    quantized = manager.run(optimized.copy())
+    attentions = [n for n in quantized.nodes if n.op == "qattention"]
+    assert attentions and not any(n.op == "attention" for n in quantized.nodes)
+    assert manager.report.records[0].stats["attentions-quantized"] == len(attentions)
+    if name == "bert_encoder":
+        for q in attentions[0].operands[:3]:
+            while q.producer.op in ("reshape", "permute"):
+                q = q.producer.operands[0]
+            assert q.producer.op == "qlinear" and q.type.dtype == DType.u8
+    expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
+    for output_name in graph.output_names:
+        assert cosine(actual[output_name], expected[output_name]) >= 0.99
+    # the native kernel on the interpreter's own operands gives the reference's values exactly
+    values = interpret(quantized, batches[1], keep_intermediates=True)["values"]
+    for node in attentions:
+        operands = [None if x is None else values[x] for x in node.operands]
+        native = KERNELS["qattention"](operands, {"scale": node.attrs["scale"]},
+                                       [None if x is None else x.type for x in node.operands])
+        np.testing.assert_array_equal(native, values[node.result])
+    session = nimbus.compile(quantized).session()
+    outputs = session.run(batches[1])
+    for output_name, value in zip(quantized.output_names, quantized.outputs):
+        np.testing.assert_allclose(outputs[output_name], values[value], rtol=1e-4, atol=1e-5)
+    kept = run_passes(optimized, "quantize{attention=false}", calibration=batches)
+    assert any(n.op == "attention" for n in kept.nodes)
+    assert not any(n.op == "qattention" for n in kept.nodes)
+    # CUDA has no integer attention: its default pipeline keeps attention in float
+    for_cuda = nimbus.compile(graph, calibration=batches, target="cuda").graph
+    assert not any(n.op == "qattention" for n in for_cuda.nodes)
+    assert any(n.op == "qlinear" for n in for_cuda.nodes)
 
 
 def test_subnormal_weights_quantize_to_zeros_with_a_valid_scale():

@@ -329,6 +329,20 @@ def _quantized_layer_cases(add) -> None:
         {"dtype": "u8", "scale": 0.01, "zero_point": 50, "activation": "relu"}, label="i8-axis-u8")
     add("qmatmul", [(u8(2, 4, 6), per_tensor(0.05, 120)), (i8(6, 3), per_tensor(0.02, 0))],
         {"dtype": "i8", "scale": 0.02, "zero_point": 0, "activation": "relu6"}, label="i8-relu6")
+    # qattention: exact int32 products and softmax codes, so the f32 result is exact as well
+    heads_mask = np.where(randn(2, 1, 1, 9) > -0.5, 0.0, -10000.0).astype(np.float32)
+    add("qattention", [(u8(2, 3, 5, 8), per_tensor(0.05, 120)), (u8(2, 3, 9, 8), per_tensor(0.04, 7)),
+                       (u8(2, 3, 9, 12), per_tensor(0.03, 200)), heads_mask],
+        label="u8-additive", rtol=0)
+    masked_row = randn(6, 7) > -0.5
+    masked_row[4] = False  # a row with every score masked gives zeros
+    add("qattention", [(i8(3, 6, 5), per_tensor(0.05, 3)), (i8(3, 7, 5), per_tensor(0.04, -9)),
+                       (i8(3, 7, 33), per_tensor(0.02, 0)), masked_row], {"scale": 0.7},
+        label="i8-bool-masked-row", rtol=0)
+    add("qattention", [(u8(1, 17, 64), per_tensor(0.02, 128)), (i8(1, 40, 64), per_tensor(0.03, 0)),
+                       (u8(1, 40, 16), per_tensor(0.05, 99)), None], label="mixed-no-mask", rtol=0)
+    add("qattention", [(u8(2, 3, 6), per_tensor(0.1, 1)), (u8(4, 6), per_tensor(0.1, 2)),
+                       (u8(4, 5), per_tensor(0.1, 3)), None], label="shared-kv", rtol=0)
     # dynamic_qlinear: float input quantized per batch
     add("dynamic_qlinear", [randn(2, 4, 9) * 3, (weight(5, 9), per_channel(5)), randn(5)],
         label="3d-bias", rtol=0)
