@@ -112,13 +112,16 @@ def preflight(graph: Graph, target: str) -> None:
 TINY_LAYER_MACS = 50_000
 FAST_INT8_ISAS = ("amx", "avx512_vnni")
 LAYERS = {"conv2d", "fused_conv2d", "linear", "fused_linear", "qconv2d", "qlinear", "dynamic_qlinear"}
+ATTENTIONS = {"attention", "qattention"}
 
 
 def int8_advice(graph: Graph, isas: list[str] | None = None) -> list[dict]:
-    """Per conv/linear layer: whether int8 is expected to beat float on this CPU, and why not.
+    """Per conv/linear layer and attention: whether int8 is expected to beat float on this CPU,
+    and why not.
 
-    Reasons: the CPU lacks VNNI/AMX (int8 then runs on widened AVX2 or portable code), the layer
-    is tiny, its int8 result is converted at both ends (an int8 island between quantize and
+    Reasons: the CPU lacks VNNI/AMX (int8 then runs on widened AVX2 or portable code; the
+    integer attention's products on AVX2 took 1.2x the float attention's time), the layer is
+    tiny, its int8 result is converted at both ends (an int8 island between quantize and
     dequantize), or the layer is a convolution, whose int8 kernel runs on NHWC data and so pays
     a layout change around each call in an NCHW graph.
     """
@@ -130,7 +133,8 @@ def int8_advice(graph: Graph, isas: list[str] | None = None) -> list[dict]:
     bindings = dict.fromkeys(input_symbols(graph), 1)
     rows = []
     for node in graph.nodes:
-        if node.op not in LAYERS:
+        attention = node.op in ATTENTIONS
+        if node.op not in LAYERS and not attention:
             continue
         flops, _ = cost(node.op, [o.type if o is not None else None for o in node.operands],
                         [r.type for r in node.results], node.attrs)
@@ -142,12 +146,13 @@ def int8_advice(graph: Graph, isas: list[str] | None = None) -> list[dict]:
             reasons.append(f"tiny layer ({macs} MACs at batch 1)")
         producer = node.operands[0].producer
         consumers = [user for user in uses[node.results[0]] if user is not None]
-        if (producer is not None and producer.op == "quantize" and consumers
+        if (not attention and producer is not None and producer.op == "quantize" and consumers
                 and all(user.op == "dequantize" for user in consumers)):
             reasons.append("int8 island: quantize before and dequantize after")
         if node.op in ("conv2d", "fused_conv2d", "qconv2d"):
             reasons.append("layout change NCHW <-> NHWC around the int8 kernel")
-        rows.append({"layer": node.operands[1].name, "op": node.op, "macs_batch_1": macs,
+        name = f"attention at {node.loc}" if attention else node.operands[1].name
+        rows.append({"layer": name, "op": node.op, "macs_batch_1": macs,
                      "int8": node.op.startswith(("q", "dynamic_q")),
                      "int8_expected_faster": not reasons, "reasons": reasons})
     return rows

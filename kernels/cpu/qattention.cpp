@@ -3,8 +3,13 @@
 // plain loops, and the float steps between them on the float path's row primitives.
 #include "qattention.h"
 
+#ifdef NIMBUS_X86_KERNELS
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -20,52 +25,162 @@ namespace {
 constexpr std::size_t kGroup = 4;  // bytes of one vpdpbusd lane
 constexpr std::size_t kStrip = 32;  // columns per strip of the packed operands
 
-// Element (row, column) of operand `m`'s matrix b as a signed value.
-inline std::int32_t element(const QuantizedMatrices& m, std::size_t b, std::size_t row,
-                            std::size_t column) {
-    const std::uint8_t byte = static_cast<const std::uint8_t*>(m.data)[
-        m.layout.offsets[b] + row * m.layout.row_stride + column];
-    return m.is_signed ? static_cast<std::int8_t>(byte) : byte;
+// The paths without VNNI multiply centered int16 operands (x - z, |x - z| <= 255) in pairs of
+// depths, as vpmaddwd does: exact, with no saturation, wrapping in int32. A is rows of int16
+// (zero past the depth); B is [depth / 2][columns][2]: element (k, j) at
+// (k / 2 * padded_n + j) * 2 + k % 2, zero past the depth.
+
+// Rows [first, first + rows) of `m`'s matrix b minus its zero point, `columns` of them, as A
+// rows `stride` int16 apart.
+void centered_rows(const QuantizedMatrices& m, std::size_t b, std::size_t first, std::size_t rows,
+                   std::size_t columns, std::size_t stride, std::int16_t* out) {
+    const auto* matrix = static_cast<const std::uint8_t*>(m.data) + m.layout.offsets[b];
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::uint8_t* row = matrix + (first + r) * m.layout.row_stride;
+        std::int16_t* target = out + r * stride;
+        for (std::size_t c = 0; c < columns; ++c) {
+            const std::int32_t value = m.is_signed ? static_cast<std::int8_t>(row[c]) : row[c];
+            target[c] = static_cast<std::int16_t>(value - m.zero_point);
+        }
+        std::fill(target + columns, target + stride, std::int16_t{0});
+    }
 }
 
-// The int32 products without packing: scores[i, j] = sum_d (q - zq)(k - zk) and
-// values[i, c] = sum_j codes[i, j] (v - zv), wrapping as int32 does.
-void scores_in_loops(const QuantizedMatrices& q, const QuantizedMatrices& k, std::size_t b,
-                     std::size_t first, std::size_t rows, std::size_t s, std::size_t d,
-                     std::int32_t* scores, std::size_t stride) {
-    for (std::size_t i = 0; i < rows; ++i) {
-        for (std::size_t j = 0; j < s; ++j) {
-            std::uint32_t sum = 0;
-            for (std::size_t depth = 0; depth < d; ++depth) {
-                sum += static_cast<std::uint32_t>((element(q, b, first + i, depth) - q.zero_point) *
-                                                  (element(k, b, j, depth) - k.zero_point));
-            }
-            scores[i * stride + j] = static_cast<std::int32_t>(sum);
+// `m`'s matrix b [rows, columns] minus its zero point as B: its rows the depth (Transposed:
+// its columns the depth, as k for q @ k^T).
+template <bool Transposed>
+void centered_pairs(const QuantizedMatrices& m, std::size_t b, std::size_t rows,
+                    std::size_t columns, std::size_t padded_n, std::int16_t* out) {
+    const auto* matrix = static_cast<const std::uint8_t*>(m.data) + m.layout.offsets[b];
+    const std::size_t depth = Transposed ? columns : rows;
+    std::fill(out, out + round_up(depth, 2) * padded_n, std::int16_t{0});
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::uint8_t* row = matrix + r * m.layout.row_stride;
+        for (std::size_t c = 0; c < columns; ++c) {
+            const std::int32_t value = m.is_signed ? static_cast<std::int8_t>(row[c]) : row[c];
+            const std::size_t k = Transposed ? c : r;
+            const std::size_t j = Transposed ? r : c;
+            out[(k / 2 * padded_n + j) * 2 + k % 2] = static_cast<std::int16_t>(value - m.zero_point);
         }
     }
 }
 
-void values_in_loops(const std::uint8_t* codes, std::size_t codes_stride,
-                     const QuantizedMatrices& v, std::size_t b, std::size_t rows, std::size_t s,
-                     std::size_t dv, std::int32_t* values, std::size_t stride) {
+// c[i, j] = sum_k a[i, k] b(k, j) over `pairs` pairs of depths, j < padded_n.
+void pair_dots_portable(const std::int16_t* a, std::size_t a_stride, std::size_t rows,
+                        const std::int16_t* b, std::size_t pairs, std::size_t padded_n,
+                        std::int32_t* c, std::size_t c_stride) {
     for (std::size_t i = 0; i < rows; ++i) {
-        for (std::size_t c = 0; c < dv; ++c) {
-            std::uint32_t sum = 0;
-            for (std::size_t j = 0; j < s; ++j) {
-                sum += static_cast<std::uint32_t>(codes[i * codes_stride + j] *
-                                                  (element(v, b, j, c) - v.zero_point));
+        auto* sums = reinterpret_cast<std::uint32_t*>(c + i * c_stride);
+        std::fill(sums, sums + padded_n, 0u);
+        for (std::size_t k = 0; k < pairs; ++k) {
+            const std::int32_t first = a[i * a_stride + 2 * k];
+            const std::int32_t second = a[i * a_stride + 2 * k + 1];
+            const std::int16_t* pair = b + k * padded_n * 2;
+            for (std::size_t j = 0; j < padded_n; ++j) {
+                sums[j] += static_cast<std::uint32_t>(first * pair[2 * j] + second * pair[2 * j + 1]);
             }
-            values[i * stride + c] = static_cast<std::int32_t>(sum);
         }
     }
 }
 
-// One participant's scratch, each part on its own cache lines.
+#ifdef NIMBUS_X86_KERNELS
+constexpr std::size_t kPairRows = 6;  // 12 accumulators, 2 vectors of B, one broadcast
+
+template <std::size_t Rows>
+__attribute__((target("avx2"))) void pair_block_avx2(const std::int16_t* a, std::size_t a_stride,
+                                                     const std::int16_t* b, std::size_t pairs,
+                                                     std::size_t padded_n, std::int32_t* c,
+                                                     std::size_t c_stride) {
+    __m256i acc[Rows][2];
+    for (std::size_t r = 0; r < Rows; ++r) {
+        acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    }
+    for (std::size_t k = 0; k < pairs; ++k) {
+        const std::int16_t* pair = b + k * padded_n * 2;
+        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair));
+        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair + 16));
+#pragma GCC unroll 6
+        for (std::size_t r = 0; r < Rows; ++r) {
+            std::int32_t two;
+            std::memcpy(&two, a + r * a_stride + 2 * k, sizeof(two));
+            const __m256i x = _mm256_set1_epi32(two);
+            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(x, b0));
+            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(x, b1));
+        }
+    }
+    for (std::size_t r = 0; r < Rows; ++r) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * c_stride), acc[r][0]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + r * c_stride + 8), acc[r][1]);
+    }
+}
+
+using PairBlock = void (*)(const std::int16_t*, std::size_t, const std::int16_t*, std::size_t,
+                           std::size_t, std::int32_t*, std::size_t);
+constexpr PairBlock kPairBlocks[kPairRows] = {pair_block_avx2<1>, pair_block_avx2<2>,
+                                              pair_block_avx2<3>, pair_block_avx2<4>,
+                                              pair_block_avx2<5>, pair_block_avx2<6>};
+
+// pair_dots_portable in blocks of up to 6 rows x 16 columns (padded_n a multiple of 16).
+void pair_dots_avx2(const std::int16_t* a, std::size_t a_stride, std::size_t rows,
+                    const std::int16_t* b, std::size_t pairs, std::size_t padded_n,
+                    std::int32_t* c, std::size_t c_stride) {
+    constexpr std::size_t kColumns = 16;
+    for (std::size_t j = 0; j < padded_n; j += kColumns) {
+        for (std::size_t i = 0; i < rows; i += kPairRows) {
+            kPairBlocks[std::min(kPairRows, rows - i) - 1](a + i * a_stride, a_stride, b + j * 2,
+                                                           pairs, padded_n, c + i * c_stride + j,
+                                                           c_stride);
+        }
+    }
+}
+#endif
+
+// softmax_codes (qattention.h) in steps that vectorize: rint as (x + 1.5 * 2^23) - 1.5 * 2^23
+// (half to even, as numpy's rint, for |x| < 2^22), 2^n from its exponent bits (n >= -25).
+__attribute__((always_inline)) inline std::uint32_t plain_codes(const float* x, std::size_t n,
+                                                                float peak, std::uint8_t* codes) {
+    using namespace polynomials;
+    constexpr float kRound = 12582912.0f;
+    std::uint32_t sum = 0;
+    for (std::size_t j = 0; j < n; ++j) {
+        const float t = x[j] - peak;
+        const float u = (t < kCodeFloor ? kCodeFloor : t) * kLog2e;
+        const float power = (u + kRound) - kRound;
+        const float f = u - power;
+        float p = kCode[0];
+        for (std::size_t c = 1; c < std::size(kCode); ++c) {
+            p = p * f + kCode[c];
+        }
+        const auto exponent = static_cast<std::uint32_t>(static_cast<std::int32_t>(power) + 127)
+                              << 23;
+        float scale;
+        std::memcpy(&scale, &exponent, sizeof(scale));
+        const auto code = static_cast<std::uint8_t>(static_cast<std::int32_t>((p * scale + kRound) - kRound));
+        codes[j] = code;
+        sum += code;
+    }
+    return sum;
+}
+
+#ifdef NIMBUS_X86_KERNELS
+// The codes vectorized with AVX2.
+__attribute__((target("avx2"))) std::uint32_t plain_codes_avx2(const float* x, std::size_t n,
+                                                               float peak, std::uint8_t* codes) {
+    return plain_codes(x, n, peak, codes);
+}
+#endif
+
+// One participant's scratch, each part on its own cache lines. The VNNI path packs k, v and q
+// as bytes; the others center them as int16 (plain_*).
 struct Scratch {
-    std::int8_t* keys;           // k' packed [strips of s][d groups][kStrip][4]
-    std::int32_t* key_terms;     // per row of k: the sum of k', then -zq' times that
-    std::int8_t* values;         // v' packed [strips of dv][s groups][kStrip][4]
-    std::uint8_t* queries;       // the item's q' rows, depth padded to whole groups
+    std::int8_t* keys;           // VNNI: k' packed [strips of s][d groups][kStrip][4]
+    std::int32_t* key_terms;     // VNNI: per row of k, the sum of k', then -zq' times that
+    std::int8_t* values;         // VNNI: v' packed [strips of dv][s groups][kStrip][4]
+    std::uint8_t* queries;       // VNNI: the item's q' rows, depth padded to whole groups
+    std::int16_t* plain_keys;    // (k - zk)^T as B pairs [d / 2][padded_s][2]
+    std::int16_t* plain_values;  // v - zv as B pairs [s / 2][padded_dv][2]
+    std::int16_t* plain_queries; // [query_block, d rounded up to even] q - zq
+    std::int16_t* plain_codes;   // [query_block, s rounded up to even] the codes
     std::int32_t* scores;        // [query_block, padded_s]: int32, then float in place
     std::uint8_t* codes;         // [query_block, padded s groups * 4]
     std::int32_t* outputs;       // [query_block, padded_dv]
@@ -78,20 +193,7 @@ struct Scratch {
 
 std::uint32_t softmax_codes_portable(const float* x, std::size_t n, float peak,
                                      std::uint8_t* codes) {
-    using namespace polynomials;
-    std::uint32_t sum = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-        const float u = std::max(x[j] - peak, kCodeFloor) * kLog2e;
-        const float power = std::nearbyint(u);
-        const float f = u - power;
-        float p = kCode[0];
-        for (std::size_t c = 1; c < std::size(kCode); ++c) {
-            p = p * f + kCode[c];
-        }
-        codes[j] = static_cast<std::uint8_t>(std::nearbyint(std::ldexp(p, static_cast<int>(power))));
-        sum += codes[j];
-    }
-    return sum;
+    return plain_codes(x, n, peak, codes);
 }
 
 void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
@@ -105,10 +207,14 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     const RowKernels& path = row_kernels(isa);
 #ifdef NIMBUS_X86_KERNELS
     const bool vnni = vector_isa(isa) == Isa::avx512_vnni;
-    const auto codes_of = vnni ? softmax_codes_avx512 : softmax_codes_portable;
+    const bool avx2 = vector_isa(isa) == Isa::avx2;
+    const auto codes_of =
+        vnni ? softmax_codes_avx512 : avx2 ? plain_codes_avx2 : softmax_codes_portable;
+    const auto pair_dots_of = avx2 ? pair_dots_avx2 : pair_dots_portable;
 #else
     constexpr bool vnni = false;
     const auto codes_of = softmax_codes_portable;
+    const auto pair_dots_of = pair_dots_portable;
 #endif
     threads = std::max<std::size_t>(threads, 1);
     const std::size_t query_block = attention_query_block(batch, l, s, threads);
@@ -120,41 +226,55 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     const std::size_t padded_s = round_up(s, kStrip);
     const std::size_t padded_dv = round_up(dv, kStrip);
     const std::size_t codes_stride = s_groups * kGroup;
-    // Byte sizes of the scratch parts, each on whole cache lines.
+    const std::size_t plain_d = vnni ? 0 : round_up(d, 2);
+    const std::size_t plain_s = vnni ? 0 : round_up(s, 2);
+    const std::size_t packed_bytes = vnni ? 1 : 0;
+    // Byte sizes of the scratch parts, in Scratch's order, each on whole cache lines.
     const std::size_t part_bytes[] = {
-        whole_lines<std::uint8_t>(vnni ? padded_s * d_groups * kGroup : 0),
-        whole_lines<std::uint8_t>(padded_s * sizeof(std::int32_t)),
-        whole_lines<std::uint8_t>(vnni ? padded_dv * s_groups * kGroup : 0),
-        whole_lines<std::uint8_t>(query_block * d_groups * kGroup),
-        whole_lines<std::uint8_t>(query_block * padded_s * sizeof(std::int32_t)),
-        whole_lines<std::uint8_t>(query_block * codes_stride),
-        whole_lines<std::uint8_t>(query_block * padded_dv * sizeof(std::int32_t)),
-        whole_lines<std::uint8_t>(query_block * sizeof(std::uint32_t)),
-        whole_lines<std::uint8_t>(query_block * sizeof(std::uint32_t)),
-        whole_lines<std::uint8_t>(query_block * sizeof(float))};
+        packed_bytes * padded_s * d_groups * kGroup,
+        packed_bytes * padded_s * sizeof(std::int32_t),
+        packed_bytes * padded_dv * s_groups * kGroup,
+        packed_bytes * query_block * d_groups * kGroup,
+        plain_d * padded_s * sizeof(std::int16_t),
+        plain_s * padded_dv * sizeof(std::int16_t),
+        query_block * plain_d * sizeof(std::int16_t),
+        query_block * plain_s * sizeof(std::int16_t),
+        query_block * padded_s * sizeof(std::int32_t),
+        query_block * codes_stride,
+        query_block * padded_dv * sizeof(std::int32_t),
+        query_block * sizeof(std::uint32_t),
+        query_block * sizeof(std::uint32_t),
+        query_block * sizeof(float)};
     std::size_t slot_bytes = 0;
     for (const std::size_t bytes : part_bytes) {
-        slot_bytes += bytes;
+        slot_bytes += whole_lines<std::uint8_t>(bytes);
     }
     const CacheLineArray<std::uint8_t> memory = cache_line_array<std::uint8_t>(count * slot_bytes);
     std::vector<Scratch> scratch(count);
     for (std::size_t p = 0; p < count; ++p) {
         std::uint8_t* part = memory.get() + p * slot_bytes;
-        const auto next = [&](std::size_t index) {
-            std::uint8_t* start = part;
-            part += part_bytes[index];
+        std::size_t index = 0;
+        const auto next = [&](auto* pointer) {
+            using Pointer = decltype(pointer);
+            auto* start = reinterpret_cast<Pointer>(part);
+            part += whole_lines<std::uint8_t>(part_bytes[index++]);
             return start;
         };
-        scratch[p] = {reinterpret_cast<std::int8_t*>(next(0)),
-                      reinterpret_cast<std::int32_t*>(next(1)),
-                      reinterpret_cast<std::int8_t*>(next(2)),
-                      next(3),
-                      reinterpret_cast<std::int32_t*>(next(4)),
-                      next(5),
-                      reinterpret_cast<std::int32_t*>(next(6)),
-                      reinterpret_cast<std::uint32_t*>(next(7)),
-                      reinterpret_cast<std::uint32_t*>(next(8)),
-                      reinterpret_cast<float*>(next(9))};
+        Scratch& own = scratch[p];
+        own.keys = next(own.keys);
+        own.key_terms = next(own.key_terms);
+        own.values = next(own.values);
+        own.queries = next(own.queries);
+        own.plain_keys = next(own.plain_keys);
+        own.plain_values = next(own.plain_values);
+        own.plain_queries = next(own.plain_queries);
+        own.plain_codes = next(own.plain_codes);
+        own.scores = next(own.scores);
+        own.codes = next(own.codes);
+        own.outputs = next(own.outputs);
+        own.query_sums = next(own.query_sums);
+        own.code_sums = next(own.code_sums);
+        own.factors = next(own.factors);
     }
     // The VNNI products take q' = q as u8 (s8 q + 128) and k', v' as s8 (u8 k - 128), and
     // correct for the zero points of those forms:
@@ -206,7 +326,14 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
         } else
 #endif
         {
-            scores_in_loops(q, k, b, first, rows, s, d, own.scores, padded_s);
+            if (packed[participant] != b) {
+                centered_pairs<true>(k, b, s, d, padded_s, own.plain_keys);
+                centered_pairs<false>(v, b, s, dv, padded_dv, own.plain_values);
+                packed[participant] = b;
+            }
+            centered_rows(q, b, first, rows, d, plain_d, own.plain_queries);
+            pair_dots_of(own.plain_queries, plain_d, rows, own.plain_keys, plain_d / 2, padded_s,
+                         own.scores, padded_s);
             for (std::size_t i = 0; i < rows; ++i) {
                 for (std::size_t j = 0; j < s; ++j) {
                     scores[i * padded_s + j] = static_cast<float>(own.scores[i * padded_s + j]);
@@ -236,8 +363,15 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
         } else
 #endif
         {
-            values_in_loops(own.codes, codes_stride, v, b, rows, s, dv, own.outputs, padded_dv);
-            value_zero = 0;
+            for (std::size_t i = 0; i < rows; ++i) {
+                std::copy(own.codes + i * codes_stride, own.codes + i * codes_stride + s,
+                          own.plain_codes + i * plain_s);
+                std::fill(own.plain_codes + i * plain_s + s, own.plain_codes + (i + 1) * plain_s,
+                          std::int16_t{0});
+            }
+            pair_dots_of(own.plain_codes, plain_s, rows, own.plain_values, plain_s / 2, padded_dv,
+                         own.outputs, padded_dv);
+            value_zero = 0;  // v was centered
         }
         for (std::size_t i = 0; i < rows; ++i) {
             const std::uint32_t zero_term = value_zero * own.code_sums[i];

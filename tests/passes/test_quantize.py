@@ -310,6 +310,12 @@ def test_attention_runs_on_int8_q_k_v(name):
     kept = run_passes(optimized, "quantize{attention=false}", calibration=batches)
     assert any(n.op == "attention" for n in kept.nodes)
     assert not any(n.op == "qattention" for n in kept.nodes)
+    from nimbus.compiler.lowering import int8_advice
+
+    advice = [row for row in int8_advice(quantized, isas=["avx2", "portable"])
+              if row["op"] == "qattention"]
+    assert len(advice) == len(attentions) and advice[0]["layer"].startswith("attention at ")
+    assert "no VNNI/AMX on this CPU" in advice[0]["reasons"] and advice[0]["int8"]
     # CUDA has no integer attention: its default pipeline keeps attention in float
     for_cuda = nimbus.compile(graph, calibration=batches, target="cuda").graph
     assert not any(n.op == "qattention" for n in for_cuda.nodes)
