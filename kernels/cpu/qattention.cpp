@@ -170,6 +170,16 @@ __attribute__((target("avx2"))) std::uint32_t plain_codes_avx2(const float* x, s
 }
 #endif
 
+// Asks the caches for `rows` rows of `length` bytes, `stride` apart.
+void prefetch_rows(const std::uint8_t* x, std::size_t stride, std::size_t rows,
+                   std::size_t length) {
+    for (std::size_t r = 0; r < rows; ++r) {
+        for (std::size_t c = 0; c < length; c += kCacheLineBytes) {
+            __builtin_prefetch(x + r * stride + c);
+        }
+    }
+}
+
 // One participant's scratch, each part on its own cache lines. The VNNI path packs k, v and q
 // as bytes; the others center them as int16 (plain_*).
 struct Scratch {
@@ -308,6 +318,14 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
                     static_cast<const std::uint8_t*>(v.data) + v.layout.offsets[b],
                     v.layout.row_stride, s, dv, !v.is_signed, own.values);
                 packed[participant] = b;
+                // The next matrix of the participant's run: its rows, which packing it would
+                // otherwise wait for one cache miss at a time.
+                const std::size_t ahead = std::min(batch - 1, b + 1);
+                for (const QuantizedMatrices* m : {&q, &k, &v}) {
+                    const std::size_t rows_of = m == &q ? l : s;
+                    prefetch_rows(static_cast<const std::uint8_t*>(m->data) + m->layout.offsets[ahead],
+                                  m->layout.row_stride, rows_of, m == &v ? dv : d);
+                }
             }
             const std::size_t q_stride = d_groups * kGroup;
             for (std::size_t i = 0; i < rows; ++i) {

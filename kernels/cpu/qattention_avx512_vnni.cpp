@@ -244,7 +244,6 @@ NIMBUS_AVX512_VNNI inline void codes_step(const float* x, __m512 shift, std::uin
     for (std::size_t v = 0; v < Vectors; ++v) {
         p[v] = _mm512_set1_ps(kCode[0]);
     }
-#pragma GCC unroll 4
     for (std::size_t c = 1; c < std::size(kCode); ++c) {
 #pragma GCC unroll 2
         for (std::size_t v = 0; v < Vectors; ++v) {
