@@ -22,7 +22,7 @@ struct QuantizedMatrices {
 
 // For each matrix b and query row i:
 //   x[j]  = f32(sum_d (q[i, d] - zq) * (k[j, d] - zk)) * score_scale, masked as attention() masks
-//   e[j]  = softmax_code(x[j] - max_j x[j])                 (u8, 255 at the maximum)
+//   e[j]  = code(x[j] - max_j x[j])                         (u8, 255 at the maximum)
 //   out[i, c] = f32(sum_j e[j] * (v[j, c] - zv)) * (value_scale / f32(sum_j e[j]))
 // with the integer sums wrapping in int32. Rows whose scores are all -inf give zeros, rows with
 // a NaN or +inf score NaN, as attention() does.
@@ -31,8 +31,8 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
                 float value_scale, const AttentionShape& shape, float* out,
                 const MatrixLayout& out_layout, std::size_t threads, Isa isa);
 
-// The softmax weights of a row as u8 codes: code(t) = rint(255 * exp2(t)) for t = x[j] - peak,
-// with exp evaluated in float32 steps that every path repeats exactly (see the reference).
+// The softmax weights of a row as u8 codes: code(t) = rint(255 * exp(t)) for t = x[j] - peak,
+// evaluated in float32 steps that every path repeats exactly (vector_math_polynomials.h, kCode).
 // Writes codes[0, n) and returns their sum; for a finite peak at least every x.
 std::uint32_t softmax_codes_portable(const float* x, std::size_t n, float peak,
                                      std::uint8_t* codes);
