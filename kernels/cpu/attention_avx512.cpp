@@ -143,10 +143,10 @@ NIMBUS_AVX512F void transpose_block(const std::uint32_t* src, std::size_t src_st
     }
 #pragma GCC unroll 8
     for (std::size_t c = 0; c < 8; ++c) {
-        _mm512_storeu_si512(dst + c * dst_stride,
-                            _mm512_castps_si512(_mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0x88)));
-        _mm512_storeu_si512(dst + (c + 8) * dst_stride,
-                            _mm512_castps_si512(_mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0xdd)));
+        const __m512 low = _mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0x88);
+        const __m512 high = _mm512_shuffle_f32x4(pairs[c], pairs[8 + c], 0xdd);
+        _mm512_storeu_si512(dst + c * dst_stride, _mm512_castps_si512(low));
+        _mm512_storeu_si512(dst + (c + 8) * dst_stride, _mm512_castps_si512(high));
     }
 }
 

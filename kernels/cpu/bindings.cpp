@@ -1666,7 +1666,8 @@ AttentionOperands checked_attention(const py::object& q_object, const py::object
         throw py::type_error("q must be a numpy.ndarray, got " +
                              std::string(Py_TYPE(q_object.ptr())->tp_name));
     }
-    const py::ssize_t ndim = std::max<py::ssize_t>(py::reinterpret_borrow<py::array>(q_object).ndim(), 2);
+    const py::ssize_t ndim =
+        std::max<py::ssize_t>(py::reinterpret_borrow<py::array>(q_object).ndim(), 2);
     AttentionOperands call;
     AttentionOffsets& offsets = *call.offsets;
     const auto operand = [&](const py::object& object, const char* name, const char* dims,

@@ -60,7 +60,8 @@ void centered_pairs(const QuantizedMatrices& m, std::size_t b, std::size_t rows,
             const std::int32_t value = m.is_signed ? static_cast<std::int8_t>(row[c]) : row[c];
             const std::size_t k = Transposed ? c : r;
             const std::size_t j = Transposed ? r : c;
-            out[(k / 2 * padded_n + j) * 2 + k % 2] = static_cast<std::int16_t>(value - m.zero_point);
+            out[(k / 2 * padded_n + j) * 2 + k % 2] =
+                static_cast<std::int16_t>(value - m.zero_point);
         }
     }
 }
@@ -77,7 +78,8 @@ void pair_dots_portable(const std::int16_t* a, std::size_t a_stride, std::size_t
             const std::int32_t second = a[i * a_stride + 2 * k + 1];
             const std::int16_t* pair = b + k * padded_n * 2;
             for (std::size_t j = 0; j < padded_n; ++j) {
-                sums[j] += static_cast<std::uint32_t>(first * pair[2 * j] + second * pair[2 * j + 1]);
+                sums[j] +=
+                    static_cast<std::uint32_t>(first * pair[2 * j] + second * pair[2 * j + 1]);
             }
         }
     }
@@ -155,7 +157,8 @@ __attribute__((always_inline)) inline std::uint32_t plain_codes(const float* x, 
                               << 23;
         float scale;
         std::memcpy(&scale, &exponent, sizeof(scale));
-        const auto code = static_cast<std::uint8_t>(static_cast<std::int32_t>((p * scale + kRound) - kRound));
+        const auto code =
+            static_cast<std::uint8_t>(static_cast<std::int32_t>((p * scale + kRound) - kRound));
         codes[j] = code;
         sum += code;
     }
@@ -238,13 +241,13 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     const std::size_t codes_stride = s_groups * kGroup;
     const std::size_t plain_d = vnni ? 0 : round_up(d, 2);
     const std::size_t plain_s = vnni ? 0 : round_up(s, 2);
-    const std::size_t packed_bytes = vnni ? 1 : 0;
+    const std::size_t vnni_parts = vnni ? 1 : 0;  // the packed parts are the VNNI path's
     // Byte sizes of the scratch parts, in Scratch's order, each on whole cache lines.
     const std::size_t part_bytes[] = {
-        packed_bytes * padded_s * d_groups * kGroup,
-        packed_bytes * padded_s * sizeof(std::int32_t),
-        packed_bytes * padded_dv * s_groups * kGroup,
-        packed_bytes * query_block * d_groups * kGroup,
+        vnni_parts * padded_s * d_groups * kGroup,
+        vnni_parts * padded_s * sizeof(std::int32_t),
+        vnni_parts * padded_dv * s_groups * kGroup,
+        vnni_parts * query_block * d_groups * kGroup,
         plain_d * padded_s * sizeof(std::int16_t),
         plain_s * padded_dv * sizeof(std::int16_t),
         query_block * plain_d * sizeof(std::int16_t),
@@ -306,9 +309,9 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
 #ifdef NIMBUS_X86_KERNELS
         if (vnni) {
             if (packed[participant] != b) {
-                pack_keys_avx512_vnni(static_cast<const std::uint8_t*>(k.data) + k.layout.offsets[b],
-                                      k.layout.row_stride, s, d, !k.is_signed, own.keys,
-                                      own.key_terms);
+                pack_keys_avx512_vnni(
+                    static_cast<const std::uint8_t*>(k.data) + k.layout.offsets[b],
+                    k.layout.row_stride, s, d, !k.is_signed, own.keys, own.key_terms);
                 // The columns' part of the zero-point terms: -zq' sum k'.
                 for (std::size_t j = 0; j < s; ++j) {
                     own.key_terms[j] = static_cast<std::int32_t>(
@@ -323,8 +326,9 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
                 const std::size_t ahead = std::min(batch - 1, b + 1);
                 for (const QuantizedMatrices* m : {&q, &k, &v}) {
                     const std::size_t rows_of = m == &q ? l : s;
-                    prefetch_rows(static_cast<const std::uint8_t*>(m->data) + m->layout.offsets[ahead],
-                                  m->layout.row_stride, rows_of, m == &v ? dv : d);
+                    prefetch_rows(
+                        static_cast<const std::uint8_t*>(m->data) + m->layout.offsets[ahead],
+                        m->layout.row_stride, rows_of, m == &v ? dv : d);
                 }
             }
             const std::size_t q_stride = d_groups * kGroup;
@@ -338,7 +342,8 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
             for (std::size_t i = 0; i < rows; ++i) {
                 // The row's part: d zq' zk' - zk' sum q'.
                 scores_to_float_avx512_vnni(
-                    own.scores + i * padded_s, reinterpret_cast<const std::uint32_t*>(own.key_terms),
+                    own.scores + i * padded_s,
+                    reinterpret_cast<const std::uint32_t*>(own.key_terms),
                     both_zeros - k_zero * own.query_sums[i], s);
             }
         } else
@@ -367,7 +372,8 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
             own.code_sums[i] = 0;
             if (!std::isfinite(peak)) {  // fully masked (-inf): zeros; NaN or +inf: NaN
                 std::fill(codes, codes + s, std::uint8_t{0});
-                own.factors[i] = peak == -kInfinity ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+                own.factors[i] =
+                    peak == -kInfinity ? 0.0f : std::numeric_limits<float>::quiet_NaN();
             } else {
                 own.code_sums[i] = codes_of(row, s, peak, codes);
                 own.factors[i] = value_scale / static_cast<float>(own.code_sums[i]);

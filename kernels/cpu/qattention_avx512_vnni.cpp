@@ -134,10 +134,9 @@ void pack_values_avx512_vnni(const std::uint8_t* v, std::size_t row_stride, std:
         for (; c + kBlock <= dv; c += kBlock) {
             __m128i rows[kGroup];
             for (std::size_t i = 0; i < kGroup; ++i) {
-                rows[i] = i < count ? _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                                                        v + (first + i) * row_stride + c)),
-                                                    flips)
-                                    : zero;
+                const auto* row =
+                    reinterpret_cast<const __m128i*>(v + (first + i) * row_stride + c);
+                rows[i] = i < count ? _mm_xor_si128(_mm_loadu_si128(row), flips) : zero;
             }
             const __m128i low01 = _mm_unpacklo_epi8(rows[0], rows[1]);
             const __m128i high01 = _mm_unpackhi_epi8(rows[0], rows[1]);

@@ -106,7 +106,8 @@ NIMBUS_AVX512_VNNI void compute_block(const GemmTask& task, const BlockRows& sou
         std::size_t group = 0;
         for (; group + kChains <= groups; group += kChains) {
             if (Rows == 1) {
-                prefetch_weights<kChains * Vectors>(run_weights + group * kGroup * kVectors * kLanes);
+                prefetch_weights<kChains * Vectors>(run_weights +
+                                                    group * kGroup * kVectors * kLanes);
             }
 #pragma GCC unroll 2
             for (std::size_t chain = 0; chain < kChains; ++chain) {
