@@ -120,7 +120,7 @@ def int8_advice(graph: Graph, isas: list[str] | None = None) -> list[dict]:
     and why not.
 
     Reasons: the CPU lacks VNNI/AMX (int8 then runs on widened AVX2 or portable code; the
-    integer attention's products on AVX2 took 1.2x the float attention's time), the layer is
+    integer attention on AVX2 took about as long as the float one), the layer is
     tiny, its int8 result is converted at both ends (an int8 island between quantize and
     dequantize), or the layer is a convolution, whose int8 kernel runs on NHWC data and so pays
     a layout change around each call in an NCHW graph.
