@@ -63,13 +63,18 @@ void for_row_blocks(std::size_t rows, std::size_t channels, std::size_t threads,
 
 }  // namespace
 
-std::size_t attention_query_block(std::size_t batch, std::size_t l, std::size_t s,
-                                  std::size_t threads) {
+AttentionItems::AttentionItems(std::size_t batch, std::size_t l, std::size_t s,
+                               std::size_t threads)
+    : l(l) {
     constexpr std::size_t kQueryBlock = 32;
     constexpr std::size_t kScoreBytes = 128 * 1024;
     constexpr std::size_t kItemsPerThread = 4;
-    return std::max(kQueryBlock, std::min({l, kScoreBytes / sizeof(float) / s,
-                                           batch * l / (threads * kItemsPerThread)}));
+    threads = std::max<std::size_t>(threads, 1);
+    query_block = std::max(kQueryBlock, std::min({l, kScoreBytes / sizeof(float) / s,
+                                                  batch * l / (threads * kItemsPerThread)}));
+    blocks = (l + query_block - 1) / query_block;
+    count = batch * blocks;
+    this->threads = std::min(threads, count);
 }
 
 const RowKernels& row_kernels(Isa isa) {
@@ -121,11 +126,9 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
         return;
     }
     const RowKernels& path = row_kernels(isa);
-    threads = std::max<std::size_t>(threads, 1);
-    const std::size_t query_block = attention_query_block(batch, l, s, threads);
-    const std::size_t blocks = (l + query_block - 1) / query_block;
-    const std::size_t items = batch * blocks;
-    const std::size_t count = std::min(threads, items);
+    const AttentionItems items(batch, l, s, threads);
+    const std::size_t query_block = items.query_block;
+    const std::size_t count = items.threads;
     // Per thread: k^T [D, S] and v [S, Dv] packed in strips (the B operands of q @ k^T and of
     // P @ v), the scores [query_block, S] and the reciprocal row sums. Allocated here, where a
     // failed allocation can still be reported.
@@ -138,15 +141,13 @@ void attention(const float* q, const MatrixLayout& q_layout, const float* k,
     // whole matrices, so the layer after reads mostly rows that its own thread wrote (BERT-base
     // int8 at batch 8, two threads: 11.7 -> 11.2 ms against items from one shared counter).
     std::vector<std::size_t> packed(count, batch);
-    parallel_items(items, count, [&](std::size_t participant, std::size_t item) {
+    parallel_items(items.count, count, [&](std::size_t participant, std::size_t item) {
         float* const k_t = scratch.get() + participant * slot_floats;
         float* const values = k_t + d * padded_s;
         float* const scores = values + s * padded_dv;
         float* const inverse_sums = scores + query_block * s;
         // Items go batch-major, so a participant's next item often reuses its packed k and v.
-        const std::size_t b = item / blocks;
-        const std::size_t first = item % blocks * query_block;
-        const std::size_t rows = std::min(query_block, l - first);
+        const auto [b, first, rows] = items[item];
         if (packed[participant] != b) {
             path.pack_transposed(k + k_layout.offsets[b], k_layout.row_stride, s, d, k_t);
             pack_rows(v + v_layout.offsets[b], v_layout.row_stride, s, dv, values);

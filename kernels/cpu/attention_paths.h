@@ -2,6 +2,7 @@
 // primitives that it combines. Declarations only (see sgemm_paths.h).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -65,12 +66,28 @@ extern const RowKernels kRowKernelsAvx2;
 extern const RowKernels kRowKernelsAvx512;
 #endif
 
-// Query rows per attention item of a batch of [l, s] score matrices: at least 32, more while
-// the scores tile [rows, s] stays within 128 KiB (in L2 while P @ V reads it) and each of the
-// `threads` threads still gets 4 or more items, so that a thread packs k and v (in strips) once
-// for all of a matrix's rows.
-std::size_t attention_query_block(std::size_t batch, std::size_t l, std::size_t s,
-                                  std::size_t threads);
+// How an attention over `batch` score matrices [l, s] is cut into items of whole query rows,
+// batch-major: at least 32 rows, more while the scores tile [rows, s] stays within 128 KiB (in
+// L2 while P @ V reads it) and each of the threads still gets 4 or more items, so that a thread
+// packs k and v (in strips) once for all of a matrix's rows.
+struct AttentionItems {
+    AttentionItems(std::size_t batch, std::size_t l, std::size_t s, std::size_t threads);
+
+    // Matrix b, and rows [first, first + rows) of it, of item `index`.
+    struct Item {
+        std::size_t b, first, rows;
+    };
+    Item operator[](std::size_t index) const {
+        const std::size_t first = index % blocks * query_block;
+        return {index / blocks, first, std::min(query_block, l - first)};
+    }
+
+    std::size_t l;
+    std::size_t query_block;  // rows per item
+    std::size_t blocks;       // items per matrix
+    std::size_t count;        // items
+    std::size_t threads;      // participants: at most one per item
+};
 
 // The row primitives of `isa`'s float path.
 const RowKernels& row_kernels(Isa isa);

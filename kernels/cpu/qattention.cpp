@@ -283,11 +283,9 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     const auto codes_of = softmax_codes_portable;
     const auto pair_dots_of = pair_dots_portable;
 #endif
-    threads = std::max<std::size_t>(threads, 1);
-    const std::size_t query_block = attention_query_block(batch, l, s, threads);
-    const std::size_t blocks = (l + query_block - 1) / query_block;
-    const std::size_t items = batch * blocks;
-    const std::size_t count = std::min(threads, items);
+    const AttentionItems items(batch, l, s, threads);
+    const std::size_t query_block = items.query_block;
+    const std::size_t count = items.threads;
     const std::size_t d_groups = ceil_div(d, kGroup);
     const std::size_t s_groups = ceil_div(s, kGroup);
     const std::size_t padded_s = round_up(s, kStrip);
@@ -354,11 +352,9 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     // The matrix whose k and v each participant holds packed (items go batch-major, and each
     // participant takes a run of them).
     std::vector<std::size_t> packed(count, batch);
-    parallel_items(items, count, [&](std::size_t participant, std::size_t item) {
+    parallel_items(items.count, count, [&](std::size_t participant, std::size_t item) {
         const Scratch& own = scratch[participant];
-        const std::size_t b = item / blocks;
-        const std::size_t first = item % blocks * query_block;
-        const std::size_t rows = std::min(query_block, l - first);
+        const auto [b, first, rows] = items[item];
         float* const scores = reinterpret_cast<float*>(own.scores);
 #ifdef NIMBUS_X86_KERNELS
         if (vnni) {
