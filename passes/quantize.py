@@ -440,7 +440,7 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     for node in blind:
         ctx.count("kept-float: calibration saw no finite input values")
     chosen = [n for n in chosen if n not in blind]
-    attention_set = {n for n in attentions if n not in blind}
+    attentions = [n for n in attentions if n not in blind]
     if not chosen:
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()
@@ -451,7 +451,7 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     quantized_outputs = {n: (n in integer_epilogues or _applies_float_activation(n))
                          and n.result in seen
                          and _feeds_only_integer_layers(n.result, uses, chosen_set,
-                                                        integer_residual, attention_set)
+                                                        integer_residual, set(attentions))
                          for n in chosen}
     ranges = {value: observer.range(settings.observer, settings.percentile)
               for value, observer in observers.items() if observer.seen}
@@ -459,10 +459,9 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     for node in chosen:
         quantizer.rewrite(node, node in integer_epilogues, quantized_outputs[node])
     for node in attentions:
-        if node in attention_set:
-            quantizer.rewrite_attention(node)
-    if attention_set:
-        ctx.count("attentions-quantized", len(attention_set))
+        quantizer.rewrite_attention(node)
+    if attentions:
+        ctx.count("attentions-quantized", len(attentions))
     return _finish(graph, ctx, chosen)
 
 

@@ -22,8 +22,7 @@
 namespace nimbus::kernels {
 namespace {
 
-constexpr std::size_t kGroup = 4;  // bytes of one vpdpbusd lane
-constexpr std::size_t kStrip = 32;  // columns per strip of the packed operands
+constexpr std::size_t kGroup = kQAttentionGroup;
 
 // The paths without VNNI multiply centered int16 operands (x - z, |x - z| <= 255) in pairs of
 // depths, as vpmaddwd does: exact, with no saturation, wrapping in int32. A is rows of int16
@@ -240,9 +239,9 @@ void prefetch_rows(const std::uint8_t* x, std::size_t stride, std::size_t rows,
 // One participant's scratch, each part on its own cache lines. The VNNI path packs k, v and q
 // as bytes; the others center them as int16 (plain_*).
 struct Scratch {
-    std::int8_t* keys;           // VNNI: k' packed [strips of s][d groups][kStrip][4]
+    std::int8_t* keys;           // VNNI: k' packed [strips of s][d groups][kAttentionStrip][4]
     std::int32_t* key_terms;     // VNNI: per row of k, the sum of k', then -zq' times that
-    std::int8_t* values;         // VNNI: v' packed [strips of dv][s groups][kStrip][4]
+    std::int8_t* values;         // VNNI: v' packed [strips of dv][s groups][kAttentionStrip][4]
     std::uint8_t* queries;       // VNNI: the item's q' rows, depth padded to whole groups
     std::int16_t* plain_keys;    // (k - zk)^T as B pairs [d / 2][padded_s][2]
     std::int16_t* plain_values;  // v - zv as B pairs [s / 2][padded_dv][2]
@@ -288,8 +287,8 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
     const std::size_t count = items.threads;
     const std::size_t d_groups = ceil_div(d, kGroup);
     const std::size_t s_groups = ceil_div(s, kGroup);
-    const std::size_t padded_s = round_up(s, kStrip);
-    const std::size_t padded_dv = round_up(dv, kStrip);
+    const std::size_t padded_s = round_up(s, kAttentionStrip);
+    const std::size_t padded_dv = round_up(dv, kAttentionStrip);
     const std::size_t codes_stride = s_groups * kGroup;
     const std::size_t plain_d = vnni ? 0 : round_up(d, 2);
     const std::size_t plain_s = vnni ? 0 : round_up(s, 2);
@@ -388,7 +387,7 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
                     q.is_signed, own.queries + i * q_stride, q_stride);
             }
             dot_strips_avx512_vnni(own.queries, q_stride, rows, own.keys, d_groups,
-                                   padded_s / kStrip, own.scores, padded_s);
+                                   padded_s / kAttentionStrip, own.scores, padded_s);
             for (std::size_t i = 0; i < rows; ++i) {
                 // The row's part: d zq' zk' - zk' sum q'.
                 scores_to_float_avx512_vnni(
@@ -433,7 +432,7 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
 #ifdef NIMBUS_X86_KERNELS
         if (vnni) {
             dot_strips_avx512_vnni(own.codes, codes_stride, rows, own.values, s_groups,
-                                   padded_dv / kStrip, own.outputs, padded_dv);
+                                   padded_dv / kAttentionStrip, own.outputs, padded_dv);
         } else
 #endif
         {

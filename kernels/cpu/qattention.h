@@ -37,11 +37,14 @@ void qattention(const QuantizedMatrices& q, const QuantizedMatrices& k,
 std::uint32_t softmax_codes_portable(const float* x, std::size_t n, float peak,
                                      std::uint8_t* codes);
 
+// Depths per group of the packed operands: the 4 bytes of one vpdpbusd lane.
+constexpr std::size_t kQAttentionGroup = 4;
+
 #ifdef NIMBUS_X86_KERNELS
 // The AVX512-VNNI path (qattention_avx512_vnni.cpp). Packed operands are strips of
-// kQAttentionStrip columns; inside a strip, groups of 4 depths, each 4 consecutive bytes per
-// column (vpdpbusd's operand), zero past the matrix.
-constexpr std::size_t kQAttentionStrip = 32;
+// kAttentionStrip columns (attention_paths.h: k is packed by the float attention's transpose);
+// inside a strip, groups of 4 depths, each 4 consecutive bytes per column (vpdpbusd's operand),
+// zero past the matrix.
 
 // k' [s, d] (s8: k xor 0x80 when k is u8) packed as the B operand of q @ k^T (its columns are
 // k's rows), and each row's sum of k' (column_sums, s rounded up to whole strips).
@@ -55,7 +58,7 @@ void pack_values_avx512_vnni(const std::uint8_t* v, std::size_t row_stride, std:
 // the sum of q'.
 std::uint32_t copy_queries_avx512_vnni(const std::uint8_t* q, std::size_t d, bool flip,
                                        std::uint8_t* row, std::size_t padded_d);
-// c[r, 0 .. strips * kQAttentionStrip) = a[r] @ packed for `rows` rows of u8 a, each `groups`
+// c[r, 0 .. strips * kAttentionStrip) = a[r] @ packed for `rows` rows of u8 a, each `groups`
 // groups of 4 bytes, row_stride bytes apart; c rows c_stride int32 apart.
 void dot_strips_avx512_vnni(const std::uint8_t* a, std::size_t row_stride, std::size_t rows,
                             const std::int8_t* packed, std::size_t groups, std::size_t strips,

@@ -20,10 +20,10 @@
 namespace nimbus::kernels {
 namespace {
 
-constexpr std::size_t kGroup = 4;
+constexpr std::size_t kGroup = kQAttentionGroup;
 constexpr std::size_t kLanes = 16;
-constexpr std::size_t kStripVectors = kQAttentionStrip / kLanes;
-constexpr std::size_t kGroupBytes = kQAttentionStrip * kGroup;  // one group of a strip
+constexpr std::size_t kStripVectors = kAttentionStrip / kLanes;
+constexpr std::size_t kGroupBytes = kAttentionStrip * kGroup;  // one group of a strip
 constexpr std::size_t kRowBlock = 6;  // 12 accumulators cover vpdpbusd's latency on two ports
 
 // `count` bytes from `source` (the rest 0), each xor `flip`, as one int32 lane.
@@ -78,7 +78,7 @@ NIMBUS_AVX512_VNNI void pack_keys_avx512_vnni(const std::uint8_t* k, std::size_t
                                               std::size_t s, std::size_t d, bool flip,
                                               std::int8_t* packed, std::int32_t* column_sums) {
     const std::size_t groups = (d + kGroup - 1) / kGroup;
-    const std::size_t strips = (s + kQAttentionStrip - 1) / kQAttentionStrip;
+    const std::size_t strips = (s + kAttentionStrip - 1) / kAttentionStrip;
     // A group of a row is one 32-bit word: k^T's words, as the float attention packs k^T, then
     // flipped; else group by group, flipping only the bytes inside the matrix.
     const bool whole_words = d % kGroup == 0 && row_stride % kGroup == 0;
@@ -87,8 +87,8 @@ NIMBUS_AVX512_VNNI void pack_keys_avx512_vnni(const std::uint8_t* k, std::size_t
         pack_transposed_words_avx512(k, row_stride / kGroup, s, groups, packed);
     } else {
         for (std::size_t j = 0; j < s; ++j) {
-            std::int8_t* column = packed + j / kQAttentionStrip * groups * kGroupBytes +
-                                  j % kQAttentionStrip * kGroup;
+            std::int8_t* column = packed + j / kAttentionStrip * groups * kGroupBytes +
+                                  j % kAttentionStrip * kGroup;
             for (std::size_t group = 0; group < groups; ++group) {
                 const std::uint32_t word = group_of(k + j * row_stride + group * kGroup,
                                                     std::min(kGroup, d - group * kGroup), mask);
@@ -112,7 +112,7 @@ NIMBUS_AVX512_VNNI void pack_keys_avx512_vnni(const std::uint8_t* k, std::size_t
             }
         }
         for (std::size_t vector = 0; vector < kStripVectors; ++vector) {
-            _mm512_storeu_si512(column_sums + strip * kQAttentionStrip + vector * kLanes,
+            _mm512_storeu_si512(column_sums + strip * kAttentionStrip + vector * kLanes,
                                 sums[vector]);
         }
     }
@@ -143,8 +143,8 @@ void pack_values_avx512_vnni(const std::uint8_t* v, std::size_t row_stride, std:
             const __m128i low23 = _mm_unpacklo_epi8(rows[2], rows[3]);
             const __m128i high23 = _mm_unpackhi_epi8(rows[2], rows[3]);
             auto* target = reinterpret_cast<__m128i*>(
-                packed + c / kQAttentionStrip * groups * kGroupBytes + group * kGroupBytes +
-                c % kQAttentionStrip * kGroup);
+                packed + c / kAttentionStrip * groups * kGroupBytes + group * kGroupBytes +
+                c % kAttentionStrip * kGroup);
             _mm_storeu_si128(target, _mm_unpacklo_epi16(low01, low23));
             _mm_storeu_si128(target + 1, _mm_unpackhi_epi16(low01, low23));
             _mm_storeu_si128(target + 2, _mm_unpacklo_epi16(high01, high23));
@@ -152,8 +152,8 @@ void pack_values_avx512_vnni(const std::uint8_t* v, std::size_t row_stride, std:
         }
         // Columns past dv may hold anything: their outputs are never read.
         for (; c < dv; ++c) {
-            std::int8_t* target = packed + c / kQAttentionStrip * groups * kGroupBytes +
-                                  group * kGroupBytes + c % kQAttentionStrip * kGroup;
+            std::int8_t* target = packed + c / kAttentionStrip * groups * kGroupBytes +
+                                  group * kGroupBytes + c % kAttentionStrip * kGroup;
             for (std::size_t i = 0; i < kGroup; ++i) {
                 target[i] = static_cast<std::int8_t>(
                     i < count ? v[(first + i) * row_stride + c] ^ mask : 0);
@@ -216,7 +216,7 @@ void dot_strips_avx512_vnni(const std::uint8_t* a, std::size_t row_stride, std::
         for (std::size_t row = 0; row < rows; row += kRowBlock) {
             const std::size_t count = std::min(kRowBlock, rows - row);
             kDotBlocks[count - 1](a + row * row_stride, row_stride, b, groups,
-                                  c + row * c_stride + strip * kQAttentionStrip, c_stride);
+                                  c + row * c_stride + strip * kAttentionStrip, c_stride);
         }
     }
 }

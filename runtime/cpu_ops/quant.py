@@ -15,9 +15,10 @@ They read quantization parameters as ``types[i].quant`` (anything with ``scale``
 by name (``str(a["dtype"])``), so one definition serves both sides.
 
 The kernels run qlinear, qconv2d and dynamic_qlinear on the native extension when the weight
-is int8 and symmetric (every zero point 0) and the accumulator depth is within its bound; the
-native results equal the references bit for bit. Otherwise, and for qmatmul (two activations,
-nothing to pack), they run the numpy references, which are exact.
+is int8 and symmetric (every zero point 0) and the accumulator depth is within its bound, and
+qattention where q, k and v share their batch dimensions; the native results equal the
+references bit for bit. Otherwise, and for qmatmul (two activations, nothing to pack), they
+run the numpy references, which are exact.
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def qattention_reference(xs, a, types):
         x = np.where(mask, x, np.float32(-np.inf)) if mask.dtype == np.bool_ else x + mask
     peak = x.max(axis=-1, keepdims=True)
     finite = np.isfinite(peak)  # all -inf: zeros; a NaN or +inf: NaN
-    codes = softmax_codes(np.where(finite, x - np.where(finite, peak, np.float32(0)),
-                                   np.float32(-np.inf)))
+    shift = np.where(finite, peak, np.float32(0))
+    codes = softmax_codes(np.where(finite, x - shift, np.float32(-np.inf)))
     sums = codes.sum(axis=-1, keepdims=True, dtype=np.int64).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.float32(vq.scale[0]) / sums
@@ -655,13 +656,13 @@ def qmatmul(xs, a, types):
 _INT8 = (np.uint8, np.int8)
 
 
-def _qattention_call(operands, a, types):
-    """The native qattention's (q, k, v, mask) and remaining arguments."""
-    q, k, v, _ = operands
+def _qattention_call(q, a, types) -> tuple:
+    """The native qattention's arguments after q, k, v and the mask: zero points, score scale,
+    value scale."""
     qq, kq, vq = (t.quant for t in types[:3])
     zero_points = tuple(int(t.zero_point[0]) for t in (qq, kq, vq))
-    return zero_points, float(qattention_score_scale(qq.scale[0], kq.scale[0], scale_of(a, q))), \
-        float(np.float32(vq.scale[0]))
+    score_scale = qattention_score_scale(qq.scale[0], kq.scale[0], scale_of(a, q))
+    return zero_points, float(score_scale), float(np.float32(vq.scale[0]))
 
 
 @kernel("qattention")
@@ -670,7 +671,7 @@ def qattention(xs, a, types):
     if operands is None:
         return qattention_reference(xs, a, types)
     q, k, v, mask = operands
-    return _kernels.qattention(q, k, v, mask, *_qattention_call(operands, a, types),
+    return _kernels.qattention(q, k, v, mask, *_qattention_call(q, a, types),
                                NATIVE_THREADS.get(), attention_result(q, v.shape[-1]))
 
 
@@ -685,7 +686,7 @@ def build_qattention(program, a, types, operands, runtime, results):
         return None
     q, k, v, mask = prepared
     out = attention_result(q, v.shape[-1])
-    program.qattention(q, k, v, mask, *_qattention_call(prepared, a, types), out)
+    program.qattention(q, k, v, mask, *_qattention_call(q, a, types), out)
     return [out]
 
 

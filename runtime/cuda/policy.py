@@ -14,9 +14,9 @@ Every op runs one of three ways:
   the CPU backend's arithmetic (integer results bit for bit: pooling takes exact maxima).
   They are listed by `CudaSession.kernel_table()` so that nothing is silently slow.
 
-Any other op without a Triton kernel (`REFUSED_OPS`: qmatmul, qattention, dynamic_qlinear) makes the
-session refuse the plan when it loads, with an error that lists every such op and its source
-lines.
+Any other op without a Triton kernel (`REFUSED_OPS`: qmatmul, qattention, dynamic_qlinear)
+makes the session refuse the plan when it loads, with an error that lists every such op and its
+source lines.
 """
 
 from __future__ import annotations
