@@ -34,8 +34,9 @@ NIMBUS_AVX2 inline __m256 horner(__m256 x, const float (&coefficients)[N]) {
 // n stays within [-126, 127] after the clamp.
 NIMBUS_AVX2 inline __m256 exp_ps(__m256 x) {
     using namespace polynomials;
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpClampLow)),
-                      _mm256_set1_ps(kExpClampHigh));
+    // max_ps and min_ps return their second operand when one is NaN: x last keeps a NaN.
+    x = _mm256_min_ps(_mm256_set1_ps(kExpClampHigh),
+                      _mm256_max_ps(_mm256_set1_ps(kExpClampLow), x));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2High), x);

@@ -44,8 +44,9 @@ NIMBUS_AVX512F inline __m512 horner(__m512 x, const float (&coefficients)[N]) {
 // tiny / huge values, which callers saturate themselves where that matters.
 NIMBUS_AVX512F inline __m512 exp_ps(__m512 x) {
     using namespace polynomials;
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpClampLow)),
-                      _mm512_set1_ps(kExpClampHigh));
+    // max_ps and min_ps return their second operand when one is NaN: x last keeps a NaN.
+    x = _mm512_min_ps(_mm512_set1_ps(kExpClampHigh),
+                      _mm512_max_ps(_mm512_set1_ps(kExpClampLow), x));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x);

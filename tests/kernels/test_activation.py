@@ -25,6 +25,17 @@ def test_activation_matches_the_reference(name, shape):
     np.testing.assert_array_equal(_kernels.activation(x, name, threads=2), actual)
 
 
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "hardswish"])
+def test_nan_stays_nan(name):
+    """NaN gives NaN, as numpy's functions do, in full vectors of lanes and in a tail: the exp
+    behind tanh and sigmoid once clamped NaN to a finite value (tanh(NaN) came out -1)."""
+    x = np.array([np.nan] * 17 + [0.5], np.float32)
+    actual = _kernels.activation(x, name)
+    assert np.isnan(actual[:17]).all()
+    assert_matches(actual[17:].astype(np.float64), ACTIVATIONS[name](x[17:].astype(np.float64)),
+                   name=name, rtol=1e-5)
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         _kernels.activation(np.zeros(3, np.float32), "swish")
