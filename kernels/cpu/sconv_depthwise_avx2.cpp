@@ -67,10 +67,10 @@ NIMBUS_AVX2_FMA void compute_pixels(const SDepthwiseTask& t, std::size_t row, st
                 value = _mm256_add_ps(value, _mm256_loadu_ps(t.residual + index));
             }
             if (relu) {
-                value = _mm256_max_ps(value, _mm256_setzero_ps());
+                value = _mm256_max_ps(_mm256_setzero_ps(), value);
             }
             if (relu6) {
-                value = _mm256_min_ps(value, _mm256_set1_ps(6.0f));
+                value = _mm256_min_ps(_mm256_set1_ps(6.0f), value);
             }
             _mm256_storeu_ps(t.out + index, value);
         }

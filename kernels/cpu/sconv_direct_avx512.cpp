@@ -127,10 +127,10 @@ NIMBUS_AVX512F inline void store_pixels(const __m512 (&acc)[Outputs], std::size_
             value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + j * kLanes));
         }
         if (relu) {
-            value = _mm512_max_ps(value, _mm512_setzero_ps());
+            value = _mm512_max_ps(_mm512_setzero_ps(), value);
         }
         if (relu6) {
-            value = _mm512_min_ps(value, _mm512_set1_ps(6.0f));
+            value = _mm512_min_ps(_mm512_set1_ps(6.0f), value);
         }
         _mm512_mask_storeu_ps(out + j * kLanes, mask, value);
     }

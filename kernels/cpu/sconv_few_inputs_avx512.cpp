@@ -154,10 +154,10 @@ NIMBUS_AVX512F void compute_chunk(const SconvDirectTask& t, const float* const* 
                     value, _mm512_maskz_loadu_ps(mask, residual + offset + v * kLanes));
             }
             if (relu) {
-                value = _mm512_max_ps(value, _mm512_setzero_ps());
+                value = _mm512_max_ps(_mm512_setzero_ps(), value);
             }
             if (relu6) {
-                value = _mm512_min_ps(value, _mm512_set1_ps(6.0f));
+                value = _mm512_min_ps(_mm512_set1_ps(6.0f), value);
             }
             _mm512_mask_storeu_ps(out + offset + v * kLanes, mask, value);
         }

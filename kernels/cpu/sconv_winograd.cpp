@@ -116,10 +116,10 @@ NIMBUS_AVX512F void transform_output(const float* m, std::size_t position_stride
                 value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, residual + offset));
             }
             if (relu) {
-                value = _mm512_max_ps(value, _mm512_setzero_ps());
+                value = _mm512_max_ps(_mm512_setzero_ps(), value);
             }
             if (epilogue.activation == Activation::relu6) {
-                value = _mm512_min_ps(value, _mm512_set1_ps(6.0f));
+                value = _mm512_min_ps(_mm512_set1_ps(6.0f), value);
             }
             _mm512_mask_storeu_ps(out + offset, mask, value);
         }

@@ -89,10 +89,10 @@ NIMBUS_AVX2 void compute_tile(const SgemmBlock& block, const float* a, const flo
                     value = _mm256_add_ps(value, _mm256_maskload_ps(residual, mask[v]));
                 }
                 if (relu) {
-                    value = _mm256_max_ps(value, _mm256_setzero_ps());
+                    value = _mm256_max_ps(_mm256_setzero_ps(), value);
                 }
                 if (relu6) {
-                    value = _mm256_min_ps(value, _mm256_set1_ps(6.0f));
+                    value = _mm256_min_ps(_mm256_set1_ps(6.0f), value);
                 }
             }
             _mm256_maskstore_ps(out + r * block.out_stride + v * kLanes, mask[v], value);

@@ -98,10 +98,10 @@ NIMBUS_AVX2 inline __m256 activate_ps(__m256 x, Activation activation) {
     switch (activation) {
         case Activation::none:
             return x;
-        case Activation::relu:
-            return _mm256_max_ps(x, zero);
+        case Activation::relu:  // x second: maxps and minps return it when either is NaN
+            return _mm256_max_ps(zero, x);
         case Activation::relu6:
-            return _mm256_min_ps(_mm256_max_ps(x, zero), _mm256_set1_ps(6.0f));
+            return _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(zero, x));
         case Activation::gelu: {
             const __m256 e = erf_ps(_mm256_mul_ps(x, _mm256_set1_ps(polynomials::kSqrtHalf)));
             return _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, e));

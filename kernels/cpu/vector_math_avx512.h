@@ -100,10 +100,10 @@ NIMBUS_AVX512F inline __m512 activate_ps(__m512 x, Activation activation) {
     switch (activation) {
         case Activation::none:
             return x;
-        case Activation::relu:
-            return _mm512_max_ps(x, zero);
+        case Activation::relu:  // x second: maxps and minps return it when either is NaN
+            return _mm512_max_ps(zero, x);
         case Activation::relu6:
-            return _mm512_min_ps(_mm512_max_ps(x, zero), _mm512_set1_ps(6.0f));
+            return _mm512_min_ps(_mm512_set1_ps(6.0f), _mm512_max_ps(zero, x));
         case Activation::gelu: {
             const __m512 e = erf_ps(_mm512_mul_ps(x, _mm512_set1_ps(polynomials::kSqrtHalf)));
             return _mm512_mul_ps(_mm512_mul_ps(half, x), _mm512_add_ps(_mm512_set1_ps(1.0f), e));

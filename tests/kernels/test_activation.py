@@ -25,7 +25,8 @@ def test_activation_matches_the_reference(name, shape):
     np.testing.assert_array_equal(_kernels.activation(x, name, threads=2), actual)
 
 
-@pytest.mark.parametrize("name", ["sigmoid", "tanh", "silu", "gelu", "gelu_tanh", "hardswish"])
+@pytest.mark.parametrize("name", ["relu", "relu6", "sigmoid", "tanh", "silu", "gelu", "gelu_tanh",
+                                  "hardswish"])
 def test_nan_stays_nan(name):
     """NaN gives NaN, as numpy's functions do, in full vectors of lanes and in a tail: the exp
     behind tanh and sigmoid once clamped NaN to a finite value (tanh(NaN) came out -1)."""

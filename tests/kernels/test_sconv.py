@@ -156,6 +156,28 @@ def test_every_activation(isa, activation, name):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("name", ["3x3", "1x1", "depthwise 3x3 wide", "depthwise 3x3 long rows",
+                                  "few outputs 5x5 LeNet", "few inputs 3x3 stride 2 MobileNet stem",
+                                  "Winograd odd sizes"])
+def test_nan_stays_nan(isa, activation, name):
+    """A NaN input pixel makes every output that reads it NaN through relu and relu6, as in
+    numpy (the vector paths once clamped it to 0). Winograd mixes a whole input tile into each
+    output tile, so there it may also reach outputs that only border it."""
+    x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
+    x[0, 1, 2, 0] = np.nan
+    packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    actual = _kernels.sconv2d(x, packed, bias, residual, activation, **keywords)
+    expected = conv2d_nhwc(x, w, bias, residual, activation, groups=groups, **keywords)
+    assert np.isnan(expected).any()
+    if packed.winograd:
+        assert np.isnan(actual[np.isnan(expected)]).all()
+        return
+    assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
+                   name=f"{isa} {name} {activation}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
                                   "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet",
                                   "Winograd odd sizes", "few inputs 7x7 stride 2 ResNet stem"])

@@ -92,6 +92,20 @@ def test_every_activation(isa, activation, shape):
     assert_matches(actual, expected, name=f"{isa} {activation} {shape}", rtol=RTOL)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_nan_stays_nan_through_every_activation(isa, activation):
+    """A NaN in a row of x makes that row NaN, as in numpy: relu and relu6 once gave 0 on the
+    vector paths (the max instruction returns its second operand when either is NaN)."""
+    x, w, bias, residual = problem(17, 33, 20, seed=2)
+    x[3, 5] = np.nan
+    packed = _kernels.pack_sgemm_weights(w, isa=isa)
+    actual = _kernels.sgemm(x, packed, bias, residual, activation)
+    expected = linear(x, w, bias, residual, activation).astype(np.float32)
+    assert np.isnan(actual[3]).all()
+    assert_matches(actual, expected, name=f"{isa} {activation}", rtol=RTOL)
+
+
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu", "sigmoid", "tanh"])
 def test_activations_hold_far_from_zero(activation):
     """Large arguments saturate instead of overflowing to inf or nan."""
