@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nimbus.runtime.artifact import DTYPES, write_artifact
+from nimbus.runtime.artifact import DTYPES, valid_name, write_artifact
 from nimbus.runtime.cpu_ops import TensorInfo
 
 from .dims import evaluate, format_dim
@@ -181,7 +181,11 @@ def lower(graph: Graph, target: str = "cpu") -> Lowered:
 
     inputs = [{"name": v.name, "value": slot(v), "type": type_json(v.type)} for v in graph.inputs]
     constants, tensors, meta = [], {}, {}
-    for name, value in graph.constants.items():
+    for index, (constant_name, value) in enumerate(graph.constants.items()):
+        # The IR takes any name; the artifact's tensors need a non-empty one without NUL.
+        name = constant_name
+        while not valid_name(name) or (name != constant_name and name in graph.constants):
+            name = f"constant.{index}" if name == constant_name else name + "_"
         constants.append({"tensor": name, "value": slot(value), "type": type_json(value.type)})
         tensors[name] = np.ascontiguousarray(value.data)
         if value.type.quant is not None:

@@ -12,6 +12,7 @@ from nimbus.compiler.ir import Graph, Node, QuantParams, Value
 from nimbus.compiler.ops.fused import ACTIVATIONS
 from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.ops.quant import CLAMP_ACTIVATIONS, dequantize_array, quantize_array
+from nimbus.runtime.cpu_ops.quant import requant_multiplier, residual_factor
 
 from .calibration import OBSERVERS, CalibrationError, calibration_batches, observe, random_batches
 from .fuse import EPILOGUES
@@ -68,6 +69,25 @@ def _integer_epilogue(node: Node, observed: set[Value]) -> bool:
     return node.attrs["activation"] in CLAMP_ACTIVATIONS and (
         residual is None or (residual in observed and not residual.is_constant
                              and tuple(residual.type.shape) == tuple(node.result.type.shape)))
+
+
+def _multipliers_overflow(node: Node, ranges: dict, dtype: DType) -> bool:
+    """Whether a float32 multiplier of the integer layer (input scale times weight scale, over
+    the result's or by the residual's scale) would be inf: calibration saw values near 1e30,
+    where the float layer overflows as well, and the integer kernels take finite scales only."""
+    input_scale = activation_params(*ranges[node.operands[0]], dtype)[0]
+    weight_scales = weight_params(node.operands[1].data).scale_array()
+    divisors = [1.0]
+    if node.result in ranges:
+        divisors.append(activation_params(*ranges[node.result], dtype)[0])
+    residual = _residual(node)
+    residuals = []
+    if residual in ranges:
+        residuals.append(QuantParams([activation_params(*ranges[residual], dtype)[0]], [0]))
+    with np.errstate(over="ignore"):
+        products = [requant_multiplier(input_scale, weight_scales, d) for d in divisors]
+        products += [residual_factor(r, d) for r in residuals for d in divisors]
+    return not all(np.isfinite(p).all() for p in products)
 
 
 def _applies_float_activation(node: Node) -> bool:
@@ -439,13 +459,19 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     blind += [n for n in attentions if not all(observers[x].seen for x in n.operands[:3])]
     for node in blind:
         ctx.count("kept-float: calibration saw no finite input values")
-    chosen = [n for n in chosen if n not in blind]
+    ranges = {value: observer.range(settings.observer, settings.percentile)
+              for value, observer in observers.items() if observer.seen}
+    overflowing = [n for n in chosen if n not in blind
+                   and _multipliers_overflow(n, ranges, settings.dtype)]
+    for node in overflowing:
+        ctx.count("kept-float: its scales overflow float32")
+    chosen = [n for n in chosen if n not in blind and n not in overflowing]
     attentions = [n for n in attentions if n not in blind]
     if not chosen:
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()
     chosen_set = set(chosen)
-    seen = {value for value, observer in observers.items() if observer.seen}
+    seen = set(ranges)
     integer_epilogues = {n for n in chosen if _integer_epilogue(n, seen)}
     integer_residual = {n for n in integer_epilogues if _residual(n) is not None}
     quantized_outputs = {n: (n in integer_epilogues or _applies_float_activation(n))
@@ -453,8 +479,6 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
                          and _feeds_only_integer_layers(n.result, uses, chosen_set,
                                                         integer_residual, set(attentions))
                          for n in chosen}
-    ranges = {value: observer.range(settings.observer, settings.percentile)
-              for value, observer in observers.items() if observer.seen}
     quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
     for node in chosen:
         quantizer.rewrite(node, node in integer_epilogues, quantized_outputs[node])

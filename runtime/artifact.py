@@ -98,6 +98,8 @@ def write_artifact(manifest: Mapping, plan: Any, tensors: Mapping[str, np.ndarra
     dtype_names = {np.dtype(v): k for k, v in DTYPES.items()}
     blobs: list[tuple[str, str, bytes]] = []  # (kind, name, bytes)
     encodings: dict[str, str] = {}
+    for name in [*tensors, *sections]:
+        _check_name(name, "write_artifact")  # what the reader would refuse is never written
     for name, array in tensors.items():
         array = np.ascontiguousarray(array)
         if array.dtype not in dtype_names:
@@ -279,8 +281,13 @@ def _field(container: dict, key: str, kind: type, where: str = "header"):
     return value
 
 
+def valid_name(name) -> bool:
+    """Whether an artifact can hold ``name`` as a tensor's or section's name."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and "\x00" not in name
+
+
 def _check_name(name, where: str) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH or "\x00" in name:
+    if not valid_name(name):
         raise ArtifactError(f"{where} has an invalid name {str(name)[:80]!r}")
     return name
 

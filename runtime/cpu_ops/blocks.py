@@ -30,6 +30,7 @@ from .nn import (
     channels_last,
     channels_last_operand,
     native_conv_args,
+    native_float_conv_weights,
     output_hw,
     output_sizes,
 )
@@ -74,8 +75,8 @@ def _layer(step, constants):
     slots = step.operands
     weight = constants[slots[1]]
     bias = None if slots[2] is None else constants[slots[2]]
-    if (not isinstance(weight, np.ndarray) or weight.dtype != np.float32 or weight.ndim != 4
-            or (slots[2] is not None and bias is None)):
+    if (not isinstance(weight, np.ndarray) or weight.ndim != 4
+            or not native_float_conv_weights(weight) or (slots[2] is not None and bias is None)):
         return None
     return weight, bias, step.attrs.get("activation", "none")
 

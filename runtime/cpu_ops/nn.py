@@ -469,10 +469,18 @@ def _float32_vector(values):
     return None if values is None else np.ascontiguousarray(values, dtype=np.float32)
 
 
+def native_float_conv_weights(w) -> bool:
+    """Whether the native float convolutions take weights ``w``: float32, not empty, and
+    finite. They skip padded taps and Winograd mixes weights, which equals numpy's sums only
+    while no weight is inf or NaN (0 * inf is NaN in the padding); checked once per constant."""
+    return (w.dtype == np.float32 and w.size > 0
+            and PACKED_WEIGHTS.get(w, "finite", lambda w: bool(np.isfinite(w).all())))
+
+
 def native_conv_args(w, bias, a):
     """(packed weights, float32 bias, stride, padding, dilation) of a float convolution on the
     native kernel, or None for weights it does not take."""
-    if w.dtype != np.float32 or not w.size:
+    if not native_float_conv_weights(w):
         return None
     stride, dilation = tuple(a["stride"]), tuple(a["dilation"])
     # A layer of stride 1 packs only the Winograd form where its kernel takes one.

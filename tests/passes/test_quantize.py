@@ -331,3 +331,28 @@ def test_subnormal_weights_quantize_to_zeros_with_a_valid_scale():
     quant = weight_params(weight)
     assert quant.scale[0] == 1.0 and quant.scale[2] == 1.0
     assert quant.scale[1] == pytest.approx(2.5 / 127)
+
+
+def test_layers_whose_scales_overflow_float32_stay_float():
+    """Huge weights behind huge activations give integer multipliers (s_in * s_w) past float32's
+    range, which the integer kernels refuse: such a layer stays float, and the model compiles
+    and runs as the interpreter does (found by running random graphs through the runtime)."""
+    graph = nimbus.parse_ir("""
+graph @0(%x: f32[N,1,3,4]) -> (output: f32[N,1,3,5]) {
+  const @a: f32[1,4] = [0.0, 0.0, 0.0, 3.2265205e+16]
+  const @b: f32[1,1,1,1] = [3.4951243e+16]
+  const @c: f32[5,2] = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.4854013e+09]
+  %1 = linear(%x, @a) : f32[N,1,3,1]
+  %2 = conv2d(%1, @b) {padding=[0, 0, 0, 1]} : f32[N,1,3,2]
+  %3 = linear(%2, @c) : f32[N,1,3,5]
+  return %3
+}""")
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((2, 1, 3, 4)).astype(np.float32)} for _ in range(2)]
+    manager = PassManager("quantize", data={"calibration": batches})
+    quantized = manager.run(graph.copy())
+    assert manager.report.records[0].stats["kept-float: its scales overflow float32"] == 1
+    assert [n.op for n in quantized.nodes].count("linear") == 1
+    session = nimbus.load(nimbus.compile(quantized).data)
+    expected = interpret(quantized, batches[0])["output"]
+    np.testing.assert_array_equal(session.run(batches[0])["output"], expected)

@@ -182,6 +182,37 @@ def test_writer_refuses_unsupported_dtypes():
     assert struct.calcsize("<8sIIQ") == PREAMBLE.size == 24
 
 
+@pytest.mark.parametrize("name", ["", "a\x00b", "x" * 1025])
+def test_writer_refuses_names_the_reader_would(name):
+    """What the writer lets through, the reader takes: names are checked by the same rule."""
+    with pytest.raises(ArtifactError, match="invalid name"):
+        write_artifact({}, None, {name: np.zeros(2, np.float32)})
+    with pytest.raises(ArtifactError, match="invalid name"):
+        write_artifact({}, None, {}, {name: b""})
+
+
+def test_constants_with_names_an_artifact_cannot_hold_are_renamed():
+    """The IR takes any constant name (an empty one, NUL); lowering gives those tensors names
+    the artifact takes, unlike any other constant's, and the model runs (a random graph
+    compiled into an unreadable file before)."""
+    import nimbus
+    from nimbus.compiler.ir import Graph, TensorType
+    from nimbus.compiler.dtypes import DType
+
+    graph = Graph("g")
+    x = graph.add_input("x", TensorType(DType.f32, (2, 3)))
+    total = x
+    for name, value in (("", 1.0), ("a\x00b", 2.0), ("constant.0", 4.0), ("constant.1", 8.0)):
+        weight = graph.add_constant(name, np.full(3, value, np.float32))
+        total = graph.add_node("add", [total, weight]).result
+    graph.set_outputs([total], ["y"])
+    session = nimbus.load(nimbus.compile(graph).data)
+    names = set(read_artifact(nimbus.compile(graph).data).tensors)
+    assert len(names) == 4 and {"constant.0", "constant.1"} <= names
+    out = session.run({"x": np.zeros((2, 3), np.float32)})["y"]
+    np.testing.assert_array_equal(out, np.full((2, 3), 15.0, np.float32))
+
+
 def sparse_weights() -> np.ndarray:
     """Pruned, shared int8 weights: mostly zeros and a handful of values, as compression leaves."""
     rng = np.random.default_rng(1)

@@ -233,6 +233,17 @@ def cases() -> list[Case]:
         label="depthwise-relu6")
     add("fused_conv2d", [randn(2, 4, 5, 5), randn(4, 4, 1, 1), randn(4), randn(2, 4, 5, 5)],
         {"activation": "relu"}, label="1x1-residual-relu")
+    # An inf or NaN weight: numpy's zero padding times inf is NaN, which the native kernels
+    # (skipping padded taps, mixing weights in Winograd) would not give, so such layers run in
+    # numpy.
+    for label, w_shape, groups in (("depthwise", (6, 1, 3, 3), 6), ("winograd", (32, 32, 3, 3), 1),
+                                   ("few-inputs", (16, 3, 3, 3), 1)):
+        for special in (np.inf, np.nan):
+            w = randn(*w_shape)
+            w[-1, 0, -1, -1] = special
+            add("fused_conv2d", [randn(2, w_shape[1] * groups, 7, 9), w, randn(w_shape[0]), None],
+                {"padding": [1, 1, 1, 1], "groups": groups, "activation": "relu"},
+                label=f"{label}-{special}-weight")
     for activation in ("none", "relu6", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "hardswish"):
         add("fused_linear", [randn(3, 5, 7), randn(4, 7), randn(4), randn(5, 4)],
             {"activation": activation}, label=activation)
