@@ -36,6 +36,12 @@ from .native_plan import MAX_PROGRAMS, Trace, build_native_plan
 PLAN_FORMAT = 1
 
 
+def c_contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` in C order, copied only where it is not; 0-d stays 0-d (ascontiguousarray would
+    make it 1-d)."""
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
 class SessionError(ValueError):
     """Bad inputs to `Session.run`: names the input and what was expected."""
 
@@ -147,7 +153,7 @@ class Session:
                 [slot for _, slot, _ in self._outputs])
         # Kernels may hand back views in another memory order (NCHW views of NHWC results);
         # callers get plain C-contiguous arrays.
-        return {name: np.ascontiguousarray(values[slot]) for name, slot, _ in self._outputs}
+        return {name: c_contiguous(values[slot]) for name, slot, _ in self._outputs}
 
     def profile(self, feeds: Mapping[str, np.ndarray], repeats: int = 10) -> list[dict]:
         """Where a run's time goes: `repeats` runs on `feeds`, made as `run` makes them, one row
@@ -235,7 +241,7 @@ class Session:
         if array.dtype != expected:
             raise SessionError(f"input '{name}' must be {info.dtype} ({expected}), got {array.dtype}")
         self._check_shape(name, array.shape, info, bindings)
-        return np.ascontiguousarray(array)
+        return c_contiguous(array)
 
     # ---- plan validation ----------------------------------------------------------------------
     def _load_plan(self, plan) -> None:

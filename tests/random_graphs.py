@@ -128,6 +128,79 @@ def _conv2d(draw, b: Builder, pool):
     return [b.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)]
 
 
+def _pool(draw, b: Builder, pool):
+    candidates = [v for v in pool if v.type.rank == 4]
+    if not candidates:
+        return []
+    x = draw(st.sampled_from(candidates))
+    smallest = min(evaluate(d, BINDINGS) for d in x.type.shape[2:])
+    kernel = draw(st.integers(1, min(3, smallest)))
+    padding = draw(st.lists(st.integers(0, kernel // 2), min_size=4, max_size=4))
+    stride = draw(st.lists(st.integers(1, 2), min_size=2, max_size=2))
+    # ceil_mode needs static spatial sizes (the op says so for symbolic ones)
+    ceil_mode = all(isinstance(d, int) for d in x.type.shape[2:]) and draw(st.booleans())
+    if draw(st.booleans()):
+        return [b.max_pool2d(x, kernel=[kernel, kernel], stride=stride, padding=padding,
+                             ceil_mode=ceil_mode)]
+    return [b.avg_pool2d(x, kernel=[kernel, kernel], stride=stride, padding=padding,
+                         ceil_mode=ceil_mode, count_include_pad=draw(st.booleans()))]
+
+
+def _attention(draw, b: Builder, pool):
+    """q, k and v from the pool (one value, or q from another of the same shape), with no mask,
+    an additive row over the keys (-inf included), or a boolean one."""
+    candidates = [v for v in pool if v.type.rank >= 3 and isinstance(v.type.shape[-1], int)]
+    if not candidates:
+        return []
+    x = draw(st.sampled_from(candidates))
+    q = draw(st.sampled_from([v for v in pool if v.type == x.type]))
+    keys = x.type.shape[-2]
+    mask = None
+    if isinstance(keys, int) and draw(st.booleans()):
+        if draw(st.booleans()):
+            mask = _constant(draw, b.graph, (keys,))
+        else:
+            allowed = np.array(draw(st.lists(st.booleans(), min_size=keys, max_size=keys)))
+            mask = b.graph.add_constant(b.graph.unique_constant_name("mask"), allowed)
+    scale = draw(st.none() | st.sampled_from([0.125, 0.5, 1.5]))
+    return [b.attention(q, x, x, mask, scale=scale)]
+
+
+def _batch_norm(draw, b: Builder, pool):
+    candidates = [v for v in pool if v.type.rank == 4 and isinstance(v.type.shape[1], int)]
+    if not candidates:
+        return []
+    x = draw(st.sampled_from(candidates))
+    channels = (x.type.shape[1],)
+    variance = b.graph.unique_constant_name("var")
+    var = b.graph.add_constant(variance, np.abs(draw_normal(draw, channels)) + 0.1)
+    return [b.batch_norm(x, _constant(draw, b.graph, channels), var,
+                         _constant(draw, b.graph, channels), _constant(draw, b.graph, channels))]
+
+
+def _reduce(draw, b: Builder, pool):
+    x = draw(st.sampled_from(pool))
+    axes = draw(st.lists(st.integers(-x.type.rank, x.type.rank - 1), min_size=1, max_size=2,
+                         unique_by=lambda a: a % x.type.rank))
+    op = draw(st.sampled_from(["mean", "sum"]))
+    # the other steps take values of rank 1 or more
+    keepdim = len(axes) == x.type.rank or draw(st.booleans())
+    return [getattr(b, op)(x, axes=axes, keepdim=keepdim)]
+
+
+def _matmul(draw, b: Builder, pool):
+    candidates = [v for v in pool if v.type.rank >= 2 and isinstance(v.type.shape[-1], int)]
+    if not candidates:
+        return []
+    x = draw(st.sampled_from(candidates))
+    return [b.matmul(x, _constant(draw, b.graph, (x.type.shape[-1], draw(st.integers(1, 5)))))]
+
+
+def draw_normal(draw, shape) -> np.ndarray:
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(
+        shape).astype(np.float32)
+
+
 def _concat(draw, b: Builder, pool):
     x = draw(st.sampled_from(pool))
     same_shape = [v for v in pool if v.type == x.type]
@@ -188,7 +261,8 @@ def _half_precision(draw, b: Builder, pool):
 
 
 STEPS = [_unary, _binary, _reshape, _permute, _linear, _conv2d, _concat, _split, _layer_norm,
-         _quantize, _quantized_constant, _half_precision]
+         _quantize, _quantized_constant, _half_precision, _pool, _attention, _batch_norm, _reduce,
+         _matmul]
 
 
 @st.composite

@@ -99,7 +99,7 @@ def quantize_array(x: np.ndarray, quant, dtype) -> np.ndarray:
     scale = along_axis(np.asarray(quant.scale, dtype=np.float32), x.ndim, axis)
     zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.float32), x.ndim, axis)
     lo, hi = int_range(dtype)
-    q = np.divide(x.astype(np.float32, copy=False), scale)
+    q = np.asarray(np.divide(x.astype(np.float32, copy=False), scale))  # an array when 0-d too
     np.rint(q, out=q)
     q += zero_point
     np.clip(q, lo, hi, out=q)
@@ -110,7 +110,8 @@ def dequantize_array(q: np.ndarray, quant) -> np.ndarray:
     axis = quant.axis if quant.axis is not None else 0
     scale = along_axis(np.asarray(quant.scale, dtype=np.float32), q.ndim, axis)
     zero_point = along_axis(np.asarray(quant.zero_point, dtype=np.int32), q.ndim, axis)
-    return ((q.astype(np.int32) - zero_point).astype(np.float32) * scale).astype(np.float32)
+    return np.asarray((q.astype(np.int32) - zero_point).astype(np.float32) * scale,
+                      dtype=np.float32)  # an array when 0-d too
 
 
 def along_axis(values: np.ndarray, rank: int, axis: int) -> np.ndarray:
@@ -407,7 +408,8 @@ def prepare_quantize(a, types, operands):
         channels_last = x.ndim == 4
         q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), scale, zero_point, dtype,
                               channels_last, NATIVE_THREADS.get())
-        return [q.transpose(0, 3, 1, 2) if channels_last else q]
+        # (reshaped: ascontiguousarray makes a 0-d x 1-d)
+        return [q.transpose(0, 3, 1, 2) if channels_last else q.reshape(x.shape)]
 
     return run
 

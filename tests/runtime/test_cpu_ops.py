@@ -220,6 +220,9 @@ def cases() -> list[Case]:
     add("quantize", [(randn(7) * 3).astype(np.float16)], {"dtype": "i8", "scale": [0.1]},
         label="f16")
     add("dequantize", [(u8(3, 4), per_tensor(0.05, 128))], label="u8")
+    add("quantize", [np.array(1.7, np.float32)], {"dtype": "u8", "scale": [0.5], "zero_point": [3]},
+        label="0-d")
+    add("dequantize", [(np.array(7, np.uint8), per_tensor(0.5, 3))], label="0-d")
     add("dequantize", [(i8(3, 4), QuantParams([0.1, 0.2, 0.3], [0, 1, -1], axis=0))], label="i8-axis")
     _quantized_layer_cases(add)
     # ---- fused

@@ -81,6 +81,27 @@ def test_metadata_and_input_errors_name_the_problem(tmp_path):
         session.run({"x": np.zeros((2, 3, 31, 32), np.float32)})
 
 
+def test_scalar_inputs_and_results_keep_their_shape():
+    """0-d tensors stay 0-d through the executor and the native plan, quantized ones too
+    (numpy's ascontiguousarray made them 1-d)."""
+    graph = nimbus.parse_ir("""
+graph @g(%x: f32[3], %y: f32[]) -> (total: f32[], code: u8[]{scale=0.5, zp=3}, back: f32[]) {
+  %1 = sum(%x) {axes=[0]} : f32[]
+  %2 = add(%1, %y) : f32[]
+  %3 = quantize(%2) {dtype=u8, scale=[0.5], zero_point=[3]} : u8[]{scale=0.5, zp=3}
+  %4 = dequantize(%3) : f32[]
+  return %2, %3, %4
+}""")
+    session = nimbus.load(nimbus.compile(graph, pipeline="").data)
+    feeds = {"x": np.array([0.3, 0.4, 1.0], np.float32), "y": np.array(0.25, np.float32)}
+    expected = interpret(graph, feeds)
+    for _ in range(2):  # the executor, then the native plan
+        outputs = session.run(feeds)
+        for name in ("total", "code", "back"):
+            assert outputs[name].shape == () and outputs[name].dtype == expected[name].dtype
+            np.testing.assert_allclose(outputs[name], expected[name], rtol=1e-6)
+
+
 def test_concurrent_runs_from_several_threads_are_correct():
     _, graph = converted("resnet_basic_block")
     session = nimbus.compile(graph).session()
