@@ -19,6 +19,8 @@ import warnings
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from models.cases import converted
 from nimbus.runtime.server import ServerConfig, create_app
 from nimbus.runtime.server.main import default_host, default_port, detect_platform, model_paths
@@ -223,6 +225,73 @@ def test_bad_tensors_are_400_naming_the_problem(client, request_body, pattern):
         else "mixer"
     assert_error(client.post(f"/v2/models/{model}/infer", json=request_body), 400, pattern)
     assert client.post("/v2/models/mixer/infer", json=mixer_request(mixer_feeds(1))).status_code == 200
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                              max_size=3),
+    max_leaves=12)
+# (route, headers, a valid body) for each protocol, on the two-input model
+FUZZED_ROUTES = [
+    ("/v2/models/mixer/infer", {}, lambda: mixer_request(mixer_feeds(2))),
+    ("/invocations", {"X-Amzn-SageMaker-Target-Model": "mixer"},
+     lambda: {"instances": [{"x": mixer_feeds(1)["x"][0].tolist(), "ids": [1, 2, 3, 4, 5]}]}),
+    (VERTEX_PREDICT, {}, lambda: {"instances": images(1).tolist()}),
+]
+
+
+@st.composite
+def mutated_requests(draw):
+    """A valid request with one field replaced by random JSON or removed (a tensor's name,
+    shape, datatype or data, or a top-level key), or a random JSON document in its place."""
+    route, headers, make = draw(st.sampled_from(FUZZED_ROUTES))
+    body = make()
+    kind = draw(st.sampled_from(["field", "remove", "document"]))
+    if kind == "document":
+        return route, headers, draw(JSON_VALUES)
+    containers = [body] + [t for t in body.get("inputs", []) if isinstance(t, dict)]
+    target = draw(st.sampled_from(containers))
+    key = draw(st.sampled_from(sorted(target) + ["outputs", "parameters", "id"]))
+    if kind == "remove":
+        target.pop(key, None)
+    else:
+        target[key] = draw(JSON_VALUES)
+    return route, headers, body
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(request=mutated_requests())
+def test_fuzzed_requests_get_a_named_client_error_or_an_answer(client, request):
+    """No request body makes a 5xx: each is answered or refused with a 4xx naming the problem,
+    and the server keeps serving."""
+    route, headers, body = request
+    response = client.post(route, content=json.dumps(body), headers=headers)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert isinstance(response.json()["error"], str) and response.json()["error"]
+    assert client.post("/v2/models/mixer/infer",
+                       json=mixer_request(mixer_feeds(1))).status_code == 200
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(route=st.sampled_from([route for route, _, _ in FUZZED_ROUTES]),
+       content_type=st.sampled_from(["application/json", "application/x-npy",
+                                     "application/octet-stream", "text/plain"]),
+       header_length=st.none() | st.integers(-5, 300).map(str)
+       | st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=4),
+       body=st.binary(max_size=300))
+def test_random_bytes_get_a_named_client_error(client, route, content_type, header_length, body):
+    """Bytes of any kind (.npy, KServe's binary form with any JSON header length) are refused
+    with a 4xx naming the problem, never a 5xx."""
+    headers = {"Content-Type": content_type}
+    if header_length is not None:
+        headers["Inference-Header-Content-Length"] = header_length
+    response = client.post(route, content=body, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    assert isinstance(response.json()["error"], str) and response.json()["error"]
 
 
 def test_nan_in_an_integer_input_is_400(client):
