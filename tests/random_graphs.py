@@ -286,11 +286,12 @@ def graphs(draw) -> Graph:
     return graph
 
 
-def random_inputs(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Inputs for ``graph`` with its symbolic dims bound as in BINDINGS."""
+def random_inputs(graph: Graph, seed: int, bindings: dict | None = None) -> dict[str, np.ndarray]:
+    """Inputs for ``graph`` with its symbolic dims bound as in ``bindings`` (default BINDINGS;
+    others should be no smaller, which every graph's windows fit)."""
     rng = np.random.default_rng(seed)
     inputs = {}
     for value in graph.inputs:
-        shape = [evaluate(d, BINDINGS) for d in value.type.shape]
+        shape = [evaluate(d, bindings or BINDINGS) for d in value.type.shape]
         inputs[value.name] = rng.standard_normal(shape).astype(value.type.dtype.numpy)
     return inputs

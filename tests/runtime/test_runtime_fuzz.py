@@ -16,7 +16,7 @@ import nimbus
 from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.lowering import PreflightError, artifact_bytes
 from nimbus.passes import DEFAULT_OPTIMIZATION, PassManager
-from random_graphs import graphs, random_inputs
+from random_graphs import BINDINGS, graphs, random_inputs
 
 # Constants stay below this in magnitude (inf and NaN are kept): beyond it float32 sums and
 # squares overflow where the interpreter's float64 ones do not, which is float32's nature, not
@@ -24,6 +24,7 @@ from random_graphs import graphs, random_inputs
 LARGEST_CONSTANT = 1e4
 # Results larger than this are not compared, for the same reason.
 LARGEST_COMPARED = 1e30
+OTHER_BINDINGS = {name: size + 1 for name, size in BINDINGS.items()}
 
 
 def assert_close_where_defined(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
@@ -67,9 +68,11 @@ def test_sessions_on_random_graphs_agree_with_the_interpreter(graph, seed, quant
             data = artifact_bytes(optimized)
         except PreflightError:  # an op without a CPU kernel for its dtype (bf16): named there
             return
-        expected = interpret(optimized, feeds[0])
         session = nimbus.load(data, threads=threads)
-        for _ in range(2):  # the first run on the executor, the second on the native plan
-            actual = session.run(feeds[0])
-            for name, array in expected.items():
-                assert_close_where_defined(actual[name], array, name)
+        # Other sizes of the symbolic dims too: the same session plans each shape on its own.
+        for inputs in (feeds[0], random_inputs(graph, seed, OTHER_BINDINGS), feeds[0]):
+            expected = interpret(optimized, inputs)
+            for _ in range(2):  # the first run on the executor, the second on the native plan
+                actual = session.run(inputs)
+                for name, array in expected.items():
+                    assert_close_where_defined(actual[name], array, name)
