@@ -102,10 +102,12 @@ def tanh_f32(x):
 @triton.jit
 def activate(x, ACTIVATION: tl.constexpr):
     """Apply a fused activation (ACTIVATION_CODES) to a float32 tile."""
+    # propagate_nan: NaN stays NaN, as in numpy (by default these are fmax / fmin, giving 0)
     if ACTIVATION == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACTIVATION == 2:
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        x = tl.minimum(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                       propagate_nan=tl.PropagateNan.ALL)
     elif ACTIVATION == 3:
         x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
     elif ACTIVATION == 4:

@@ -143,6 +143,20 @@ def test_float_gemm_matches_fused_linear(m, k, n, activation, dtype, rtol, devic
     assert_matches(actual.float().cpu().numpy(), expected, f"gemm {dtype} {activation}", rtol=rtol)
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_float_gemm_keeps_nan_through_relu(activation, device):
+    """A NaN in a row of x makes that row NaN, as numpy's maximum does (Triton's default
+    maximum is fmax, which gave 0)."""
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    x[2, 3] = np.nan
+    w = rng.standard_normal((6, 7)).astype(np.float32)
+    expected = run_one_node("fused_linear", [x, w, None, None], {"activation": activation})
+    actual = gemm(torch.from_numpy(x).to(device), pack_float_weights(torch.from_numpy(w).to(device)),
+                  activation=activation).cpu().numpy()
+    assert np.isnan(actual[2]).all()
+    assert_matches(actual, expected, f"gemm {activation}", rtol=1e-5)
+
+
 @pytest.mark.parametrize("split", [2, 4])
 @pytest.mark.parametrize("m, k, n", [(1, 3, 2), (37, 200, 33)])
 def test_float_gemm_split_along_k_matches_fused_linear(m, k, n, split, device, monkeypatch):
