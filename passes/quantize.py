@@ -71,12 +71,13 @@ def _integer_epilogue(node: Node, observed: set[Value]) -> bool:
                              and tuple(residual.type.shape) == tuple(node.result.type.shape)))
 
 
-def _multipliers_overflow(node: Node, ranges: dict, dtype: DType) -> bool:
+def _multipliers_overflow(node: Node, ranges: dict, dtype: DType,
+                          weight_quant: QuantParams) -> bool:
     """Whether a float32 multiplier of the integer layer (input scale times weight scale, over
     the result's or by the residual's scale) would be inf: calibration saw values near 1e30,
     where the float layer overflows as well, and the integer kernels take finite scales only."""
     input_scale = activation_params(*ranges[node.operands[0]], dtype)[0]
-    weight_scales = weight_params(node.operands[1].data).scale_array()
+    weight_scales = weight_quant.scale_array()
     divisors = [1.0]
     if node.result in ranges:
         divisors.append(activation_params(*ranges[node.result], dtype)[0])
@@ -129,8 +130,9 @@ class _Quantizer:
     """Rewrites the chosen layers, tracking the quantized twin of each float value."""
 
     def __init__(self, graph: Graph, ctx: PassContext, ranges: dict | None = None,
-                 dtype: DType = DType.u8):
+                 dtype: DType = DType.u8, weight_quants: dict | None = None):
         self.graph, self.ctx, self.ranges, self.dtype = graph, ctx, ranges or {}, dtype
+        self.weight_quants = weight_quants or {}  # weight -> its QuantParams, where known
         self.twins: dict[Value, Value] = {}
 
     def quantized(self, value: Value, before: Node) -> Value:
@@ -215,7 +217,7 @@ class _Quantizer:
         self.graph.replace_all_uses(node.result, replacement.result)
 
     def quantized_weight(self, weight: Value) -> Value:
-        quant = weight_params(weight.data)
+        quant = self.weight_quants.get(weight) or weight_params(weight.data)
         return self.graph.add_constant(self.graph.unique_constant_name(f"{weight.name}.q"),
                                        quantize_array(weight.data, quant, DType.i8), quant)
 
@@ -461,8 +463,10 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
         ctx.count("kept-float: calibration saw no finite input values")
     ranges = {value: observer.range(settings.observer, settings.percentile)
               for value, observer in observers.items() if observer.seen}
-    overflowing = [n for n in chosen if n not in blind
-                   and _multipliers_overflow(n, ranges, settings.dtype)]
+    weight_quants = {n.operands[1]: weight_params(n.operands[1].data)
+                     for n in chosen if n not in blind}
+    overflowing = [n for n in chosen if n not in blind and _multipliers_overflow(
+        n, ranges, settings.dtype, weight_quants[n.operands[1]])]
     for node in overflowing:
         ctx.count("kept-float: its scales overflow float32")
     chosen = [n for n in chosen if n not in blind and n not in overflowing]
@@ -479,7 +483,7 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
                          and _feeds_only_integer_layers(n.result, uses, chosen_set,
                                                         integer_residual, set(attentions))
                          for n in chosen}
-    quantizer = _Quantizer(graph, ctx, ranges, settings.dtype)
+    quantizer = _Quantizer(graph, ctx, ranges, settings.dtype, weight_quants)
     for node in chosen:
         quantizer.rewrite(node, node in integer_epilogues, quantized_outputs[node])
     for node in attentions:

@@ -36,9 +36,10 @@ from .native_plan import MAX_PROGRAMS, Trace, build_native_plan
 PLAN_FORMAT = 1
 
 
-def c_contiguous(array: np.ndarray) -> np.ndarray:
-    """``array`` in C order, copied only where it is not; 0-d stays 0-d (ascontiguousarray would
-    make it 1-d)."""
+def c_contiguous(array) -> np.ndarray:
+    """``array`` as an ndarray in C order, copied only where it is not; 0-d stays 0-d
+    (ascontiguousarray would make it 1-d), and a numpy scalar becomes a 0-d array."""
+    array = np.asarray(array)
     return array if array.flags.c_contiguous else np.ascontiguousarray(array)
 
 
