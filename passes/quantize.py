@@ -494,6 +494,9 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
 
 
 def _finish(graph: Graph, ctx: PassContext, chosen: list[Node]) -> bool:
+    # A value's quantize goes before the first node that asked for it, which may follow a
+    # later-rewritten reader (an attention before a linear layer on the same input).
+    graph.sort()
     remove_dead_nodes(graph)
     graph.remove_unused_constants()
     ctx.count("layers-quantized", len(chosen))

@@ -356,3 +356,26 @@ graph @0(%x: f32[N,1,3,4]) -> (output: f32[N,1,3,5]) {
     session = nimbus.load(nimbus.compile(quantized).data)
     expected = interpret(quantized, batches[0])["output"]
     np.testing.assert_array_equal(session.run(batches[0])["output"], expected)
+
+
+@pytest.mark.parametrize("activations", ["u8", "i8"])
+def test_attention_and_a_later_layer_on_one_input_share_its_quantize(activations):
+    """The layers are rewritten before the attentions, so x's quantize went in before the linear
+    layer, after the attention that reads it too: the graph used a value before defining it
+    (found by running random graphs through the runtime)."""
+    graph = nimbus.parse_ir("""
+graph @g(%x: f32[N,1,3,4]) -> (y: f32[N,1,3,4], z: f32[N,1,3,5]) {
+  const @w: f32[5,4] = external
+  %1 = attention(%x, %x, %x) : f32[N,1,3,4]
+  %2 = linear(%x, @w) : f32[N,1,3,5]
+  return %1, %2
+}""", {"w": np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)})
+    rng = np.random.default_rng(1)
+    batches = [{"x": rng.standard_normal((2, 1, 3, 4)).astype(np.float32)} for _ in range(2)]
+    quantized = run_passes(graph, f"quantize{{activations={activations}}}",
+                           calibration=batches)
+    assert [n.op for n in quantized.nodes] == ["quantize", "qattention", "qlinear"]
+    expected = interpret(graph, batches[0])
+    actual = interpret(quantized, batches[0])
+    for name in ("y", "z"):
+        assert cosine(actual[name], expected[name]) > 0.99

@@ -1,8 +1,9 @@
 """Random valid graphs through the whole CPU path: the default pipeline (float, or quantized
-with calibration), lowering into an artifact, loading it and running the Session (its executor,
-then the native plan it builds for those shapes), against the interpreter on the same optimized
-graph. This found a constant name that made an unreadable artifact, integer layers whose scales
-overflowed float32, and convolutions that dropped NaN from padding times an inf weight."""
+with calibration in one of the quantize pass's modes), lowering into an artifact, loading it
+and running the Session (its executor, then the native plan it builds for those shapes),
+against the interpreter on the same optimized graph. This found a constant name that made an
+unreadable artifact, integer layers whose scales overflowed float32, convolutions that dropped
+NaN from padding times an inf weight, and a quantize placed after one of its readers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ LARGEST_CONSTANT = 1e4
 # Results larger than this are not compared, for the same reason.
 LARGEST_COMPARED = 1e30
 OTHER_BINDINGS = {name: size + 1 for name, size in BINDINGS.items()}
+# None, and the quantize pass's modes and settings
+QUANTIZATIONS = ["", "", ",quantize", ",quantize{activations=i8}",
+                 ",quantize{calibration=entropy}", ",quantize{mode=dynamic}",
+                 ",quantize{mode=weight-only}"]
 
 
 def assert_close_where_defined(actual: np.ndarray, expected: np.ndarray, name: str) -> None:
@@ -55,14 +60,14 @@ def moderate_constants(graph) -> bool:
 @settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.filter_too_much])
-@given(graph=graphs(), seed=st.integers(0, 2**32 - 2), quantized=st.booleans(),
+@given(graph=graphs(), seed=st.integers(0, 2**32 - 2), quantization=st.sampled_from(QUANTIZATIONS),
        threads=st.sampled_from([1, 2, 3]))
-def test_sessions_on_random_graphs_agree_with_the_interpreter(graph, seed, quantized, threads):
+def test_sessions_on_random_graphs_agree_with_the_interpreter(graph, seed, quantization, threads):
     assume(moderate_constants(graph))
     feeds = [random_inputs(graph, seed), random_inputs(graph, seed + 1)]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # nan and inf constants are allowed
-        pipeline = DEFAULT_OPTIMIZATION + (",quantize" if quantized else "")
+        pipeline = DEFAULT_OPTIMIZATION + quantization
         optimized = PassManager(pipeline, data={"calibration": feeds}).run(graph.copy())
         try:
             data = artifact_bytes(optimized)
