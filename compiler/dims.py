@@ -91,4 +91,11 @@ def same(a: Dim, b: Dim) -> bool:
 def floordiv(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a // b
-    return simplify(sympy.floor(sympy.sympify(a) / b))
+    # Cancelled first: sympy's floor keeps 4*N*(2*f + 2)/(f + 1) whole (f a floor of H), which
+    # is 8*N, an integer without floor (a polynomial with integer coefficients in integer dims).
+    quotient = sympy.cancel(sympy.sympify(a) / b)
+    numerator, denominator = sympy.fraction(quotient)
+    if denominator == 1 and (numerator.is_Integer
+                             or all(c.is_Integer for c in sympy.Poly(numerator).coeffs())):
+        return simplify(numerator)
+    return simplify(sympy.floor(quotient))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 
 from checks import assert_matches
-from nimbus.compiler.dims import symbol
+from nimbus.compiler.dims import floordiv, symbol
 from nimbus.compiler.dtypes import DType
 from nimbus.compiler.interpreter import interpret
 from nimbus.compiler.ir import Builder, Graph, QuantParams, TensorType
@@ -408,6 +409,18 @@ def test_reshape_infers_a_symbolic_dim_whatever_the_expression_form():
     assert flat.type.shape == (n, 4 * h + 4)
     with pytest.raises(OpError, match="cannot reshape"):
         Builder(graph).reshape(x, shape=[n, 4 * h])
+
+
+def test_reshape_divides_out_a_strided_size():
+    """A strided window over H gives a floor; the -1 of [that size, -1] over [that size, 2, N, 4]
+    is 8*N, which sympy's floor kept undivided (found by random graphs)."""
+    graph = Graph("sym")
+    n, h = symbol("N"), symbol("H")
+    rows = Builder(graph).max_pool2d(graph.add_input("x", TensorType(DType.f32, (n, 4, h, 2))),
+                                     kernel=[1, 1], stride=[2, 1]).type.shape[2]
+    x = graph.add_input("y", TensorType(DType.f32, (rows, 2, n, 4)))
+    assert Builder(graph).reshape(x, shape=[rows, -1]).type.shape == (rows, 8 * n)
+    assert floordiv(n + 1, 2) == sympy.floor((n + 1) / 2)  # what does not divide keeps its floor
 
 
 def test_attribute_errors_name_the_attribute_and_suggest():
