@@ -184,8 +184,10 @@ def lower(graph: Graph, target: str = "cpu") -> Lowered:
     for index, (constant_name, value) in enumerate(graph.constants.items()):
         # The IR takes any name; the artifact's tensors need a non-empty one without NUL.
         name = constant_name
-        while not valid_name(name) or (name != constant_name and name in graph.constants):
-            name = f"constant.{index}" if name == constant_name else name + "_"
+        if not valid_name(name):
+            name = f"constant.{index}"
+            while name in graph.constants:
+                name += "_"
         constants.append({"tensor": name, "value": slot(value), "type": type_json(value.type)})
         tensors[name] = np.ascontiguousarray(value.data)
         if value.type.quant is not None:

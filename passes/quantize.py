@@ -461,16 +461,16 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     blind += [n for n in attentions if not all(observers[x].seen for x in n.operands[:3])]
     for node in blind:
         ctx.count("kept-float: calibration saw no finite input values")
+    chosen = [n for n in chosen if n not in blind]
+    attentions = [n for n in attentions if n not in blind]
     ranges = {value: observer.range(settings.observer, settings.percentile)
               for value, observer in observers.items() if observer.seen}
-    weight_quants = {n.operands[1]: weight_params(n.operands[1].data)
-                     for n in chosen if n not in blind}
-    overflowing = [n for n in chosen if n not in blind and _multipliers_overflow(
-        n, ranges, settings.dtype, weight_quants[n.operands[1]])]
+    weight_quants = {n.operands[1]: weight_params(n.operands[1].data) for n in chosen}
+    overflowing = [n for n in chosen if _multipliers_overflow(n, ranges, settings.dtype,
+                                                              weight_quants[n.operands[1]])]
     for node in overflowing:
         ctx.count("kept-float: its scales overflow float32")
-    chosen = [n for n in chosen if n not in blind and n not in overflowing]
-    attentions = [n for n in attentions if n not in blind]
+    chosen = [n for n in chosen if n not in overflowing]
     if not chosen:
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()

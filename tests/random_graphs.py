@@ -172,8 +172,9 @@ def _batch_norm(draw, b: Builder, pool):
         return []
     x = draw(st.sampled_from(candidates))
     channels = (x.type.shape[1],)
-    variance = b.graph.unique_constant_name("var")
-    var = b.graph.add_constant(variance, np.abs(draw_normal(draw, channels)) + 0.1)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    positive = (np.abs(rng.standard_normal(channels)) + 0.1).astype(np.float32)
+    var = b.graph.add_constant(b.graph.unique_constant_name("var"), positive)
     return [b.batch_norm(x, _constant(draw, b.graph, channels), var,
                          _constant(draw, b.graph, channels), _constant(draw, b.graph, channels))]
 
@@ -194,11 +195,6 @@ def _matmul(draw, b: Builder, pool):
         return []
     x = draw(st.sampled_from(candidates))
     return [b.matmul(x, _constant(draw, b.graph, (x.type.shape[-1], draw(st.integers(1, 5)))))]
-
-
-def draw_normal(draw, shape) -> np.ndarray:
-    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(
-        shape).astype(np.float32)
 
 
 def _concat(draw, b: Builder, pool):

@@ -44,10 +44,15 @@ def inverted_residuals(draw):
     graph = Graph("block")
     x = graph.add_input("x", TensorType(DType.f32, (BATCH, channels, size, size)))
     b = Builder(graph)
-    constant = lambda name, shape: graph.add_constant(name, _weights(rng, shape))  # noqa: E731
-    bias = lambda name, count: (graph.add_constant(name, rng.standard_normal(count)  # noqa: E731
-                                                   .astype(np.float32)) if draw(st.booleans())
-                                else None)
+
+    def constant(name, shape):
+        return graph.add_constant(name, _weights(rng, shape))
+
+    def bias(name, count):  # or none
+        if not draw(st.booleans()):
+            return None
+        return graph.add_constant(name, rng.standard_normal(count).astype(np.float32))
+
     e = x
     if expanded != channels or draw(st.booleans()):
         e = b.conv2d(x, constant("we", (expanded, channels, 1, 1)), bias("be", expanded))
