@@ -92,10 +92,9 @@ def _multipliers_overflow(node: Node, ranges: dict, dtype: DType,
 
 
 def _applies_float_activation(node: Node) -> bool:
-    """A linear layer whose activation (gelu, silu, ...) the qlinear applies itself, on its f32
+    """A layer whose activation (gelu, silu, ...) the integer op applies itself, on its f32
     values before any quantization of its result, without a residual."""
-    return (INTEGER_OPS[node.op] == "qlinear" and _residual(node) is None
-            and node.attrs.get("activation", "none") not in CLAMP_ACTIVATIONS)
+    return _residual(node) is None and node.attrs.get("activation", "none") not in CLAMP_ACTIVATIONS
 
 
 def activation_params(low: float, high: float, dtype: DType) -> tuple[float, int]:
@@ -178,9 +177,9 @@ class _Quantizer:
             q_bias = self._bias(bias, q_input.type.quant.scale[0], weight_quant)
         attrs = {k: v for k, v in node.attrs.items() if k != "activation"}
         activation = node.attrs.get("activation", "none")
-        # A qlinear applies any activation to its tiles while they are in cache, and quantizes
-        # them there for a quantized result: a BERT FFN's GELU and the quantize before the next
-        # layer then cost no pass over its [tokens, 3072] result.
+        # An integer layer applies any activation to its tiles while they are in cache, and
+        # quantizes them there for a quantized result: a BERT FFN's GELU or an EfficientNet
+        # convolution's SiLU and the quantize before the next layer then cost no pass over it.
         if integer_epilogue or _applies_float_activation(node):
             attrs["activation"], activation = activation, "none"
         else:
@@ -308,8 +307,10 @@ def quantize(graph: Graph, ctx: PassContext, *, mode: str = "static",
     as ``calibration=``) runs through the float graph with observers; every conv2d and linear
     with constant weights becomes qconv2d / qlinear with int8 symmetric per-channel weights,
     int32 bias and a fused ReLU/ReLU6, taking u8 (or i8) activations; a fused residual add of the
-    result's shape is added quantized in the integer epilogue, while a broadcasting residual or
-    another activation follows in float on the dequantized result. Integer results feed integer
+    result's shape is added quantized in the integer epilogue, while a broadcasting residual
+    follows in float on the dequantized result; other activations (gelu, silu, ...) run in the
+    integer op on its f32 values, which it then quantizes (in float after it where a residual
+    is added too). Integer results feed integer
     consumers directly (through max pooling and reshapes); quantize and dequantize appear only at
     the float boundaries. Layers that stay in float are counted with the reason.
     ``mode=dynamic`` needs no calibration: linear layers become dynamic_qlinear, which quantizes

@@ -217,10 +217,13 @@ def qconv2d(
     dilation: Sequence[int] = (1, 1),
     threads: int = 1,
     out: npt.NDArray[np.uint8] | npt.NDArray[np.int8] | None = None,
+    activation: str = "none",
+    output_scale: float | None = None,
 ) -> npt.NDArray[np.uint8] | npt.NDArray[np.int8]:
     """Return clamp(rint_f32(f32(acc) * multiplier[o]) + out_zero_point, lo, hi) [N, OH, OW, O].
 
-    out_dtype is "u8" or "s8"; ReLU and ReLU6 are tighter lo and hi, as for qgemm."""
+    out_dtype is "u8" or "s8"; ReLU and ReLU6 are tighter lo and hi, and a float activation
+    comes before quantizing to output_scale, as for qgemm."""
 
 def qconv2d_f32(
     x: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
@@ -321,7 +324,7 @@ class Program:
                 out_zero_point: int, lo: int, hi: int, out_dtype: str, stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], out: npt.NDArray,
                 residual: npt.NDArray | None, residual_zero_point: int,
-                residual_scale: float) -> None: ...
+                residual_scale: float, activation: str, output_scale: float | None) -> None: ...
     def sconv2d_max_pool2d(self, x: npt.NDArray[np.float32], packed: object,
                            bias: npt.NDArray[np.float32] | None, activation: str,
                            stride: Sequence[int], padding: Sequence[int],

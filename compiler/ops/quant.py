@@ -17,8 +17,8 @@ the result's shape) before rounding, each step rounded to float32 in this order:
     q   = clamp(rint_f32(f32(acc) * M + f32(r - z_r) * R) + z_out, lo, hi),   R = f32(s_r / s_out)
     f32 = f32(acc) * f32(s_in * s_w) + f32(r - z_r) * f32(s_r)   (then the activation)
 
-qlinear also takes a float activation (gelu, silu, ...): on the f32 result, and a u8/i8 result
-(without a residual) is then that value quantized as the quantize op does it:
+qconv2d and qlinear also take a float activation (gelu, silu, ...): on the f32 result, and a
+u8/i8 result (without a residual) is then that value quantized as the quantize op does it:
 
     q   = clamp(rint_f32(act(f32) / s_out) + z_out)
 
@@ -64,7 +64,7 @@ from .nn import CONV_ATTRS, conv2d_infer, linear_infer, matmul_infer
 from .registry import Attr, define
 
 ACTIVATIONS = CLAMP_ACTIVATIONS  # what every integer op may apply, as clamp bounds
-LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what a qlinear may apply
+LAYER_ACTIVATIONS = tuple(FUSED_ACTIVATIONS)  # what qconv2d and qlinear may apply
 QUANTIZED_DTYPES = (DType.u8, DType.i8)
 
 
@@ -156,7 +156,8 @@ def _integer_result(types, shape, a, weight_axis: int, channel_axis: int,
 
 
 def _qconv2d_infer(types, a):
-    return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0, channel_axis=1)
+    return _integer_result(types, conv2d_infer(types, a), a, weight_axis=0, channel_axis=1,
+                           float_activations=True)
 
 
 define("qconv2d", "Integer conv2d: u8/i8 NCHW input, i8 OIHW weight per channel, i32 bias, "

@@ -381,10 +381,15 @@ py::array checked_scales(const py::object& object, const std::string& name, std:
 }
 
 // The u8/s8 epilogue of `n` channels once its arguments are checked. It points into
-// `multiplier_object`, which the caller keeps alive.
+// `multiplier_object`, which the caller keeps alive. A float activation (gelu, silu, ...) comes
+// before quantizing to output_scale: multiplier is then the f32 result's scale, [lo, hi] the
+// whole type, and there is no residual.
 Epilogue requantizing_epilogue(const py::object& multiplier_object, std::size_t n,
                                long long out_zero_point, long long lo, long long hi,
-                               const std::string& out_dtype) {
+                               const std::string& out_dtype,
+                               const py::object& residual = py::none(),
+                               const std::string& activation = "none",
+                               const std::optional<double>& output_scale = std::nullopt) {
     Epilogue epilogue;
     long long type_lo = 0;
     long long type_hi = 255;
@@ -410,17 +415,6 @@ Epilogue requantizing_epilogue(const py::object& multiplier_object, std::size_t 
     epilogue.zero_point = static_cast<std::int32_t>(out_zero_point);
     epilogue.lo = static_cast<std::int32_t>(lo);
     epilogue.hi = static_cast<std::int32_t>(hi);
-    return epilogue;
-}
-
-PreparedCall prepare_qgemm_requantized(
-    const py::object& a, const PackedWeights& packed, long long a_zero_point,
-    const py::object& bias, const py::object& multiplier_object, long long out_zero_point,
-    long long lo, long long hi, const std::string& out_dtype, const py::object& out,
-    const py::object& residual, long long residual_zero_point, double residual_scale,
-    const std::string& activation, const std::optional<double>& output_scale) {
-    Epilogue epilogue =
-        requantizing_epilogue(multiplier_object, packed.n, out_zero_point, lo, hi, out_dtype);
     using nimbus::kernels::Activation;
     epilogue.activation = nimbus::kernels::activation_from_name(activation);
     if (epilogue.activation == Activation::relu || epilogue.activation == Activation::relu6) {
@@ -435,13 +429,24 @@ PreparedCall prepare_qgemm_requantized(
         if (!residual.is_none()) {
             throw py::value_error("activation='" + activation + "' takes no residual");
         }
-        const bool unsigned_result = epilogue.type == OutputType::u8;
-        if (lo != (unsigned_result ? 0 : -128) || hi != (unsigned_result ? 255 : 127)) {
+        if (lo != type_lo || hi != type_hi) {
             throw py::value_error("activation='" + activation + "' quantizes to the whole " +
                                   out_dtype + " range: lo and hi must be its bounds");
         }
         epilogue.output_scale = static_cast<float>(*output_scale);
     }
+    return epilogue;
+}
+
+PreparedCall prepare_qgemm_requantized(
+    const py::object& a, const PackedWeights& packed, long long a_zero_point,
+    const py::object& bias, const py::object& multiplier_object, long long out_zero_point,
+    long long lo, long long hi, const std::string& out_dtype, const py::object& out,
+    const py::object& residual, long long residual_zero_point, double residual_scale,
+    const std::string& activation, const std::optional<double>& output_scale) {
+    const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.n, out_zero_point,
+                                                    lo, hi, out_dtype, residual, activation,
+                                                    output_scale);
     const ResidualArguments with{residual, residual_zero_point, residual_scale};
     PreparedCall call =
         epilogue.type == OutputType::u8
@@ -693,9 +698,11 @@ PreparedCall prepare_qconv2d_requantized(
     long long lo, long long hi, const std::string& out_dtype,
     const std::vector<long long>& stride, const std::vector<long long>& padding,
     const std::vector<long long>& dilation, const py::object& out, const py::object& residual,
-    long long residual_zero_point, double residual_scale) {
-    const Epilogue epilogue = requantizing_epilogue(multiplier_object, packed.out_channels,
-                                                    out_zero_point, lo, hi, out_dtype);
+    long long residual_zero_point, double residual_scale, const std::string& activation,
+    const std::optional<double>& output_scale) {
+    const Epilogue epilogue =
+        requantizing_epilogue(multiplier_object, packed.out_channels, out_zero_point, lo, hi,
+                              out_dtype, residual, activation, output_scale);
     const ResidualArguments with{residual, residual_zero_point, residual_scale};
     PreparedCall call =
         epilogue.type == OutputType::u8
@@ -713,11 +720,13 @@ py::array qconv2d(const py::object& x, const PackedConvWeights& packed, long lon
                   const std::string& out_dtype, const std::vector<long long>& stride,
                   const std::vector<long long>& padding, const std::vector<long long>& dilation,
                   long long threads, const py::object& out, const py::object& residual,
-                  long long residual_zero_point, double residual_scale) {
+                  long long residual_zero_point, double residual_scale,
+                  const std::string& activation, const std::optional<double>& output_scale) {
     return run_now(prepare_qconv2d_requantized(x, packed, a_zero_point, bias, multiplier_object,
                                                out_zero_point, lo, hi, out_dtype, stride,
                                                padding, dilation, out, residual,
-                                               residual_zero_point, residual_scale),
+                                               residual_zero_point, residual_scale, activation,
+                                               output_scale),
                    threads);
 }
 
@@ -2289,9 +2298,13 @@ PYBIND11_MODULE(_kernels, module) {
                py::arg("hi"), py::arg("out_dtype"), py::arg("stride") = unit_pair,
                py::arg("padding") = no_padding, py::arg("dilation") = unit_pair,
                py::arg("threads") = 1, py::arg("out") = py::none(), py::arg("residual") = py::none(), py::arg("residual_zero_point") = 0,
-               py::arg("residual_scale") = 0.0,
+               py::arg("residual_scale") = 0.0, py::arg("activation") = "none",
+               py::arg("output_scale") = py::none(),
                "Return clamp(rint(f32(acc) * multiplier + t) + out_zero_point, lo, hi) as u8 or "
                "s8 [N, OH, OW, O]\nfor NHWC x, acc = conv2d(x - a_zero_point, w) + bias in int32."
+               "\n\nWith a float activation (gelu, silu, ...), multiplier is the f32 result's "
+               "scale and the result\nis quantize(act(f32(acc) * multiplier), output_scale, "
+               "out_zero_point) (lo and hi are then\nthe type's range; no residual)."
                "\n\n" NIMBUS_RESIDUAL_DOC NIMBUS_CONV_KEYWORDS_DOC);
     module.def("qconv2d_f32", &qconv2d_f32, py::arg("x"), py::arg("packed"),
                py::arg("a_zero_point"), py::arg("bias"), py::arg("scale"),
@@ -2577,17 +2590,18 @@ PYBIND11_MODULE(_kernels, module) {
                const std::vector<long long>& stride, const std::vector<long long>& padding,
                const std::vector<long long>& dilation, const py::object& out,
                const py::object& residual, long long residual_zero_point,
-               double residual_scale) {
+               double residual_scale, const std::string& activation,
+               const std::optional<double>& output_scale) {
                 program.add(prepare_qconv2d_requantized(
                     x, packed, a_zero_point, bias, multiplier, out_zero_point, lo, hi, out_dtype,
                     stride, padding, dilation, program_out(out), residual, residual_zero_point,
-                    residual_scale));
+                    residual_scale, activation, output_scale));
             },
             py::arg("x"), py::arg("packed"), py::arg("a_zero_point"), py::arg("bias"),
             py::arg("multiplier"), py::arg("out_zero_point"), py::arg("lo"), py::arg("hi"),
             py::arg("out_dtype"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
             py::arg("out"), py::arg("residual"), py::arg("residual_zero_point"),
-            py::arg("residual_scale"))
+            py::arg("residual_scale"), py::arg("activation"), py::arg("output_scale"))
         .def(
             "qconv2d_f32",
             [](Program& program, const py::object& x, const PackedConvWeights& packed,

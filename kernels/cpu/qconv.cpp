@@ -11,6 +11,7 @@
 #include "copy_runs.h"
 #include "depthwise.h"
 #include "qconv_direct.h"
+#include "quantize.h"
 #include "sizes.h"
 #include "worker_pool.h"
 
@@ -448,6 +449,35 @@ void run_depthwise(const void* x, bool x_signed, std::int32_t x_zero_point,
                          [&](std::size_t begin, std::size_t end) { kernel(task, begin, end); });
 }
 
+// The depthwise kernels' epilogues have no float activation: they write f32 values (into `out`
+// for an f32 result, else into scratch), which one pass then activates, chunk by chunk, and for
+// a u8/s8 result quantizes while the chunk is in cache, as the GEMM's epilogue quantizes a tile.
+void run_depthwise_float_activation(const void* x, bool x_signed, std::int32_t x_zero_point,
+                                    const ConvGeometry& g, const PackedConvWeights& w,
+                                    const Epilogue& epilogue, void* out, std::size_t threads) {
+    const std::size_t count = g.batch * g.out_h * g.out_w * w.out_channels;
+    const bool quantized = epilogue.type != OutputType::f32;
+    std::vector<float> scratch(quantized ? count : 0);
+    float* values = quantized ? scratch.data() : static_cast<float*>(out);
+    Epilogue dequantized = epilogue;
+    dequantized.type = OutputType::f32;
+    dequantized.activation = Activation::none;
+    run_depthwise(x, x_signed, x_zero_point, g, w, dequantized, values, threads);
+    // Chunks big enough that handing one to a pooled thread costs little beside it.
+    constexpr std::size_t kChunk = 16384;
+    const Isa isa = selected_isa();
+    parallel_for((count + kChunk - 1) / kChunk, threads, [&](std::size_t chunk) {
+        const std::size_t begin = chunk * kChunk;
+        const std::size_t size = std::min(kChunk, count - begin);
+        activate(values + begin, size, epilogue.activation, isa);
+        if (quantized) {
+            quantize_rows(values + begin, 1, size, size, epilogue.output_scale,
+                          epilogue.zero_point, epilogue.type == OutputType::u8,
+                          static_cast<std::uint8_t*>(out) + begin, size);
+        }
+    });
+}
+
 #ifdef NIMBUS_X86_KERNELS
 // Per 16 pixels of a row and group of 4 taps of a kernel row, the direct kernel spends one
 // vpdpbusd per output channel, at least 4 when few channels leave too few accumulators to cover
@@ -670,14 +700,11 @@ void qconv2d(const void* x, bool x_signed, std::int32_t x_zero_point,
         return;
     }
     threads = std::max<std::size_t>(threads, 1);
-    if (weights.depthwise) {
+    if (weights.depthwise && epilogue.activation != Activation::none) {
+        run_depthwise_float_activation(x, x_signed, x_zero_point, geometry, weights, epilogue,
+                                       out, threads);
+    } else if (weights.depthwise) {
         run_depthwise(x, x_signed, x_zero_point, geometry, weights, epilogue, out, threads);
-        if (epilogue.type == OutputType::f32 && epilogue.activation != Activation::none) {
-            // The depthwise kernels' epilogue has no float activation: one pass after them.
-            activate(static_cast<float*>(out),
-                     geometry.batch * geometry.out_h * geometry.out_w * weights.out_channels,
-                     epilogue.activation, selected_isa());
-        }
 #ifdef NIMBUS_X86_KERNELS
     } else if (runs_direct(geometry, weights, epilogue)) {
         run_direct(static_cast<const std::uint8_t*>(x), x_signed, x_zero_point, geometry,

@@ -69,7 +69,6 @@ REQUANTIZED = tl.constexpr(0)  # clamp(rint(f32(acc) * multiplier[o]) + zero poi
 DEQUANTIZED = tl.constexpr(1)  # activation(f32(acc) * scale[o]) as float32
 ACCUMULATORS = tl.constexpr(2)  # acc as int32
 
-INTEGER_ACTIVATIONS = ("none", "relu", "relu6")  # those of the qconv2d op
 QUANTIZED_RESULTS = {"u8": torch.uint8, "s8": torch.int8}
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); the first one is what the interpreter runs.
@@ -730,11 +729,9 @@ def qconv2d_f32(x: torch.Tensor, packed: PackedConvWeights, a_zero_point: int, b
                 activation: str = "none", stride=(1, 1), padding=(0, 0, 0, 0),
                 dilation=(1, 1), residual: QuantizedResidual | None = None) -> torch.Tensor:
     """Dequantized int8 convolution: activation(f32(acc) * scale[o] [+ residual term]) as
-    float32 NHWC, with scale = requant_multiplier(s_in, s_w) and activation "none", "relu" or
-    "relu6"."""
-    if activation not in INTEGER_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(INTEGER_ACTIVATIONS)}, "
-                         f"got {activation!r}")
+    float32 NHWC, with scale = requant_multiplier(s_in, s_w) and activation a name of
+    ACTIVATION_CODES (a clamp, or a float activation such as an EfficientNet's SiLU)."""
+    activation_code(activation)  # a ValueError naming the choices for an unknown one
     return _integer_conv(x, packed, a_zero_point, bias, scale, torch.float32, 0, 0, 0,
                          DEQUANTIZED, activation, stride, padding, dilation, residual)
 

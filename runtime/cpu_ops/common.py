@@ -113,3 +113,10 @@ def window_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_
 def nhwc(x: np.ndarray) -> np.ndarray:
     """The NHWC view of an NCHW array (C-contiguous when x is a view of NHWC memory)."""
     return x.transpose(0, 2, 3, 1)
+
+
+def in_nhwc_memory(x: np.ndarray, dtype) -> bool:
+    """x is an NCHW view of NHWC memory of `dtype` (what 4-D steps return), not C-contiguous
+    itself: an elementwise kernel can run over nhwc(x) in place order."""
+    return (x.ndim == 4 and x.dtype == dtype and not x.flags.c_contiguous
+            and nhwc(x).flags.c_contiguous)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .common import in_float32, numpy_dtype
+from .common import in_float32, in_nhwc_memory, nhwc, numpy_dtype
 from .registry import NATIVE_THREADS, kernel, without_types
 
 # Attribute defaults of the elementwise ops that have attributes: fused expressions print only
@@ -167,12 +167,14 @@ _unary("relu6", lambda x, a: np.clip(x, 0, 6))
 
 
 def _native_activation(name: str, numpy_form):
-    """The native kernel's activation for contiguous float32 input (one vectorized pass, not
-    numpy's several), else ``numpy_form``."""
+    """The native kernel's activation for float32 input in C order or NHWC memory (one
+    vectorized pass, not numpy's several), else ``numpy_form``."""
     def run(x, a):
         native = name(a) if callable(name) else name
         if native and x.dtype == np.float32 and x.flags.c_contiguous and x.size:
             return _kernels.activation(x, native, NATIVE_THREADS.get())
+        if native and in_nhwc_memory(x, np.float32) and x.size:
+            return _kernels.activation(nhwc(x), native, NATIVE_THREADS.get()).transpose(0, 3, 1, 2)
         return numpy_form(x, a)
     return run
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _kernels
-from .common import int_range, nhwc, numpy_dtype
+from .common import in_nhwc_memory, int_range, nhwc, numpy_dtype
 from .fused import (apply_activation, attention_operands, attention_operands_in_place,
                     attention_result, scale_of)
 from .nn import conv2d_nchw
@@ -312,7 +312,7 @@ class NativeEpilogue(NamedTuple):
     """An integer layer's epilogue as the native kernels take it, worked out once per layer:
     ``f32`` picks the kernel form (f32 result, or u8/s8), ``args`` follow (rows, packed,
     zero point, bias), ``residual`` is (zero point, scale) of a quantized residual's term, and
-    ``activation`` and ``output_scale`` a float activation before quantization (qgemm only).
+    ``activation`` and ``output_scale`` a float activation before quantization.
     The runtime passes every argument by position: a keyword argument costs a pybind11 call
     about 2 us, as long as a small layer's arithmetic."""
 
@@ -326,7 +326,7 @@ class NativeEpilogue(NamedTuple):
 def native_epilogue(w: np.ndarray, a: dict, xq, wq, rq, with_residual: bool):
     """The op's epilogue for the native kernels; None where they have none, a residual beside
     a float activation before quantization (the numpy epilogue then finishes the accumulators).
-    An f32 result's activation is the caller's: the GEMM applies it, the convolution does not."""
+    An f32 result's activation is the caller's to pass (epilogue_tail)."""
     channels, input_scale = w.shape[0], float(xq.scale[0])
     if str(a["dtype"]) == "f32":
         residual = (0, 0.0) if not with_residual else (
@@ -403,11 +403,15 @@ def prepare_quantize(a, types, operands):
         x = xs[0]
         if not np.issubdtype(x.dtype, np.floating):
             return None
+        threads = NATIVE_THREADS.get()
+        if in_nhwc_memory(x, np.float32):  # an earlier 4-D step's result: quantized in place order
+            return [_kernels.quantize(nhwc(x), scale, zero_point, dtype, False,
+                                      threads).transpose(0, 3, 1, 2)]
         # An image batch goes into NHWC memory, returned as an NCHW view: the layout the int8
         # convolutions read, so they need not transpose it again (other ops take any strides).
         channels_last = x.ndim == 4
         q = _kernels.quantize(np.ascontiguousarray(x, dtype=np.float32), scale, zero_point, dtype,
-                              channels_last, NATIVE_THREADS.get())
+                              channels_last, threads)
         # (reshaped: ascontiguousarray makes a 0-d x 1-d)
         return [q.transpose(0, 3, 1, 2) if channels_last else q.reshape(x.shape)]
 
@@ -416,17 +420,20 @@ def prepare_quantize(a, types, operands):
 
 @native_step("quantize")
 def build_quantize(program, a, types, operands, runtime, results):
-    """prepare_quantize's call as a program step, for float32 x: C-contiguous, or copied so
-    first where it is another view than NHWC memory."""
+    """prepare_quantize's call as a program step, for float32 x: C-contiguous, in NHWC memory,
+    or copied so first where it is another view."""
     args = native_quantize_args(a)
     x = operands[0]
     if args is None or x.dtype != np.float32:
         return None
+    out = np.empty_like(results[0])
+    if in_nhwc_memory(x, np.float32) and nhwc(out).flags.c_contiguous:
+        program.quantize(nhwc(x), *args, False, nhwc(out))
+        return [out]
     if x.ndim != 4:
         x = contiguous_operand(program, x)
     if not x.flags.c_contiguous:
         return None
-    out = np.empty_like(results[0])
     channels_last = x.ndim == 4
     target = nhwc(out) if channels_last else out
     if not target.flags.c_contiguous:
@@ -507,8 +514,7 @@ def prepare_qlinear(a, types, operands):
         return run
     kernel = _kernels.qgemm_f32 if epilogue.f32 else _kernels.qgemm
     head = (packed, zp, b, *epilogue.args)  # then threads, out, residual and the tail
-    tail = epilogue.residual + ((a["activation"],) if epilogue.f32 else
-                                (epilogue.activation, epilogue.output_scale))
+    tail = epilogue_tail(epilogue, a["activation"])
 
     def run(xs):
         x, residual = xs[0], xs[3]
@@ -544,10 +550,9 @@ def build_qlinear(program, a, types, operands, runtime, results):
     n, k = w.shape
     out = np.empty(results[0].shape, dtype=results[0].dtype)
     method = program.qgemm_f32 if epilogue.f32 else program.qgemm
-    tail = epilogue.residual + ((a["activation"],) if epilogue.f32 else
-                                (epilogue.activation, epilogue.output_scale))
     method(x.reshape(-1, k), packed, zp, b, *epilogue.args, out.reshape(-1, n),
-           None if residual is None else residual.reshape(-1, n), *tail)
+           None if residual is None else residual.reshape(-1, n),
+           *epilogue_tail(epilogue, a["activation"]))
     return [out]
 
 
@@ -581,8 +586,7 @@ def prepare_qconv2d(a, types, operands):
         return run
     kernel = _kernels.qconv2d_f32 if epilogue.f32 else _kernels.qconv2d
     head = (packed, zp, b, *epilogue.args, *geometry)  # then threads, out, residual, the tail
-    tail = conv_epilogue_tail(epilogue, a["activation"])
-    after = a["activation"] if epilogue.f32 and a["activation"] not in CLAMP_ACTIVATIONS else None
+    tail = epilogue_tail(epilogue, a["activation"])
 
     def run(xs):
         x, residual = xs[0], xs[3]
@@ -590,9 +594,8 @@ def prepare_qconv2d(a, types, operands):
             return None
         if residual is not None:
             residual = np.ascontiguousarray(residual.transpose(0, 2, 3, 1))
-        out = kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), *head, NATIVE_THREADS.get(),
-                     None, residual, *tail).transpose(0, 3, 1, 2)
-        return [out if after is None else _f32_activation(out, after)]
+        return [kernel(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), *head, NATIVE_THREADS.get(),
+                       None, residual, *tail).transpose(0, 3, 1, 2)]
 
     return run
 
@@ -611,19 +614,16 @@ def requantized_conv_head(a, types, operands) -> tuple | None:
             tuple(a["padding"]), tuple(a["dilation"]))
 
 
-def conv_epilogue_tail(epilogue: NativeEpilogue, activation: str) -> tuple:
-    """The last arguments of the native convolution: the residual's terms, and for an f32
-    result a clamp activation, which the kernel applies exactly as numpy clamps (the float
-    activations run in numpy after it, as the reference computes them)."""
-    if not epilogue.f32:
-        return epilogue.residual
-    return epilogue.residual + (activation if activation in CLAMP_ACTIVATIONS else "none",)
+def epilogue_tail(epilogue: NativeEpilogue, activation: str) -> tuple:
+    """The last arguments of a native integer GEMM or convolution: the residual's terms, then
+    an f32 result's activation, or a quantized result's float activation and output scale."""
+    return epilogue.residual + ((activation,) if epilogue.f32 else
+                                (epilogue.activation, epilogue.output_scale))
 
 
 @native_step("qconv2d")
 def build_qconv2d(program, a, types, operands, runtime, results):
-    """prepare_qconv2d's native call as a program step, for x (and a residual) in NHWC memory
-    and results without a float activation after them (clamps are the kernel's)."""
+    """prepare_qconv2d's native call as a program step, for x (and a residual) in NHWC memory."""
     layer = native_layer(types, _constants(operands, runtime), lambda w: _packed_conv(w, a["groups"]))
     if layer is None:
         return None
@@ -632,8 +632,7 @@ def build_qconv2d(program, a, types, operands, runtime, results):
         not with_residual or a["groups"] == 1) else None
     x, residual = operands[0], operands[3]
     out = np.empty_like(results[0])
-    if epilogue is None or not x.size or (
-            epilogue.f32 and a["activation"] not in CLAMP_ACTIVATIONS):
+    if epilogue is None or not x.size:
         return None
     if not nhwc(x).flags.c_contiguous or not nhwc(out).flags.c_contiguous or (
             residual is not None and not nhwc(residual).flags.c_contiguous):
@@ -641,7 +640,7 @@ def build_qconv2d(program, a, types, operands, runtime, results):
     method = program.qconv2d_f32 if epilogue.f32 else program.qconv2d
     method(nhwc(x), packed, zp, b, *epilogue.args, tuple(a["stride"]), tuple(a["padding"]),
            tuple(a["dilation"]), nhwc(out), None if residual is None else nhwc(residual),
-           *conv_epilogue_tail(epilogue, a["activation"]))
+           *epilogue_tail(epilogue, a["activation"]))
     return [out]
 
 

@@ -193,17 +193,24 @@ def _conv(step, ctx: Context) -> Launcher:
     return Launcher("triton:conv.conv2d", run, frozenset({1}) if packed is not None else frozenset())
 
 
-def _integer_layer(step, float_activations: bool = False) -> tuple[float, int, list, str]:
+def _integer_layer(step) -> tuple[float, int, list, str]:
     """(input scale, input zero point, weight scales, result dtype) of a qconv2d / qlinear step
-    whose result type and activation the integer kernels support (with `float_activations`,
-    any activation)."""
+    whose result type the integer kernels support."""
     input_scale, input_zero = _input_quant(step)
     out_dtype = str(step.attrs["dtype"])
     if out_dtype not in ("u8", "i8", "f32"):
         raise Unsupported(f"result dtype {out_dtype} has no kernel")
-    if step.attrs["activation"] not in tri_conv.INTEGER_ACTIVATIONS and not float_activations:
-        raise Unsupported(f"activation {step.attrs['activation']} has no integer kernel")
     return input_scale, input_zero, _weight_quant(step), out_dtype
+
+
+def _quantized_after(step, out_dtype: str, ctx: Context):
+    """A float activation (gelu, silu, ...) runs on the f32 result, which a quantized result's
+    own quantize kernel then quantizes, as the op defines it: that quantization, else None."""
+    a = step.attrs
+    if out_dtype == "f32" or a["activation"] in CLAMP_ACTIVATIONS:
+        return None
+    return tri_quantize.QuantParameters(a["scale"], (a["zero_point"],), None,
+                                        len(step.types[0].shape), ctx.device)
 
 
 def _qconv(step, ctx: Context) -> Launcher:
@@ -213,8 +220,9 @@ def _qconv(step, ctx: Context) -> Launcher:
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
     packed = None if weight is None else tri_conv.pack_conv_weights(ctx.tensor(weight), groups)
+    quantized_after = _quantized_after(step, out_dtype, ctx)
     residual_info = _residual_factor(step, 1.0 if out_dtype == "f32" else a["scale"])
-    if out_dtype == "f32":
+    if out_dtype == "f32" or quantized_after is not None:
         multiplier = requant_multiplier(input_scale, weight_scales)
         lo = hi = zero_point = 0
     else:
@@ -234,7 +242,12 @@ def _qconv(step, ctx: Context) -> Launcher:
                 _nhwc(torch.broadcast_to(residual, (x.shape[0], channels, *out_hw))),
                 residual_info[0], float(residual_info[1]))
         x = _nhwc(x)
-        if out_dtype == "f32":
+        if quantized_after is not None:
+            out = tri_quantize.quantize(
+                tri_conv.qconv2d_f32(x, weights, input_zero, bias, multiplier,
+                                     activation=a["activation"], **geometry),
+                quantized_after, out_dtype)
+        elif out_dtype == "f32":
             out = tri_conv.qconv2d_f32(x, weights, input_zero, bias, multiplier,
                                        activation=a["activation"], residual=quantized_residual,
                                        **geometry)
@@ -244,22 +257,18 @@ def _qconv(step, ctx: Context) -> Launcher:
                                    **geometry)
         return [_nchw(out)]
 
-    name = "triton:conv.qconv2d_f32" if out_dtype == "f32" else "triton:conv.qconv2d"
+    name = ("triton:conv.qconv2d_f32" if out_dtype == "f32" or quantized_after is not None
+            else "triton:conv.qconv2d")
     return Launcher(name, run, frozenset({1}) if packed is not None else frozenset())
 
 
 def _qlinear(step, ctx: Context) -> Launcher:
     a = step.attrs
-    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step, float_activations=True)
+    input_scale, input_zero, weight_scales, out_dtype = _integer_layer(step)
     channels = int(step.types[1].shape[0])
     weight = ctx.constant(step.operands[1])
     packed = None if weight is None else tri_gemm.pack_weights(ctx.tensor(weight))
-    # A float activation (gelu, ...) runs on the f32 result, which a quantized result's own
-    # quantize kernel then quantizes, as the op defines it.
-    quantized_after = None
-    if out_dtype != "f32" and a["activation"] not in CLAMP_ACTIVATIONS:
-        quantized_after = tri_quantize.QuantParameters(a["scale"], (a["zero_point"],), None,
-                                                       len(step.types[0].shape), ctx.device)
+    quantized_after = _quantized_after(step, out_dtype, ctx)
     residual_info = _residual_factor(step, 1.0 if out_dtype == "f32" else a["scale"])
     residual_zero, residual_scale = residual_info if residual_info else (0, 0.0)
     if out_dtype == "f32" or quantized_after is not None:

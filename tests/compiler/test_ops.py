@@ -318,11 +318,32 @@ def test_qlinear_takes_a_float_activation_before_quantizing():
     with pytest.raises(Exception, match="after activation gelu takes no residual"):
         run_op("qlinear", [(x, xq), (w, wq), None, residual],
                {"dtype": "u8", "scale": 0.1, "activation": "gelu"}, constants=(1,))
-    xc = np.random.default_rng(0).integers(0, 255, (1, 2, 5, 5), dtype=np.uint8)
-    wc = np.ones((3, 2, 3, 3), np.int8)
-    with pytest.raises(Exception, match="activation must be one of none, relu, relu6"):
-        run_op("qconv2d", [(xc, QuantParams([0.1], [3])), (wc, QuantParams([0.2], [0]))],
-               {"dtype": "f32", "activation": "gelu"}, constants=(1,))
+    with pytest.raises(Exception, match="activation must be one of none, relu, relu6, "):
+        run_op("qlinear", [(x, xq), (w, wq)], {"dtype": "f32", "activation": "swish"},
+               constants=(1,))
+
+
+def test_qconv2d_takes_a_float_activation_before_quantizing():
+    """An EfficientNet convolution's SiLU, as qlinear takes GELU."""
+    x = rng.integers(0, 256, size=(2, 4, 6, 5)).astype(np.uint8)
+    w = rng.integers(-127, 128, size=(6, 4, 3, 3)).astype(np.int8)
+    operands = [(x, QuantParams([0.03], [128])), (w, QuantParams(rng.uniform(0.001, 0.01, 6), [0],
+                                                                 axis=0))]
+    attrs = {"padding": [1, 1, 1, 1], "dtype": "f32"}
+    (plain,) = run_op("qconv2d", operands, attrs, constants=(1,))
+    (actual,) = run_op("qconv2d", operands, {**attrs, "activation": "silu"}, constants=(1,))
+    expected = F.silu(torch.from_numpy(plain.astype(np.float64))).numpy().astype(np.float32)
+    assert_matches(actual, expected, "qconv2d f32 silu", rtol=1e-6)
+    (quantized,) = run_op("qconv2d", operands, {**attrs, "dtype": "i8", "scale": 0.02,
+                                                "zero_point": -4, "activation": "silu"},
+                          constants=(1,))
+    (requantized,) = run_op("quantize", [actual], {"scale": [0.02], "zero_point": [-4],
+                                                   "dtype": "i8"})
+    assert_matches(quantized, requantized, "qconv2d i8 silu")
+    residual = (np.zeros((2, 6, 6, 5), np.uint8), QuantParams([0.1], [0]))
+    with pytest.raises(Exception, match="after activation silu takes no residual"):
+        run_op("qconv2d", [*operands, None, residual],
+               {**attrs, "dtype": "u8", "scale": 0.1, "activation": "silu"}, constants=(1,))
 
 
 def test_qconv2d_matches_integer_convolution():

@@ -18,6 +18,7 @@ from nimbus.runtime import (
     qconv2d_f32,
     qconv2d_s32,
 )
+from nimbus.runtime._kernels import activation, quantize
 from nimbus.runtime.cpu_ops.quant import residual_factor
 from qconv_reference import A_RANGES, ConvProblem, geometry_keywords, make_problem
 from qgemm_reference import INT8_ISAS as ISAS
@@ -154,6 +155,45 @@ def test_all_epilogues_match_the_reference(geometry, isa, a_type):
         actual = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, multiplier,
                          zero_point, lo, hi, out_dtype, **keywords)
         assert_matches(actual, expected, name=f"{name} {out_dtype} {activation}")
+
+
+@pytest.mark.parametrize("a_type", A_RANGES)
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_float_activations_match_the_unfused_kernels(geometry, isa, a_type):
+    """A float activation (an EfficientNet's SiLU) in the epilogue, on every path (the
+    depthwise one in a pass after its kernel): the f32 result through the activation kernel,
+    and a u8/s8 result that value quantized by the quantize kernel, bit for bit."""
+    problem = make_problem(geometry, a_type, [len(GEOMETRIES), 1, *geometry[:5]])
+    packed = pack_conv_weights(problem.w, problem.groups, isa)
+    keywords = geometry_keywords(problem)
+    scale = requant_multiplier(problem.a_scale, problem.w_scales)
+    plain = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale, **keywords)
+    out_scale = float(np.abs(plain).max() / 200 + 1e-6)
+    for name in ("silu", "gelu", "hardswish", "sigmoid"):
+        values = activation(plain, name)
+        fused = qconv2d_f32(problem.x, packed, problem.a_zero_point, problem.bias, scale,
+                            **keywords, activation=name, threads=2)
+        assert_matches(bits(fused), bits(values), name=f"{isa} {a_type} f32 {name}")
+        for out_dtype, lo, hi, zero_point in (("u8", 0, 255, 37), ("s8", -128, 127, -3)):
+            fused = qconv2d(problem.x, packed, problem.a_zero_point, problem.bias, scale,
+                            zero_point, lo, hi, out_dtype, **keywords, threads=2,
+                            activation=name, output_scale=out_scale)
+            expected = quantize(values, out_scale, zero_point, out_dtype)
+            assert_matches(fused, expected, name=f"{isa} {a_type} {out_dtype} {name}")
+
+
+def test_a_float_activation_needs_the_whole_range_and_an_output_scale():
+    problem = make_problem(GEOMETRIES["3x3"], "u8", [0])
+    packed = pack_conv_weights(problem.w, problem.groups)
+    arguments = (problem.x, packed, problem.a_zero_point, problem.bias,
+                 requant_multiplier(problem.a_scale, problem.w_scales), 0)
+    with pytest.raises(ValueError, match="needs output_scale"):
+        qconv2d(*arguments, 0, 255, "u8", activation="silu")
+    with pytest.raises(ValueError, match="lo and hi must be its bounds"):
+        qconv2d(*arguments, 3, 255, "u8", activation="silu", output_scale=0.1)
+    with pytest.raises(ValueError, match="relu and relu6 as its bounds"):
+        qconv2d(*arguments, 0, 255, "u8", activation="relu", output_scale=0.1)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

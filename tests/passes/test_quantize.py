@@ -33,6 +33,17 @@ def digits_graph():
     return run_passes(graph, DEFAULT_OPTIMIZATION)
 
 
+def optimized_case(name: str, batch: int, count: int):
+    """A model case's graph, the graph after the default optimization, and `count` input
+    batches for calibration."""
+    _, graph = converted(name)
+    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
+    names = [value.name for value in graph.inputs]
+    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
+        torch.Generator().manual_seed(seed), batch)))) for seed in range(count)]
+    return graph, optimized, batches
+
+
 def calibration_set(count: int = 8, batch: int = 64):
     train_x, _, _, _ = digit_images()
     return [train_x[i * batch:(i + 1) * batch] for i in range(count)]
@@ -67,11 +78,7 @@ def test_int8_digits_accuracy_within_one_point_of_float(digits_graph, observer):
 
 @pytest.mark.parametrize("name", CASES)
 def test_test_models_quantize_with_high_cosine(name):
-    model, graph = converted(name)
-    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
-    names = [value.name for value in graph.inputs]
-    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
-        torch.Generator().manual_seed(seed), 4)))) for seed in range(6)]
+    graph, optimized, batches = optimized_case(name, batch=4, count=6)
     quantized = run_passes(optimized, "quantize", calibration=batches)
     assert any(node.op in ("qconv2d", "qlinear") for node in quantized.nodes)
     expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
@@ -228,11 +235,7 @@ def test_metric_budget_holds_after_fallback(digits_graph):
 def test_residual_blocks_stay_integer(name):
     """A fused residual of the result's shape is added in the integer epilogue: no float add,
     and the block's output feeds the next integer layer without a quantize."""
-    model, graph = converted(name)
-    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
-    names = [value.name for value in graph.inputs]
-    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
-        torch.Generator().manual_seed(seed), 4)))) for seed in range(6)]
+    graph, optimized, batches = optimized_case(name, batch=4, count=6)
     assert any(n.op == "fused_conv2d" and n.operands[3] is not None for n in optimized.nodes)
     quantized = run_passes(optimized, "quantize", calibration=batches)
     with_residual = [n for n in quantized.nodes if n.op == "qconv2d" and len(n.operands) > 3
@@ -248,11 +251,7 @@ def test_residual_blocks_stay_integer(name):
 def test_a_linear_layers_gelu_runs_in_the_qlinear():
     """A linear layer's GELU (the BERT FFN) runs in its qlinear: on the f32 values, quantized
     there for the next integer layer, or left f32 where float ops read the result."""
-    model, graph = converted("bert_encoder")
-    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
-    names = [value.name for value in graph.inputs]
-    batches = [dict(zip(names, (t.numpy() for t in CASES["bert_encoder"].make_inputs(
-        torch.Generator().manual_seed(seed), 2)))) for seed in range(4)]
+    graph, optimized, batches = optimized_case("bert_encoder", batch=2, count=4)
     quantized = run_passes(optimized, "quantize", calibration=batches)
     fused = [n for n in quantized.nodes if n.op == "qlinear" and n.attrs["activation"] == "gelu"]
     assert fused and all(n.attrs["dtype"] == DType.u8 for n in fused)
@@ -273,16 +272,35 @@ def test_a_linear_layers_gelu_runs_in_the_qlinear():
     assert layer.attrs["activation"] == "gelu" and layer.attrs["dtype"] == DType.f32
 
 
+def test_a_convolutions_float_activation_runs_in_the_qconv2d():
+    """MobileNetV3's hardswish (an EfficientNet's SiLU) runs in the qconv2d of its expand and
+    depthwise layers, on the f32 values, which it quantizes there where an integer layer reads
+    them: no float pass between them. The CPU session matches the interpreter bit for bit."""
+    graph, optimized, batches = optimized_case("mobilenet_v3_block", batch=2, count=4)
+    quantized = run_passes(optimized, "quantize", calibration=batches)
+    fused = [n for n in quantized.nodes
+             if n.op == "qconv2d" and n.attrs["activation"] == "hardswish"]
+    # The expand layer's result is u8 for the depthwise one, whose own result stays f32 for
+    # the squeeze-and-excitation's float pooling and gating.
+    assert {n.attrs["groups"] > 1: n.attrs["dtype"] for n in fused} == {False: DType.u8,
+                                                                        True: DType.f32}
+    assert not any(n.op == "hardswish" for n in quantized.nodes)
+    expected, actual = interpret(optimized, batches[0]), interpret(quantized, batches[0])
+    for output_name in graph.output_names:
+        assert cosine(actual[output_name], expected[output_name]) >= 0.99
+    session = nimbus.compile(quantized, pipeline="").session()
+    for _ in range(2):  # the executor, then the native plan
+        outputs = session.run(batches[0])
+        for output_name in graph.output_names:
+            np.testing.assert_array_equal(outputs[output_name], actual[output_name])
+
+
 @pytest.mark.parametrize("name", ["bert_encoder", "transformer_pre_norm"])
 def test_attention_runs_on_int8_q_k_v(name):
     """Static quantization turns attention into qattention: BERT's q, k and v projections give
     u8 results that reach it through reshapes and permutes; the CPU session matches the
     reference interpreter bit for bit; attention=false keeps the float attention."""
-    model, graph = converted(name)
-    optimized = run_passes(graph, DEFAULT_OPTIMIZATION)
-    names = [value.name for value in graph.inputs]
-    batches = [dict(zip(names, (t.numpy() for t in CASES[name].make_inputs(
-        torch.Generator().manual_seed(seed), 3)))) for seed in range(4)]
+    graph, optimized, batches = optimized_case(name, batch=3, count=4)
     manager = PassManager("quantize", data={"calibration": batches})
     quantized = manager.run(optimized.copy())
     attentions = [n for n in quantized.nodes if n.op == "qattention"]

@@ -687,3 +687,19 @@ def test_a_gather_index_out_of_range_is_named(index):
     table = np.arange(20, dtype=np.float32).reshape(10, 2)
     with pytest.raises(IndexError, match=r"gather index out of range \[-10, 10\)"):
         run_op("gather", [table, np.array([0, index], np.int64)], {"axis": 0}, [None, None])
+
+
+def test_nhwc_memory_stays_nhwc_through_activations_and_quantize():
+    """An NCHW view of NHWC memory (what convolutions return) runs through the native
+    activation and quantize kernels in memory order, not numpy's strided passes and a
+    transposing copy: the same values as for C-order input, in NHWC memory again."""
+    x = (randn(2, 6, 5, 7) * 3).transpose(0, 3, 1, 2)
+    cases = [("silu", {}), ("hardswish", {}), ("gelu", {"approximate": "none"}),
+             ("quantize", {"dtype": "u8", "scale": [0.03], "zero_point": [100], "axis": None}),
+             ("quantize", {"dtype": "i8", "scale": [0.05], "zero_point": [-3], "axis": None})]
+    for op, attrs in cases:
+        (actual,) = run_op(op, [x], attrs, [info_of(TensorType(DType.f32, x.shape))])
+        (expected,) = run_op(op, [np.ascontiguousarray(x)], attrs,
+                             [info_of(TensorType(DType.f32, x.shape))])
+        assert actual.transpose(0, 2, 3, 1).flags.c_contiguous, op
+        np.testing.assert_array_equal(actual, expected, err_msg=op)

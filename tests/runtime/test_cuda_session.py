@@ -242,3 +242,22 @@ def test_int8_gelu_layer_quantizes_after_its_activation():
     (expected,), (actual,) = cpu.run(feeds).values(), cuda.run(feeds).values()
     np.testing.assert_allclose(actual, expected, atol=0.02 * np.abs(expected).max())
     assert cuda.kernel_table()["qlinear"] == "triton:gemm.qgemm"
+
+
+def test_int8_silu_convolution_quantizes_after_its_activation():
+    """A qconv2d that applies SiLU and then quantizes (EfficientNet's convolutions, a depthwise
+    one too) runs as the Triton convolution's f32 epilogue with the activation, then the
+    quantize kernel; a value may land one quantization step from the CPU's."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.SiLU(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((2, 3, 6, 7)).astype(np.float32) for _ in range(2)]
+    compiled = nimbus.compile(model, (torch.from_numpy(batches[0]),), calibration=batches)
+    assert [str(n.attrs["dtype"]) for n in compiled.graph.nodes
+            if n.op == "qconv2d" and n.attrs["activation"] == "silu"] == ["u8", "u8"]
+    cpu, cuda = Session(compiled.data), Session(compiled.data, target="cuda")
+    feeds = {cpu.inputs[0].name: rng.standard_normal((3, 3, 6, 7)).astype(np.float32)}
+    (expected,), (actual,) = cpu.run(feeds).values(), cuda.run(feeds).values()
+    np.testing.assert_allclose(actual, expected, atol=0.05 * np.abs(expected).max())
+    assert cuda.kernel_table()["qconv2d"] == "triton:conv.qconv2d_f32"
