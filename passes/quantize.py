@@ -91,6 +91,26 @@ def _multipliers_overflow(node: Node, ranges: dict, dtype: DType,
     return not all(np.isfinite(p).all() for p in products)
 
 
+def _bias_codes(bias: Value, input_scale: float, weight_quant: QuantParams) -> np.ndarray:
+    """The bias in steps of s_in * s_w (float64): what the int32 bias holds, where it fits."""
+    scales = np.float64(np.float32(input_scale)) * weight_quant.scale_array().astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.rint(bias.data.astype(np.float64) / scales)
+
+
+def _bias_overflows(node: Node, ranges: dict, dtype: DType, weight_quant: QuantParams) -> bool:
+    """Whether the layer's bias exceeds int32 in steps of s_in * s_w: calibration saw inputs
+    that nearly vanish (GoogLeNet's classifier with random weights: s_in = 1e-13), and a
+    clipped bias would silently replace the layer's answer."""
+    bias = node.operands[2]
+    if bias is None:
+        return False
+    input_scale = activation_params(*ranges[node.operands[0]], dtype)[0]
+    codes = _bias_codes(bias, input_scale, weight_quant)
+    limit = np.iinfo(np.int32)
+    return not bool(np.all((codes >= limit.min) & (codes <= limit.max)))
+
+
 def _applies_float_activation(node: Node) -> bool:
     """A layer whose activation (gelu, silu, ...) the integer op applies itself, on its f32
     values before any quantization of its result, without a residual."""
@@ -249,10 +269,7 @@ class _Quantizer:
         return result
 
     def _bias(self, bias: Value, input_scale: float, weight_quant: QuantParams) -> Value:
-        scales = np.float64(np.float32(input_scale)) * weight_quant.scale_array().astype(np.float64)
-        values = np.rint(bias.data.astype(np.float64) / scales)
-        limit = np.iinfo(np.int32)
-        data = np.clip(values, limit.min, limit.max).astype(np.int32)
+        data = _bias_codes(bias, input_scale, weight_quant).astype(np.int32)  # they fit
         return self.graph.add_constant(self.graph.unique_constant_name(f"{bias.name}.q"), data)
 
 
@@ -472,6 +489,11 @@ def _quantize_layers(graph: Graph, ctx: PassContext, settings: _Settings,
     for node in overflowing:
         ctx.count("kept-float: its scales overflow float32")
     chosen = [n for n in chosen if n not in overflowing]
+    wide_bias = [n for n in chosen if _bias_overflows(n, ranges, settings.dtype,
+                                                      weight_quants[n.operands[1]])]
+    for node in wide_bias:
+        ctx.count("kept-float: its bias overflows int32 at the input's scale")
+    chosen = [n for n in chosen if n not in wide_bias]
     if not chosen:
         return bool(ctx.stats.get("act(layer) -> fused layer"))
     uses = graph.uses()

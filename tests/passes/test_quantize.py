@@ -376,6 +376,30 @@ graph @0(%x: f32[N,1,3,4]) -> (output: f32[N,1,3,5]) {
     np.testing.assert_array_equal(session.run(batches[0])["output"], expected)
 
 
+def test_layers_whose_bias_overflows_int32_stay_float():
+    """A bias far beyond s_in * s_w * 2^31 (GoogLeNet's classifier with random weights, fed
+    inputs near 1e-13) was clipped to int32: the int8 model lost its answer (cosine 0.0 against
+    float). Such a layer stays float; the others still quantize."""
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-12)
+        model[0].bias.zero_()
+        model[2].bias.copy_(torch.tensor([0.5, -0.25, 0.125, 1.0]))
+    graph = from_torch(model.eval(), (torch.randn(2, 8),))
+    rng = np.random.default_rng(0)
+    batches = [{graph.inputs[0].name: rng.standard_normal((4, 8)).astype(np.float32)}
+               for _ in range(3)]
+    manager = PassManager("quantize", data={"calibration": batches})
+    quantized = manager.run(run_passes(graph, DEFAULT_OPTIMIZATION))
+    stats = manager.report.records[0].stats
+    assert stats["kept-float: its bias overflows int32 at the input's scale"] == 1
+    assert [n.op for n in quantized.nodes if n.op in ("linear", "qlinear")] == ["qlinear",
+                                                                                "linear"]
+    expected = model(torch.from_numpy(batches[0][graph.inputs[0].name])).detach().numpy()
+    actual = interpret(quantized, batches[0])[graph.output_names[0]]
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("activations", ["u8", "i8"])
 def test_attention_and_a_later_layer_on_one_input_share_its_quantize(activations):
     """The layers are rewritten before the attentions, so x's quantize went in before the linear
