@@ -208,15 +208,21 @@ def linear_reference(xs, a):
     return out if b is None else out + b
 
 
+def batch_norm_scale_shift(mean, var, weight, bias, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """batch_norm(x) = x * scale + shift per channel: (scale, shift) in float64."""
+    scale = 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -np.asarray(mean, np.float64) * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
 def batch_norm_reference(xs, a):
     x, mean, var, weight, bias = xs
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    scale = 1.0 / np.sqrt(var.astype(np.float64) + a["eps"])
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
+    scale, shift = batch_norm_scale_shift(mean, var, weight, bias, a["eps"])
     return x * scale.astype(np.float32).reshape(shape) + shift.astype(np.float32).reshape(shape)
 
 

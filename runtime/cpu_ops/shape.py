@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels
-from .common import nhwc, numpy_dtype
+from .common import in_nhwc_memory, nhwc, numpy_dtype
 from .registry import NATIVE_THREADS, kernel, native_step, without_types
 
 # Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
@@ -88,7 +88,15 @@ kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))
 kernel("expand")(without_types(expand_reference))
 kernel("slice")(without_types(slice_reference))
 kernel("split")(without_types(split_reference))
-kernel("concat")(lambda xs, a, types: np.concatenate(xs, axis=a["axis"]))
+@kernel("concat")
+def concat(xs, a, types):
+    """np.concatenate; channels of 4-D operands in NHWC memory (convolutions' results) are
+    joined in that memory, for the convolution that reads them next (DenseNet's blocks), where
+    numpy's NCHW result made each reader transpose it again."""
+    if a["axis"] in (1, -3) and all(x.ndim == 4 for x in xs) and any(
+            in_nhwc_memory(x, x.dtype) for x in xs):
+        return np.concatenate([nhwc(x) for x in xs], axis=3).transpose(0, 3, 1, 2)
+    return np.concatenate(xs, axis=a["axis"])
 kernel("pad")(without_types(pad_reference))
 kernel("full")(without_types(full_reference))
 

@@ -689,10 +689,11 @@ def test_a_gather_index_out_of_range_is_named(index):
         run_op("gather", [table, np.array([0, index], np.int64)], {"axis": 0}, [None, None])
 
 
-def test_nhwc_memory_stays_nhwc_through_activations_and_quantize():
+def test_nhwc_memory_stays_nhwc_through_elementwise_ops_and_concat():
     """An NCHW view of NHWC memory (what convolutions return) runs through the native
-    activation and quantize kernels in memory order, not numpy's strided passes and a
-    transposing copy: the same values as for C-order input, in NHWC memory again."""
+    activation, quantize and fused elementwise kernels in memory order, not strided passes and
+    a transposing copy, and concat joins channels there: the same values as for C-order input,
+    in NHWC memory again."""
     x = (randn(2, 6, 5, 7) * 3).transpose(0, 3, 1, 2)
     cases = [("silu", {}), ("hardswish", {}), ("gelu", {"approximate": "none"}),
              ("quantize", {"dtype": "u8", "scale": [0.03], "zero_point": [100], "axis": None}),
@@ -703,3 +704,15 @@ def test_nhwc_memory_stays_nhwc_through_activations_and_quantize():
                              [info_of(TensorType(DType.f32, x.shape))])
         assert actual.transpose(0, 2, 3, 1).flags.c_contiguous, op
         np.testing.assert_array_equal(actual, expected, err_msg=op)
+    # DenseNet's pre-activation over channels joined in NHWC memory, with per-channel constants.
+    y = randn(2, 6, 5, 3).transpose(0, 3, 1, 2)
+    for operands in ([x, y], [y, np.ascontiguousarray(x), y]):
+        (joined,) = run_op("concat", operands, {"axis": 1}, [None] * len(operands))
+        assert joined.transpose(0, 2, 3, 1).flags.c_contiguous
+        np.testing.assert_array_equal(joined, np.concatenate(operands, axis=1))
+    channels = joined.shape[1]
+    scale, shift = randn(1, channels, 1, 1), randn(channels, 1, 1)
+    (actual,) = run_op("fused_elementwise", [joined, scale, shift],
+                       {"expr": "relu(add(mul($0,$1),$2))"}, [None] * 3)
+    assert actual.transpose(0, 2, 3, 1).flags.c_contiguous
+    np.testing.assert_array_equal(actual, np.maximum(joined * scale + shift, 0))
