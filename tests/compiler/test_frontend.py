@@ -118,6 +118,27 @@ def test_unsupported_ops_are_all_listed_once_per_line_before_conversion():
     assert isinstance(error, ValueError)
 
 
+class Restrides(nn.Module):
+    def forward(self, x):
+        return torch.as_strided(x, (3, 2), (1, 3)) * 2  # x [2, 3] read transposed
+
+
+class Transposes(nn.Module):
+    def forward(self, x):
+        return torch.as_strided(x, (3, 3), (1, 3)) * 2  # x [3, 3] read transposed
+
+
+def test_as_strided_converts_only_where_it_keeps_its_inputs_elements_in_place():
+    """ConvNeXt's pooled mean is restrided along axes of length 1 only (small_convnext, a test
+    model, covers that); a view that reorders the elements names why it has no IR form."""
+    with pytest.raises(UnsupportedOpsError) as caught:
+        from_torch(Restrides(), torch.randn(2, 3), dynamic_batch=False)
+    assert "as_strided to shape [3, 2], not its input's [2, 3]" in str(caught.value)
+    with pytest.raises(UnsupportedOpsError) as caught:
+        from_torch(Transposes(), torch.randn(3, 3), dynamic_batch=False)
+    assert "as_strided with other strides than its input's along axes [0, 1]" in str(caught.value)
+
+
 def test_dict_inputs_are_named_and_ordered_by_forward_parameters():
     model = compositions.image_and_mask()
     image, mask = image_and_valid_pixels(torch.Generator().manual_seed(0), 3)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models import bert, compositions, densenet, lenet, mobilenet, resnet, transformer
+from models import (bert, compositions, convnext, densenet, lenet, mobilenet, resnet,
+                    transformer)
 from nimbus.compiler.frontend import from_torch
 from nimbus.compiler.interpreter import interpret
 
@@ -53,6 +54,7 @@ CASES = {
     "resnet_bottleneck": Case(resnet.bottleneck, images(32, 16)),
     "small_resnet": Case(resnet.small_resnet, images(3, 64)),
     "small_densenet": Case(densenet.densenet, images(3, 32)),
+    "small_convnext": Case(convnext.convnext, images(3, 32)),
     "mobilenet_v2_block": Case(mobilenet.inverted_residual, images(16, 12)),
     "mobilenet_v3_block": Case(mobilenet.inverted_residual_v3, images(24, 12)),
     "bert_encoder": Case(bert.bert_encoder, token_ids_and_padding_mask),
