@@ -103,3 +103,21 @@ def constant_pad_nd(cx: ConversionContext, x, pad, value=0):
 @converts(aten.index_select.default)
 def index_select(cx: ConversionContext, x, dim, index):
     return cx.emit("gather", x, index, axis=dim)
+
+
+def _one_integer_index(node: torch.fx.Node) -> str | None:
+    """x[..., index, ...] with one integer index tensor is a gather along its axis (a relative
+    position bias table read by a constant index, as in MaxViT); several index tensors
+    broadcast together and a bool mask gives a data-dependent shape, which the IR has not."""
+    tensors = [index for index in argument(node, 1, "indices") if index is not None]
+    if len(tensors) != 1:
+        return f"indexing with {len(tensors)} index tensors"
+    if fake_value(tensors[0]).dtype not in (torch.int32, torch.int64):
+        return f"indexing by a {fake_value(tensors[0]).dtype} tensor (a mask)"
+    return None
+
+
+@converts(aten.index.Tensor, check=_one_integer_index)
+def index_tensor(cx: ConversionContext, x, indices):
+    axis = next(axis for axis, index in enumerate(indices) if index is not None)
+    return cx.emit("gather", x, indices[axis], axis=axis)

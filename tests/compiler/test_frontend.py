@@ -118,6 +118,37 @@ def test_unsupported_ops_are_all_listed_once_per_line_before_conversion():
     assert isinstance(error, ValueError)
 
 
+class RelativePositionBias(nn.Module):
+    """MaxViT's and Swin's bias: a table read by a constant index, and one read along axis 1
+    by an index given at run time (negative indices count from the end, as in torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(9, 3))
+        self.register_buffer("position", torch.tensor([[4, 0, 8], [-1, 2, 3]]))
+
+    def forward(self, x, picks):
+        bias = self.table[self.position.view(-1)].view(2, 3, 3).permute(2, 0, 1)
+        return x[:, picks] + bias.sum()
+
+
+class Masks(nn.Module):
+    def forward(self, x):
+        return x[x > 0] * 2
+
+
+def test_indexing_by_one_integer_tensor_is_a_gather():
+    model = RelativePositionBias().eval()
+    x, picks = torch.randn(2, 5, 4), torch.tensor([[3, -5], [0, 4]])
+    graph = from_torch(model, (x, picks))
+    assert [n.op for n in graph.nodes].count("gather") == 2
+    actual, expected = run_both(model, graph, (x, picks))
+    assert_matches(actual[graph.output_names[0]], expected[0], "index.Tensor",
+                   rtol=MAX_RELATIVE_ERROR)
+    with pytest.raises(UnsupportedOpsError, match="indexing by a torch.bool tensor"):
+        from_torch(Masks(), torch.randn(2, 3), dynamic_batch=False)
+
+
 class Restrides(nn.Module):
     def forward(self, x):
         return torch.as_strided(x, (3, 2), (1, 3)) * 2  # x [2, 3] read transposed
