@@ -37,7 +37,8 @@ CONSTANT_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENS
 
 def convert_program(program: ExportedProgram, input_names: list[str], graph_name: str) -> Graph:
     """The IR graph of ``program``; its user inputs are named ``input_names``, in order."""
-    unsupported = find_unsupported(program)
+    folded: dict[torch.fx.Node, torch.Tensor] = {}
+    unsupported = find_unsupported(program, folded)
     if unsupported:
         raise UnsupportedOpsError(unsupported)
     user_inputs = [node for node in program.graph.nodes if node.op == "placeholder"
@@ -49,6 +50,10 @@ def convert_program(program: ExportedProgram, input_names: list[str], graph_name
     for node in program.graph.nodes:
         if node.op == "placeholder":
             values[node] = _placeholder(cx, program, node, names.get(node))
+        elif node in folded:
+            values[node] = cx.graph.add_constant(cx.graph.unique_constant_name(node.name),
+                                                 to_numpy(folded[node]))
+            _check_against_trace(cx, node, values[node])
         elif node.op == "call_function":
             values[node] = _convert_node(cx, node, values)
         elif node.op == "output":
@@ -57,11 +62,19 @@ def convert_program(program: ExportedProgram, input_names: list[str], graph_name
     return cx.graph
 
 
-def find_unsupported(program: ExportedProgram) -> list[tuple[str, Location, str]]:
-    """(what, Location, source text) for everything the frontend cannot convert, once per line."""
+def find_unsupported(program: ExportedProgram, folded: dict) -> list[tuple[str, Location, str]]:
+    """(what, Location, source text) for everything the frontend cannot convert, once per line.
+    An op without a converter whose inputs are constants alone goes into ``folded`` instead,
+    with the tensor torch computes for it (see StaticValues)."""
     found: dict[tuple, tuple[str, Location, str]] = {}
+    static = StaticValues(program)
     for node in program.graph.nodes:
         reason = _unsupported(program, node)
+        if reason is not None and node.op == "call_function":
+            value = static.value(node)
+            if value is not None:
+                folded[node] = value
+                continue
         if reason is not None:
             line = source_line(node)
             found.setdefault((reason, line.loc.file, line.loc.line), (reason, line.loc, line.code))
@@ -90,6 +103,70 @@ def _unsupported(program: ExportedProgram, node: torch.fx.Node) -> str | None:
         dtype = _dtype_without_ir_type(node.meta.get("val"))
         reason = f"{dtype} result" if dtype else None
     return f"{name} ({reason})" if reason else None
+
+
+class StaticValues:
+    """What a node computes where it depends on parameters, buffers and literals alone, run in
+    torch on demand: Swin's attention mask, built by slice assignments (slice_scatter, copy) on
+    zeros, and its cyclic shift's indices (fmod of an arange) have no IR ops, but they are
+    constants of the model. Only ops without an IR form are replaced so; seeded random ops,
+    uninitialized memory and symbolic shapes have no static value, nor do results of more than
+    MAX_ELEMENTS elements."""
+
+    MAX_ELEMENTS = 1 << 24
+
+    def __init__(self, program: ExportedProgram):
+        self.program = program
+        self.values: dict[torch.fx.Node, torch.Tensor | None] = {}
+
+    def value(self, node: torch.fx.Node) -> torch.Tensor | None:
+        # Depth first without recursion: the inputs of a deep model's last op reach far back.
+        stack = [node]
+        while stack:
+            top = stack[-1]
+            if top in self.values:
+                stack.pop()
+                continue
+            pending = [source for source in _inputs(top) if source not in self.values] \
+                if self._may_be_static(top) else []
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            self.values[top] = self._compute(top)
+        return self.values[node]
+
+    def _may_be_static(self, node: torch.fx.Node) -> bool:
+        traced = node.meta.get("val")
+        return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) \
+            and isinstance(traced, torch.Tensor) and traced.numel() <= self.MAX_ELEMENTS \
+            and all(isinstance(d, int) for d in traced.shape) \
+            and torch.Tag.nondeterministic_seeded not in node.target.tags \
+            and "empty" not in node.target.name()
+
+    def _compute(self, node: torch.fx.Node) -> torch.Tensor | None:
+        """The node's value once every input's is known (None: not static)."""
+        if node.op == "placeholder":
+            spec = _input_spec(self.program, node)
+            if spec.kind not in CONSTANT_KINDS:
+                return None
+            return _constant_tensor(self.program, spec.target)
+        if not self._may_be_static(node) or any(self.values[source] is None
+                                                 for source in _inputs(node)):
+            return None
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), self.values.get)
+        try:
+            with torch.no_grad():
+                result = node.target(*args, **kwargs)
+        except Exception:  # then the op is reported as unsupported, with its line
+            return None
+        return result if isinstance(result, torch.Tensor) else None
+
+
+def _inputs(node: torch.fx.Node) -> list[torch.fx.Node]:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
 
 
 def _unsupported_outputs(program: ExportedProgram, node: torch.fx.Node) -> str | None:
@@ -131,11 +208,14 @@ def _placeholder(cx: ConversionContext, program: ExportedProgram, node: torch.fx
     if user_name is not None:
         return cx.graph.add_input(user_name, TensorType(ir_dtype(traced.dtype),
                                                         cx.symbols.shape(traced)))
-    # Parameters and persistent buffers live in the state dict; the rest in `constants`.
     target = _input_spec(program, node).target
-    tensor = program.state_dict[target] if target in program.state_dict \
+    return cx.graph.add_constant(target, to_numpy(_constant_tensor(program, target)))
+
+
+def _constant_tensor(program: ExportedProgram, target: str) -> torch.Tensor:
+    # Parameters and persistent buffers live in the state dict; the rest in `constants`.
+    return program.state_dict[target] if target in program.state_dict \
         else program.constants[target]
-    return cx.graph.add_constant(target, to_numpy(tensor))
 
 
 def _convert_node(cx: ConversionContext, node: torch.fx.Node, values: dict):

@@ -19,6 +19,7 @@ from nimbus.compiler.frontend import ConversionError, UnsupportedOpsError, from_
 from nimbus.compiler.frontend.table import CONVERTERS, Converter
 from nimbus.compiler.text import parse_ir, print_ir
 from nimbus.compiler.verifier import verify
+from nimbus.passes import run_passes
 from torch import nn
 
 # torch.export's own pytree code trips a deprecation torch itself has not caught up with.
@@ -168,6 +169,47 @@ def test_as_strided_converts_only_where_it_keeps_its_inputs_elements_in_place():
     with pytest.raises(UnsupportedOpsError) as caught:
         from_torch(Transposes(), torch.randn(3, 3), dynamic_batch=False)
     assert "as_strided with other strides than its input's along axes [0, 1]" in str(caught.value)
+
+
+class ShiftedWindows(nn.Module):
+    """Swin's shifted windows at a small size: a cyclic shift of the activations (roll: fmod
+    of an arange, then an index), and an attention mask that slice assignments build on zeros,
+    plus a cumulative sum of a buffer. The mask, the indices and the sum have no IR ops but
+    depend on constants alone: they become constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("steps", torch.tensor([0.5, 1.0, -2.0, 0.25, 3.0, 1.5]))
+
+    def forward(self, x):
+        shifted = torch.roll(x, shifts=(-2, -1), dims=(1, 2))
+        mask = x.new_zeros((6, 6))
+        count = 0
+        for rows in ((0, -3), (-3, -2), (-2, None)):
+            for columns in ((0, -3), (-3, -1), (-1, None)):
+                mask[rows[0]:rows[1], columns[0]:columns[1]] = count
+                count += 1
+        return shifted * mask + torch.cumsum(self.steps, 0)
+
+
+class UnsupportedAfterManySteps(nn.Module):
+    def forward(self, x):
+        for _ in range(1200):
+            x = x + 1.0
+        return torch.cumsum(x, dim=1)
+
+
+def test_ops_without_ir_form_on_constants_alone_become_constants():
+    model = ShiftedWindows().eval()
+    x = torch.randn(2, 6, 6)
+    graph = from_torch(model, (x,))
+    live = run_passes(graph, "eliminate-dead-code")
+    assert sorted(n.op for n in live.nodes) == ["add", "gather", "gather", "mul"], print_ir(live)
+    actual, expected = run_both(model, graph, (x,))
+    assert_matches(actual[graph.output_names[0]], expected[0], "shifted windows", rtol=0)
+    # Looking for a static value walks back through every input, without recursion.
+    with pytest.raises(UnsupportedOpsError, match="aten.cumsum.default"):
+        from_torch(UnsupportedAfterManySteps(), torch.randn(2, 3), dynamic_batch=False)
 
 
 def test_dict_inputs_are_named_and_ordered_by_forward_parameters():
