@@ -2371,6 +2371,11 @@ PYBIND11_MODULE(_kernels, module) {
             [](const PackedSconvWeights& w) { return !w.few_inputs_weights.empty(); },
             "Whether undilated calls take the direct kernel over few input channels (AVX-512, "
             "one\ngroup, at most 4 input channels, 9 to 64 outputs, a kernel larger than 1x1).")
+        .def_property_readonly(
+            "grouped", [](const PackedSconvWeights& w) { return !w.grouped_weights.empty(); },
+            "Whether calls without a residual take the direct kernel over narrow groups "
+            "(AVX-512,\n2 to 16 outputs per group dividing 16, no more input channels per group "
+            "than that).")
         .def_property_readonly("isa", [](const PackedSconvWeights& w) { return isa_name(w.isa); })
         .def("__repr__", [](const PackedSconvWeights& w) {
             return "PackedSconvWeights(shape=(" + std::to_string(w.out_channels) + ", " +

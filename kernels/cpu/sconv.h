@@ -7,7 +7,8 @@
 //
 // Depthwise convolutions (groups == C == O) run a direct kernel vectorized over channels. On the
 // AVX-512 path, so do convolutions with few output channels and a horizontal stride of 1
-// (sconv_direct.h), vectorized over the pixels of a row instead, and 3x3 stride-1 convolutions
+// (sconv_direct.h), vectorized over the pixels of a row instead, convolutions over narrow groups
+// (vectors of the outputs of adjacent groups), and 3x3 stride-1 convolutions
 // with enough channels run Winograd F(2x2, 3x3) (sconv_winograd.h). The rest are GEMMs whose A
 // rows are the windows of output pixels, gathered block by block into a small buffer (implicit
 // im2col, never the whole matrix), or the activations themselves for a 1x1, stride-1, unpadded
@@ -45,6 +46,11 @@ struct PackedSconvWeights {
     // tap: sconv_direct.h; empty otherwise): [KH, KW, C, O rounded up to 16], zero past O.
     // group_weights stays for the dilations that this path does not take.
     std::vector<float> few_inputs_weights;
+    // Grouped path (AVX-512, 2 to 16 outputs per group dividing 16, group_channels no more than
+    // that: sconv_direct.h; empty otherwise): per vector of 16 output channels, [KH * KW,
+    // group_channels, 16], zero past O. group_weights stays for a residual, which this path
+    // does not take.
+    std::vector<float> grouped_weights;
     // Winograd path (AVX-512, 3x3, one group, enough channels: sconv_winograd.h; empty
     // otherwise): U = G g G^T as 16 GEMM weights [O, C], one per value of a transformed tile.
     // group_weights stays for the strides and dilations that this path does not take, unless

@@ -30,9 +30,13 @@ inline constexpr std::size_t kSconvFewInputsMaxOutputs = 64;
 // Its weights hold the output channels padded to whole vectors of this many floats.
 inline constexpr std::size_t kSconvFewInputsVector = 16;
 
-// One call, shared read-only by every thread. Needs groups == 1; the few-outputs kernel needs
-// stride_w == 1 (the pixels of a chunk then read adjacent inputs), the few-inputs kernel
-// dilation 1.
+// The grouped kernel's vector of output channels: those of 16 / group_outputs adjacent groups,
+// which read 16 or fewer adjacent input channels (group_channels <= group_outputs).
+inline constexpr std::size_t kSconvGroupedVector = 16;
+
+// One call, shared read-only by every thread. The few-outputs and few-inputs kernels need
+// groups == 1; the few-outputs kernel needs stride_w == 1 (the pixels of a chunk then read
+// adjacent inputs), the few-inputs kernel dilation 1. The grouped kernel takes no residual.
 struct SconvDirectTask {
     const float* x;               // [N, H, W, C]
     const ConvGeometry* geometry;
@@ -44,15 +48,19 @@ struct SconvDirectTask {
     const float* residual;        // [N, OH, OW, O] or null
     Activation activation;
     float* out;                   // [N, OH, OW, O]
+    std::size_t groups = 1;
 };
 
 #ifdef NIMBUS_X86_KERNELS
 // Each computes output rows [row_begin, row_end) of N * OH: few outputs
-// (sconv_direct_avx512.cpp), few inputs (sconv_few_inputs_avx512.cpp).
+// (sconv_direct_avx512.cpp), few inputs (sconv_few_inputs_avx512.cpp), and:
 void run_sconv_direct_avx512(const SconvDirectTask& task, std::size_t row_begin,
                              std::size_t row_end);
 void run_sconv_few_inputs_avx512(const SconvDirectTask& task, std::size_t row_begin,
                                  std::size_t row_end);
+// Narrow groups (sconv_grouped_avx512.cpp).
+void run_sconv_grouped_avx512(const SconvDirectTask& task, std::size_t row_begin,
+                              std::size_t row_end);
 #endif
 
 }  // namespace nimbus::kernels

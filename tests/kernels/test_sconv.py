@@ -100,9 +100,23 @@ GEOMETRIES = {
     "Winograd unpadded": (1, 64, 8, 7, 64, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "Winograd one row": (2, 32, 1, 9, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "Winograd deep": (1, 520, 4, 5, 33, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # Narrow groups (2 to 16 outputs per group, dividing 16; no more inputs per group): the
+    # AVX-512 path's grouped kernel, vectors of 16 outputs over adjacent groups, the last one
+    # partial; a residual takes the GEMM.
+    "grouped 8 per group RegNet stride 2": (1, 48, 13, 15, 48, (3, 3), (2, 2), (1, 1, 1, 1),
+                                            (1, 1), 6),
+    "grouped 8 per group partial vector": (2, 40, 7, 9, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                           5),
+    "grouped 4 per group ResNeXt": (1, 36, 6, 11, 36, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 9),
+    "grouped 2 per group dilated": (1, 10, 9, 12, 10, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 5),
+    "grouped 16 per group from 12": (1, 24, 5, 7, 32, (3, 3), (1, 2), (1, 0, 1, 2), (1, 1), 2),
+    "grouped 1x1": (2, 24, 5, 6, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
+    "grouped window wider than image": (1, 16, 1, 2, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                        2),
 }
 
 WINOGRAD = [name for name in GEOMETRIES if name.startswith("Winograd")] + ["3x3 deep"]
+GROUPED = [name for name in GEOMETRIES if name.startswith("grouped")]
 # Packed for the few-inputs kernel, which the dilated ones do not take.
 FEW_INPUTS = [name for name in GEOMETRIES if name.startswith("few inputs")] + [
     "7x7 stride 2", "5x3 stride 2 dilated long rows"]
@@ -131,6 +145,7 @@ def test_matches_the_reference(isa, name):
     assert packed.depthwise == (groups > 1 and groups == w.shape[0] and w.shape[1] == 1)
     assert packed.winograd == (name in WINOGRAD and packed.isa == "avx512_vnni")
     assert packed.few_inputs == (name in FEW_INPUTS and packed.isa == "avx512_vnni")
+    assert packed.grouped == (name in GROUPED and packed.isa == "avx512_vnni")
     for b, r, activation in ((None, None, "none"), (bias, None, "relu"), (bias, residual, "relu6"),
                              (None, residual, "none")):
         actual = _kernels.sconv2d(x, packed, b, r, activation, **keywords)
@@ -144,22 +159,24 @@ def test_matches_the_reference(isa, name):
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
 @pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
                                   "groups 2", "few outputs stride (2, 1) dilated",
-                                  "Winograd odd sizes", "few inputs stride 3"])
+                                  "Winograd odd sizes", "few inputs stride 3",
+                                  "grouped 4 per group ResNeXt"])
 def test_every_activation(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
     x *= 3.0
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
-    actual = _kernels.sconv2d(x, packed, bias, residual, activation, **keywords)
-    expected = conv2d_nhwc(x, w, bias, residual, activation, groups=groups, **keywords)
-    assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
-                   name=f"{isa} {name} {activation}")
+    for r in (residual, None):  # the grouped kernel takes no residual
+        actual = _kernels.sconv2d(x, packed, bias, r, activation, **keywords)
+        expected = conv2d_nhwc(x, w, bias, r, activation, groups=groups, **keywords)
+        assert_matches(actual, expected.astype(np.float32), rtol=RTOL,
+                       name=f"{isa} {name} {activation} residual={r is not None}")
 
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 @pytest.mark.parametrize("name", ["3x3", "1x1", "depthwise 3x3 wide", "depthwise 3x3 long rows",
                                   "few outputs 5x5 LeNet", "few inputs 3x3 stride 2 MobileNet stem",
-                                  "Winograd odd sizes"])
+                                  "Winograd odd sizes", "grouped 8 per group partial vector"])
 def test_nan_stays_nan(isa, activation, name):
     """A NaN input pixel makes every output that reads it NaN through relu and relu6, as in
     numpy (the vector paths once clamped it to 0). Winograd mixes a whole input tile into each
@@ -167,6 +184,7 @@ def test_nan_stays_nan(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     x[0, 1, 2, 0] = np.nan
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    residual = None if packed.grouped else residual  # which the grouped kernel does not take
     actual = _kernels.sconv2d(x, packed, bias, residual, activation, **keywords)
     expected = conv2d_nhwc(x, w, bias, residual, activation, groups=groups, **keywords)
     assert np.isnan(expected).any()
@@ -180,10 +198,12 @@ def test_nan_stays_nan(isa, activation, name):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
                                   "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet",
-                                  "Winograd odd sizes", "few inputs 7x7 stride 2 ResNet stem"])
+                                  "Winograd odd sizes", "few inputs 7x7 stride 2 ResNet stem",
+                                  "grouped 8 per group RegNet stride 2"])
 def test_thread_counts_give_identical_results(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
+    residual = None if packed.grouped else residual  # which the grouped kernel does not take
     single = _kernels.sconv2d(x, packed, bias, residual, "silu", threads=1, **keywords)
     for threads in (2, 5):
         actual = _kernels.sconv2d(x, packed, bias, residual, "silu", threads=threads, **keywords)

@@ -52,6 +52,7 @@ CASES = {
     "lenet": Case(lenet.lenet, images(3, 32), export_batch=1),
     "resnet_basic_block": Case(resnet.basic_block, images(16, 16)),
     "resnet_bottleneck": Case(resnet.bottleneck, images(32, 16)),
+    "resnext_bottleneck": Case(resnet.resnext_bottleneck, images(32, 9)),
     "small_resnet": Case(resnet.small_resnet, images(3, 64)),
     "small_densenet": Case(densenet.densenet, images(3, 32)),
     "small_convnext": Case(convnext.convnext, images(3, 32)),

@@ -107,3 +107,9 @@ def bottleneck(seed: int = 0) -> Bottleneck:
 def small_resnet(seed: int = 0) -> SmallResNet:
     torch.manual_seed(seed)
     return SmallResNet()
+
+
+def resnext_bottleneck(seed: int = 0) -> Bottleneck:
+    """ResNeXt's bottleneck: 8 groups of 4 channels in its 3x3 convolution."""
+    torch.manual_seed(seed)
+    return Bottleneck(32, 16, stride=1, groups=8, base_width=16)
