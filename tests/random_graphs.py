@@ -62,7 +62,7 @@ def _static_axes(value) -> list[int]:
 def _unary(draw, b: Builder, pool):
     x = draw(st.sampled_from(pool))
     op = draw(st.sampled_from(["relu", "sigmoid", "tanh", "neg", "abs", "gelu", "clamp",
-                               "softmax"]))
+                               "softmax", "silu", "hardswish"]))
     if op == "gelu":
         return [b.gelu(x, approximate=draw(st.sampled_from(["none", "tanh"])))]
     if op == "clamp":
@@ -116,8 +116,9 @@ def _conv2d(draw, b: Builder, pool):
         return []
     x = draw(st.sampled_from(candidates))
     channels = x.type.shape[1]
-    groups = draw(st.sampled_from([g for g in (1, channels) if channels % g == 0]))
-    outputs = groups * draw(st.integers(1, 2))
+    # Any divisor: one group, depthwise, and narrow groups (a vector of several groups' outputs).
+    groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    outputs = groups * draw(st.integers(1, 4))
     padding = draw(st.lists(st.integers(0, 1), min_size=4, max_size=4))
     smallest = min(evaluate(d, BINDINGS) + padding[i] + padding[i + 2]
                    for i, d in enumerate(x.type.shape[2:]))
