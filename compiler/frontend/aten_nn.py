@@ -73,6 +73,33 @@ def adaptive_avg_pool2d(cx: ConversionContext, x, output_size):
     return cx.emit("adaptive_avg_pool2d", x, output_size=_pair(output_size))
 
 
+def _static_resize(node: torch.fx.Node) -> str | None:
+    """The IR resizes to a static size (a segmentation head's, the input's H and W)."""
+    if not all(isinstance(d, int) for d in fake_value(node).shape[2:]):
+        return "resizing to a symbolic size"
+    return _requires_nchw(node)
+
+
+def _resize(cx: ConversionContext, x, output_size, scale_factors, mode: str,
+            align_corners: bool = False):
+    # The size is what torch traced; a scale factor given instead of a size sets the ratio.
+    size = [int(d) for d in fake_value(cx.node).shape[2:]]
+    scale = None if output_size is not None or scale_factors is None else \
+        [float(f) for f in _pair(scale_factors)]
+    return cx.emit("resize", x, size=size, mode=mode, align_corners=bool(align_corners),
+                   scale=scale)
+
+
+@converts(aten.upsample_bilinear2d.vec, check=_static_resize)
+def upsample_bilinear2d(cx: ConversionContext, x, output_size, align_corners, scale_factors):
+    return _resize(cx, x, output_size, scale_factors, "bilinear", align_corners)
+
+
+@converts(aten.upsample_nearest2d.vec, check=_static_resize)
+def upsample_nearest2d(cx: ConversionContext, x, output_size, scale_factors):
+    return _resize(cx, x, output_size, scale_factors, "nearest")
+
+
 @converts(aten._native_batch_norm_legit_no_training.default, results=(0,))
 def batch_norm(cx: ConversionContext, x, weight, bias, running_mean, running_var, momentum, eps):
     # The other results (saved statistics) only serve training.

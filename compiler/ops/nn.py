@@ -18,6 +18,7 @@ from nimbus.runtime.cpu_ops.nn import conv2d_reference as _conv2d_reference
 from nimbus.runtime.cpu_ops.nn import layer_norm_reference as _layer_norm_reference
 from nimbus.runtime.cpu_ops.nn import linear_reference as _linear_reference
 from nimbus.runtime.cpu_ops.nn import max_pool_reference as _max_pool_reference
+from nimbus.runtime.cpu_ops.nn import resize_reference as _resize_reference
 from nimbus.runtime.cpu_ops.nn import softmax_reference as _softmax_reference
 
 from ..dims import Dim
@@ -232,13 +233,17 @@ define("avg_pool2d", "Mean over sliding windows of NCHW input.", operands=("inpu
        flops=lambda types, results, a: elements(results[0]) * a["kernel"][0] * a["kernel"][1])
 
 
-def _adaptive_infer(types, a):
-    x = types[0]
+def _resized(x: TensorType, name: str, size) -> TensorType:
+    """NCHW x with H and W replaced by `size` (the attribute `name`), checked."""
     require_rank(x, 4, "input")
-    _check_pair("output_size", a["output_size"])
-    if min(a["output_size"]) < 1:
-        raise ValueError(f"output_size must be positive, got {list(a['output_size'])}")
-    return TensorType(x.dtype, (x.shape[0], x.shape[1], *a["output_size"]))
+    _check_pair(name, size)
+    if min(size) < 1:
+        raise ValueError(f"{name} must be positive, got {list(size)}")
+    return TensorType(x.dtype, (x.shape[0], x.shape[1], *size))
+
+
+def _adaptive_infer(types, a):
+    return _resized(types[0], "output_size", a["output_size"])
 
 
 define("adaptive_avg_pool2d", "Mean over the bins that split H and W into `output_size`.",
@@ -246,3 +251,28 @@ define("adaptive_avg_pool2d", "Mean over the bins that split H and W into `outpu
        attrs={"output_size": Attr("ints", doc="output (h, w)")},
        infer=_adaptive_infer, reference=in_float32(_adaptive_reference),
        flops=lambda types, results, a: elements(types[0]))
+
+
+def _resize_infer(types, a):
+    x = types[0]
+    if a["mode"] not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got '{a['mode']}'")
+    if a["align_corners"] and a["mode"] == "nearest":
+        raise ValueError("align_corners is for bilinear resizing")
+    if a["scale"] is not None and (len(a["scale"]) != 2 or min(a["scale"]) <= 0):
+        raise ValueError(f"scale must be two positive factors, got {list(a['scale'])}")
+    if not x.dtype.is_float:
+        raise ValueError(f"input must be float, got {x}")
+    return _resized(x, "size", a["size"])
+
+
+define("resize", "Resize H and W of NCHW input to `size`, bilinear or nearest, with torch's "
+       "coordinate mapping (F.interpolate).",
+       operands=("input",), family="nn",
+       attrs={"size": Attr("ints", doc="output (h, w)"),
+              "mode": Attr("str", "bilinear", "bilinear or nearest"),
+              "align_corners": Attr("bool", False, "corner pixels' centres map onto each other"),
+              "scale": Attr("floats?", None, "the (h, w) factors the size came from: the "
+                                             "coordinate ratio is then 1 / scale")},
+       infer=_resize_infer, reference=in_float32(_resize_reference),
+       flops=lambda types, results, a: 4 * elements(results[0]))

@@ -448,6 +448,39 @@ def adaptive_avg_pool_reference(xs, a):
     return out
 
 
+def _resize_sources(out_size: int, in_size: int, a: dict, axis: int) -> np.ndarray:
+    """Where output index i reads along one axis, in input coordinates, as torch computes it in
+    float32 (so the same indices come out): align_corners maps the corner pixels' centres onto
+    each other; otherwise pixel centres map with ratio in / out, or 1 / scale where the op was
+    given a scale factor."""
+    f32 = np.float32
+    index = np.arange(out_size, dtype=f32)
+    if a["align_corners"]:
+        ratio = f32(in_size - 1) / f32(out_size - 1) if out_size > 1 else f32(0)
+        return index * ratio
+    ratio = f32(1) / f32(a["scale"][axis]) if a["scale"] else f32(in_size) / f32(out_size)
+    if a["mode"] == "nearest":
+        return np.floor(index * ratio)
+    return np.maximum((index + f32(0.5)) * ratio - f32(0.5), f32(0))
+
+
+def resize_reference(xs, a):
+    """Bilinear or nearest resizing of the last two axes of NCHW x to `size`."""
+    x = xs[0]
+    out = x
+    for axis, (out_size, in_size) in enumerate(zip(a["size"], x.shape[2:])):
+        source = _resize_sources(out_size, in_size, a, axis)
+        low = np.minimum(np.floor(source), in_size - 1).astype(np.intp)
+        if a["mode"] == "nearest":
+            out = np.take(out, low, axis=2 + axis)
+            continue
+        high = np.minimum(low + 1, in_size - 1)
+        weight = (source - low).reshape((-1,) + (1,) * (1 - axis))
+        out = np.take(out, low, axis=2 + axis) * (1 - weight) + np.take(out, high,
+                                                                        axis=2 + axis) * weight
+    return out.astype(x.dtype, copy=False)
+
+
 # ---- float layers on the native kernels ---------------------------------------------------------
 def channels_last_operand(program, x: np.ndarray) -> np.ndarray | None:
     """channels_last(x) for a program: x's NHWC memory itself, or an array that a step added to
@@ -680,3 +713,4 @@ kernel("max_pool2d")(lambda xs, a, types: prepared_or(
     prepare_max_pool, without_types(max_pool_reference), xs, a, types))
 kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))
+kernel("resize")(without_types(in_float32(resize_reference)))

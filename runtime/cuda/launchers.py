@@ -473,6 +473,20 @@ def _adaptive_avg_pool(xs, a):
     return [F.adaptive_avg_pool2d(x.to(torch.float64), tuple(a["output_size"])).to(x.dtype)]
 
 
+def _resize(xs, a):
+    """F.interpolate with the op's size, or its scale factors where it has them (which set
+    torch's coordinate ratio, as on the CPU); float32 arithmetic for 16-bit inputs."""
+    x = xs[0]
+    options = {"mode": a["mode"]}
+    if a["mode"] == "bilinear":
+        options["align_corners"] = a["align_corners"]
+    if a["scale"]:
+        options.update(scale_factor=tuple(a["scale"]), recompute_scale_factor=False)
+    else:
+        options["size"] = tuple(a["size"])
+    return [F.interpolate(x.to(torch.float32), **options).to(x.dtype)]
+
+
 def _batch_norm(xs, a):
     x, mean, var, weight, bias = _operands(xs, 5)
     shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -554,7 +568,7 @@ TORCH_FALLBACKS = {
     "max_pool2d": _max_pool, "avg_pool2d": _avg_pool, "adaptive_avg_pool2d": _adaptive_avg_pool,
     "batch_norm": _batch_norm, "matmul": _matmul, "fused_matmul": _fused_matmul,
     "mean": _reduction("mean"), "sum": _reduction("sum"), "reduce_max": _reduction("max"),
-    "reduce_min": _reduction("min"),
+    "reduce_min": _reduction("min"), "resize": _resize,
 }
 
 

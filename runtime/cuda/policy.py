@@ -10,8 +10,9 @@ Every op runs one of three ways:
   are views. This is the backend's policy, as in any GPU runtime: writing a Triton kernel for a
   copy gains nothing.
 - ``torch``, fallbacks (`TORCH_FALLBACK_OPS`): compute ops that have no Triton kernel yet
-  (pooling, batch_norm, matmul, reductions). They run as torch ops on the device, reproducing
-  the CPU backend's arithmetic (integer results bit for bit: pooling takes exact maxima).
+  (pooling, batch_norm, matmul, reductions, resize). They run as torch ops on the device,
+  reproducing the CPU backend's arithmetic (integer results bit for bit: pooling takes exact
+  maxima).
   They are listed by `CudaSession.kernel_table()` so that nothing is silently slow.
 
 Any other op without a Triton kernel (`REFUSED_OPS`: qmatmul, qattention, dynamic_qlinear)
@@ -24,7 +25,8 @@ from __future__ import annotations
 LAYOUT_OPS = frozenset({"reshape", "permute", "slice", "concat", "split", "expand", "pad", "gather",
                         "full"})
 TORCH_FALLBACK_OPS = frozenset({"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm",
-                                "matmul", "fused_matmul", "mean", "sum", "reduce_max", "reduce_min"})
+                                "matmul", "fused_matmul", "mean", "sum", "reduce_max", "reduce_min",
+                                "resize"})
 REFUSED_OPS = frozenset({"qmatmul", "qattention", "dynamic_qlinear"})
 
 

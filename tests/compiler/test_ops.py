@@ -120,6 +120,8 @@ FLOAT_CASES = {
     ],
     "adaptive_avg_pool2d": [([randn(2, 3, 7, 10)], {"output_size": [3, 4]},
                              lambda x: F.adaptive_avg_pool2d(x, (3, 4)))],
+    "resize": [([randn(2, 3, 5, 4)], {"size": [9, 7]},
+                lambda x: F.interpolate(x, size=(9, 7), mode="bilinear"))],
     "reshape": [([randn(2, 3, 4)], {"shape": [4, -1]}, lambda x: x.reshape(4, -1))],
     "permute": [([randn(2, 3, 4)], {"perm": [2, 0, 1]}, lambda x: x.permute(2, 0, 1))],
     "expand": [([randn(3, 1)], {"shape": [2, -1, 4]}, lambda x: x.expand(2, -1, 4))],
@@ -470,3 +472,31 @@ def test_fused_expressions_are_validated(expr, error):
     b = graph.add_input("b", TensorType(DType.f32, (3,)))
     with pytest.raises(OpError, match=error):
         graph.add_node("fused_elementwise", [a, b], {"expr": expr})
+
+
+@pytest.mark.parametrize("mode, align_corners", [("bilinear", False), ("bilinear", True),
+                                                 ("nearest", False)])
+@pytest.mark.parametrize("resize", [{"size": (7, 5)}, {"size": (2, 9)}, {"size": (1, 1)},
+                                    {"scale_factor": (1.7, 0.6)}, {"scale_factor": 2.0},
+                                    {"scale_factor": (0.75, 3.0)}])
+def test_resize_matches_torch(mode, align_corners, resize):
+    """F.interpolate's mappings, up and down, odd sizes: the size alone sets the ratio; given
+    scale factors set it as 1 / scale, as torch does."""
+    x = rng.standard_normal((2, 3, 4, 6)).astype(np.float32)
+    options = {"align_corners": align_corners} if mode == "bilinear" else {}
+    expected = F.interpolate(torch.from_numpy(x), mode=mode, **options, **resize).numpy()
+    scale = resize.get("scale_factor")
+    attrs = {"size": list(expected.shape[2:]), "mode": mode, "align_corners": align_corners,
+             "scale": None if scale is None else list(np.broadcast_to(scale, 2))}
+    (actual,) = run_op("resize", [x], attrs)
+    assert_matches(actual, expected, f"resize {mode} {align_corners} {resize}", rtol=1e-6)
+
+
+def test_resize_names_what_it_takes():
+    x = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(OpError, match="mode must be 'bilinear' or 'nearest'"):
+        run_op("resize", [x], {"size": [4, 4], "mode": "bicubic"})
+    with pytest.raises(OpError, match="align_corners is for bilinear"):
+        run_op("resize", [x], {"size": [4, 4], "mode": "nearest", "align_corners": True})
+    with pytest.raises(OpError, match="input must be float"):
+        run_op("resize", [x.astype(np.int64)], {"size": [4, 4]})

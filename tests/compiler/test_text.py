@@ -27,7 +27,7 @@ rng = np.random.default_rng(7)
 # types per tensor and per axis, symbolic dims, multi-result and variadic ops, absent optional
 # operands, locations, quoted names, and inline constants of every dtype with float specials.
 EVERYTHING = """\
-graph @everything(%x: f32[N,16], %img: f32[2,3,N,8], %"odd input": bool[N,16]) -> (output: u8[N,4]{scale=0.05, zp=3}, "odd output": f32[N+1,4], c: f16[8*N,2], m: f32[N,1], mp: f32[2,3,floor(N/2),4], cv: f32[2,3,N,8], sm: f32[N,32], fl: i64[N,2], dq: f32[4,16], qa: i8[N,6]{axis=1, scale=[0.5, 0.25, 0.125, 1.0, 2.0, 4.0]}, ln2: bool[N,16], mask: bool[2]) {
+graph @everything(%x: f32[N,16], %img: f32[2,3,N,8], %"odd input": bool[N,16]) -> (output: u8[N,4]{scale=0.05, zp=3}, "odd output": f32[N+1,4], c: f16[8*N,2], m: f32[N,1], mp: f32[2,3,floor(N/2),4], cv: f32[2,3,N,8], sm: f32[N,32], fl: i64[N,2], dq: f32[4,16], qa: i8[N,6]{axis=1, scale=[0.5, 0.25, 0.125, 1.0, 2.0, 4.0]}, ln2: bool[N,16], mask: bool[2], rs: f32[2,3,4,16]) {
   const @"weight/0": f32[4,16] = external
   const @w.q: i8[4,16]{axis=0, scale=[0.1, 0.2, 0.3, 0.4], zp=[0, 1, -1, 0]} = external
   const @bias: i32[4] = [1, -2, 3, 2147483647]
@@ -57,7 +57,8 @@ graph @everything(%x: f32[N,16], %img: f32[2,3,N,8], %"odd input": bool[N,16]) -
   %18 = dequantize(@w.q) : f32[4,16]
   %19 = quantize(%14) {dtype=i8, scale=[0.5, 0.25, 0.125, 1.0, 2.0, 4.0], axis=1} : i8[N,6]{axis=1, scale=[0.5, 0.25, 0.125, 1.0, 2.0, 4.0]}
   %20 = logical_not(%"odd input") : bool[N,16]
-  return %1, %6, %9, %10, %11, %12, %16, %17, %18, %19, %20, @mask
+  %21 = resize(%12) {size=[4, 16], scale=[0.5, 2.0]} : f32[2,3,4,16]
+  return %1, %6, %9, %10, %11, %12, %16, %17, %18, %19, %20, @mask, %21
 }
 """
 

@@ -64,6 +64,7 @@ CASES = {
     "image_and_mask": Case(compositions.image_and_mask, image_and_valid_pixels),
     "sequence_mixer": Case(compositions.sequence_mixer, features_and_ids),
     "pooling_mixer": Case(compositions.pooling_mixer, images(4, 9)),
+    "segmentation_head": Case(compositions.segmentation_head, images(3, 14)),
 }
 
 

@@ -69,6 +69,31 @@ class PoolingMixer(nn.Module):
         return F.log_softmax(torch.maximum(out, torch.full_like(out, -0.5)), dim=1)
 
 
+class SegmentationHead(nn.Module):
+    """A segmentation model's head (torchvision's FCN, DeepLabV3, LR-ASPP): features at a lower
+    resolution, resized back bilinearly to the input's H and W (align_corners False and True),
+    and a decoder branch upsampled by a nearest scale factor, as F.interpolate does them."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.classifier = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        features = torch.relu(self.down(x))
+        logits = self.classifier(features)
+        smooth = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        corners = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        blocky = F.interpolate(logits, scale_factor=2.0, mode="nearest")
+        return smooth + corners + blocky, F.interpolate(features, scale_factor=0.75,
+                                                        mode="bilinear")
+
+
+def segmentation_head(seed: int = 0) -> SegmentationHead:
+    torch.manual_seed(seed)
+    return SegmentationHead()
+
+
 def image_and_mask(seed: int = 0) -> ImageAndMask:
     torch.manual_seed(seed)
     return ImageAndMask()

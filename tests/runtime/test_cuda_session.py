@@ -51,7 +51,8 @@ def assert_same(data: bytes, feeds: dict, exact: bool) -> CudaSession:
     return cuda
 
 
-@pytest.mark.parametrize("name", ["lenet", "resnet_basic_block", "bert_encoder"])
+@pytest.mark.parametrize("name", ["lenet", "resnet_basic_block", "bert_encoder",
+                                  "segmentation_head"])
 def test_float_models_match_the_cpu_backend(name):
     _, graph = converted(name)
     data = nimbus.compile(graph).data
