@@ -67,10 +67,11 @@ def _affine(m: Match, rw: Rewriter):
     norm reference's own arithmetic, so the result keeps its bits."""
     scale, shift = _bn_scale_shift(m)
     shape = (1, -1) + (1,) * (m["x"].type.rank - 2)
+    with np.errstate(over="ignore"):  # past float32's range: inf, as the batch norm gives
+        scale, shift = (values.astype(np.float32).reshape(shape) for values in (scale, shift))
     name = m["mean"].name
-    scaled = rw.op("mul", m["x"], rw.constant(f"{name}.scale",
-                                              scale.astype(np.float32).reshape(shape)))
-    return rw.op("add", scaled, rw.constant(f"{name}.shift", shift.astype(np.float32).reshape(shape)))
+    scaled = rw.op("mul", m["x"], rw.constant(f"{name}.scale", scale))
+    return rw.op("add", scaled, rw.constant(f"{name}.shift", shift))
 
 
 # A batch norm that no layer takes (DenseNet's before its convolution's ReLU): a multiply and

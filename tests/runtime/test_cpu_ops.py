@@ -212,6 +212,9 @@ def cases() -> list[Case]:
         label="ceil")
     add("adaptive_avg_pool2d", [randn(2, 3, 7, 10)], {"output_size": [3, 4]}, label="uneven")
     add("adaptive_avg_pool2d", [randn(1, 4, 5, 5)], {"output_size": [1, 1]}, label="global")
+    add("resize", [randn(2, 3, 5, 4)], {"size": [9, 7]}, label="bilinear")
+    add("resize", [randn(1, 2, 6, 6)], {"size": [3, 12], "mode": "nearest", "scale": [0.5, 2.0]},
+        label="nearest scale")
     # ---- quantization
     add("quantize", [randn(3, 5) * 3], {"dtype": "u8", "scale": [0.03], "zero_point": [10]},
         label="u8")
