@@ -158,6 +158,51 @@ LINEAR = [
 ]
 
 
+def _live_taps(size, out_size, kernel: int, stride: int, dilation: int, before: int):
+    """(first, last) kernel taps along one axis that read inside an image of `size` for some
+    output position, or None where the size is symbolic or no tap is dead."""
+    if not isinstance(size, int) or not isinstance(out_size, int):
+        return None
+    live = [tap for tap in range(kernel) if any(
+        0 <= position * stride + tap * dilation - before < size for position in range(out_size))]
+    if not live or (live[0] == 0 and live[-1] == kernel - 1):
+        return None
+    return live[0], live[-1]
+
+
+def _trimmed_conv(m, rw):
+    """The convolution without the kernel rows and columns that read only padding (an ASPP's
+    3x3 at dilation 36 over a 14x14 map is its centre tap: a 1x1 convolution): the same sums,
+    without multiplying zeros. Declined where a trimmed padding would be negative."""
+    node = m.node("conv")
+    a = node.attrs
+    (_, _, height, width), (_, _, out_h, out_w) = node.operands[0].type.shape, node.result.type.shape
+    weight = m["w"].data
+    top, left, bottom, right = a["padding"]
+    spans = [_live_taps(height, out_h, weight.shape[2], a["stride"][0], a["dilation"][0], top),
+             _live_taps(width, out_w, weight.shape[3], a["stride"][1], a["dilation"][1], left)]
+    if spans == [None, None]:
+        return None
+    (y0, y1), (x0, x1) = [span or (0, weight.shape[2 + axis] - 1) for axis, span in enumerate(spans)]
+    dy, dx = a["dilation"]
+    padding = [top - y0 * dy, left - x0 * dx, bottom - (weight.shape[2] - 1 - y1) * dy,
+               right - (weight.shape[3] - 1 - x1) * dx]
+    if min(padding) < 0:
+        return None
+    trimmed = rw.constant(f"{m['w'].name}.live", np.ascontiguousarray(weight[:, :, y0:y1 + 1,
+                                                                             x0:x1 + 1]))
+    dilation = [dy if y1 > y0 else 1, dx if x1 > x0 else 1]
+    return rw.op("conv2d", m["x"], trimmed, m["b"], **{**a, "padding": padding,
+                                                       "dilation": dilation})
+
+
+TAPS = [
+    Rule("conv2d taps in the padding alone -> smaller kernel",
+         Pat("conv2d", Var("x"), Const("w"), Var("b", constant=True, optional=True), name="conv"),
+         _trimmed_conv),
+]
+
+
 @register_pass("canonicalize")
 def canonicalize(graph: Graph, ctx: PassContext) -> bool:
     """Rewrite to canonical forms until nothing changes: matmul by a (transposed) constant and a
@@ -166,6 +211,6 @@ def canonicalize(graph: Graph, ctx: PassContext) -> bool:
     broadcasts by itself) disappear; chains of reshapes or permutes
     collapse into one;
     no-op reshapes, casts, expands, slices, permutes and additions of 0 or products with 1
-    disappear."""
-    rules = IDENTITIES + CHAINS + BROADCASTS + LINEAR + UNFLATTEN
+    disappear; kernel rows and columns of a convolution that read only padding go."""
+    rules = IDENTITIES + CHAINS + BROADCASTS + LINEAR + UNFLATTEN + TAPS
     return apply_rules(graph, rules, ctx.pass_name, ctx.stats)
