@@ -713,4 +713,34 @@ kernel("max_pool2d")(lambda xs, a, types: prepared_or(
     prepare_max_pool, without_types(max_pool_reference), xs, a, types))
 kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))
-kernel("resize")(without_types(in_float32(resize_reference)))
+def _interpolation_matrix(out_size: int, in_size: int, a: dict, axis: int) -> np.ndarray:
+    """[out, in] float32: row i holds the two bilinear weights that output i gives its input
+    neighbours (resize_reference's, the same indices and weights)."""
+    source = _resize_sources(out_size, in_size, a, axis)
+    low = np.minimum(np.floor(source), in_size - 1).astype(np.intp)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = source - low
+    matrix = np.zeros((out_size, in_size), np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, low), 1 - weight)
+    np.add.at(matrix, (rows, high), weight)
+    return matrix
+
+
+@kernel("resize")
+@without_types
+@in_float32
+def resize(xs, a):
+    """Bilinear resizing of finite x as two small matrix products (columns, then rows): one
+    BLAS call each instead of the reference's gathers and blends (DeepLabV3's 21 x 14 x 14 ->
+    224 x 224: 8.8 -> 2.2 ms), within float32 rounding of the reference. Non-finite x takes the
+    reference, where an inf or NaN reaches only its own neighbours (in a product, 0 * inf would
+    spread NaN along the row). The result is an NCHW view of [OH, N, C, OW] memory."""
+    x = xs[0]
+    if a["mode"] != "bilinear" or not x.size or not np.isfinite(x).all():
+        return resize_reference(xs, a)
+    (out_h, out_w), (height, width) = a["size"], x.shape[2:]
+    columns = _interpolation_matrix(out_w, width, a, 1)
+    rows = _interpolation_matrix(out_h, height, a, 0)
+    widened = np.tensordot(x.astype(np.float32, copy=False), columns, axes=([3], [1]))
+    return np.moveaxis(np.tensordot(rows, widened, axes=([1], [2])), 0, 2)

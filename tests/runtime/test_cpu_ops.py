@@ -23,6 +23,7 @@ from nimbus.compiler.ir import QuantParams, TensorType
 from nimbus.compiler.ops import OP_TABLE
 from nimbus.runtime import cpu_ops
 from nimbus.runtime.cpu_ops import KERNELS, TensorInfo, UnknownOpError, run_op
+from nimbus.runtime.cpu_ops import nn as runtime_nn
 from nimbus.runtime.cpu_ops import quant as runtime_quant
 from nimbus.runtime.cpu_ops.elementwise import (
     ATTR_DEFAULTS,
@@ -719,3 +720,21 @@ def test_nhwc_memory_stays_nhwc_through_elementwise_ops_and_concat():
                        {"expr": "relu(add(mul($0,$1),$2))"}, [None] * 3)
     assert actual.transpose(0, 2, 3, 1).flags.c_contiguous
     np.testing.assert_array_equal(actual, np.maximum(joined * scale + shift, 0))
+
+
+def test_bilinear_resize_as_matrix_products_matches_the_reference():
+    """The kernel's two matrix products read the reference's indices and weights; an inf in
+    the input takes the reference, so it reaches its neighbours only, not a whole row as NaN."""
+    x = randn(2, 3, 7, 5)
+    for attrs in ({"size": [16, 9], "mode": "bilinear", "align_corners": False, "scale": None},
+                  {"size": [3, 12], "mode": "bilinear", "align_corners": True, "scale": None},
+                  {"size": [11, 4], "mode": "bilinear", "align_corners": False,
+                   "scale": [1.7, 0.9]}):
+        (actual,) = run_op("resize", [x], attrs, [None])
+        assert_matches(actual, runtime_nn.resize_reference([x], attrs), rtol=1e-6,
+                       name=str(attrs))
+    x[0, 0, 3, 2] = np.inf
+    (actual,) = run_op("resize", [x], attrs, [None])
+    expected = runtime_nn.resize_reference([x], attrs)
+    np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
+    assert np.isfinite(actual).sum() > actual.size - 40
