@@ -464,18 +464,24 @@ def _resize_sources(out_size: int, in_size: int, a: dict, axis: int) -> np.ndarr
     return np.maximum((index + f32(0.5)) * ratio - f32(0.5), f32(0))
 
 
+def _resize_neighbours(out_size: int, in_size: int, a: dict, axis: int):
+    """(low, high, weight): the input neighbours each output reads along one axis, and the
+    share of the high one (nearest resizing reads `low` alone)."""
+    source = _resize_sources(out_size, in_size, a, axis)
+    low = np.minimum(np.floor(source), in_size - 1).astype(np.intp)
+    return low, np.minimum(low + 1, in_size - 1), source - low
+
+
 def resize_reference(xs, a):
     """Bilinear or nearest resizing of the last two axes of NCHW x to `size`."""
     x = xs[0]
     out = x
     for axis, (out_size, in_size) in enumerate(zip(a["size"], x.shape[2:])):
-        source = _resize_sources(out_size, in_size, a, axis)
-        low = np.minimum(np.floor(source), in_size - 1).astype(np.intp)
+        low, high, weight = _resize_neighbours(out_size, in_size, a, axis)
         if a["mode"] == "nearest":
             out = np.take(out, low, axis=2 + axis)
             continue
-        high = np.minimum(low + 1, in_size - 1)
-        weight = (source - low).reshape((-1,) + (1,) * (1 - axis))
+        weight = weight.reshape((-1,) + (1,) * (1 - axis))
         out = np.take(out, low, axis=2 + axis) * (1 - weight) + np.take(out, high,
                                                                         axis=2 + axis) * weight
     return out.astype(x.dtype, copy=False)
@@ -716,10 +722,7 @@ kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_referen
 def _interpolation_matrix(out_size: int, in_size: int, a: dict, axis: int) -> np.ndarray:
     """[out, in] float32: row i holds the two bilinear weights that output i gives its input
     neighbours (resize_reference's, the same indices and weights)."""
-    source = _resize_sources(out_size, in_size, a, axis)
-    low = np.minimum(np.floor(source), in_size - 1).astype(np.intp)
-    high = np.minimum(low + 1, in_size - 1)
-    weight = source - low
+    low, high, weight = _resize_neighbours(out_size, in_size, a, axis)
     matrix = np.zeros((out_size, in_size), np.float32)
     rows = np.arange(out_size)
     np.add.at(matrix, (rows, low), 1 - weight)
