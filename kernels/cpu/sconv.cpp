@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "cache_line.h"
 #include "copy_runs.h"
 #include "sconv_direct.h"
 #include "sconv_winograd.h"
@@ -27,12 +28,26 @@ bool is_pointwise(const ConvGeometry& g, const PackedSconvWeights& w) {
            g.pad_right == 0;
 }
 
-// The A rows of one group's GEMM: row m is the window of output pixel m, depth (ky, kx, c).
+// Output pixels [oh_begin, oh_end) x [ow_begin, ow_end) of every image.
+struct PixelRect {
+    std::size_t oh_begin;
+    std::size_t oh_end;
+    std::size_t ow_begin;
+    std::size_t ow_end;
+
+    std::size_t width() const { return ow_end - ow_begin; }
+    std::size_t pixels() const { return (oh_end - oh_begin) * width(); }
+};
+
+PixelRect whole_image(const ConvGeometry& g) { return {0, g.out_h, 0, g.out_w}; }
+
+// The A rows of one group's GEMM: row m is the window of the m-th output pixel of `rect`
+// (image by image, row-major inside it), depth (ky, kx, c).
 class WindowRows final : public SgemmRows {
 public:
     WindowRows(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
-               std::size_t group)
-        : x_(x), g_(g), w_(w), group_(group) {}
+               std::size_t group, const PixelRect& rect)
+        : x_(x), g_(g), w_(w), group_(group), rect_(rect) {}
 
     const float* block(std::size_t row, std::size_t count, std::size_t k0, std::size_t kc,
                        float* scratch, std::size_t& stride) const override {
@@ -40,14 +55,15 @@ public:
         stride = kc + 16;
         // The position of each row follows from the previous one's: three divisions per row
         // cost as much as gathering a small window (LeNet's 5x5 over 3 channels).
-        const std::size_t pixels = g_.out_h * g_.out_w;
-        Pixel pixel{row / pixels, row % pixels / g_.out_w, row % g_.out_w};
+        const std::size_t pixels = rect_.pixels();
+        Pixel pixel{row / pixels, rect_.oh_begin + row % pixels / rect_.width(),
+                    rect_.ow_begin + row % rect_.width()};
         for (std::size_t r = 0; r < count; ++r) {
             gather(pixel, k0, k0 + kc, scratch + r * stride);
-            if (++pixel.ow == g_.out_w) {
-                pixel.ow = 0;
-                if (++pixel.oh == g_.out_h) {
-                    pixel.oh = 0;
+            if (++pixel.ow == rect_.ow_end) {
+                pixel.ow = rect_.ow_begin;
+                if (++pixel.oh == rect_.oh_end) {
+                    pixel.oh = rect_.oh_begin;
                     ++pixel.image;
                 }
             }
@@ -115,7 +131,115 @@ private:
     const ConvGeometry& g_;
     const PackedSconvWeights& w_;
     std::size_t group_;
+    PixelRect rect_;
 };
+
+// A run [begin, end) of output positions along one axis whose windows have the same taps
+// inside the image along it: [tap_begin, tap_end), empty when all read padding.
+struct TapBand {
+    std::size_t begin;
+    std::size_t end;
+    std::size_t tap_begin;
+    std::size_t tap_end;
+};
+
+std::vector<TapBand> tap_bands(std::size_t outputs, std::size_t size, std::size_t kernel,
+                               std::size_t stride, std::size_t pad, std::size_t dilation) {
+    std::vector<TapBand> bands;
+    for (std::size_t position = 0; position < outputs; ++position) {
+        // Unsigned wrap-around makes a tap before the image look like one past its end; the
+        // taps inside it follow those before it and precede those after it.
+        const std::size_t start = position * stride - pad;
+        std::size_t first = 0;
+        while (first < kernel && start + first * dilation >= size) {
+            ++first;
+        }
+        std::size_t end = first;
+        while (end < kernel && start + end * dilation < size) {
+            ++end;
+        }
+        if (first == end) {
+            first = end = 0;
+        }
+        if (!bands.empty() && bands.back().tap_begin == first && bands.back().tap_end == end) {
+            bands.back().end = position + 1;
+        } else {
+            bands.push_back({position, position + 1, first, end});
+        }
+    }
+    return bands;
+}
+
+// The share of the window taps of a band set's positions that read the image.
+double inside_share(const std::vector<TapBand>& bands, std::size_t kernel) {
+    std::size_t inside = 0;
+    for (const TapBand& band : bands) {
+        inside += (band.end - band.begin) * (band.tap_end - band.tap_begin);
+    }
+    return static_cast<double>(inside) / static_cast<double>(bands.back().end * kernel);
+}
+
+// copy(offset in [N, OH, OW], offset in the rect's rows, pixels) for each row of `rect` in
+// each image.
+template <typename Copy>
+void for_rect_rows(const ConvGeometry& g, const PixelRect& rect, Copy copy) {
+    std::size_t row = 0;
+    for (std::size_t image = 0; image < g.batch; ++image) {
+        for (std::size_t oh = rect.oh_begin; oh < rect.oh_end; ++oh) {
+            copy((image * g.out_h + oh) * g.out_w + rect.ow_begin, row, rect.width());
+            row += rect.width();
+        }
+    }
+}
+
+// GEMMs over output regions whose windows share their taps inside the image, each summing
+// those taps alone, for convolutions whose windows mostly read padding: DeepLabV3's ASPP, a
+// 3x3 convolution at dilation 12 over 14x14, reads the image at 18% of its taps. Each region
+// runs into a buffer of its own rows (and takes the residual from one), then lands in `out`.
+void run_tap_regions(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
+                     const std::vector<TapBand>& rows, const std::vector<TapBand>& columns,
+                     const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
+    const std::size_t outputs = w.out_channels;
+    const std::size_t group_outputs = outputs / w.groups;
+    const std::size_t channels = w.group_channels;
+    for (const TapBand& row : rows) {
+        for (const TapBand& column : columns) {
+            const PixelRect rect{row.begin, row.end, column.begin, column.end};
+            const std::size_t m = g.batch * rect.pixels();
+            std::vector<DepthRange> depths;
+            for (std::size_t ky = row.tap_begin; ky < row.tap_end; ++ky) {
+                const std::size_t first = ky * w.kernel_w;
+                depths.push_back({(first + column.tap_begin) * channels,
+                                  (first + column.tap_end) * channels});
+            }
+            const CacheLineArray<float> region = cache_line_array<float>(m * outputs);
+            CacheLineArray<float> residual;
+            if (epilogue.residual != nullptr) {
+                residual = cache_line_array<float>(m * outputs);
+                for_rect_rows(g, rect, [&](std::size_t pixel, std::size_t at, std::size_t count) {
+                    std::copy_n(epilogue.residual + pixel * outputs, count * outputs,
+                                residual.get() + at * outputs);
+                });
+            }
+            for (std::size_t group = 0; group < w.groups; ++group) {
+                const std::size_t first = group * group_outputs;
+                SgemmEpilogue shifted = epilogue;
+                shifted.bias = epilogue.bias == nullptr ? nullptr : epilogue.bias + first;
+                shifted.residual = residual == nullptr ? nullptr : residual.get() + first;
+                shifted.residual_stride = outputs;
+                sgemm_rows(WindowRows(x, g, w, group, rect), m, w.group_weights[group], shifted,
+                           region.get() + first, outputs, threads, depths);
+            }
+            for_rect_rows(g, rect, [&](std::size_t pixel, std::size_t at, std::size_t count) {
+                std::copy_n(region.get() + at * outputs, count * outputs, out + pixel * outputs);
+            });
+        }
+    }
+}
+
+// Convolutions whose windows read the image at no more than this share of their taps run
+// run_tap_regions: a 3x3 convolution with padding 1 reads it at 82% over 7x7.
+constexpr double kTapRegionsShare = 0.5;
 
 void run_depthwise(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                    const SgemmEpilogue& epilogue, float* out, std::size_t threads) {
@@ -338,6 +462,17 @@ void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeig
         sgemm(x, m, weights.group_weights[0], pointwise, out, threads);
         return;
     }
+    const std::vector<TapBand> rows =
+        tap_bands(geometry.out_h, geometry.height, weights.kernel_h, geometry.stride_h,
+                  geometry.pad_top, geometry.dilation_h);
+    const std::vector<TapBand> columns =
+        tap_bands(geometry.out_w, geometry.width, weights.kernel_w, geometry.stride_w,
+                  geometry.pad_left, geometry.dilation_w);
+    if (inside_share(rows, weights.kernel_h) * inside_share(columns, weights.kernel_w) <=
+        kTapRegionsShare) {
+        run_tap_regions(x, geometry, weights, rows, columns, epilogue, out, threads);
+        return;
+    }
     const std::size_t group_outputs = weights.out_channels / weights.groups;
     for (std::size_t group = 0; group < weights.groups; ++group) {
         SgemmEpilogue shifted = epilogue;
@@ -345,8 +480,9 @@ void sconv2d(const float* x, const ConvGeometry& geometry, const PackedSconvWeig
         shifted.bias = epilogue.bias == nullptr ? nullptr : epilogue.bias + first;
         shifted.residual = epilogue.residual == nullptr ? nullptr : epilogue.residual + first;
         shifted.residual_stride = weights.out_channels;
-        sgemm_rows(WindowRows(x, geometry, weights, group), m, weights.group_weights[group],
-                   shifted, out + first, weights.out_channels, threads);
+        sgemm_rows(WindowRows(x, geometry, weights, group, whole_image(geometry)), m,
+                   weights.group_weights[group], shifted, out + first, weights.out_channels,
+                   threads);
     }
 }
 

@@ -91,6 +91,27 @@ private:
     std::size_t k_;
 };
 
+// The depth blocks of a GEMM over `ranges` (the whole depth k when there are none): each range
+// in blocks of equal size, at most kDepthBlock and a multiple of 16 floats (no short last
+// block). A GEMM over no depth at all keeps one empty block, which runs the epilogue.
+std::vector<DepthRange> depth_blocks(const std::vector<DepthRange>& ranges, std::size_t k) {
+    std::vector<DepthRange> blocks;
+    for (const DepthRange& range : ranges.empty() ? std::vector<DepthRange>{{0, k}} : ranges) {
+        const std::size_t depth = range.end - range.begin;
+        if (depth == 0) {
+            continue;
+        }
+        const std::size_t size = round_up(ceil_div(depth, ceil_div(depth, kDepthBlock)), 16);
+        for (std::size_t k0 = range.begin; k0 < range.end; k0 += size) {
+            blocks.push_back({k0, std::min(k0 + size, range.end)});
+        }
+    }
+    if (blocks.empty()) {
+        blocks.push_back({0, 0});
+    }
+    return blocks;
+}
+
 bool cpu_has_fma() {
 #ifdef NIMBUS_X86_KERNELS
     __builtin_cpu_init();
@@ -184,13 +205,20 @@ PackedSgemmWeights pack_sgemm_weights(const float* w, std::size_t n, std::size_t
 
 void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& weights,
                 const SgemmEpilogue& epilogue, float* out, std::size_t out_stride,
-                std::size_t threads) {
+                std::size_t threads, const std::vector<DepthRange>& depths) {
     if (m == 0 || weights.n == 0) {
         return;
     }
     threads = std::max<std::size_t>(threads, 1);
     const Path path = path_of(weights.isa);
-    const std::size_t k = weights.k;
+    const std::vector<DepthRange> blocks = depth_blocks(depths, weights.k);
+    // The depth that the sums run over, which sizes the work.
+    std::size_t k = 0;
+    std::size_t depth_block = 1;
+    for (const DepthRange& range : blocks) {
+        k += range.end - range.begin;
+        depth_block = std::max(depth_block, range.end - range.begin);
+    }
     const std::size_t panels = weights.padded_n / path.layout.panel_width;
 
     // Work items: row tiles (whole register blocks of rows) times groups of panels. Many row
@@ -237,10 +265,6 @@ void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& wei
         return std::min(m, tile * register_blocks / row_tiles * path.layout.rows);
     };
     const std::size_t tile_rows = ceil_div(register_blocks, row_tiles) * path.layout.rows;
-    // Depth blocks of equal size, at most kDepthBlock: no short last block.
-    const std::size_t depth_blocks = std::max<std::size_t>(ceil_div(k, kDepthBlock), 1);
-    const std::size_t depth_block =
-        std::max<std::size_t>(std::min(k, round_up(ceil_div(k, depth_blocks), 16)), 1);
 
     // Allocated here, not on the pool threads, where a failed allocation could not be reported;
     // left uninitialized, since every row is written before it is read.
@@ -256,7 +280,7 @@ void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& wei
         SgemmBlock block{};
         block.rows = tile_first_row(tile + 1) - row;
         block.b = weights.data.data();
-        block.k = k;
+        block.k = weights.k;
         block.panel_begin = group * group_panels;
         block.panel_end = std::min(panels, block.panel_begin + group_panels);
         block.n = weights.n;
@@ -268,12 +292,12 @@ void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& wei
                              : epilogue.residual + row * epilogue.residual_stride;
         block.residual_stride = epilogue.residual_stride;
         block.activation = epilogue.activation;
-        for (std::size_t k0 = 0; k0 == 0 || k0 < k; k0 += depth_block) {
-            block.k0 = k0;
-            block.kc = std::min(depth_block, k - k0);
-            block.first = k0 == 0;
-            block.last = k0 + block.kc >= k;
-            block.a = a.block(row, block.rows, k0, block.kc, own_scratch, block.a_stride);
+        for (std::size_t index = 0; index < blocks.size(); ++index) {
+            block.k0 = blocks[index].begin;
+            block.kc = blocks[index].end - blocks[index].begin;
+            block.first = index == 0;
+            block.last = index + 1 == blocks.size();
+            block.a = a.block(row, block.rows, block.k0, block.kc, own_scratch, block.a_stride);
             path.kernel(block);
         }
     });

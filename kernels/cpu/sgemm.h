@@ -64,10 +64,18 @@ public:
     virtual bool copies() const = 0;
 };
 
-// out[M, n] (row stride out_stride) from the rows of `a`, on at most `threads` threads.
+// Depths [begin, end) of the GEMM.
+struct DepthRange {
+    std::size_t begin;
+    std::size_t end;
+};
+
+// out[M, n] (row stride out_stride) from the rows of `a`, on at most `threads` threads. With
+// `depths`, the sums run over those ranges of the depth alone, in order (a convolution's taps
+// that read the image, not its padding); without, over the whole depth.
 void sgemm_rows(const SgemmRows& a, std::size_t m, const PackedSgemmWeights& weights,
                 const SgemmEpilogue& epilogue, float* out, std::size_t out_stride,
-                std::size_t threads);
+                std::size_t threads, const std::vector<DepthRange>& depths = {});
 
 // out[M, n] (contiguous) from a contiguous a[M, k].
 void sgemm(const float* a, std::size_t m, const PackedSgemmWeights& weights,

@@ -113,9 +113,19 @@ GEOMETRIES = {
     "grouped 1x1": (2, 24, 5, 6, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),
     "grouped window wider than image": (1, 16, 1, 2, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
                                         2),
+    # Windows that mostly read padding (at most half of their taps read the image): GEMMs over
+    # the regions of output pixels that share their taps inside the image, each over those taps
+    # alone. Depths of several blocks per kernel row, a stride, regions whose windows lie
+    # wholly in the padding, groups.
+    "tap regions dilated ASPP": (1, 40, 7, 9, 35, (3, 3), (1, 1), (5, 5, 5, 5), (5, 5), 1),
+    "tap regions deep": (2, 520, 5, 6, 33, (3, 3), (1, 1), (4, 4, 4, 4), (4, 4), 1),
+    "tap regions stride 2 asymmetric": (1, 9, 5, 7, 17, (5, 5), (2, 2), (4, 3, 4, 5), (1, 1), 1),
+    "tap regions groups 2": (2, 8, 4, 5, 6, (3, 3), (1, 1), (3, 3, 3, 3), (3, 3), 2),
 }
 
-WINOGRAD = [name for name in GEOMETRIES if name.startswith("Winograd")] + ["3x3 deep"]
+# Packed in the Winograd form too, which the dilated ones do not take.
+WINOGRAD = [name for name in GEOMETRIES if name.startswith("Winograd")] + [
+    "3x3 deep", "tap regions dilated ASPP", "tap regions deep"]
 GROUPED = [name for name in GEOMETRIES if name.startswith("grouped")]
 # Packed for the few-inputs kernel, which the dilated ones do not take.
 FEW_INPUTS = [name for name in GEOMETRIES if name.startswith("few inputs")] + [
@@ -160,7 +170,7 @@ def test_matches_the_reference(isa, name):
 @pytest.mark.parametrize("name", ["3x3", "depthwise 3x3 wide", "depthwise 3x3 long rows",
                                   "groups 2", "few outputs stride (2, 1) dilated",
                                   "Winograd odd sizes", "few inputs stride 3",
-                                  "grouped 4 per group ResNeXt"])
+                                  "grouped 4 per group ResNeXt", "tap regions dilated ASPP"])
 def test_every_activation(isa, activation, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=1)
     x *= 3.0
@@ -199,7 +209,7 @@ def test_nan_stays_nan(isa, activation, name):
 @pytest.mark.parametrize("name", ["3x3 deep", "1x1", "groups 2", "depthwise 3x3 long rows",
                                   "5x3 stride 2 dilated long rows", "few outputs 5x5 LeNet",
                                   "Winograd odd sizes", "few inputs 7x7 stride 2 ResNet stem",
-                                  "grouped 8 per group RegNet stride 2"])
+                                  "grouped 8 per group RegNet stride 2", "tap regions deep"])
 def test_thread_counts_give_identical_results(isa, name):
     x, w, bias, residual, groups, keywords = make_problem(GEOMETRIES[name], seed=2)
     packed = _kernels.pack_sconv_weights(w, groups, isa=isa)
