@@ -730,9 +730,12 @@ def test_bilinear_resize_as_matrix_products_matches_the_reference():
                   {"size": [3, 12], "mode": "bilinear", "align_corners": True, "scale": None},
                   {"size": [11, 4], "mode": "bilinear", "align_corners": False,
                    "scale": [1.7, 0.9]}):
-        (actual,) = run_op("resize", [x], attrs, [None])
-        assert_matches(actual, runtime_nn.resize_reference([x], attrs), rtol=1e-6,
-                       name=str(attrs))
+        expected = runtime_nn.resize_reference([x], attrs)
+        nhwc_memory = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        for operand in (x, nhwc_memory):
+            (actual,) = run_op("resize", [operand], attrs, [None])
+            assert actual.flags.c_contiguous
+            assert_matches(actual, expected, rtol=1e-6, name=str(attrs))
     x[0, 0, 3, 2] = np.inf
     (actual,) = run_op("resize", [x], attrs, [None])
     expected = runtime_nn.resize_reference([x], attrs)
