@@ -242,3 +242,34 @@ def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused(int8):
     session = stem_session(StemAndPool(also_stem=True), (1, 3, 21, 19), int8)
     ops = [step.op for step in session._steps]
     assert "max_pool2d" in ops and not {"qconv2d_max_pool2d", "conv2d_max_pool2d"} & set(ops)
+
+
+@pytest.mark.parametrize("op, reference", [("add", np.add), ("sub", np.subtract),
+                                           ("mul", np.multiply), ("div", np.divide),
+                                           ("maximum", np.maximum), ("minimum", np.minimum)])
+def test_float32_binary_ops_run_natively_with_numpys_bits(op, reference):
+    """Broadcasting of every rank, 0-d operands, strided and reversed views, NaN, and NCHW
+    views of NHWC memory, whose result keeps that memory order; other dtypes and empty operands
+    are declined, and the kernel (numpy) runs them."""
+    run = PREPARERS[op]({}, [None, None], [RUNTIME, RUNTIME])
+    rng = np.random.default_rng(7)
+
+    def randn(*shape):
+        return np.asarray(rng.standard_normal(shape), dtype=np.float32)
+
+    nhwc_memory = randn(2, 5, 7, 3).transpose(0, 3, 1, 2)  # [2, 3, 5, 7]
+    with_nan = randn(4, 6)
+    with_nan[1, 2] = np.nan
+    pairs = [(randn(), randn()), (randn(3), randn()), (randn(2, 3, 4, 5, 6), randn(1, 3, 1, 5, 1)),
+             (randn(2, 1, 3, 1, 2, 1, 3), randn(1, 2, 1, 3, 1, 2, 1)),
+             (randn(6, 8)[::-2, 1::3], randn(3, 1)), (with_nan, randn(6)),
+             (randn(2, 3, 1, 1), nhwc_memory), (nhwc_memory, nhwc_memory + 1)]
+    for x, y in pairs:
+        (actual,) = run([x, y])
+        expected = reference(x, y)
+        assert actual.shape == expected.shape and actual.dtype == np.float32
+        np.testing.assert_array_equal(actual, expected)
+    (actual,) = run([randn(2, 3, 1, 1), nhwc_memory])
+    assert actual.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert run([randn(3).astype(np.float64), randn(3)]) is None
+    assert run([randn(0, 3), randn(3)]) is None
