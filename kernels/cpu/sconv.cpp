@@ -193,8 +193,8 @@ void for_rect_rows(const ConvGeometry& g, const PixelRect& rect, Copy copy) {
 }
 
 // GEMMs over output regions whose windows share their taps inside the image, each summing
-// those taps alone, for convolutions whose windows mostly read padding: DeepLabV3's ASPP, a
-// 3x3 convolution at dilation 12 over 14x14, reads the image at 18% of its taps. Each region
+// those taps alone, for convolutions whose windows read much padding: DeepLabV3's ASPP, a 3x3
+// convolution at dilation 12 over 14x14, reads the image at 18% of its taps. Each region
 // runs into a buffer of its own rows (and takes the residual from one), then lands in `out`.
 void run_tap_regions(const float* x, const ConvGeometry& g, const PackedSconvWeights& w,
                      const std::vector<TapBand>& rows, const std::vector<TapBand>& columns,

@@ -12,7 +12,7 @@
 // with enough channels run Winograd F(2x2, 3x3) (sconv_winograd.h). The rest are GEMMs whose A
 // rows are the windows of output pixels, gathered block by block into a small buffer (implicit
 // im2col, never the whole matrix), or the activations themselves for a 1x1, stride-1, unpadded
-// convolution; where windows mostly read padding, one GEMM per region of output pixels whose
+// convolution; where windows read much padding, one GEMM per region of output pixels whose
 // windows share their taps inside the image, over those taps alone.
 #pragma once
 
