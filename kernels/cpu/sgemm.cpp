@@ -95,8 +95,9 @@ private:
 // in blocks of equal size, at most kDepthBlock and a multiple of 16 floats (no short last
 // block). A GEMM over no depth at all keeps one empty block, which runs the epilogue.
 std::vector<DepthRange> depth_blocks(const std::vector<DepthRange>& ranges, std::size_t k) {
+    const std::vector<DepthRange> whole{{0, k}};
     std::vector<DepthRange> blocks;
-    for (const DepthRange& range : ranges.empty() ? std::vector<DepthRange>{{0, k}} : ranges) {
+    for (const DepthRange& range : ranges.empty() ? whole : ranges) {
         const std::size_t depth = range.end - range.begin;
         if (depth == 0) {
             continue;
