@@ -1031,7 +1031,8 @@ PreparedCall prepare_mean_axis(const py::object& x_object, const py::object& out
     const auto length = static_cast<std::size_t>(x.shape(1));
     const auto inner = static_cast<std::size_t>(x.shape(2));
     return {[=](std::size_t threads) {
-                nimbus::kernels::mean_axis(source, outer, length, inner, target, threads);
+                nimbus::kernels::mean_axis(source, outer, length, inner, target, threads,
+                                           nimbus::kernels::selected_isa());
             },
             out,
             {x, out}};

@@ -1,5 +1,6 @@
 // The elementwise stack machine: the output in segments of at most kChunk elements along its
-// innermost (coalesced) dimension; per segment, each step runs over whole chunk registers.
+// innermost (coalesced) dimension, or of several whole rows where rows are short; per segment,
+// each step runs over whole chunk registers.
 // The loops are plain C++ that the compiler vectorizes; the x86 build compiles them once more
 // for AVX2 (vector_math_avx2.h's target), which every AVX-512 path also has.
 #include "elementwise.h"
@@ -116,33 +117,56 @@ inline void unary(float* dest, const float* x, std::size_t n, Op op) {
     }
 }
 
-// Runs the program over one segment: output elements [0, n) at operand offsets `offsets`
-// along the innermost dimension (operand o steps by inner_strides[o]). Stack slot j owns
-// register j, but its value may point straight into a contiguous float32 operand instead (no
-// copy); each op writes into its slot's register, the last one into `out`.
+// One segment of the output: `rows` consecutive rows of `length` elements each along the
+// innermost dimension (rows > 1 only for whole rows), at operand offsets `offsets`; operand o
+// steps by inner_strides[o] within a row and by row_strides[o] from one row to the next.
+struct Segment {
+    const std::ptrdiff_t* offsets;
+    const std::ptrdiff_t* inner_strides;
+    const std::ptrdiff_t* row_strides;
+    std::size_t length;
+    std::size_t rows;
+};
+
+// The segment's values of one operand: a pointer into it where they are contiguous float32,
+// else converted, gathered or broadcast row by row into `registers`.
+inline const float* segment_input(const ElementwiseOperand& operand, std::size_t index,
+                                  const Segment& segment, float* __restrict registers) {
+    const std::ptrdiff_t stride = segment.inner_strides[index];
+    const auto length = static_cast<std::ptrdiff_t>(segment.length);
+    const bool contiguous = stride == 1 && (segment.rows == 1 || segment.row_strides[index] == length);
+    if (operand.type == ElementType::f32 && contiguous) {
+        return static_cast<const float*>(operand.data) + segment.offsets[index];
+    }
+    for (std::size_t r = 0; r < segment.rows; ++r) {
+        const std::ptrdiff_t offset =
+            segment.offsets[index] + static_cast<std::ptrdiff_t>(r) * segment.row_strides[index];
+        float* row = registers + r * segment.length;
+        if (stride == 0) {
+            float value;
+            load(operand, offset, 0, 1, &value);
+            std::fill(row, row + segment.length, value);
+        } else {
+            load(operand, offset, stride, segment.length, row);
+        }
+    }
+    return registers;
+}
+
+// Runs the program over one segment (its rows * length output elements, contiguous in `out`).
+// Stack slot j owns register j, but its value may point straight into a contiguous float32
+// operand instead (no copy); each op writes into its slot's register, the last one into `out`.
 __attribute__((always_inline)) inline void run_segment(
     const std::vector<ElementwiseStep>& steps, const std::vector<ElementwiseOperand>& operands,
-    const std::ptrdiff_t* offsets, const std::ptrdiff_t* inner_strides, std::size_t n,
-    float* out, Isa isa) {
+    const Segment& segment, float* out, Isa isa) {
     alignas(64) float registers[kElementwiseMaxDepth][kChunk];
     const float* values[kElementwiseMaxDepth];
+    const std::size_t n = segment.rows * segment.length;
     std::size_t top = 0;  // values on the stack
     for (std::size_t s = 0; s < steps.size(); ++s) {
         const ElementwiseStep& step = steps[s];
         if (step.op == ElementwiseOp::input) {
-            const ElementwiseOperand& operand = operands[step.index];
-            const std::ptrdiff_t stride = inner_strides[step.index];
-            if (operand.type == ElementType::f32 && stride == 1) {
-                values[top] = static_cast<const float*>(operand.data) + offsets[step.index];
-            } else if (stride == 0) {
-                float value;
-                load(operand, offsets[step.index], 0, 1, &value);
-                std::fill(registers[top], registers[top] + n, value);
-                values[top] = registers[top];
-            } else {
-                load(operand, offsets[step.index], stride, n, registers[top]);
-                values[top] = registers[top];
-            }
+            values[top] = segment_input(operands[step.index], step.index, segment, registers[top]);
             ++top;
             continue;
         }
@@ -213,16 +237,29 @@ __attribute__((always_inline)) inline void run_piece(
     const Iteration& it, std::size_t begin, std::size_t end, float* out, Isa isa) {
     const std::size_t dims = it.shape.size();
     const std::size_t inner = it.shape.back();
+    // Rows shorter than half a chunk (a [N, C, 1, 1] gate over NHWC memory: C floats per row)
+    // go several to a segment along the next dimension: one segment per row cost more than the
+    // arithmetic (a multiply over 112 x 112 x 32 took 3x as long as one without broadcast).
+    const std::size_t rows_per_segment = dims > 1 ? std::max<std::size_t>(kChunk / inner, 1) : 1;
     std::vector<std::ptrdiff_t> offsets(operands.size());
     std::vector<std::ptrdiff_t> inner_strides(operands.size());
+    std::vector<std::ptrdiff_t> row_strides(operands.size());
     for (std::size_t o = 0; o < operands.size(); ++o) {
         inner_strides[o] = it.strides[o].back();
+        row_strides[o] = dims > 1 ? it.strides[o][dims - 2] : 0;
     }
     std::size_t position = begin;
     while (position < end) {
         // The operands' offsets of element `position`, from its index along each dimension.
         std::size_t rest = position / inner;
         const std::size_t column = position % inner;
+        std::size_t rows = 1;
+        if (column == 0 && rows_per_segment > 1) {  // whole rows, within one run of the next dimension
+            const std::size_t row_in_run = rest % it.shape[dims - 2];
+            rows = std::min({rows_per_segment, (end - position) / inner,
+                             it.shape[dims - 2] - row_in_run});
+            rows = std::max<std::size_t>(rows, 1);
+        }
         for (std::size_t o = 0; o < operands.size(); ++o) {
             offsets[o] = static_cast<std::ptrdiff_t>(column) * inner_strides[o];
         }
@@ -233,10 +270,12 @@ __attribute__((always_inline)) inline void run_piece(
                 offsets[o] += index * it.strides[o][d];
             }
         }
-        const std::size_t n = std::min({kChunk, inner - column, end - position});
-        run_segment(steps, operands, offsets.data(), inner_strides.data(), n, out + position,
-                    isa);
-        position += n;
+        const std::size_t length =
+            rows > 1 ? inner : std::min({kChunk, inner - column, end - position});
+        const Segment segment{offsets.data(), inner_strides.data(), row_strides.data(), length,
+                              rows};
+        run_segment(steps, operands, segment, out + position, isa);
+        position += rows * length;
     }
 }
 

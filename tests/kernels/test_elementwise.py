@@ -91,6 +91,25 @@ def test_inputs_broadcast_as_numpy_broadcasts_them(shapes):
     assert_same_bits(native(expr, inputs, threads=2), expected)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 32, 33, 255, 256, 257])
+def test_short_rows_run_several_to_a_segment(channels):
+    """A [1, 1, 1, C] gate, a [N, H, W, 1] column, a reversed int8 row and a strided view over
+    [N, H, W, C]: rows of C elements go several to a segment, within each run of W, and parallel
+    pieces start and end mid-row."""
+    rng = np.random.default_rng(channels)
+    shape = (2, 37, 29, channels)
+    x = floats(rng, shape)
+    gate = floats(rng, (1, 1, 1, channels))
+    column = floats(rng, (2, 37, 29, 1))
+    row = rng.integers(-100, 100, (1, 1, 29, channels), dtype=np.int8)[:, :, ::-1]
+    strided = floats(rng, (2, 37, 29, 2 * channels))[..., ::2]
+    expr = "add(mul(mul($0,$1),cast[dtype=f32]($3)),sub($2,$4))"
+    inputs = [x, gate, column, row, strided]
+    expected = numpy_result(expr, inputs)
+    for threads in (1, 2):
+        assert_same_bits(native(expr, inputs, threads=threads), expected)
+
+
 def test_strided_and_reversed_views_are_read_in_place():
     rng = np.random.default_rng(3)
     base = floats(rng, (6, 40, 50))
