@@ -31,6 +31,11 @@ def dequantize_channels(q: npt.NDArray[np.uint8] | npt.NDArray[np.int8],
 def to_channels_last(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.float32]:
     """Return C-contiguous float32 x [N, C, H, W] as a new C-contiguous [N, H, W, C] array."""
 
+def avg_pool2d(x: npt.NDArray[np.float32], kernel: Sequence[int], stride: Sequence[int],
+               padding: Sequence[int], out_hw: Sequence[int], count_include_pad: bool,
+               threads: int = 1) -> npt.NDArray[np.float32]:
+    """The average of each window of NHWC x, as [N, OH, OW, C] (the reference's float32 sums)."""
+
 def mean_axis(x: npt.NDArray[np.float32], threads: int = 1) -> npt.NDArray[np.float32]:
     """Return the mean over axis 1 of C-contiguous float32 x [O, L, I] as float32 [O, I],
     summed in float64 (a global average pool over NHWC pixels)."""
@@ -305,6 +310,9 @@ class Program:
     def sgemm(self, x: npt.NDArray[np.float32], packed: object,
               bias: npt.NDArray[np.float32] | None, residual: npt.NDArray[np.float32] | None,
               activation: str, out: npt.NDArray[np.float32]) -> None: ...
+    def avg_pool2d(self, x: npt.NDArray[np.float32], kernel: Sequence[int],
+                   stride: Sequence[int], padding: Sequence[int], out_hw: Sequence[int],
+                   count_include_pad: bool, out: npt.NDArray[np.float32]) -> None: ...
     def max_pool2d(self, x: npt.NDArray, kernel: Sequence[int], stride: Sequence[int],
                    padding: Sequence[int], dilation: Sequence[int], out_hw: Sequence[int],
                    out: npt.NDArray) -> None: ...

@@ -931,6 +931,40 @@ PreparedCall prepare_qconv2d_max_pool2d(
             {conv.x, owner_of(packed), conv.bias, multiplier_object, out}};
 }
 
+// out [N, OH, OW, C] (float32) = the average pooling of x [N, H, W, C] (float32); padding is
+// [top, left, bottom, right].
+PreparedCall prepare_avg_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
+                                const std::vector<long long>& stride,
+                                const std::vector<long long>& padding,
+                                const std::vector<long long>& out_hw, bool count_include_pad,
+                                const py::object& out_object) {
+    const std::string dims = "[N, H, W, C]";
+    const py::array x = checked_array<float>(x_object, "x", 4, dims);
+    const PoolGeometry g =
+        checked_pool_geometry(shape_of(x), "x", kernel, stride, padding, {1, 1}, out_hw);
+    py::array out = result_array<float>(out_object, {x.shape(0), out_hw[0], out_hw[1], x.shape(3)},
+                                        dims, x, "x");
+    const auto* x_data = static_cast<const float*>(x.data());
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    const auto pad_bottom = static_cast<std::size_t>(padding[2]);
+    const auto pad_right = static_cast<std::size_t>(padding[3]);
+    return {[=](std::size_t threads) {
+                nimbus::kernels::avg_pool2d(x_data, g, pad_bottom, pad_right, count_include_pad,
+                                            out_data, threads, nimbus::kernels::selected_isa());
+            },
+            out,
+            {x, out}};
+}
+
+py::array avg_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
+                     const std::vector<long long>& stride, const std::vector<long long>& padding,
+                     const std::vector<long long>& out_hw, bool count_include_pad,
+                     long long threads) {
+    return run_now(prepare_avg_pool2d(x_object, kernel, stride, padding, out_hw,
+                                      count_include_pad, py::none()),
+                   threads);
+}
+
 py::array max_pool2d(const py::object& x_object, const std::vector<long long>& kernel,
                      const std::vector<long long>& stride, const std::vector<long long>& padding,
                      const std::vector<long long>& dilation,
@@ -2496,6 +2530,17 @@ PYBIND11_MODULE(_kernels, module) {
             py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
             py::arg("dilation"), py::arg("out_hw"), py::arg("out"))
         .def(
+            "avg_pool2d",
+            [](Program& program, const py::object& x, const std::vector<long long>& kernel,
+               const std::vector<long long>& stride, const std::vector<long long>& padding,
+               const std::vector<long long>& out_hw, bool count_include_pad,
+               const py::object& out) {
+                program.add(prepare_avg_pool2d(x, kernel, stride, padding, out_hw,
+                                               count_include_pad, program_out(out)));
+            },
+            py::arg("x"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+            py::arg("out_hw"), py::arg("count_include_pad"), py::arg("out"))
+        .def(
             "sconv2d_max_pool2d",
             [](Program& program, const py::object& x, const PackedSconvWeights& packed,
                const py::object& bias, const std::string& activation,
@@ -2785,6 +2830,13 @@ PYBIND11_MODULE(_kernels, module) {
                "Return the max over each window of NHWC x (uint8, int8 or float32) as\n"
                "[N, OH, OW, C]; taps in the padding [top, left, bottom, right] never win, NaN "
                "does;\nout_hw: (OH, OW) of the caller's floor or ceil mode.");
+    module.def("avg_pool2d", &avg_pool2d, py::arg("x"), py::arg("kernel"), py::arg("stride"),
+               py::arg("padding"), py::arg("out_hw"), py::arg("count_include_pad"),
+               py::arg("threads") = 1,
+               "Return the average of each window of NHWC float32 x as [N, OH, OW, C]: taps\n"
+               "summed in row-major order (0 in the padding [top, left, bottom, right]), divided\n"
+               "by the taps in the image, or in the padded image when count_include_pad;\n"
+               "out_hw: (OH, OW) of the caller's floor or ceil mode.");
     module.def("quantize", &quantize, py::arg("x"), py::arg("scale"), py::arg("zero_point"),
                py::arg("dtype"), py::arg("channels_last") = false,
                py::arg("threads") = 1,

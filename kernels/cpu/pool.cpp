@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "isa.h"
+#include "sgemm.h"
 #include "worker_pool.h"
 
 #ifdef NIMBUS_X86_KERNELS
@@ -169,7 +170,117 @@ void pool_rows(const void* x, const PoolGeometry& g, void* out, std::size_t thre
     });
 }
 
+// An average pooling: the geometry and how its divisors count.
+struct AveragePool {
+    PoolGeometry g;
+    std::size_t pad_bottom;
+    std::size_t pad_right;
+    bool count_include_pad;
+};
+
+// The taps of window `start` (kernel_size taps from input position `start`, which may lie in the
+// padding) that the divisor counts along one axis.
+inline std::size_t counted_taps(std::ptrdiff_t start, std::size_t kernel_size, std::size_t size,
+                                std::size_t pad_before, std::size_t pad_after,
+                                bool count_include_pad) {
+    const std::ptrdiff_t low = count_include_pad ? -static_cast<std::ptrdiff_t>(pad_before) : 0;
+    const auto high = static_cast<std::ptrdiff_t>(size + (count_include_pad ? pad_after : 0));
+    const std::ptrdiff_t first = std::max(start, low);
+    const std::ptrdiff_t end = std::min(start + static_cast<std::ptrdiff_t>(kernel_size), high);
+    return end > first ? static_cast<std::size_t>(end - first) : 0;
+}
+
+// One output row (n, oh) of the average pooling: each pixel takes its first tap, adds the others
+// in row-major order (0.0f for those outside the image, so a -0.0 sum becomes +0.0 as in the
+// reference's padded sum), then divides by its count; loops over contiguous channels that the
+// compiler vectorizes.
+__attribute__((always_inline)) inline void average_row(const float* x, const AveragePool& pool,
+                                                       std::size_t row, float* out) {
+    const PoolGeometry& g = pool.g;
+    const std::size_t image = row / g.out_h;
+    const std::size_t oh = row % g.out_h;
+    const std::size_t c = g.channels;
+    const auto top = static_cast<std::ptrdiff_t>(oh * g.stride_h) -
+                     static_cast<std::ptrdiff_t>(g.pad_top);
+    const std::size_t rows_counted = counted_taps(top, g.kernel_h, g.height, g.pad_top,
+                                                  pool.pad_bottom, pool.count_include_pad);
+    float* target = out + row * g.out_w * c;
+    for (std::size_t ow = 0; ow < g.out_w; ++ow) {
+        float* __restrict pixel = target + ow * c;
+        const auto left = static_cast<std::ptrdiff_t>(ow * g.stride_w) -
+                          static_cast<std::ptrdiff_t>(g.pad_left);
+        bool first = true;
+        for (std::size_t ky = 0; ky < g.kernel_h; ++ky) {
+            const std::ptrdiff_t ih = top + static_cast<std::ptrdiff_t>(ky);
+            const bool row_inside = ih >= 0 && ih < static_cast<std::ptrdiff_t>(g.height);
+            for (std::size_t kx = 0; kx < g.kernel_w; ++kx, first = false) {
+                const std::ptrdiff_t iw = left + static_cast<std::ptrdiff_t>(kx);
+                if (!row_inside || iw < 0 || iw >= static_cast<std::ptrdiff_t>(g.width)) {
+                    for (std::size_t channel = 0; channel < c; ++channel) {
+                        pixel[channel] = first ? 0.0f : pixel[channel] + 0.0f;
+                    }
+                    continue;
+                }
+                const float* __restrict tap =
+                    x + ((image * g.height + static_cast<std::size_t>(ih)) * g.width +
+                         static_cast<std::size_t>(iw)) * c;
+                if (first) {
+                    std::copy(tap, tap + c, pixel);
+                } else {
+                    for (std::size_t channel = 0; channel < c; ++channel) {
+                        pixel[channel] += tap[channel];
+                    }
+                }
+            }
+        }
+        const auto divisor = static_cast<float>(
+            rows_counted * counted_taps(left, g.kernel_w, g.width, g.pad_left, pool.pad_right,
+                                        pool.count_include_pad));
+        for (std::size_t channel = 0; channel < c; ++channel) {
+            pixel[channel] /= divisor;
+        }
+    }
+}
+
+using AverageRow = void (*)(const float*, const AveragePool&, std::size_t, float*);
+
+void average_row_portable(const float* x, const AveragePool& pool, std::size_t row, float* out) {
+    average_row(x, pool, row, out);
+}
+
+#ifdef NIMBUS_X86_KERNELS
+__attribute__((target("avx2"))) void average_row_avx2(const float* x, const AveragePool& pool,
+                                                      std::size_t row, float* out) {
+    average_row(x, pool, row, out);
+}
+
+__attribute__((target("avx512f"))) void average_row_avx512(const float* x,
+                                                           const AveragePool& pool,
+                                                           std::size_t row, float* out) {
+    average_row(x, pool, row, out);
+}
+#endif
+
 }  // namespace
+
+void avg_pool2d(const float* x, const PoolGeometry& geometry, std::size_t pad_bottom,
+                std::size_t pad_right, bool count_include_pad, float* out, std::size_t threads,
+                Isa isa) {
+    if (geometry.batch * geometry.out_h * geometry.out_w * geometry.channels == 0) {
+        return;
+    }
+    AverageRow row_kernel = &average_row_portable;
+#ifdef NIMBUS_X86_KERNELS
+    if (sgemm_path(isa) == Isa::avx512_vnni) {
+        row_kernel = &average_row_avx512;
+    } else if (sgemm_path(isa) == Isa::avx2) {
+        row_kernel = &average_row_avx2;
+    }
+#endif
+    const AveragePool pool{geometry, pad_bottom, pad_right, count_include_pad};
+    parallel_for(geometry.batch * geometry.out_h, std::max<std::size_t>(threads, 1),
+                 [&](std::size_t row) { row_kernel(x, pool, row, out); });
+}
 
 void max_pool2d(const void* x, PoolElement type, const PoolGeometry& geometry, void* out,
                 std::size_t threads) {

@@ -1,8 +1,11 @@
-// Max pooling over NHWC activations: every window's taps that fall inside the image are compared
-// channel by channel, so padding never wins (PyTorch's rule), for u8, s8 and f32 data.
+// Pooling over NHWC activations. Max pooling compares every window's taps that fall inside the
+// image channel by channel, so padding never wins (PyTorch's rule), for u8, s8 and f32 data;
+// average pooling sums float32 taps.
 #pragma once
 
 #include <cstddef>
+
+#include "isa.h"
 
 namespace nimbus::kernels {
 
@@ -29,5 +32,15 @@ struct PoolGeometry {
 // lowest value (-inf for f32). Splits output rows over at most `threads` threads.
 void max_pool2d(const void* x, PoolElement type, const PoolGeometry& geometry, void* out,
                 std::size_t threads);
+
+// out[N, OH, OW, C] = the average of each window of x[N, H, W, C] (float32) as the runtime's
+// reference computes it: the taps summed in float32 in row-major order (a tap outside the image
+// adds 0.0f), then divided by the number of taps inside the image, or, when count_include_pad,
+// inside the image padded by pad_top, pad_bottom, pad_left and pad_right (taps past those, which
+// ceil mode adds, never count). Dilation must be 1. Splits output rows over at most `threads`
+// threads, vectorized on `isa`'s float path (sgemm_path).
+void avg_pool2d(const float* x, const PoolGeometry& geometry, std::size_t pad_bottom,
+                std::size_t pad_right, bool count_include_pad, float* out, std::size_t threads,
+                Isa isa);
 
 }  // namespace nimbus::kernels

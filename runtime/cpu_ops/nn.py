@@ -436,6 +436,46 @@ def avg_pool_reference(xs, a):
     return sums
 
 
+def _avg_pool_geometry(a) -> tuple:
+    return tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"])
+
+
+@preparer("avg_pool2d")
+def prepare_avg_pool(a, types, operands):
+    """avg_pool_reference on the native NHWC kernel for float32 (the same bits: the taps summed
+    in the same order, the same divisors), returned as an NCHW view of NHWC memory like the
+    convolutions that feed it. In numpy, DenseNet-121's transition over 128 x 56 x 56 took
+    0.72 ms."""
+    kernel, stride, padding = _avg_pool_geometry(a)
+    sizes = output_sizes(kernel, stride, padding, PAIR_ONES, a["ceil_mode"])
+
+    def run(xs):
+        x = xs[0]
+        if x.dtype != np.float32:
+            return None
+        out = _kernels.avg_pool2d(channels_last(x), kernel, stride, padding, sizes(x.shape),
+                                  a["count_include_pad"], NATIVE_THREADS.get())
+        return [out.transpose(0, 3, 1, 2)]
+
+    return run
+
+
+@native_step("avg_pool2d")
+def build_avg_pool(program, a, types, operands, runtime, results):
+    """prepare_avg_pool's call as a program step."""
+    x = operands[0]
+    if x.dtype != np.float32 or not x.size:
+        return None
+    x_nhwc = channels_last_operand(program, x)
+    out = np.empty_like(results[0])
+    if x_nhwc is None or not nhwc(out).flags.c_contiguous:
+        return None
+    kernel, stride, padding = _avg_pool_geometry(a)
+    program.avg_pool2d(x_nhwc, kernel, stride, padding, out.shape[2:], a["count_include_pad"],
+                       nhwc(out))
+    return [out]
+
+
 def adaptive_avg_pool_reference(xs, a):
     x = xs[0]
     (h, w), (oh, ow) = x.shape[2:], a["output_size"]
@@ -717,7 +757,8 @@ kernel("layer_norm")(without_types(in_float32(layer_norm_kernel)))
 kernel("softmax")(without_types(in_float32(softmax_kernel)))
 kernel("max_pool2d")(lambda xs, a, types: prepared_or(
     prepare_max_pool, without_types(max_pool_reference), xs, a, types))
-kernel("avg_pool2d")(without_types(in_float32(avg_pool_reference)))
+kernel("avg_pool2d")(lambda xs, a, types: prepared_or(
+    prepare_avg_pool, without_types(in_float32(avg_pool_reference)), xs, a, types))
 kernel("adaptive_avg_pool2d")(without_types(in_float32(adaptive_avg_pool_reference)))
 @functools.lru_cache(maxsize=256)
 def _packed_interpolation(out_size: int, in_size: int, align_corners: bool, scale: tuple | None,

@@ -218,6 +218,37 @@ def test_a_classifier_ending_in_softmax_runs_as_a_native_plan():
     assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
 
 
+class WithAveragePools(OddCNN):
+    """A DenseNet transition's pooling after the stem, and an Inception-style padded 3 x 3 one
+    that counts only the image's taps, in ceil mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.branch_pool = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True,
+                                        count_include_pad=False)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.stem(x)))
+        x = torch.relu(self.conv(x) + x)
+        return self.branch_pool(x).flatten(1)
+
+
+def test_average_pools_run_in_native_plans():
+    session, model = session_of(WithAveragePools())
+    assert [step.op for step in session._steps].count("avg_pool2d") == 2
+    for batch in (1, 3):
+        feeds = images(batch, seed=batch)
+        session.run(feeds)
+        assert isinstance(session._native_plans[(feeds["x"].shape,)], NativePlan)
+        feeds = images(batch, seed=10 + batch)
+        native = session.run(feeds)["output"]
+        np.testing.assert_array_equal(native, executor_run(session, feeds)["output"])
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feeds["x"])).numpy()
+        assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
+
+
 def test_a_step_without_a_native_form_keeps_the_executor():
     session, model = session_of(WithExp())
     feeds = images(2, seed=0)
