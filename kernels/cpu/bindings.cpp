@@ -1240,8 +1240,149 @@ PreparedCall prepare_elementwise(const ElementwiseProgram& program, const py::li
     keep.push_back(out);
     return {[steps = program.steps, operands = std::move(operands), extents = std::move(extents),
              out_data](std::size_t threads) {
-                nimbus::kernels::evaluate_elementwise(steps, operands, extents, out_data, threads,
-                                                      nimbus::kernels::selected_isa());
+                nimbus::kernels::evaluate_elementwise(steps, operands, extents, out_data, {},
+                                                      threads, nimbus::kernels::selected_isa());
+            },
+            out, std::move(keep)};
+}
+
+// The program over the concatenation of `parts` along channels, into out [N, H, W, C] (NHWC,
+// C-contiguous float32, or a new one) without the concatenation: part i ([N, C_i, H, W]
+// float32, any strides) as input 0, with its channels' share of `params` (inputs 1, 2, ...:
+// constants of at most one value per channel, [1, C, 1, 1] or fewer dimensions) as the other
+// inputs, into its channels of out.
+PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
+                                        const py::list& part_objects,
+                                        const py::list& param_objects,
+                                        const py::object& out_object) {
+    using nimbus::kernels::ElementwiseOperand;
+    if (part_objects.empty()) {
+        throw py::value_error("elementwise_concat needs at least one part");
+    }
+    if (1 + param_objects.size() < program.operands) {
+        throw py::value_error("the elementwise program reads " + std::to_string(program.operands) +
+                              " inputs, got a part and " + std::to_string(param_objects.size()) +
+                              " params");
+    }
+    std::vector<py::array> parts;
+    py::ssize_t channels = 0;
+    for (const auto& object : part_objects) {
+        const auto part = py::reinterpret_borrow<py::object>(object);
+        if (!py::isinstance<py::array>(part) ||
+            !py::reinterpret_borrow<py::array>(part).dtype().equal(py::dtype::of<float>()) ||
+            py::reinterpret_borrow<py::array>(part).ndim() != 4) {
+            throw py::type_error("elementwise_concat parts must be 4-D float32 arrays [N, C, H, W]");
+        }
+        parts.push_back(py::reinterpret_borrow<py::array>(part));
+        const py::array& first = parts.front();
+        const py::array& last = parts.back();
+        if (last.shape(0) != first.shape(0) || last.shape(2) != first.shape(2) ||
+            last.shape(3) != first.shape(3)) {
+            throw py::value_error("elementwise_concat parts must share N, H and W: shape " +
+                                  attribute_text(last, "shape") + " against " +
+                                  attribute_text(first, "shape"));
+        }
+        for (py::ssize_t d = 0; d < 4; ++d) {
+            if (last.strides(d) % static_cast<py::ssize_t>(sizeof(float)) != 0) {
+                throw py::value_error("elementwise_concat part strides must be whole elements, "
+                                      "got " + attribute_text(last, "strides"));
+            }
+        }
+        channels += last.shape(1);
+    }
+    const py::array& first = parts.front();
+    const std::vector<py::ssize_t> shape{first.shape(0), first.shape(2), first.shape(3), channels};
+    // Each param's data and its stride along channels (0 for one value), in elements.
+    std::vector<std::pair<py::array, py::ssize_t>> params;
+    for (std::size_t i = 0; i < param_objects.size(); ++i) {
+        const py::array param = py::array::ensure(param_objects[i]);
+        if (!param) {
+            throw py::type_error("elementwise_concat params must be arrays");
+        }
+        element_type(param, i + 1);
+        const py::ssize_t ndim = param.ndim();
+        bool per_channel = ndim <= 4;
+        for (py::ssize_t d = 0; d < ndim && per_channel; ++d) {
+            const bool channel_axis = d == ndim - 3;
+            per_channel = param.shape(d) == 1 || (channel_axis && param.shape(d) == channels);
+        }
+        if (!per_channel) {
+            throw py::value_error("elementwise_concat param " + std::to_string(i) +
+                                  " must hold one value or one per channel ([1, " +
+                                  std::to_string(channels) + ", 1, 1]), got shape " +
+                                  attribute_text(param, "shape"));
+        }
+        const bool varies = ndim >= 3 && param.shape(ndim - 3) > 1;
+        params.emplace_back(param, varies ? param.strides(ndim - 3) / param.itemsize() : 0);
+    }
+    py::array out = out_object.is_none()
+                        ? py::array(py::dtype::of<float>(), shape)
+                        : checked_array<float>(out_object, "out", 4, "[N, H, W, C]");
+    if (!std::equal(shape.begin(), shape.end(), out.shape()) || !out.writeable()) {
+        throw py::value_error("out must be a writable array of shape " + shape_text(shape) +
+                              ", got shape " + attribute_text(out, "shape"));
+    }
+    // One call per part: its operands seen through [N, H, W, C_i], and its channels of out.
+    struct PartCall {
+        std::vector<ElementwiseOperand> operands;
+        std::vector<std::size_t> shape;
+        std::size_t first_channel;
+    };
+    std::vector<PartCall> calls;
+    std::size_t first_channel = 0;
+    for (const py::array& part : parts) {
+        PartCall call;
+        ElementwiseOperand x;
+        x.data = part.data();
+        for (const py::ssize_t d : {0, 2, 3, 1}) {  // NCHW strides in NHWC order
+            x.strides.push_back(part.shape(d) == 1 ? 0 : part.strides(d) / 4);
+        }
+        call.operands.push_back(std::move(x));
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const auto& [param, stride] = params[i];
+            ElementwiseOperand operand;
+            operand.data = static_cast<const char*>(param.data()) +
+                           static_cast<py::ssize_t>(first_channel) * stride * param.itemsize();
+            operand.type = element_type(param, i + 1);
+            operand.strides = {0, 0, 0, stride};
+            call.operands.push_back(std::move(operand));
+        }
+        call.shape = {static_cast<std::size_t>(part.shape(0)), static_cast<std::size_t>(part.shape(2)),
+                      static_cast<std::size_t>(part.shape(3)), static_cast<std::size_t>(part.shape(1))};
+        call.first_channel = first_channel;
+        first_channel += call.shape[3];
+        calls.push_back(std::move(call));
+    }
+    const auto c = static_cast<std::ptrdiff_t>(channels);
+    const std::vector<std::ptrdiff_t> out_strides{
+        static_cast<std::ptrdiff_t>(shape[1] * shape[2]) * c,
+        static_cast<std::ptrdiff_t>(shape[2]) * c, c, 1};
+    auto* out_data = static_cast<float*>(out.mutable_data());
+    std::vector<py::object> keep(parts.begin(), parts.end());
+    for (const auto& param : params) {
+        keep.push_back(param.first);
+    }
+    keep.push_back(out);
+    // Many small parts (DenseNet's later blocks: up to 48 of 32 channels over 14 x 14 or 7 x 7),
+    // each below what evaluate_elementwise splits over threads, go to the threads whole.
+    const bool parts_in_parallel =
+        calls.size() >= 4 && static_cast<std::size_t>(out.size()) / calls.size() < 16384;
+    return {[steps = program.steps, calls = std::move(calls), out_strides, out_data,
+             parts_in_parallel](std::size_t threads) {
+                const auto run = [&](const PartCall& call, std::size_t part_threads) {
+                    nimbus::kernels::evaluate_elementwise(
+                        steps, call.operands, call.shape, out_data + call.first_channel,
+                        out_strides, part_threads, nimbus::kernels::selected_isa());
+                };
+                if (parts_in_parallel) {
+                    nimbus::kernels::parallel_for(calls.size(), threads, [&](std::size_t part) {
+                        run(calls[part], 1);
+                    });
+                    return;
+                }
+                for (const PartCall& call : calls) {
+                    run(call, threads);
+                }
             },
             out, std::move(keep)};
 }
@@ -2490,6 +2631,17 @@ PYBIND11_MODULE(_kernels, module) {
         py::arg("program"), py::arg("inputs"), py::arg("threads") = 1,
         "Return the program over the inputs broadcast together (numpy's rules) as a new "
         "float32 array,\nin one pass over memory; inputs may be strided views.");
+    module.def(
+        "elementwise_concat",
+        [](const ElementwiseProgram& program, const py::list& parts, const py::list& params,
+           long long threads) {
+            return run_now(prepare_elementwise_concat(program, parts, params, py::none()),
+                           threads);
+        },
+        py::arg("program"), py::arg("parts"), py::arg("params"), py::arg("threads") = 1,
+        "Return the program over the concatenation of `parts` ([N, C_i, H, W] float32) along\n"
+        "channels, with per-channel `params` as its other inputs, as a new NHWC float32 array\n"
+        "[N, H, W, C], without writing the concatenation.");
     py::class_<Program>(module, "Program",
                         "A fixed sequence of native calls over arrays allocated once, run in "
                         "one call without the GIL.\nEach method checks its operands as the "
@@ -2703,6 +2855,13 @@ PYBIND11_MODULE(_kernels, module) {
                 program.add(prepare_elementwise(steps, inputs, program_out(out)));
             },
             py::arg("program"), py::arg("inputs"), py::arg("out"))
+        .def(
+            "elementwise_concat",
+            [](Program& program, const ElementwiseProgram& steps, const py::list& parts,
+               const py::list& params, const py::object& out) {
+                program.add(prepare_elementwise_concat(steps, parts, params, program_out(out)));
+            },
+            py::arg("program"), py::arg("parts"), py::arg("params"), py::arg("out"))
         .def(
             "attention",
             [](Program& program, const py::object& q, const py::object& k, const py::object& v,

@@ -26,41 +26,42 @@ constexpr bool is_binary(ElementwiseOp op) {
 }
 
 // The output's dimensions after dropping those of extent 1 and merging neighbours that every
-// operand steps through as one (stride[i] == stride[i + 1] * extent[i + 1]).
+// operand, and the output, steps through as one (stride[i] == stride[i + 1] * extent[i + 1]).
 struct Iteration {
     std::vector<std::size_t> shape;
-    std::vector<std::vector<std::ptrdiff_t>> strides;  // per operand, per dimension
+    // per operand, then the output, per dimension
+    std::vector<std::vector<std::ptrdiff_t>> strides;
 };
 
 Iteration coalesced(const std::vector<std::size_t>& shape,
-                    const std::vector<ElementwiseOperand>& operands) {
+                    const std::vector<const std::vector<std::ptrdiff_t>*>& strides) {
     Iteration it;
-    it.strides.resize(operands.size());
+    it.strides.resize(strides.size());
     for (std::size_t d = 0; d < shape.size(); ++d) {
         if (shape[d] == 1) {
             continue;
         }
         bool merges = !it.shape.empty();
-        for (std::size_t o = 0; o < operands.size() && merges; ++o) {
+        for (std::size_t o = 0; o < strides.size() && merges; ++o) {
             merges = it.strides[o].back() ==
-                     operands[o].strides[d] * static_cast<std::ptrdiff_t>(shape[d]);
+                     (*strides[o])[d] * static_cast<std::ptrdiff_t>(shape[d]);
         }
         if (merges) {
             it.shape.back() *= shape[d];
-            for (std::size_t o = 0; o < operands.size(); ++o) {
-                it.strides[o].back() = operands[o].strides[d];
+            for (std::size_t o = 0; o < strides.size(); ++o) {
+                it.strides[o].back() = (*strides[o])[d];
             }
             continue;
         }
         it.shape.push_back(shape[d]);
-        for (std::size_t o = 0; o < operands.size(); ++o) {
-            it.strides[o].push_back(operands[o].strides[d]);
+        for (std::size_t o = 0; o < strides.size(); ++o) {
+            it.strides[o].push_back((*strides[o])[d]);
         }
     }
     if (it.shape.empty()) {  // one element
         it.shape.push_back(1);
-        for (auto& strides : it.strides) {
-            strides.push_back(0);
+        for (auto& operand_strides : it.strides) {
+            operand_strides.push_back(0);
         }
     }
     return it;
@@ -231,23 +232,29 @@ __attribute__((always_inline)) inline void run_segment(
     }
 }
 
-// Output elements [begin, end) of the iteration, segment by segment.
+// Output elements [begin, end) of the iteration, segment by segment. A segment whose output is
+// not contiguous (a channel slice of NHWC memory narrower than a row) is computed into a
+// register of its own and then scattered.
 __attribute__((always_inline)) inline void run_piece(
     const std::vector<ElementwiseStep>& steps, const std::vector<ElementwiseOperand>& operands,
     const Iteration& it, std::size_t begin, std::size_t end, float* out, Isa isa) {
     const std::size_t dims = it.shape.size();
     const std::size_t inner = it.shape.back();
+    const std::size_t count = operands.size() + 1;  // the output's strides come last
     // Rows shorter than half a chunk (a [N, C, 1, 1] gate over NHWC memory: C floats per row)
     // go several to a segment along the next dimension: one segment per row cost more than the
     // arithmetic (a multiply over 112 x 112 x 32 took 3x as long as one without broadcast).
     const std::size_t rows_per_segment = dims > 1 ? std::max<std::size_t>(kChunk / inner, 1) : 1;
-    std::vector<std::ptrdiff_t> offsets(operands.size());
-    std::vector<std::ptrdiff_t> inner_strides(operands.size());
-    std::vector<std::ptrdiff_t> row_strides(operands.size());
-    for (std::size_t o = 0; o < operands.size(); ++o) {
+    std::vector<std::ptrdiff_t> offsets(count);
+    std::vector<std::ptrdiff_t> inner_strides(count);
+    std::vector<std::ptrdiff_t> row_strides(count);
+    for (std::size_t o = 0; o < count; ++o) {
         inner_strides[o] = it.strides[o].back();
         row_strides[o] = dims > 1 ? it.strides[o][dims - 2] : 0;
     }
+    const std::ptrdiff_t out_inner = inner_strides[operands.size()];
+    const std::ptrdiff_t out_row = row_strides[operands.size()];
+    alignas(64) float scattered[kChunk];
     std::size_t position = begin;
     while (position < end) {
         // The operands' offsets of element `position`, from its index along each dimension.
@@ -260,13 +267,13 @@ __attribute__((always_inline)) inline void run_piece(
                              it.shape[dims - 2] - row_in_run});
             rows = std::max<std::size_t>(rows, 1);
         }
-        for (std::size_t o = 0; o < operands.size(); ++o) {
+        for (std::size_t o = 0; o < count; ++o) {
             offsets[o] = static_cast<std::ptrdiff_t>(column) * inner_strides[o];
         }
         for (std::size_t d = dims - 1; d-- > 0;) {
             const auto index = static_cast<std::ptrdiff_t>(rest % it.shape[d]);
             rest /= it.shape[d];
-            for (std::size_t o = 0; o < operands.size(); ++o) {
+            for (std::size_t o = 0; o < count; ++o) {
                 offsets[o] += index * it.strides[o][d];
             }
         }
@@ -274,7 +281,21 @@ __attribute__((always_inline)) inline void run_piece(
             rows > 1 ? inner : std::min({kChunk, inner - column, end - position});
         const Segment segment{offsets.data(), inner_strides.data(), row_strides.data(), length,
                               rows};
-        run_segment(steps, operands, segment, out + position, isa);
+        float* target = out + offsets[operands.size()];
+        const bool contiguous =
+            out_inner == 1 && (rows == 1 || out_row == static_cast<std::ptrdiff_t>(length));
+        run_segment(steps, operands, segment, contiguous ? target : scattered, isa);
+        for (std::size_t r = 0; r < rows && !contiguous; ++r) {
+            const float* from = scattered + r * length;
+            float* row = target + static_cast<std::ptrdiff_t>(r) * out_row;
+            if (out_inner == 1) {  // whole rows apart: a channel slice of NHWC memory
+                std::copy(from, from + length, row);
+                continue;
+            }
+            for (std::size_t i = 0; i < length; ++i) {
+                row[static_cast<std::ptrdiff_t>(i) * out_inner] = from[i];
+            }
+        }
         position += rows * length;
     }
 }
@@ -324,7 +345,8 @@ std::size_t check_elementwise_program(const std::vector<ElementwiseStep>& steps)
 
 void evaluate_elementwise(const std::vector<ElementwiseStep>& steps,
                           const std::vector<ElementwiseOperand>& operands,
-                          const std::vector<std::size_t>& shape, float* out, std::size_t threads,
+                          const std::vector<std::size_t>& shape, float* out,
+                          const std::vector<std::ptrdiff_t>& out_strides, std::size_t threads,
                           Isa isa) {
     std::size_t total = 1;
     for (const std::size_t extent : shape) {
@@ -333,7 +355,18 @@ void evaluate_elementwise(const std::vector<ElementwiseStep>& steps,
     if (total == 0) {
         return;
     }
-    const Iteration it = coalesced(shape, operands);
+    std::vector<std::ptrdiff_t> contiguous(shape.size());
+    std::ptrdiff_t step = 1;
+    for (std::size_t d = shape.size(); d-- > 0;) {
+        contiguous[d] = step;
+        step *= static_cast<std::ptrdiff_t>(shape[d]);
+    }
+    std::vector<const std::vector<std::ptrdiff_t>*> strides;
+    for (const ElementwiseOperand& operand : operands) {
+        strides.push_back(&operand.strides);
+    }
+    strides.push_back(out_strides.empty() ? &contiguous : &out_strides);
+    const Iteration it = coalesced(shape, strides);
     auto piece = &run_piece_portable;
 #ifdef NIMBUS_X86_KERNELS
     if (sgemm_path(isa) != Isa::portable) {

@@ -54,11 +54,14 @@ struct ElementwiseOperand {
     std::vector<std::ptrdiff_t> strides;  // in elements, one per output dimension
 };
 
-// out (C-contiguous float32 of `shape`) = the program over the operands. `steps` must be a
-// valid program (check_elementwise_program) over `operands`.
+// out (float32 of `shape`) = the program over the operands. out_strides (in elements, one per
+// dimension) place element (i0, i1, ...) at out[i0 * out_strides[0] + ...], no two elements in
+// one place (a channel slice of NHWC memory); empty means C-contiguous. `steps` must be a valid
+// program (check_elementwise_program) over `operands`.
 void evaluate_elementwise(const std::vector<ElementwiseStep>& steps,
                           const std::vector<ElementwiseOperand>& operands,
-                          const std::vector<std::size_t>& shape, float* out, std::size_t threads,
+                          const std::vector<std::size_t>& shape, float* out,
+                          const std::vector<std::ptrdiff_t>& out_strides, std::size_t threads,
                           Isa isa);
 
 // The number of operands a program reads (one more than its largest index); std::invalid_argument

@@ -110,6 +110,58 @@ def test_short_rows_run_several_to_a_segment(channels):
         assert_same_bits(native(expr, inputs, threads=threads), expected)
 
 
+def concat_parts(rng, channel_counts, batch, height, width) -> list:
+    """[N, C_i, H, W] values in turns C-contiguous, NCHW views of NHWC memory and strided."""
+    parts = []
+    for i, channels in enumerate(channel_counts):
+        x = floats(rng, (batch, height, width, 2 * channels))[..., ::2].transpose(0, 3, 1, 2)
+        parts.append([np.ascontiguousarray(x), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+                      .transpose(0, 3, 1, 2), x][i % 3])
+    return parts
+
+
+@pytest.mark.parametrize("channel_counts, hw", [
+    ((5,), (7, 6)), ((64, 32, 32), (9, 11)), ((1, 3, 16, 17), (4, 5)),  # in turn
+    ((128,) + (32,) * 11, (5, 3)), ((8,) * 6, (2, 2)),  # small parts across the threads
+])
+def test_elementwise_concat_is_the_expression_over_the_concatenation(channel_counts, hw):
+    """DenseNet's BN -> ReLU over concatenated values, with constants per channel, of one
+    value, cast from int8, in fewer dimensions: each part into its channels of the NHWC
+    result, bit for bit the expression over np.concatenate."""
+    rng = np.random.default_rng(list(channel_counts))
+    total = sum(channel_counts)
+    for batch in (1, 2):
+        parts = concat_parts(rng, channel_counts, batch, *hw)
+        params = [floats(rng, (1, total, 1, 1)), floats(rng, (total, 1, 1)),
+                  rng.integers(-9, 9, (1, total, 1, 1), dtype=np.int8), floats(rng, (1, 1))]
+        expr = "relu(add(mul($0,$1),sub($2,mul(cast[dtype=f32]($3),$4))))"
+        program = fused.native_expression(expr, tuple(a.dtype for a in [parts[0], *params]))
+        expected = numpy_result(expr, [np.concatenate(parts, axis=1), *params])
+        for threads in (1, 2):
+            actual = _kernels.elementwise_concat(program, parts, params, threads)
+            assert actual.flags.c_contiguous and actual.shape == (batch, *hw, total)
+            assert_same_bits(actual.transpose(0, 3, 1, 2), expected)
+
+
+def test_elementwise_concat_checks_its_arguments():
+    rng = np.random.default_rng(0)
+    program = fused.native_expression("mul($0,$1)", (np.dtype(np.float32),) * 2)
+    a, b = floats(rng, (1, 3, 4, 5)), floats(rng, (1, 2, 4, 5))
+    scale = floats(rng, (1, 5, 1, 1))
+    with pytest.raises(ValueError, match="share N, H and W"):
+        _kernels.elementwise_concat(program, [a, floats(rng, (1, 2, 4, 6))], [scale])
+    with pytest.raises(ValueError, match="one per channel"):
+        _kernels.elementwise_concat(program, [a, b], [floats(rng, (1, 5, 4, 1))])
+    with pytest.raises(ValueError, match="one per channel"):
+        _kernels.elementwise_concat(program, [a, b], [floats(rng, (1, 4, 1, 1))])
+    with pytest.raises(ValueError, match="reads 2 inputs"):
+        _kernels.elementwise_concat(program, [a, b], [])
+    with pytest.raises(ValueError, match="at least one part"):
+        _kernels.elementwise_concat(program, [], [scale])
+    with pytest.raises(TypeError, match="4-D float32"):
+        _kernels.elementwise_concat(program, [a.astype(np.float64)], [scale])
+
+
 def test_strided_and_reversed_views_are_read_in_place():
     rng = np.random.default_rng(3)
     base = floats(rng, (6, 40, 50))

@@ -1,8 +1,9 @@
 """Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
 the very results of the kernels run from scratch, float and int8, with residuals and fused
 activations; they decline what they do not handle, and the step then runs its kernel. Float
-inverted residual blocks, and convolutions with the max pooling of their results, become one
-step (cpu_ops.blocks) with the results of their layers."""
+inverted residual blocks, convolutions with the max pooling of their results, and channel
+concatenations with the per-channel expression that reads them (DenseNet), become one step
+(cpu_ops.blocks) with the results of their layers."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
                                                    "inverted_residual"}
     assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
     assert prepared <= set(PREPARERS) | {"inverted_residual", "qconv2d_max_pool2d",
-                                         "conv2d_max_pool2d"}
+                                         "conv2d_max_pool2d", "concat_elementwise"}
     for batch in (1, 3):
         feeds = feeds_for(name, graph, batch, seed=batch)
         actual, expected = session.run(feeds), run_unprepared(session, feeds)
@@ -242,6 +243,52 @@ def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused(int8):
     session = stem_session(StemAndPool(also_stem=True), (1, 3, 21, 19), int8)
     ops = [step.op for step in session._steps]
     assert "max_pool2d" in ops and not {"qconv2d_max_pool2d", "conv2d_max_pool2d"} & set(ops)
+
+
+def test_dense_blocks_evaluate_their_batch_norms_over_the_concatenated_values(monkeypatch):
+    """DenseNet's concat -> BN -> ReLU: one step per dense layer, transition and the final
+    norm, over 1 to 4 values of 8 to 16 channels (the native call's parts in turn, or, from 4 small ones, across the
+    threads), with the bits of the concatenation and the expression run apart."""
+    _, graph = converted("small_densenet")
+    session = Session(nimbus.compile(graph).data, threads=2)
+    ops = [step.op for step in session._steps]
+    assert "concat" not in ops and "fused_elementwise" not in ops
+    fused = [step for step in session._steps if step.op == "concat_elementwise"]
+    assert sorted(len(step.operands) for step in fused) == [1, 1, 2, 2, 3, 3, 4]
+    monkeypatch.setattr(blocks, "_is_concat_elementwise", lambda *args: False)
+    unfused = Session(session.artifact, threads=2)
+    assert "concat_elementwise" not in [step.op for step in unfused._steps]
+    for batch in (1, 3):
+        feeds = feeds_for("small_densenet", graph, batch, seed=batch)
+        expected = unfused.run(feeds)
+        for run in range(2):  # the executor, then the native plan that its run traced
+            for key, value in session.run(feeds).items():
+                np.testing.assert_array_equal(value, expected[key], err_msg=f"run {run}")
+        assert (feeds[session.inputs[0].name].shape,) in session.native_shapes
+
+
+class ConcatReadTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 5, 1)
+        self.bn = nn.BatchNorm2d(9)
+
+    def forward(self, x):
+        joined = torch.cat([self.a(x), self.b(x)], 1)
+        return torch.relu(self.bn(joined)), joined
+
+
+def test_a_concatenation_read_by_more_than_one_step_is_not_fused():
+    model = ConcatReadTwice()
+    randomize_batch_norm(model)
+    x = torch.randn(2, 3, 5, 6)
+    session = nimbus.compile(model.eval(), (x,)).session()
+    assert "concat_elementwise" not in [step.op for step in session._steps]
+    with torch.no_grad():
+        expected = model(x)
+    outputs = list(session.run({session.inputs[0].name: x.numpy()}).values())
+    for actual, reference in zip(outputs, expected):
+        assert_matches(actual, reference.numpy(), "unfused concat", rtol=1e-5)
 
 
 @pytest.mark.parametrize("op, reference", [("add", np.add), ("sub", np.subtract),
