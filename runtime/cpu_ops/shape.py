@@ -88,15 +88,46 @@ kernel("permute")(lambda xs, a, types: np.transpose(xs[0], a["perm"]))
 kernel("expand")(without_types(expand_reference))
 kernel("slice")(without_types(slice_reference))
 kernel("split")(without_types(split_reference))
+_COPY = _kernels.ElementwiseProgram([("input", 0, 0.0, 0.0)])  # a float32 array, C-contiguous
+
+
+def _joins_channels(xs, a) -> bool:
+    """Whether the concat joins the channels of 4-D operands, some in NHWC memory (convolutions'
+    results): it then joins them in that memory, for the convolution that reads them next,
+    where numpy's NCHW result made each reader transpose it again."""
+    return a["axis"] in (1, -3) and all(x.ndim == 4 for x in xs) and any(
+        in_nhwc_memory(x, x.dtype) for x in xs)
+
+
+def _native_channel_concat(xs) -> bool:
+    """Whether the native copy takes the channel concat: float32 values that concatenate (the
+    numpy path names a mismatch)."""
+    n, _, h, w = xs[0].shape
+    return all(x.dtype == np.float32 and x.shape[0] == n and x.shape[2:] == (h, w) for x in xs)
+
+
 @kernel("concat")
 def concat(xs, a, types):
-    """np.concatenate; channels of 4-D operands in NHWC memory (convolutions' results) are
-    joined in that memory, for the convolution that reads them next (DenseNet's blocks), where
-    numpy's NCHW result made each reader transpose it again."""
-    if a["axis"] in (1, -3) and all(x.ndim == 4 for x in xs) and any(
-            in_nhwc_memory(x, x.dtype) for x in xs):
-        return np.concatenate([nhwc(x) for x in xs], axis=3).transpose(0, 3, 1, 2)
-    return np.concatenate(xs, axis=a["axis"])
+    """np.concatenate; channels in NHWC memory (_joins_channels), float32 ones by the native
+    copy on the session's threads (SqueezeNet's fire modules, 2 x 128 x 54 x 54: 0.31 ms in
+    numpy)."""
+    if not _joins_channels(xs, a):
+        return np.concatenate(xs, axis=a["axis"])
+    if _native_channel_concat(xs):
+        return _kernels.elementwise_concat(_COPY, list(xs), [], NATIVE_THREADS.get()).transpose(
+            0, 3, 1, 2)
+    return np.concatenate([nhwc(x) for x in xs], axis=3).transpose(0, 3, 1, 2)
+
+
+@native_step("concat")
+def build_concat(program, a, types, operands, runtime, results):
+    """A float32 channel concat in NHWC memory as a program step."""
+    out = np.empty_like(results[0])
+    if not (_joins_channels(operands, a) and _native_channel_concat(operands)
+            and nhwc(out).flags.c_contiguous):
+        return None
+    program.elementwise_concat(_COPY, list(operands), [], nhwc(out))
+    return [out]
 kernel("pad")(without_types(pad_reference))
 kernel("full")(without_types(full_reference))
 
@@ -124,9 +155,6 @@ def build_gather(program, a, types, operands, runtime, results):
     out = np.empty(results[0].shape, data.dtype)
     program.gather_rows(data, indices, out)
     return [out]
-
-
-_COPY = _kernels.ElementwiseProgram([("input", 0, 0.0, 0.0)])  # a float32 array, C-contiguous
 
 
 def contiguous_operand(program, x: np.ndarray) -> np.ndarray | None:

@@ -710,10 +710,12 @@ def test_nhwc_memory_stays_nhwc_through_elementwise_ops_and_concat():
         np.testing.assert_array_equal(actual, expected, err_msg=op)
     # DenseNet's pre-activation over channels joined in NHWC memory, with per-channel constants.
     y = randn(2, 6, 5, 3).transpose(0, 3, 1, 2)
-    for operands in ([x, y], [y, np.ascontiguousarray(x), y]):
+    for operands in ([x, y], [y, np.ascontiguousarray(x), y], [x[:, ::-2], y.astype(np.uint8)]):
         (joined,) = run_op("concat", operands, {"axis": 1}, [None] * len(operands))
         assert joined.transpose(0, 2, 3, 1).flags.c_contiguous
         np.testing.assert_array_equal(joined, np.concatenate(operands, axis=1))
+    with pytest.raises(ValueError, match="must match exactly"):
+        run_op("concat", [x, y[:, :, :4]], {"axis": 1}, [None] * 2)
     channels = joined.shape[1]
     scale, shift = randn(1, channels, 1, 1), randn(channels, 1, 1)
     (actual,) = run_op("fused_elementwise", [joined, scale, shift],

@@ -249,6 +249,38 @@ def test_average_pools_run_in_native_plans():
         assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
 
 
+class Fire(nn.Module):
+    """SqueezeNet's fire module: a squeeze 1x1, then expand 1x1 and 3x3 joined along channels,
+    read by a max pooling and another fire module's squeeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.squeeze, self.expand1, self.expand3 = (nn.Conv2d(8, 4, 1), nn.Conv2d(4, 6, 1),
+                                                    nn.Conv2d(4, 5, 3, padding=1))
+        self.head = nn.Conv2d(11, 3, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(torch.relu(self.stem(x))))
+        x = torch.cat([torch.relu(self.expand1(x)), torch.relu(self.expand3(x))], 1)
+        return self.head(nn.functional.max_pool2d(x, 2)).flatten(1)
+
+
+def test_channel_concats_run_in_native_plans():
+    session, model = session_of(Fire())
+    assert "concat" in [step.op for step in session._steps]
+    for batch in (1, 3):
+        feeds = images(batch, seed=batch)
+        session.run(feeds)
+        assert isinstance(session._native_plans[(feeds["x"].shape,)], NativePlan)
+        feeds = images(batch, seed=10 + batch)
+        native = session.run(feeds)["output"]
+        np.testing.assert_array_equal(native, executor_run(session, feeds)["output"])
+        with torch.no_grad():
+            expected = model(torch.from_numpy(feeds["x"])).numpy()
+        assert_matches(native, expected, "native plan vs torch", rtol=1e-4)
+
+
 def test_a_step_without_a_native_form_keeps_the_executor():
     session, model = session_of(WithExp())
     feeds = images(2, seed=0)
