@@ -8,8 +8,14 @@ step (each op's ``native_step`` builder, cpu_ops/registry.py) over arrays alloca
 the memory layouts that the traced run's results had. Later runs of that shape copy the inputs
 in, make one call without the GIL, and copy the outputs out.
 
-A plan gets a program only when every step has a builder that accepts it and its arrays are
-small (MAX_PROGRAM_BYTES); otherwise, and while another thread runs the program (its arrays are
+The program's arrays come from an arena that reuses memory by liveness, as the executor's
+freed arrays are reused: a step's results and scratch take memory whose values no later step
+reads (each step's `release` list says which die after it), so the program holds about the
+run's peak of live activations rather than every value at once, and its steps write to memory
+that earlier steps left in cache.
+
+A plan gets a program only when every step has a builder that accepts it and its arena is small
+(MAX_PROGRAM_BYTES); otherwise, and while another thread runs the program (its arrays are
 shared), the executor runs as before. The calls are the kernels the executor calls, with the
 same arguments, so the results are the same bit for bit.
 """
@@ -21,18 +27,21 @@ import threading
 import numpy as np
 
 from . import _kernels
-from .cpu_ops.registry import NATIVE_STEPS
+from .cpu_ops.registry import NATIVE_STEPS, PLAN_ARENA
 
-# The most bytes of step results a program may hold: its arrays live as long as the session,
-# and a large model gains nothing (its executor share is a fraction of a percent).
+# The most bytes of arena a program may hold: its arrays live as long as the session, and a
+# large model gains nothing (its executor share is a fraction of a percent).
 MAX_PROGRAM_BYTES = 16 << 20
+# The most bytes of step results a traced run may keep for building (the first run of a shape
+# holds them all until the plan is built).
+MAX_TRACE_BYTES = 64 << 20
 # The most input shapes per session that get a program.
 MAX_PROGRAMS = 4
 
 
 class Trace:
     """What each step of one executor run read and returned, while its results stay within
-    MAX_PROGRAM_BYTES: past that the plan gets no program, and the trace lets its arrays go."""
+    MAX_TRACE_BYTES: past that the plan gets no program, and the trace lets its arrays go."""
 
     def __init__(self):
         self.steps: list = []  # (step, attrs, operands, results)
@@ -45,21 +54,80 @@ class Trace:
             return
         arrays = all(isinstance(result, np.ndarray) for result in results)
         self._bytes += sum(result.nbytes for result in results) if arrays else 0
-        if not arrays or self._bytes > MAX_PROGRAM_BYTES:
+        if not arrays or self._bytes > MAX_TRACE_BYTES:
             self.complete = False
             self.steps.clear()
             return
         self.steps.append((step, attrs, operands, results))
 
 
+class Arena:
+    """The memory of a program's arrays: byte buffers, each free or holding values that some
+    plan slot still reads. A buffer's users are the live slots whose arrays lie in it (a
+    reshape's result lies in its operand's); scratch that no slot holds is free again once its
+    step's calls are in the program, which runs them in order."""
+
+    def __init__(self):
+        self.bytes = 0
+        self._buffers: dict[int, np.ndarray] = {}  # id -> buffer
+        self._users: dict[int, int] = {}
+        self._free: list[np.ndarray] = []
+        self._taken: list[np.ndarray] = []  # by the step being built
+
+    def empty(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous array in the smallest free buffer that holds it, or in a new one."""
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
+        if not nbytes:
+            return np.empty(shape, dtype)
+        fitting = [i for i, buffer in enumerate(self._free) if buffer.nbytes >= nbytes]
+        if fitting:
+            buffer = self._free.pop(min(fitting, key=lambda i: self._free[i].nbytes))
+        else:
+            buffer = np.empty(nbytes, np.uint8)  # on a cache line: the run's allocator
+            self._buffers[id(buffer)] = buffer
+            self._users[id(buffer)] = 0
+            self.bytes += nbytes
+        self._taken.append(buffer)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def _buffer_of(self, array: np.ndarray) -> int | None:
+        base = array
+        while isinstance(base, np.ndarray) and id(base) not in self._buffers:
+            base = base.base
+        return id(base) if isinstance(base, np.ndarray) else None
+
+    def hold(self, array: np.ndarray) -> None:
+        """A slot now holds ``array``."""
+        buffer = self._buffer_of(array)
+        if buffer is not None:
+            self._users[buffer] += 1
+
+    def release(self, array: np.ndarray) -> None:
+        """A slot that held ``array`` is read no more."""
+        buffer = self._buffer_of(array)
+        if buffer is not None:
+            self._users[buffer] -= 1
+            if self._users[buffer] == 0:
+                self._free.append(self._buffers[buffer])
+
+    def end_step(self) -> None:
+        """The step's calls are in the program: its scratch that no slot holds is free."""
+        for buffer in self._taken:
+            if self._users[id(buffer)] == 0 and all(buffer is not b for b in self._free):
+                self._free.append(buffer)
+        self._taken = []
+
+
 class NativePlan:
     """A program with the arrays its inputs go into and its outputs come from."""
 
     def __init__(self, program, inputs: list[np.ndarray], outputs: list[np.ndarray],
-                 step_calls: list[tuple[object, int, int]]):
+                 step_calls: list[tuple[object, int, int]], arena_bytes: int):
         self.program = program
         self.inputs = inputs
         self.outputs = outputs
+        self.arena_bytes = arena_bytes  # the memory of its steps' results and scratch
         # (plan step, first call, end call): the program's calls that each step added
         self.step_calls = step_calls
         self._lock = threading.Lock()
@@ -97,10 +165,22 @@ def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
     are the plan's constant slots (None for values computed at run time)."""
     if not trace.complete:
         return None
+    arena = Arena()
+    token = PLAN_ARENA.set(arena)
+    try:
+        return _build(trace, constants, input_slots, inputs, output_slots, arena)
+    finally:
+        PLAN_ARENA.reset(token)
+
+
+def _build(trace: Trace, constants: list, input_slots: list[int], inputs: list[np.ndarray],
+           output_slots: list[int], arena: Arena) -> NativePlan | None:
     program = _kernels.Program()
     arrays = list(constants)
-    for slot, value in zip(input_slots, inputs):
-        arrays[slot] = np.empty_like(value)
+    input_arrays = [np.empty_like(value) for value in inputs]
+    for slot, array in zip(input_slots, input_arrays):
+        arrays[slot] = array
+    outputs = set(output_slots)
     step_calls = []
     for step, attrs, _, results in trace.steps:
         build = NATIVE_STEPS.get(step.op)
@@ -119,6 +199,14 @@ def build_native_plan(trace: Trace, constants: list, input_slots: list[int],
             if array.shape != traced.shape or array.dtype != traced.dtype:
                 return None
             arrays[slot] = array
+            arena.hold(array)
+        arena.end_step()
+        for slot in step.release:
+            if slot not in outputs and constants[slot] is None and arrays[slot] is not None:
+                arena.release(arrays[slot])
+                arrays[slot] = None
+        if arena.bytes > MAX_PROGRAM_BYTES:
+            return None
         step_calls.append((step, first_call, len(program)))
-    return NativePlan(program, [arrays[slot] for slot in input_slots],
-                      [arrays[slot] for slot in output_slots], step_calls)
+    return NativePlan(program, input_arrays, [arrays[slot] for slot in output_slots], step_calls,
+                      arena.bytes)

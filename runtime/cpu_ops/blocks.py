@@ -40,7 +40,8 @@ from .nn import (
 )
 from .packing import PACKED_WEIGHTS
 from .quant import requantized_conv_head
-from .registry import NATIVE_THREADS, RUNTIME, call_kernel, native_step
+from .registry import (NATIVE_THREADS, RUNTIME, call_kernel, native_step, plan_empty,
+                       plan_empty_like)
 
 LAYER_OPS = ("conv2d", "fused_conv2d")
 # The native block runs when the expanded activations of one image reach this size: below it
@@ -186,7 +187,7 @@ class InvertedResidualBlock:
         """The block's calls in a native plan: the native block or the three convolutions, as
         __call__ runs them, over x (and a residual) in NHWC memory."""
         x, residual = operands[0], operands[1] if self.has_residual else None
-        out = np.empty_like(results[0])
+        out = plan_empty_like(results[0])
         if x.dtype != np.float32 or not x.size or not nhwc(out).flags.c_contiguous:
             return None
         fused = self._fused(x, residual)
@@ -202,11 +203,11 @@ class InvertedResidualBlock:
             return [out]
         pointwise = ((1, 1), (0, 0, 0, 0), (1, 1))
         n, _, h, w = x.shape
-        d = np.empty((n, *out.shape[2:], self.expanded), dtype=np.float32)
+        d = plan_empty((n, *out.shape[2:], self.expanded), np.float32)
         (pe, pd, pp), (be, bd, bp) = self.packed, self.biases
         e = x_nhwc
         if pe is not None:
-            e = np.empty((n, h, w, self.expanded), dtype=np.float32)
+            e = plan_empty((n, h, w, self.expanded), np.float32)
             program.sconv2d(x_nhwc, pe, be, None, self.act_e, *pointwise, e)
         program.sconv2d(e, pd, bd, None, self.act_d, *self.geometry, d)
         program.sconv2d(d, pp, bp, residual, self.act_p, *pointwise, nhwc(out))
@@ -355,7 +356,7 @@ class ConvPool:
     def build(self, program, operands, results):
         """The fused call in a native plan, over x in NHWC memory."""
         x = operands[0]
-        out = np.empty_like(results[0])
+        out = plan_empty_like(results[0])
         pool_hw = self._pool_hw(x)
         x_nhwc = channels_last_operand(program, x)
         if pool_hw is None or x_nhwc is None or not nhwc(out).flags.c_contiguous:
@@ -430,7 +431,7 @@ class ConcatElementwise:
 
     def build(self, program, operands, results):
         """The native call in a native plan."""
-        out = np.empty_like(results[0])
+        out = plan_empty_like(results[0])
         if not self._applies(operands) or not nhwc(out).flags.c_contiguous:
             return None
         program.elementwise_concat(self.program, list(operands), self.params, nhwc(out))

@@ -22,7 +22,8 @@ from .elementwise import ATTR_DEFAULTS, ELEMENTWISE_OPS
 from .nn import (build_native_conv2d, build_native_linear, conv2d_any_layout, layer_step,
                  matmul_kernel, matmul_rows, native_conv2d, native_linear, prepare_native_conv2d,
                  prepare_native_linear)
-from .registry import KERNELS, NATIVE_THREADS, kernel, native_step, preparer, without_types
+from .registry import (KERNELS, NATIVE_THREADS, kernel, native_step, plan_empty, preparer,
+                       without_types)
 
 # activation name -> (op, attributes) applied after the layer, bias and residual
 ACTIVATIONS = {
@@ -108,9 +109,9 @@ def attention_result(q: np.ndarray, dv: int) -> np.ndarray:
     multi-head attention takes of its projections) give [..., H, L, Dv] over [..., L, H, Dv]
     memory, which the usual merge of the heads then reshapes without a copy."""
     if q.ndim >= 3 and 0 < q.strides[-3] < q.strides[-2]:
-        heads = np.empty(q.shape[:-3] + (q.shape[-2], q.shape[-3], dv), np.float32)
+        heads = plan_empty(q.shape[:-3] + (q.shape[-2], q.shape[-3], dv), np.float32)
         return np.swapaxes(heads, -2, -3)
-    return np.empty(q.shape[:-1] + (dv,), np.float32)
+    return plan_empty(q.shape[:-1] + (dv,), np.float32)
 
 
 def attention_operands(q, k, v, mask, dtypes=(np.float32,)):
@@ -448,10 +449,10 @@ def _add_native(program, steps, operands, results) -> list:
     """The native program as a program step, writing memory in _run_native's order."""
     shape = np.shape(results[0])
     if _over_nhwc_memory(operands):
-        out = np.empty((shape[0], shape[2], shape[3], shape[1]), dtype=np.float32)
+        out = plan_empty((shape[0], shape[2], shape[3], shape[1]), np.float32)
         program.elementwise(steps, _nhwc_views(operands), out)
         return [out.transpose(0, 3, 1, 2)]
-    out = np.empty(shape, dtype=np.float32)
+    out = plan_empty(shape, np.float32)
     program.elementwise(steps, list(operands), out)
     return [out]
 

@@ -17,8 +17,8 @@ import numpy as np
 from .. import _kernels
 from .common import in_float32, nhwc, normalize_axis, window_output_size
 from .packing import PACKED_WEIGHTS
-from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
-                       without_types)
+from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, plan_empty,
+                       plan_empty_like, prepared_or, preparer, without_types)
 from .shape import contiguous_operand
 
 PAIR_ONES = (1, 1)
@@ -306,7 +306,7 @@ def build_layer_norm(program, a, types, operands, runtime, results):
     vectors = _layer_norm_vectors(normalized, weight, bias)
     if vectors is None or not channels:
         return None
-    out = np.empty(x.shape, np.float32)
+    out = plan_empty(x.shape, np.float32)
     program.layer_norm(x.reshape(-1, channels), *vectors, a["eps"], out.reshape(-1, channels))
     return [out]
 
@@ -354,7 +354,7 @@ def build_softmax(program, a, types, operands, runtime, results):
     x = operands[0]
     if x.dtype != np.float32 or not x.ndim or a["axis"] not in (-1, x.ndim - 1):
         return None
-    out = np.empty(x.shape, np.float32)
+    out = plan_empty(x.shape, np.float32)
     program.softmax(contiguous_operand(program, x), -1, out)
     return [out]
 
@@ -411,7 +411,7 @@ def build_max_pool(program, a, types, operands, runtime, results):
     if x.dtype not in NATIVE_POOL_DTYPES or not x.size:
         return None
     x_nhwc = channels_last_operand(program, x)
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if x_nhwc is None or not nhwc(out).flags.c_contiguous:
         return None
     geometry = [a[name] for name in ("kernel", "stride", "padding", "dilation")]
@@ -467,7 +467,7 @@ def build_avg_pool(program, a, types, operands, runtime, results):
     if x.dtype != np.float32 or not x.size:
         return None
     x_nhwc = channels_last_operand(program, x)
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if x_nhwc is None or not nhwc(out).flags.c_contiguous:
         return None
     kernel, stride, padding = _avg_pool_geometry(a)
@@ -535,7 +535,7 @@ def channels_last_operand(program, x: np.ndarray) -> np.ndarray | None:
         return nhwc(x)
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         return None
-    out = np.empty(nhwc(x).shape, dtype=np.float32)
+    out = plan_empty(nhwc(x).shape, np.float32)
     program.to_channels_last(x, out)
     return out
 
@@ -658,7 +658,7 @@ def build_native_conv2d(program, a, types, operands, runtime, results, activatio
         return None
     packed, bias, stride, padding, dilation = args
     x_nhwc = channels_last_operand(program, x)
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if x_nhwc is None or not nhwc(out).flags.c_contiguous:
         return None
     residual_nhwc = None
@@ -685,7 +685,7 @@ def build_native_linear(program, a, types, operands, runtime, results, activatio
             return None
     packed, bias = args
     n, k = w.shape
-    out = np.empty(results[0].shape, dtype=np.float32)
+    out = plan_empty(results[0].shape, np.float32)
     program.sgemm(x.reshape(-1, k), packed, bias,
                   None if residual is None else residual.reshape(-1, n), activation,
                   out.reshape(-1, n))

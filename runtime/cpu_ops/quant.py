@@ -33,8 +33,8 @@ from .fused import (apply_activation, attention_operands, attention_operands_in_
                     attention_result, scale_of)
 from .nn import conv2d_nchw
 from .packing import PACKED_WEIGHTS
-from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, prepared_or, preparer,
-                       without_types)
+from .registry import (NATIVE_THREADS, RUNTIME, kernel, native_step, plan_empty,
+                       plan_empty_like, prepared_or, preparer, without_types)
 from .shape import channels_first_operand, contiguous_operand
 
 NATIVE_OUT_DTYPES = {"u8": "u8", "i8": "s8"}
@@ -426,7 +426,7 @@ def build_quantize(program, a, types, operands, runtime, results):
     x = operands[0]
     if args is None or x.dtype != np.float32:
         return None
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if in_nhwc_memory(x, np.float32) and nhwc(out).flags.c_contiguous:
         program.quantize(nhwc(x), *args, False, nhwc(out))
         return [out]
@@ -482,7 +482,7 @@ def build_dequantize(program, a, types, operands, runtime, results):
     q = operands[0]
     if not _dequantizes(q, axis) or not q.flags.c_contiguous:
         return None
-    out = np.empty(q.shape, np.float32)
+    out = plan_empty(q.shape, np.float32)
     getattr(program, name)(q, *args, out)
     return [out]
 
@@ -548,7 +548,7 @@ def build_qlinear(program, a, types, operands, runtime, results):
             residual is not None and not residual.flags.c_contiguous):
         return None
     n, k = w.shape
-    out = np.empty(results[0].shape, dtype=results[0].dtype)
+    out = plan_empty(results[0].shape, results[0].dtype)
     method = program.qgemm_f32 if epilogue.f32 else program.qgemm
     method(x.reshape(-1, k), packed, zp, b, *epilogue.args, out.reshape(-1, n),
            None if residual is None else residual.reshape(-1, n),
@@ -631,7 +631,7 @@ def build_qconv2d(program, a, types, operands, runtime, results):
     epilogue = native_epilogue(w, a, xq, wq, rq, with_residual) if (
         not with_residual or a["groups"] == 1) else None
     x, residual = operands[0], operands[3]
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if epilogue is None or not x.size:
         return None
     if not nhwc(x).flags.c_contiguous or not nhwc(out).flags.c_contiguous or (

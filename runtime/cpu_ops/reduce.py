@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _kernels
 from .common import nhwc, normalize_axis
-from .registry import NATIVE_THREADS, kernel, native_step, without_types
+from .registry import NATIVE_THREADS, kernel, native_step, plan_empty, without_types
 
 
 def reduced_axes(axes, rank: int) -> set[int]:
@@ -78,6 +78,6 @@ def build_mean(program, a, types, operands, runtime, results):
     if view is None:
         return None
     source, shape = view
-    out = np.empty(shape, dtype=np.float32)
+    out = plan_empty(shape, np.float32)
     program.mean_axis(source, out.reshape(source.shape[0], source.shape[2]))
     return [out]

@@ -20,7 +20,9 @@ types, operands, runtime, results) -> arrays | None`` sees the step as one trace
 it (``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
 computed at run time; ``results``: the traced results, whose shapes and memory layouts the
 program's must match), appends its calls to the ``_kernels.Program`` and returns the arrays
-that will hold its results, or None for a step it cannot express.
+that will hold its results, or None for a step it cannot express. Builders take every array
+they write from ``plan_empty`` / ``plan_empty_like``, so that the plan's arrays reuse memory
+whose values are no longer read (native_plan.py's arena).
 """
 
 from __future__ import annotations
@@ -56,6 +58,26 @@ RUNTIME = _Runtime()
 # length of one call; a context variable is private to each thread (and task), so sessions
 # running concurrently in one process never see each other's setting.
 NATIVE_THREADS: ContextVar[int] = ContextVar("native_threads", default=1)
+
+# The memory of the native plan being built (native_plan.Arena), or None.
+PLAN_ARENA: ContextVar = ContextVar("plan_arena", default=None)
+
+
+def plan_empty(shape, dtype) -> np.ndarray:
+    """A C-contiguous array for a program step to write: from the plan's arena while one is
+    being built, else a new one."""
+    arena = PLAN_ARENA.get()
+    return np.empty(shape, dtype) if arena is None else arena.empty(tuple(shape), np.dtype(dtype))
+
+
+def plan_empty_like(like: np.ndarray) -> np.ndarray:
+    """plan_empty in the memory order of ``like`` (an NCHW view of NHWC memory stays one), as
+    np.empty_like makes it."""
+    order = sorted(range(like.ndim), key=lambda axis: -abs(like.strides[axis]))
+    if order == sorted(order):
+        return plan_empty(like.shape, like.dtype)
+    memory = plan_empty(tuple(like.shape[axis] for axis in order), like.dtype)
+    return memory.transpose(np.argsort(order))
 
 
 class UnknownOpError(ValueError):

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import _kernels
 from .common import in_nhwc_memory, nhwc, numpy_dtype
-from .registry import NATIVE_THREADS, kernel, native_step, without_types
+from .registry import (NATIVE_THREADS, kernel, native_step, plan_empty, plan_empty_like,
+                       without_types)
 
 # Slice ends at or past this mean "to the end" (front ends pass INT64_MAX).
 SLICE_TO_END = 2**62
@@ -78,7 +79,7 @@ def channels_first_operand(program, x: np.ndarray) -> np.ndarray:
     step added to ``program`` fills in NCHW order; x itself otherwise."""
     if x.ndim == 4 and x.dtype in CHANNEL_MOVE_DTYPES and not x.flags.c_contiguous \
             and nhwc(x).flags.c_contiguous:
-        out = np.empty(x.shape, dtype=x.dtype)
+        out = plan_empty(x.shape, x.dtype)
         program.to_channels_first(nhwc(x), out)
         return out
     return x
@@ -122,7 +123,7 @@ def concat(xs, a, types):
 @native_step("concat")
 def build_concat(program, a, types, operands, runtime, results):
     """A float32 channel concat in NHWC memory as a program step."""
-    out = np.empty_like(results[0])
+    out = plan_empty_like(results[0])
     if not (_joins_channels(operands, a) and _native_channel_concat(operands)
             and nhwc(out).flags.c_contiguous):
         return None
@@ -152,7 +153,7 @@ def build_gather(program, a, types, operands, runtime, results):
     data, indices = operands
     if not _gathers_rows(data, indices, a["axis"]):
         return None
-    out = np.empty(results[0].shape, data.dtype)
+    out = plan_empty(results[0].shape, data.dtype)
     program.gather_rows(data, indices, out)
     return [out]
 
@@ -165,7 +166,7 @@ def contiguous_operand(program, x: np.ndarray) -> np.ndarray | None:
         return x
     if x.dtype != np.float32:
         return None
-    out = np.empty(x.shape, np.float32)
+    out = plan_empty(x.shape, np.float32)
     program.elementwise(_COPY, [x], out)
     return out
 
