@@ -2,8 +2,8 @@
 
 The Python executor costs about 2 us per step and 6 us per run, as much as the kernels of a
 model of a few small layers (LeNet at batch 1: 25 us of executor beside 35 us of kernels). So
-after the first run for a given input shape, which the executor runs while recording what each
-step read and returned, a Session builds a ``_kernels.Program``: one prepared native call per
+after the first run for a given input shape, which the executor runs while recording the
+layout of what each step returned, a Session builds a ``_kernels.Program``: one prepared native call per
 step (each op's ``native_step`` builder, cpu_ops/registry.py) over arrays allocated once, in
 the memory layouts that the traced run's results had. Later runs of that shape copy the inputs
 in, make one call without the GIL, and copy the outputs out.
@@ -22,6 +22,7 @@ same arguments, so the results are the same bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -32,33 +33,42 @@ from .cpu_ops.registry import NATIVE_STEPS, PLAN_ARENA
 # The most bytes of arena a program may hold: its arrays live as long as the session, and a
 # large model gains nothing (its executor share is a fraction of a percent).
 MAX_PROGRAM_BYTES = 16 << 20
-# The most bytes of step results a traced run may keep for building (the first run of a shape
-# holds them all until the plan is built).
-MAX_TRACE_BYTES = 64 << 20
 # The most input shapes per session that get a program.
 MAX_PROGRAMS = 4
 
 
+@dataclasses.dataclass(frozen=True)
+class TracedLayout:
+    """What a builder needs of a traced result: its shape, dtype and memory order (the trace
+    keeps no values, so tracing a large model holds no memory)."""
+
+    shape: tuple
+    dtype: np.dtype
+    strides: tuple
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 class Trace:
-    """What each step of one executor run read and returned, while its results stay within
-    MAX_TRACE_BYTES: past that the plan gets no program, and the trace lets its arrays go."""
+    """What each step of one executor run returned (TracedLayout); incomplete, and empty, once
+    a step returns something other than arrays."""
 
     def __init__(self):
-        self.steps: list = []  # (step, attrs, operands, results)
+        self.steps: list = []  # (step, attrs, results)
         self.complete = True
-        self._bytes = 0
 
     def record(self, step, attrs: dict, operands: list, results: list) -> None:
         """Called by the executor after each step with what it read and returned."""
         if not self.complete:
             return
-        arrays = all(isinstance(result, np.ndarray) for result in results)
-        self._bytes += sum(result.nbytes for result in results) if arrays else 0
-        if not arrays or self._bytes > MAX_TRACE_BYTES:
+        if not all(isinstance(result, np.ndarray) for result in results):
             self.complete = False
             self.steps.clear()
             return
-        self.steps.append((step, attrs, operands, results))
+        self.steps.append((step, attrs, [TracedLayout(result.shape, result.dtype, result.strides)
+                                         for result in results]))
 
 
 class Arena:
@@ -182,7 +192,7 @@ def _build(trace: Trace, constants: list, input_slots: list[int], inputs: list[n
         arrays[slot] = array
     outputs = set(output_slots)
     step_calls = []
-    for step, attrs, _, results in trace.steps:
+    for step, attrs, results in trace.steps:
         build = NATIVE_STEPS.get(step.op)
         if build is None:
             return None

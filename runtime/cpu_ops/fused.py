@@ -447,7 +447,7 @@ def _run_native(steps, xs) -> np.ndarray:
 
 def _add_native(program, steps, operands, results) -> list:
     """The native program as a program step, writing memory in _run_native's order."""
-    shape = np.shape(results[0])
+    shape = results[0].shape
     if _over_nhwc_memory(operands):
         out = plan_empty((shape[0], shape[2], shape[3], shape[1]), np.float32)
         program.elementwise(steps, _nhwc_views(operands), out)

@@ -18,8 +18,8 @@ A step may also become a call of a native program (``native_step(op)``), which r
 model's whole plan in one call from Python (runtime/native_plan.py): ``build(program, attrs,
 types, operands, runtime, results) -> arrays | None`` sees the step as one traced run executed
 it (``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
-computed at run time; ``results``: the traced results, whose shapes and memory layouts the
-program's must match), appends its calls to the ``_kernels.Program`` and returns the arrays
+computed at run time; ``results``: the traced results' shapes, dtypes and strides
+(native_plan.TracedLayout), which the program's arrays must match), appends its calls to the ``_kernels.Program`` and returns the arrays
 that will hold its results, or None for a step it cannot express. Builders take every array
 they write from ``plan_empty`` / ``plan_empty_like``, so that the plan's arrays reuse memory
 whose values are no longer read (native_plan.py's arena).
@@ -70,9 +70,9 @@ def plan_empty(shape, dtype) -> np.ndarray:
     return np.empty(shape, dtype) if arena is None else arena.empty(tuple(shape), np.dtype(dtype))
 
 
-def plan_empty_like(like: np.ndarray) -> np.ndarray:
-    """plan_empty in the memory order of ``like`` (an NCHW view of NHWC memory stays one), as
-    np.empty_like makes it."""
+def plan_empty_like(like) -> np.ndarray:
+    """plan_empty in the memory order of ``like`` (an array or a traced result's layout: an NCHW
+    view of NHWC memory stays one), as np.empty_like makes it."""
     order = sorted(range(like.ndim), key=lambda axis: -abs(like.strides[axis]))
     if order == sorted(order):
         return plan_empty(like.shape, like.dtype)
