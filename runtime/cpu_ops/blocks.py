@@ -9,7 +9,9 @@ of the convolution's rows while they are in cache (int8 with a u8/i8 result, or 
 3x3 stride-1 kernels, whose Winograd tiles a band would start on other rows). A channel
 concatenation that only a per-channel elementwise expression reads (DenseNet's concat -> batch
 norm -> relu) becomes one step that evaluates the expression over each concatenated value into
-its channels of the result, without writing the concatenation. Each value is
+its channels of the result, without writing the concatenation. ShuffleNet's channel shuffle
+of a concatenation (concat -> reshape -> permute -> reshape) becomes one step that copies each
+group of channels to every g-th channel of an NHWC result. Each value is
 computed as the layers' kernels compute it, so results do not change, except the float
 convolution's last bits where a band groups its GEMM's rows differently (as another batch size
 does).
@@ -52,14 +54,16 @@ FUSED_MIN_BYTES = 1 << 20
 def fuse_blocks(steps: list, constants: list, outputs: list) -> list:
     """``steps`` with every run of three (expand, depthwise, project) or two (depthwise,
     project) that forms an inverted residual block, every convolution followed by the max
-    pooling that alone reads it, and every channel concatenation followed by the per-channel
-    expression that alone reads it, replaced by one step. ``constants`` holds each slot's
+    pooling that alone reads it, every channel concatenation followed by the per-channel
+    expression that alone reads it, and every channel shuffle of a concatenation, replaced by
+    one step. ``constants`` holds each slot's
     constant array (None for computed values) and ``outputs`` the model's output slots."""
     readers = Counter(slot for step in steps for slot in step.operands if slot is not None)
     readers.update(outputs)
     patterns = ((3, _is_inverted_residual, _block_step), (2, _is_inverted_residual, _block_step),
                 (2, _is_conv_pool, _conv_pool_step),
-                (2, _is_concat_elementwise, _concat_elementwise_step))
+                (2, _is_concat_elementwise, _concat_elementwise_step),
+                (4, _is_channel_shuffle, _channel_shuffle_step))
     fused, index = [], 0
     while index < len(steps):
         for length, matches, make_step in patterns:
@@ -441,6 +445,62 @@ class ConcatElementwise:
 def _concat_elementwise_step(block, constants):
     concat = block[0]
     return _fused_step(block, "concat_elementwise", ConcatElementwise(block, constants),
+                       concat.operands, concat.types)
+
+
+# ---- channel shuffle of a concatenation -------------------------------------------------------
+
+
+def _is_channel_shuffle(block, constants, readers) -> bool:
+    """Whether ``block`` is ShuffleNet's channel shuffle of a concatenation: concat of 4-D
+    values along channels -> reshape to [N, g, C / g, H, W] -> permute (0, 2, 1, 3, 4) ->
+    reshape to [N, C, H, W], each result read by the next step alone."""
+    concat, split, swap, merge = block
+    if ([step.op for step in block] != ["concat", "reshape", "permute", "reshape"]
+            or concat.attrs.get("axis") not in (1, -3) or swap.symbolic_attrs
+            or any(t is None or len(t.shape) != 4 for t in concat.types)
+            or any(readers[step.results[0]] != 1 for step in block[:-1])
+            or any(after.operands[0] != before.results[0] for before, after in zip(block, block[1:]))
+            or list(swap.attrs["perm"]) != [0, 2, 1, 3, 4]):
+        return False
+    groups, per_group = split.attrs["shape"][1:3], merge.attrs["shape"]
+    return (len(split.attrs["shape"]) == 5 and len(per_group) == 4
+            and all(type(d) is int and d > 0 for d in (*groups, per_group[1]))
+            and groups[0] * groups[1] == per_group[1])
+
+
+class ChannelShuffle:
+    """The fused step's run function: each group of the concatenated channels copied, in NHWC
+    memory, to every g-th channel of the result, where the steps apart copied the
+    concatenation, then the shuffle (a transposing reshape) into NCHW order. The same values
+    (data movement only); the result is in NHWC memory, as the convolutions that read it take
+    it."""
+
+    def __init__(self, block, constants):
+        self.steps = block
+        self.constants = constants
+        self.groups, self.per_group = block[1].attrs["shape"][1:3]
+
+    def __call__(self, xs):
+        n, _, h, w = xs[0].shape
+        if any(x.ndim != 4 or x.shape[0] != n or x.shape[2:] != (h, w) or x.dtype != xs[0].dtype
+               for x in xs) or sum(x.shape[1] for x in xs) != self.groups * self.per_group:
+            x = _run_step(self.steps[0], list(xs))[0]
+            for step in self.steps[1:]:
+                x = _run_step(step, [x])[0]
+            return [x]
+        parts = [nhwc(x) for x in xs]
+        if any(part.shape[3] != self.per_group for part in parts):
+            parts = np.split(np.concatenate(parts, axis=3), self.groups, axis=3)
+        out = np.empty((n, h, w, self.per_group, self.groups), xs[0].dtype)
+        for group, part in enumerate(parts):
+            out[..., group] = part
+        return [out.reshape(n, h, w, -1).transpose(0, 3, 1, 2)]
+
+
+def _channel_shuffle_step(block, constants):
+    concat = block[0]
+    return _fused_step(block, "channel_shuffle", ChannelShuffle(block, constants),
                        concat.operands, concat.types)
 
 

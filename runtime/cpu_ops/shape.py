@@ -31,8 +31,10 @@ def slice_reference(xs, a):
 
 
 def split_reference(xs, a):
+    """Copies of the parts in their memory order: channels of NHWC memory (a convolution's or
+    a channel shuffle's result) stay NHWC, for the convolutions that read them."""
     boundaries = np.cumsum(a["sizes"])[:-1]
-    return [part.copy() for part in np.split(xs[0], boundaries, axis=a["axis"])]
+    return [part.copy(order="K") for part in np.split(xs[0], boundaries, axis=a["axis"])]
 
 
 def gather_reference(xs, a):

@@ -1,9 +1,10 @@
 """Kernels prepared once per plan step when a Session loads (registry.PREPARERS): they give
 the very results of the kernels run from scratch, float and int8, with residuals and fused
 activations; they decline what they do not handle, and the step then runs its kernel. Float
-inverted residual blocks, convolutions with the max pooling of their results, and channel
-concatenations with the per-channel expression that reads them (DenseNet), become one step
-(cpu_ops.blocks) with the results of their layers."""
+inverted residual blocks, convolutions with the max pooling of their results, channel
+concatenations with the per-channel expression that reads them (DenseNet), and channel shuffles
+of concatenations (ShuffleNet) become one step (cpu_ops.blocks) with the results of their
+layers."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_prepared_steps_give_the_results_of_the_kernels(name, int8):
                                                    "inverted_residual"}
     assert prepared & layers, f"no layer of {name} was prepared: {prepared}"
     assert prepared <= set(PREPARERS) | {"inverted_residual", "qconv2d_max_pool2d",
-                                         "conv2d_max_pool2d", "concat_elementwise"}
+                                         "conv2d_max_pool2d", "concat_elementwise",
+                                         "channel_shuffle"}
     for batch in (1, 3):
         feeds = feeds_for(name, graph, batch, seed=batch)
         actual, expected = session.run(feeds), run_unprepared(session, feeds)
@@ -289,6 +291,56 @@ def test_a_concatenation_read_by_more_than_one_step_is_not_fused():
     outputs = list(session.run({session.inputs[0].name: x.numpy()}).values())
     for actual, reference in zip(outputs, expected):
         assert_matches(actual, reference.numpy(), "unfused concat", rtol=1e-5)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """torchvision's ShuffleNetV2 channel shuffle."""
+    n, c, h, w = x.shape
+    x = x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous()
+    return x.view(n, c, h, w)
+
+
+class ShuffleUnits(nn.Module):
+    """Two ShuffleNetV2 units (split, a branch, concat, shuffle), then a shuffle of three
+    values that do not line up with its two groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.branches = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4),
+            nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU()) for _ in range(2))
+        self.side = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for branch in self.branches:
+            x1, x2 = x.chunk(2, dim=1)
+            x = channel_shuffle(torch.cat((x1, branch(x2)), dim=1), 2)
+        side = self.side(x)
+        return channel_shuffle(torch.cat((x[:, :4], side, side + 1), dim=1), 2)
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_channel_shuffles_of_concatenations_run_as_one_step(int8, monkeypatch):
+    model = ShuffleUnits()
+    session = stem_session(model, (1, 3, 17, 15), int8)
+    ops = [step.op for step in session._steps]
+    assert ops.count("channel_shuffle") == 3 and "permute" not in ops
+    monkeypatch.setattr(blocks, "_is_channel_shuffle", lambda *args: False)
+    unfused = Session(session.artifact)
+    assert "channel_shuffle" not in [step.op for step in unfused._steps]
+    name = session.inputs[0].name
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 17, 15)).astype(np.float32)
+        actual, expected = session.run({name: x}), unfused.run({name: x})
+        for key in expected:
+            np.testing.assert_array_equal(actual[key], expected[key])
+        if not int8:
+            with torch.no_grad():
+                reference = model(torch.from_numpy(x)).numpy()
+            assert_matches(next(iter(actual.values())), reference, "shuffle vs torch", rtol=1e-4)
 
 
 @pytest.mark.parametrize("op, reference", [("add", np.add), ("sub", np.subtract),
