@@ -3,10 +3,10 @@
 The Python executor costs about 2 us per step and 6 us per run, as much as the kernels of a
 model of a few small layers (LeNet at batch 1: 25 us of executor beside 35 us of kernels). So
 after the first run for a given input shape, which the executor runs while recording the
-layout of what each step returned, a Session builds a ``_kernels.Program``: one prepared native call per
-step (each op's ``native_step`` builder, cpu_ops/registry.py) over arrays allocated once, in
-the memory layouts that the traced run's results had. Later runs of that shape copy the inputs
-in, make one call without the GIL, and copy the outputs out.
+layout of what each step returned, a Session builds a ``_kernels.Program``: one prepared
+native call per step (each op's ``native_step`` builder, cpu_ops/registry.py) over arrays
+allocated once, in the memory layouts that the traced run's results had. Later runs of that
+shape copy the inputs in, make one call without the GIL, and copy the outputs out.
 
 The program's arrays come from an arena that reuses memory by liveness, as the executor's
 freed arrays are reused: a step's results and scratch take memory whose values no later step

@@ -1271,7 +1271,8 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
         if (!py::isinstance<py::array>(part) ||
             !py::reinterpret_borrow<py::array>(part).dtype().equal(py::dtype::of<float>()) ||
             py::reinterpret_borrow<py::array>(part).ndim() != 4) {
-            throw py::type_error("elementwise_concat parts must be 4-D float32 arrays [N, C, H, W]");
+            throw py::type_error(
+                "elementwise_concat parts must be 4-D float32 arrays [N, C, H, W]");
         }
         parts.push_back(py::reinterpret_borrow<py::array>(part));
         const py::array& first = parts.front();
@@ -1347,8 +1348,9 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
             operand.strides = {0, 0, 0, stride};
             call.operands.push_back(std::move(operand));
         }
-        call.shape = {static_cast<std::size_t>(part.shape(0)), static_cast<std::size_t>(part.shape(2)),
-                      static_cast<std::size_t>(part.shape(3)), static_cast<std::size_t>(part.shape(1))};
+        for (const py::ssize_t d : {0, 2, 3, 1}) {  // [N, H, W, C_i]
+            call.shape.push_back(static_cast<std::size_t>(part.shape(d)));
+        }
         call.first_channel = first_channel;
         first_channel += call.shape[3];
         calls.push_back(std::move(call));

@@ -135,7 +135,8 @@ inline const float* segment_input(const ElementwiseOperand& operand, std::size_t
                                   const Segment& segment, float* __restrict registers) {
     const std::ptrdiff_t stride = segment.inner_strides[index];
     const auto length = static_cast<std::ptrdiff_t>(segment.length);
-    const bool contiguous = stride == 1 && (segment.rows == 1 || segment.row_strides[index] == length);
+    const bool contiguous =
+        stride == 1 && (segment.rows == 1 || segment.row_strides[index] == length);
     if (operand.type == ElementType::f32 && contiguous) {
         return static_cast<const float*>(operand.data) + segment.offsets[index];
     }
@@ -261,7 +262,8 @@ __attribute__((always_inline)) inline void run_piece(
         std::size_t rest = position / inner;
         const std::size_t column = position % inner;
         std::size_t rows = 1;
-        if (column == 0 && rows_per_segment > 1) {  // whole rows, within one run of the next dimension
+        // Whole rows, within one run of the next dimension.
+        if (column == 0 && rows_per_segment > 1) {
             const std::size_t row_in_run = rest % it.shape[dims - 2];
             rows = std::min({rows_per_segment, (end - position) / inner,
                              it.shape[dims - 2] - row_in_run});

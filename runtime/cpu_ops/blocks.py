@@ -460,7 +460,8 @@ def _is_channel_shuffle(block, constants, readers) -> bool:
             or concat.attrs.get("axis") not in (1, -3) or swap.symbolic_attrs
             or any(t is None or len(t.shape) != 4 for t in concat.types)
             or any(readers[step.results[0]] != 1 for step in block[:-1])
-            or any(after.operands[0] != before.results[0] for before, after in zip(block, block[1:]))
+            or any(after.operands[0] != before.results[0]
+                   for before, after in zip(block, block[1:]))
             or list(swap.attrs["perm"]) != [0, 2, 1, 3, 4]):
         return False
     groups, per_group = split.attrs["shape"][1:3], merge.attrs["shape"]

@@ -19,10 +19,11 @@ model's whole plan in one call from Python (runtime/native_plan.py): ``build(pro
 types, operands, runtime, results) -> arrays | None`` sees the step as one traced run executed
 it (``operands``: the program's arrays, and the constants; ``runtime[i]``: whether operand i is
 computed at run time; ``results``: the traced results' shapes, dtypes and strides
-(native_plan.TracedLayout), which the program's arrays must match), appends its calls to the ``_kernels.Program`` and returns the arrays
-that will hold its results, or None for a step it cannot express. Builders take every array
-they write from ``plan_empty`` / ``plan_empty_like``, so that the plan's arrays reuse memory
-whose values are no longer read (native_plan.py's arena).
+(native_plan.TracedLayout), which the program's arrays must match), appends its calls to the
+``_kernels.Program`` and returns the arrays that will hold its results, or None for a step it
+cannot express. Builders take every array they write from ``plan_empty`` / ``plan_empty_like``,
+so that the plan's arrays reuse memory whose values are no longer read (native_plan.py's
+arena).
 """
 
 from __future__ import annotations

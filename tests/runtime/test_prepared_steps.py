@@ -249,8 +249,9 @@ def test_a_convolution_result_read_by_more_than_the_pooling_is_not_fused(int8):
 
 def test_dense_blocks_evaluate_their_batch_norms_over_the_concatenated_values(monkeypatch):
     """DenseNet's concat -> BN -> ReLU: one step per dense layer, transition and the final
-    norm, over 1 to 4 values of 8 to 16 channels (the native call's parts in turn, or, from 4 small ones, across the
-    threads), with the bits of the concatenation and the expression run apart."""
+    norm, over 1 to 4 values of 8 to 16 channels (the native call's parts in turn, or, from 4
+    small ones, across the threads), with the bits of the concatenation and the expression run
+    apart."""
     _, graph = converted("small_densenet")
     session = Session(nimbus.compile(graph).data, threads=2)
     ops = [step.op for step in session._steps]
