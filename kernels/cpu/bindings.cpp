@@ -1293,14 +1293,19 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
     }
     const py::array& first = parts.front();
     const std::vector<py::ssize_t> shape{first.shape(0), first.shape(2), first.shape(3), channels};
-    // Each param's data and its stride along channels (0 for one value), in elements.
-    std::vector<std::pair<py::array, py::ssize_t>> params;
+    // Each param, its element type and its stride along channels (0 for one value), in elements.
+    struct ChannelParam {
+        py::array array;
+        nimbus::kernels::ElementType type;
+        py::ssize_t stride;
+    };
+    std::vector<ChannelParam> params;
     for (std::size_t i = 0; i < param_objects.size(); ++i) {
         const py::array param = py::array::ensure(param_objects[i]);
         if (!param) {
             throw py::type_error("elementwise_concat params must be arrays");
         }
-        element_type(param, i + 1);
+        const auto type = element_type(param, i + 1);
         const py::ssize_t ndim = param.ndim();
         bool per_channel = ndim <= 4;
         for (py::ssize_t d = 0; d < ndim && per_channel; ++d) {
@@ -1314,7 +1319,7 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
                                   attribute_text(param, "shape"));
         }
         const bool varies = ndim >= 3 && param.shape(ndim - 3) > 1;
-        params.emplace_back(param, varies ? param.strides(ndim - 3) / param.itemsize() : 0);
+        params.push_back({param, type, varies ? param.strides(ndim - 3) / param.itemsize() : 0});
     }
     py::array out = out_object.is_none()
                         ? py::array(py::dtype::of<float>(), shape)
@@ -1339,13 +1344,13 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
             x.strides.push_back(part.shape(d) == 1 ? 0 : part.strides(d) / 4);
         }
         call.operands.push_back(std::move(x));
-        for (std::size_t i = 0; i < params.size(); ++i) {
-            const auto& [param, stride] = params[i];
+        for (const ChannelParam& param : params) {
             ElementwiseOperand operand;
-            operand.data = static_cast<const char*>(param.data()) +
-                           static_cast<py::ssize_t>(first_channel) * stride * param.itemsize();
-            operand.type = element_type(param, i + 1);
-            operand.strides = {0, 0, 0, stride};
+            operand.data = static_cast<const char*>(param.array.data()) +
+                           static_cast<py::ssize_t>(first_channel) * param.stride *
+                               param.array.itemsize();
+            operand.type = param.type;
+            operand.strides = {0, 0, 0, param.stride};
             call.operands.push_back(std::move(operand));
         }
         for (const py::ssize_t d : {0, 2, 3, 1}) {  // [N, H, W, C_i]
@@ -1362,7 +1367,7 @@ PreparedCall prepare_elementwise_concat(const ElementwiseProgram& program,
     auto* out_data = static_cast<float*>(out.mutable_data());
     std::vector<py::object> keep(parts.begin(), parts.end());
     for (const auto& param : params) {
-        keep.push_back(param.first);
+        keep.push_back(param.array);
     }
     keep.push_back(out);
     // Many small parts (DenseNet's later blocks: up to 48 of 32 channels over 14 x 14 or 7 x 7),

@@ -44,6 +44,7 @@ from .packing import PACKED_WEIGHTS
 from .quant import requantized_conv_head
 from .registry import (NATIVE_THREADS, RUNTIME, call_kernel, native_step, plan_empty,
                        plan_empty_like)
+from .shape import concatenates_float32_channels
 
 LAYER_OPS = ("conv2d", "fused_conv2d")
 # The native block runs when the expanded activations of one image reach this size: below it
@@ -133,6 +134,13 @@ def _operands_of(step, x, constants) -> list:
             for slot in step.operands]
 
 
+def _run_in_sequence(steps, x, constants):
+    """The replaced steps one by one from ``x``, each reading the one before: the last result."""
+    for step in steps:
+        x = _run_step(step, _operands_of(step, x, constants))[0]
+    return x
+
+
 class InvertedResidualBlock:
     """The fused step's run function: the native block for large images, else its steps one
     by one; and its program steps (``build``), likewise."""
@@ -157,9 +165,7 @@ class InvertedResidualBlock:
 
     def _in_sequence(self, x, residual):
         *layers, project = self.steps
-        for step in layers:
-            x = _run_step(step, _operands_of(step, x, self.constants))[0]
-        layer = _operands_of(project, x, self.constants)
+        layer = _operands_of(project, _run_in_sequence(layers, x, self.constants), self.constants)
         if self.has_residual:
             layer[3] = residual
         return _run_step(project, layer)
@@ -350,9 +356,7 @@ class ConvPool:
         x = xs[0]
         pool_hw = self._pool_hw(x)
         if pool_hw is None:
-            for step in self.steps:
-                x = _run_step(step, _operands_of(step, x, self.constants))[0]
-            return [x]
+            return [_run_in_sequence(self.steps, x, self.constants)]
         out = self.native(channels_last(x), *self.head, *self.pool_geometry, pool_hw,
                           NATIVE_THREADS.get(), None)
         return [out.transpose(0, 3, 1, 2)]
@@ -385,20 +389,24 @@ def _per_channel(shape) -> bool:
     return len(full) == 4 and full[0] == 1 and full[2] == 1 and full[3] == 1
 
 
+def _is_channel_concat(step, readers) -> bool:
+    """Whether ``step`` concatenates 4-D values along channels, its result read by one step."""
+    return (step.op == "concat" and not step.symbolic_attrs
+            and step.attrs.get("axis") in (1, -3) and readers[step.results[0]] == 1
+            and all(t is not None and len(t.shape) == 4 for t in step.types))
+
+
 def _is_concat_elementwise(block, constants, readers) -> bool:
     """Whether ``block`` is a concatenation of 4-D values along channels whose result only the
     fused elementwise expression after it reads, as its first operand, with constants of at most
     one value per channel as its other operands (DenseNet's concat -> batch norm -> relu)."""
     concat, expression = block
-    if (concat.op != "concat" or expression.op != "fused_elementwise" or concat.symbolic_attrs
-            or expression.symbolic_attrs or concat.attrs.get("axis") not in (1, -3)
-            or readers[concat.results[0]] != 1 or expression.operands[0] != concat.results[0]
-            or concat.results[0] in expression.operands[1:]
-            or any(t is None or len(t.shape) != 4 for t in concat.types)):
+    if (not _is_channel_concat(concat, readers) or expression.op != "fused_elementwise"
+            or expression.symbolic_attrs or expression.operands[0] != concat.results[0]
+            or concat.results[0] in expression.operands[1:]):
         return False
     params = [None if slot is None else constants[slot] for slot in expression.operands[1:]]
-    return all(isinstance(p, np.ndarray) and p.ndim <= 4 and _per_channel(p.shape)
-               for p in params)
+    return all(isinstance(p, np.ndarray) and _per_channel(p.shape) for p in params)
 
 
 class ConcatElementwise:
@@ -419,16 +427,13 @@ class ConcatElementwise:
             (np.dtype(np.float32),) + tuple(p.dtype for p in self.params))
 
     def _applies(self, xs) -> bool:
-        """Whether the native call takes these values: float32 [N, C_i, H, W] that concatenate."""
-        n, _, h, w = xs[0].shape
-        return self.program is not None and all(
-            x.dtype == np.float32 and x.ndim == 4 and x.shape[0] == n and x.shape[2:] == (h, w)
-            for x in xs)
+        """Whether the native call takes these values."""
+        return self.program is not None and concatenates_float32_channels(xs)
 
     def __call__(self, xs):
         if not self._applies(xs):  # the steps' own kernels name what is wrong
-            x = _run_step(self.steps[0], list(xs))[0]
-            return _run_step(self.steps[1], _operands_of(self.steps[1], x, self.constants))
+            joined = _run_step(self.steps[0], list(xs))[0]
+            return [_run_in_sequence(self.steps[1:], joined, self.constants)]
         out = _kernels.elementwise_concat(self.program, list(xs), self.params,
                                           NATIVE_THREADS.get())
         return [out.transpose(0, 3, 1, 2)]
@@ -457,9 +462,8 @@ def _is_channel_shuffle(block, constants, readers) -> bool:
     reshape to [N, C, H, W], each result read by the next step alone."""
     concat, split, swap, merge = block
     if ([step.op for step in block] != ["concat", "reshape", "permute", "reshape"]
-            or concat.attrs.get("axis") not in (1, -3) or swap.symbolic_attrs
-            or any(t is None or len(t.shape) != 4 for t in concat.types)
-            or any(readers[step.results[0]] != 1 for step in block[:-1])
+            or not _is_channel_concat(concat, readers) or swap.symbolic_attrs
+            or any(readers[step.results[0]] != 1 for step in block[1:-1])
             or any(after.operands[0] != before.results[0]
                    for before, after in zip(block, block[1:]))
             or list(swap.attrs["perm"]) != [0, 2, 1, 3, 4]):
@@ -486,10 +490,8 @@ class ChannelShuffle:
         n, _, h, w = xs[0].shape
         if any(x.ndim != 4 or x.shape[0] != n or x.shape[2:] != (h, w) or x.dtype != xs[0].dtype
                for x in xs) or sum(x.shape[1] for x in xs) != self.groups * self.per_group:
-            x = _run_step(self.steps[0], list(xs))[0]
-            for step in self.steps[1:]:
-                x = _run_step(step, [x])[0]
-            return [x]
+            joined = _run_step(self.steps[0], list(xs))[0]
+            return [_run_in_sequence(self.steps[1:], joined, self.constants)]
         parts = [nhwc(x) for x in xs]
         if any(part.shape[3] != self.per_group for part in parts):
             parts = np.split(np.concatenate(parts, axis=3), self.groups, axis=3)

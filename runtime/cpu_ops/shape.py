@@ -102,9 +102,11 @@ def _joins_channels(xs, a) -> bool:
         in_nhwc_memory(x, x.dtype) for x in xs)
 
 
-def _native_channel_concat(xs) -> bool:
-    """Whether the native copy takes the channel concat: float32 values that concatenate (the
-    numpy path names a mismatch)."""
+def concatenates_float32_channels(xs) -> bool:
+    """Whether 4-D float32 values [N, C_i, H, W] join along channels (the same N, H and W), as
+    the native channel concat takes them (numpy's names a mismatch)."""
+    if any(x.ndim != 4 for x in xs):
+        return False
     n, _, h, w = xs[0].shape
     return all(x.dtype == np.float32 and x.shape[0] == n and x.shape[2:] == (h, w) for x in xs)
 
@@ -124,7 +126,7 @@ def build_concat(program, a, types, operands, runtime, results):
     """A float32 channel concat in NHWC memory as a program step (the native copy; its readers
     there are native calls on the same threads)."""
     out = plan_empty_like(results[0])
-    if not (_joins_channels(operands, a) and _native_channel_concat(operands)
+    if not (_joins_channels(operands, a) and concatenates_float32_channels(operands)
             and nhwc(out).flags.c_contiguous):
         return None
     program.elementwise_concat(_COPY, list(operands), [], nhwc(out))
